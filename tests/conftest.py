@@ -1,0 +1,18 @@
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("FMN_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fmn_desktop  # noqa: E402,F401  (sets offline mode before diffusers is imported)
+from fmn_desktop.runtime import set_threads  # noqa: E402
+
+set_threads(1)
+
+
+@pytest.fixture
+def seed() -> int:
+    torch.manual_seed(0)
+    return 0
