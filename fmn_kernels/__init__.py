@@ -12,12 +12,13 @@ from fmn_kernels.backends import (
     select_backend,
     valid_names,
 )
-from fmn_kernels.reference import resteer_attention_reference
+from fmn_kernels.reference import resteer_attention_eager, resteer_attention_reference
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
     "resteer_attention",
+    "resteer_attention_eager",
     "resteer_attention_reference",
     "select_backend",
     "valid_names",
