@@ -16,3 +16,14 @@ set_threads(1)
 def seed() -> int:
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture
+def tiny_pipe():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import tiny_sd_pipeline
+
+    return tiny_sd_pipeline()

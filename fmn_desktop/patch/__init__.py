@@ -1,0 +1,27 @@
+"""Patch files, low-rank conversion, and applying patches to a loaded UNet."""
+
+from fmn_desktop.patch.apply import PatchedUNet, check_compatible
+from fmn_desktop.patch.format import (
+    Delta,
+    Patch,
+    PatchMeta,
+    load_patch,
+    read_metadata,
+    save_patch,
+    unet_module_names,
+)
+from fmn_desktop.patch.lowrank import svd_lowrank, to_lora
+
+__all__ = [
+    "Delta",
+    "Patch",
+    "PatchMeta",
+    "PatchedUNet",
+    "check_compatible",
+    "load_patch",
+    "read_metadata",
+    "save_patch",
+    "svd_lowrank",
+    "to_lora",
+    "unet_module_names",
+]

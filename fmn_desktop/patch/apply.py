@@ -1,0 +1,100 @@
+"""Apply patches to a loaded UNet non-destructively and restore it bit-exactly.
+
+Each touched weight is backed up once (a clone of the original tensor), the sum
+``W0 + sum_i s_i dW_i`` is computed in fp32 and cast back, and `restore` copies the backups
+back, so the weights after removal are the very bits they were before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from fmn_desktop.errors import PatchMismatchError
+from fmn_desktop.patch.format import Patch
+
+
+def check_compatible(
+    patch: Patch, unet: torch.nn.Module, fingerprint: str | None, force: bool = False
+) -> None:
+    """Refuse a patch whose keys, shapes or base fingerprint do not fit this UNet."""
+    params = dict(unet.named_parameters())
+    problems = []
+    for name, delta in patch.deltas.items():
+        if name not in params:
+            problems.append(f"{name}: not a parameter of this UNet")
+            continue
+        shape = params[name].shape
+        try:
+            delta.to_dense(shape)
+        except RuntimeError:
+            got = (
+                tuple(delta.dense.shape)
+                if delta.dense is not None
+                else (f"up {tuple(delta.up.shape)} x down {tuple(delta.down.shape)}")
+            )
+            problems.append(f"{name}: delta shape {got} does not fit weight {tuple(shape)}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise PatchMismatchError(f"patch does not fit this model: {shown}")
+    want = patch.meta.base_fingerprint
+    if fingerprint and want and want != fingerprint and not force:
+        raise PatchMismatchError(
+            f"patch was made for base model {want[:12]}, this model is {fingerprint[:12]}; "
+            "apply with force to use it anyway"
+        )
+
+
+class PatchedUNet:
+    """Apply a list of (patch, strength) to a UNet; `restore()` (or leaving the `with`) undoes it.
+
+    >>> with PatchedUNet(pipe.unet, [(patch, 1.0)], fingerprint=fp):
+    ...     images = pipe(prompt).images
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        patches: Iterable[tuple[Patch, float]],
+        fingerprint: str | None = None,
+        force: bool = False,
+    ):
+        self.unet = unet
+        self.patches = list(patches)
+        self.fingerprint = fingerprint
+        self.force = force
+        self._backup: dict[str, torch.Tensor] = {}
+
+    def apply(self) -> PatchedUNet:
+        for patch, _ in self.patches:
+            check_compatible(patch, self.unet, self.fingerprint, self.force)
+        params = dict(self.unet.named_parameters())
+        totals: dict[str, torch.Tensor] = {}
+        for patch, strength in self.patches:
+            for name, delta in patch.deltas.items():
+                dense = delta.to_dense(params[name].shape).to(params[name].device) * float(strength)
+                totals[name] = totals[name] + dense if name in totals else dense
+        with torch.no_grad():
+            for name, total in totals.items():
+                weight = params[name]
+                if name not in self._backup:
+                    self._backup[name] = weight.detach().clone()
+                base = self._backup[name]
+                weight.copy_((base.float() + total).to(weight.dtype))
+        return self
+
+    def restore(self) -> None:
+        params = dict(self.unet.named_parameters())
+        with torch.no_grad():
+            for name, original in self._backup.items():
+                params[name].copy_(original)
+        self._backup.clear()
+
+    def __enter__(self) -> PatchedUNet:
+        return self.apply()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()

@@ -1,0 +1,299 @@
+"""Patch files: only what changed in a UNet, as kohya-named LoRA or `.diff` safetensors.
+
+A patch maps UNet parameter names (diffusers layout, e.g.
+``down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``) to a delta, dense or
+low-rank, plus metadata. On disk it uses the names other tools read:
+
+- LoRA: ``lora_unet_<module path, dots as _>.lora_down.weight`` / ``.lora_up.weight`` /
+  ``.alpha`` (scale alpha/rank), as kohya's sd-scripts write for SD1/SD2 and diffusers'
+  ``load_lora_weights`` converts;
+- full deltas: ``lora_unet_<module>.diff`` (and ``.diff_b`` for biases), as ComfyUI and A1111
+  load them.
+
+Metadata holds ``modelspec.*`` keys, kohya ``ss_*`` keys UIs display, and our ``fmn.*`` keys.
+Reading a file never unpickles anything (safetensors only) and maps kohya names back to
+parameter names through the target UNet's own module names, since underscores are ambiguous.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from fmn_desktop.errors import PatchFormatError, PatchMismatchError
+
+FORMAT_VERSION = "1"
+LORA_PREFIX = "lora_unet_"
+ARCHITECTURES = {  # modelspec.architecture of a LoRA per base-model family
+    "sd1": "stable-diffusion-v1/lora",
+    "sd2": "stable-diffusion-v2-768-v/lora",
+    "sdxl": "stable-diffusion-xl-v1-base/lora",
+    "toy": "fmn-toyworld-v1/lora",
+}
+SS_BASE = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "toy": "fmn_toyworld"}
+
+
+@dataclass
+class Delta:
+    """A change to one parameter: dense (`weight`) or low rank (`up @ down * alpha / rank`)."""
+
+    dense: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    down: torch.Tensor | None = None
+    alpha: float | None = None
+
+    @property
+    def is_lora(self) -> bool:
+        return self.up is not None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.down is None else int(self.down.shape[0])
+
+    def to_dense(self, shape: torch.Size | None = None) -> torch.Tensor:
+        """The full delta in fp32, reshaped to `shape` (conv weights) when given."""
+        if self.dense is not None:
+            out = self.dense.float()
+        else:
+            assert self.up is not None and self.down is not None
+            scale = (self.alpha if self.alpha is not None else self.rank) / self.rank
+            out = (self.up.float().flatten(1) @ self.down.float().flatten(1)) * scale
+        return out.reshape(shape) if shape is not None else out
+
+    def numel(self) -> int:
+        if self.dense is not None:
+            return self.dense.numel()
+        return self.up.numel() + self.down.numel()
+
+
+@dataclass
+class PatchMeta:
+    """What a patch is and where it came from; stored as safetensors metadata."""
+
+    concepts: list[str]
+    kind: str = "forget"  # forget | correct
+    method: str = "resteer"
+    family: str = "sd1"
+    base_fingerprint: str = ""
+    title: str = ""
+    created: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_metadata(self, fmt: str, rank: int | None, alpha: float | None) -> dict[str, str]:
+        arch = ARCHITECTURES.get(self.family, f"{self.family}/lora")
+        meta = {
+            "modelspec.sai_model_spec": "1.0.0",
+            "modelspec.architecture": arch if fmt == "lora" else arch.replace("/lora", "/diff"),
+            "modelspec.implementation": "https://github.com/huggingface/diffusers",
+            "modelspec.title": self.title or f"{self.kind} {', '.join(self.concepts)}",
+            "modelspec.date": self.created,
+            "modelspec.description": f"Forget-Me-Not Studio {self.kind} patch ({self.method})",
+            "ss_network_module": "networks.lora",
+            "ss_base_model_version": SS_BASE.get(self.family, self.family),
+            "fmn.format_version": FORMAT_VERSION,
+            "fmn.format": fmt,
+            "fmn.concepts": json.dumps(self.concepts),
+            "fmn.kind": self.kind,
+            "fmn.method": self.method,
+            "fmn.family": self.family,
+            "fmn.base_fingerprint": self.base_fingerprint,
+            "fmn.created": self.created,
+            "fmn.hyperparameters": json.dumps(self.hyperparameters, sort_keys=True),
+            "fmn.scores": json.dumps(self.scores, sort_keys=True),
+        }
+        if rank is not None:
+            meta["ss_network_dim"] = str(rank)
+            meta["ss_network_alpha"] = str(alpha if alpha is not None else rank)
+        meta.update({f"fmn.extra.{k}": v for k, v in self.extra.items()})
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> PatchMeta:
+        def loads(key: str, default: Any) -> Any:
+            try:
+                return json.loads(meta[key]) if key in meta else default
+            except json.JSONDecodeError as exc:
+                raise PatchFormatError(f"patch metadata {key!r} is not valid JSON: {exc}") from exc
+
+        return cls(
+            concepts=loads("fmn.concepts", []),
+            kind=meta.get("fmn.kind", "forget"),
+            method=meta.get("fmn.method", "unknown"),
+            family=meta.get("fmn.family", ""),
+            base_fingerprint=meta.get("fmn.base_fingerprint", ""),
+            title=meta.get("modelspec.title", ""),
+            created=meta.get("fmn.created", meta.get("modelspec.date", "")),
+            hyperparameters=loads("fmn.hyperparameters", {}),
+            scores=loads("fmn.scores", {}),
+            extra={
+                k[len("fmn.extra.") :]: v for k, v in meta.items() if k.startswith("fmn.extra.")
+            },
+        )
+
+
+@dataclass
+class Patch:
+    """Deltas keyed by UNet parameter name, plus metadata."""
+
+    deltas: dict[str, Delta]
+    meta: PatchMeta
+
+    def numel(self) -> int:
+        return sum(d.numel() for d in self.deltas.values())
+
+    @property
+    def is_lora(self) -> bool:
+        return bool(self.deltas) and all(d.is_lora for d in self.deltas.values())
+
+
+def kohya_name(param_name: str) -> tuple[str, str]:
+    """(kohya module key, 'weight' | 'bias') of a diffusers UNet parameter name."""
+    module, _, leaf = param_name.rpartition(".")
+    return LORA_PREFIX + module.replace(".", "_"), leaf
+
+
+def save_patch(patch: Patch, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write `patch` atomically as `fmt` ("lora" or "diff"; default: lora if every delta is).
+
+    Dense deltas are written as `.diff`; writing them as LoRA needs `to_lora` first.
+    """
+    path = Path(path)
+    fmt = fmt or ("lora" if patch.is_lora else "diff")
+    if fmt not in ("lora", "diff"):
+        raise ValueError(f"unknown patch format {fmt!r}; valid: 'lora', 'diff'")
+    tensors: dict[str, torch.Tensor] = {}
+    ranks, alphas = set(), set()
+    for name, delta in sorted(patch.deltas.items()):
+        key, leaf = kohya_name(name)
+        if fmt == "lora":
+            if not delta.is_lora:
+                raise PatchFormatError(
+                    f"{name}: dense delta cannot be written as LoRA; use to_lora()"
+                )
+            tensors[f"{key}.lora_down.weight"] = delta.down.contiguous()
+            tensors[f"{key}.lora_up.weight"] = delta.up.contiguous()
+            alpha = float(delta.alpha if delta.alpha is not None else delta.rank)
+            tensors[f"{key}.alpha"] = torch.tensor(alpha)
+            ranks.add(delta.rank)
+            alphas.add(alpha)
+        else:
+            tensors[f"{key}.diff" if leaf == "weight" else f"{key}.diff_b"] = (
+                delta.to_dense().contiguous() if delta.is_lora else delta.dense.contiguous()
+            )
+    if not tensors:
+        raise PatchFormatError("refusing to write an empty patch")
+    rank = max(ranks) if ranks else None
+    alpha = max(alphas) if alphas else None
+    metadata = patch.meta.to_metadata(fmt, rank, alpha)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The safetensors header metadata of a file, with clear errors for bad files."""
+    with _open(path) as fh:
+        return dict(fh.metadata() or {})
+
+
+def _open(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise PatchFormatError(f"no such patch file: {path}")
+    if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}:
+        raise PatchFormatError(
+            f"{path.name}: pickled files are never loaded (they can run code); "
+            "convert it to .safetensors with a tool you trust"
+        )
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PatchFormatError(f"{path.name} is not a readable safetensors file ({exc})") from exc
+
+
+def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -> Patch:
+    """Read a patch file (ours, kohya LoRA or `.diff`).
+
+    `module_names` (the UNet's module paths, see `unet_module_names`) resolves kohya keys to
+    parameter names; without it names are resolved only if the file carries ours.
+    """
+    with _open(path) as fh:
+        meta = dict(fh.metadata() or {})
+        try:
+            raw = {k: fh.get_tensor(k) for k in fh.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PatchFormatError(
+                f"{Path(path).name}: truncated or corrupt tensor data ({exc})"
+            ) from exc
+    if not raw:
+        raise PatchFormatError(f"{Path(path).name} holds no tensors")
+    lookup = {LORA_PREFIX + m.replace(".", "_"): m for m in (module_names or [])}
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in raw.items():
+        if not key.startswith(LORA_PREFIX):
+            raise PatchFormatError(
+                f"{Path(path).name}: key {key!r} is not a UNet LoRA/diff key "
+                f"(expected '{LORA_PREFIX}...'); text-encoder patches are not supported"
+            )
+        module_key, _, suffix = key.partition(".")
+        grouped.setdefault(module_key, {})[suffix] = tensor
+    deltas: dict[str, Delta] = {}
+    for module_key, parts in grouped.items():
+        if module_names is not None and module_key not in lookup:
+            raise PatchMismatchError(f"{module_key}: no such module in this UNet")
+        module = lookup.get(module_key, module_key[len(LORA_PREFIX) :])
+        if "lora_down.weight" in parts:
+            if "lora_up.weight" not in parts:
+                raise PatchFormatError(f"{module_key}: lora_down without lora_up")
+            alpha = parts.get("alpha")
+            deltas[f"{module}.weight"] = Delta(
+                up=parts["lora_up.weight"],
+                down=parts["lora_down.weight"],
+                alpha=float(alpha) if alpha is not None else None,
+            )
+        if "diff" in parts:
+            deltas[f"{module}.weight"] = Delta(dense=parts["diff"])
+        if "diff_b" in parts:
+            deltas[f"{module}.bias"] = Delta(dense=parts["diff_b"])
+        unknown = set(parts) - {"lora_down.weight", "lora_up.weight", "alpha", "diff", "diff_b"}
+        if unknown:
+            raise PatchFormatError(f"{module_key}: unsupported tensors {sorted(unknown)}")
+    for name, delta in deltas.items():
+        values = delta.dense if delta.dense is not None else delta.up
+        if not torch.isfinite(values.float()).all() or (
+            delta.down is not None and not torch.isfinite(delta.down.float()).all()
+        ):
+            raise PatchFormatError(f"{Path(path).name}: {name} contains NaN or inf")
+    return Patch(deltas=deltas, meta=PatchMeta.from_metadata(meta))
+
+
+def unet_module_names(unet: torch.nn.Module) -> list[str]:
+    """Module paths of a UNet, to resolve kohya keys."""
+    return [name for name, _ in unet.named_modules() if name]

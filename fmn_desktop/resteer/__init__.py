@@ -1,0 +1,22 @@
+"""Attention re-steering: concept tokens, the attn2 processor, trainable deltas, forget jobs."""
+
+from fmn_desktop.resteer.forget import (
+    ForgetConfig,
+    ForgetProgress,
+    ForgetResult,
+    default_lr,
+    forget,
+    forget_steps,
+)
+from fmn_desktop.resteer.tokens import POSITION_MODES, concept_mask
+
+__all__ = [
+    "POSITION_MODES",
+    "ForgetConfig",
+    "ForgetProgress",
+    "ForgetResult",
+    "concept_mask",
+    "default_lr",
+    "forget",
+    "forget_steps",
+]

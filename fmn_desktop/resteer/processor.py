@@ -1,0 +1,201 @@
+"""The re-steering attention processor for the UNet's cross-attention (attn2) layers.
+
+Installed like any diffusers processor, it computes attention through
+`fmn_kernels.resteer_attention` (the fused Triton kernel on CUDA, the PyTorch reference
+elsewhere), which also returns each sample's squared attention probability on the concept
+columns. The processor adds that term to a shared `ResteerState`; with a preservation set it
+also compares the layer's output on "retain" samples against the same layer with its original
+weights, on the very same input, so other prompts are held in place layer by layer.
+
+`resteer_hooks` installs the processors and restores the previous ones afterwards, and fails
+loudly when something (xformers, an SDPA swap, gradient checkpointing) bypassed them, which
+left the public code training on an empty loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fmn_desktop.errors import TrainingError
+from fmn_kernels import resteer_attention
+
+LAYER_WEIGHTINGS = ("pixels", "uniform")
+PRESERVE_MODES = ("output", "maps")
+
+
+@dataclass
+class ResteerState:
+    """What the processors read (mask, rows) and write (per-layer terms) during one forward."""
+
+    mask: Tensor | None = None  # (B, L) concept-position weights; None: no re-steering term
+    retain_rows: Tensor | None = None  # (B,) bool, samples whose outputs are held in place
+    layer_weighting: str = "pixels"
+    preserve: str = "output"  # what is held in place on retain rows: attn2 outputs or maps
+    backend: str | None = None
+    terms: list[Tensor] = field(default_factory=list)  # per layer: (B,) weighted sums
+    retain_errors: list[Tensor] = field(default_factory=list)  # per layer: relative MSE
+    layers_called: int = 0
+
+    def reset(self) -> None:
+        self.terms.clear()
+        self.retain_errors.clear()
+        self.layers_called = 0
+
+    def resteer_per_sample(self) -> Tensor:
+        """(B,) sum over layers (weighted), heads, pixels and concept columns of P^2."""
+        if not self.terms:
+            raise TrainingError("no cross-attention layer reported a re-steering term")
+        return torch.stack(self.terms).sum(0)
+
+    def retain_error(self) -> Tensor | None:
+        return torch.stack(self.retain_errors).mean() if self.retain_errors else None
+
+
+class ResteerProcessor:
+    """Attention processor for one attn2 module (see module docstring)."""
+
+    def __init__(self, state: ResteerState, attn: torch.nn.Module):
+        self.state = state
+        # Frozen originals for the preservation term, taken when the hooks are installed.
+        self.base = {
+            name: getattr(attn, name).weight.detach().clone() for name in ("to_q", "to_k", "to_v")
+        }
+        out = attn.to_out[0]
+        self.base["to_out"] = out.weight.detach().clone()
+        self.base["to_out_bias"] = None if out.bias is None else out.bias.detach().clone()
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> Tensor:
+        state = self.state
+        state.layers_called += 1
+        if encoder_hidden_states is None:
+            raise TrainingError("re-steering processor installed on a self-attention layer")
+        if attention_mask is not None:
+            raise TrainingError("text attention masks are not supported by the re-steering path")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+
+        heads = attn.heads
+        q = _split_heads(attn.to_q(hidden_states), heads)
+        k = _split_heads(attn.to_k(encoder_hidden_states), heads)
+        v = _split_heads(attn.to_v(encoder_hidden_states), heads)
+        mask = state.mask
+        if mask is not None:
+            if mask.shape != (q.shape[0], k.shape[2]):
+                raise TrainingError(
+                    f"concept mask {tuple(mask.shape)} does not match batch {q.shape[0]} "
+                    f"x key length {k.shape[2]}"
+                )
+            mask = mask.to(q.device)
+        out, resteer = resteer_attention(q, k, v, mask, scale=attn.scale, backend=state.backend)
+        if mask is not None:
+            per_sample = resteer.sum(1)  # (B,) over heads
+            if state.layer_weighting == "uniform":
+                per_sample = per_sample / q.shape[2]  # each layer counts the same, not by pixels
+            state.terms.append(per_sample)
+        out = _merge_heads(out)
+        hidden = attn.to_out[0](out)
+        if state.retain_rows is not None and state.retain_rows.any():
+            rows = state.retain_rows
+            x, enc = hidden_states[rows], encoder_hidden_states[rows]
+            with torch.no_grad():
+                reference = self._base(x, enc, heads, attn.scale, state.preserve)
+            current = (
+                hidden[rows] if state.preserve == "output" else _probs(q[rows], k[rows], attn.scale)
+            )
+            err = (current - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
+            state.retain_errors.append(err)
+        hidden = attn.to_out[1](hidden)
+        if input_ndim == 4:
+            hidden = hidden.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            hidden = hidden + residual
+        return hidden / attn.rescale_output_factor
+
+    def _base(self, x: Tensor, enc: Tensor, heads: int, scale: float, what: str) -> Tensor:
+        """The layer's original attention maps or output on the same input."""
+        base = self.base
+        q = _split_heads(F.linear(x, base["to_q"].to(x.dtype)), heads)
+        k = _split_heads(F.linear(enc, base["to_k"].to(x.dtype)), heads)
+        if what == "maps":
+            return _probs(q, k, scale)
+        v = _split_heads(F.linear(enc, base["to_v"].to(x.dtype)), heads)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        bias = base["to_out_bias"]
+        return F.linear(
+            _merge_heads(out),
+            base["to_out"].to(x.dtype),
+            None if bias is None else bias.to(x.dtype),
+        )
+
+
+def _probs(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    return (q.float() @ k.float().transpose(-1, -2) * scale).softmax(-1)
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def cross_attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """attn2 modules by path; every SD UNet has at least one."""
+    found = {name: m for name, m in unet.named_modules() if name.endswith("attn2")}
+    if not found:
+        raise TrainingError("this UNet has no cross-attention (attn2) layers")
+    return found
+
+
+@contextlib.contextmanager
+def resteer_hooks(unet: torch.nn.Module, state: ResteerState):
+    """Install re-steering processors on every attn2, restore the previous ones on exit."""
+    if getattr(unet, "is_gradient_checkpointing", False):
+        raise TrainingError(
+            "gradient checkpointing is on: it can drop the graph of the collected attention "
+            "terms; disable it for re-steering"
+        )
+    previous = unet.attn_processors
+    mods = cross_attention_modules(unet)
+    ours = {name: ResteerProcessor(state, mod) for name, mod in mods.items()}
+    replaced = {f"{name}.processor": ours[name] for name in mods}
+    unet.set_attn_processor({k: replaced.get(k, v) for k, v in previous.items()})
+    try:
+        yield ours
+    finally:
+        unet.set_attn_processor(previous)
+
+
+def check_hooks_ran(unet: torch.nn.Module, state: ResteerState, expected: int) -> None:
+    """Fail loudly when a forward pass bypassed our processors (it would train on nothing)."""
+    if state.layers_called != expected:
+        raise TrainingError(
+            f"only {state.layers_called} of {expected} cross-attention layers ran the "
+            "re-steering processor: another processor (xformers, SDPA) replaced ours"
+        )

@@ -1,0 +1,86 @@
+"""Locate a concept's token positions in padded prompts.
+
+The mask is built per sample (row b of a (B, 77) mask), and the attention processor indexes
+it per (batch, head) explicitly, so batches larger than one select the right columns (the
+public code tiled its mask head-major while diffusers orders rows batch-major).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fmn_desktop.errors import ConceptNotFoundError
+
+POSITION_MODES = ("concept", "concept+eot", "concept+following", "concept+following+eot")
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    start: int
+    stop: int  # exclusive
+
+
+def concept_token_ids(tokenizer, concept: str) -> list[int]:
+    ids = tokenizer(concept, add_special_tokens=False).input_ids
+    if not ids:
+        raise ConceptNotFoundError(f"concept {concept!r} has no tokens")
+    return ids
+
+
+def find_spans(prompt_ids: list[int], concept_ids: list[int]) -> list[TokenSpan]:
+    """Every occurrence of the token sub-sequence `concept_ids` in `prompt_ids`."""
+    n = len(concept_ids)
+    return [
+        TokenSpan(i, i + n)
+        for i in range(len(prompt_ids) - n + 1)
+        if prompt_ids[i : i + n] == concept_ids
+    ]
+
+
+def first_eot(prompt_ids: list[int], eot_id: int) -> int:
+    """Index of the first end-of-text token (SD1 pads with it: only the first one counts)."""
+    for i, tok in enumerate(prompt_ids[1:], start=1):
+        if tok == eot_id:
+            return i
+    return len(prompt_ids) - 1
+
+
+def concept_mask(
+    tokenizer, prompts: list[str], concepts: list[list[str]] | list[str], positions: str = "concept"
+) -> torch.Tensor:
+    """(B, L) float mask of the positions to re-steer in each padded prompt.
+
+    `concepts[b]` is the concept text (or a list of them) for prompt b. `positions`:
+    - "concept": the concept's own tokens (the paper);
+    - "+eot": also the first end-of-text token, which pools the whole prompt;
+    - "+following": also every position after the concept up to the first end-of-text, since
+      a causal text encoder copies the concept forward into them.
+    Raises ConceptNotFoundError if a concept does not occur in its prompt.
+    """
+    if positions not in POSITION_MODES:
+        raise ValueError(
+            f"unknown positions mode {positions!r}; valid: {', '.join(POSITION_MODES)}"
+        )
+    length = tokenizer.model_max_length
+    batch = tokenizer(prompts, padding="max_length", max_length=length, truncation=True).input_ids
+    eot_id = tokenizer.eos_token_id
+    mask = torch.zeros(len(prompts), length)
+    for b, (prompt, ids) in enumerate(zip(prompts, batch)):
+        wanted = concepts[b]
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        eot = first_eot(ids, eot_id)
+        for concept in wanted:
+            spans = find_spans(ids[:eot], concept_token_ids(tokenizer, concept))
+            if not spans:
+                raise ConceptNotFoundError(
+                    f"concept {concept!r} does not occur in prompt {prompt!r} "
+                    "(check the template, or the prompt was truncated at 77 tokens)"
+                )
+            for span in spans:
+                stop = eot if "following" in positions else span.stop
+                mask[b, span.start : stop] = 1.0
+        if "eot" in positions:
+            mask[b, eot] = 1.0
+    return mask
