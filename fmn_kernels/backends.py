@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -153,12 +154,16 @@ def check_triton(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> list[s
     if q.shape[2] == 0 or n == 0:
         problems.append("empty query or key length")
     if not problems:
-        from fmn_kernels.triton_resteer import MAX_TILE, block_sizes
+        from fmn_kernels import triton_resteer as tr
 
-        block_n, block_d = block_sizes(n, d)
-        if block_n * block_d > MAX_TILE:
-            problems.append(f"key length {n} at head dim {d} needs a {block_n}x{block_d} tile "
-                            f"(> {MAX_TILE} elements): a whole key row does not fit on chip")
+        if not tr.fits_on_chip(n, d, q.dtype):
+            block_n, block_d = tr.block_sizes(n, d)
+            problems.append(f"key length {n} at head dim {d} needs a {block_n}x{block_d} "
+                            f"{q.dtype} tile (> {tr.MAX_TILE_BYTES} bytes): a whole key row "
+                            "does not fit on chip")
+        elif tr.unfit_key(q, n) in tr.UNFIT:
+            problems.append(f"the kernel ran out of resources here before: "
+                            f"{tr.UNFIT[tr.unfit_key(q, n)]}")
     return problems
 
 
@@ -222,4 +227,15 @@ def resteer_attention(
     >>> loss = resteer.sum(); loss.backward()  # doctest: +SKIP
     """
     chosen = select_backend(q, k, v, concept_mask, backend)
-    return _REGISTRY[chosen].load()(q, k, v, concept_mask, scale)
+    impl = _REGISTRY[chosen].load()
+    if chosen is not Backend.TRITON or requested_backend(backend) is not None:
+        return impl(q, k, v, concept_mask, scale)
+    from fmn_kernels import triton_resteer as tr
+
+    try:
+        return impl(q, k, v, concept_mask, scale)
+    except tr.RESOURCE_ERRORS as err:  # auto only: a forced backend lets the error through
+        tr.UNFIT[tr.unfit_key(q, k.shape[2])] = str(err)
+        warnings.warn(f"fused attention kernel did not fit on {q.device} ({err}); using the "
+                      "reference for this shape from now on", RuntimeWarning, stacklevel=2)
+        return _REGISTRY[Backend.TORCH].load()(q, k, v, concept_mask, scale)

@@ -22,8 +22,10 @@ Limits
 * q (B, H, M, D), k/v (B, H, N, D) with equal B and H (the dispatcher expands a batch-1 k/v).
 * Any strides; ``out`` is returned contiguous in q's dtype; gradients are contiguous.
 * ``N`` is padded to a power-of-two block ``BLOCK_N`` and ``D`` to ``BLOCK_D`` (>= 16) with masks.
-  A whole row of scores must fit on chip: ``BLOCK_N * BLOCK_D <= MAX_TILE`` (N <= 128 at D = 160,
-  N <= 256 at D <= 128, N <= 512 at D <= 64); the registry falls back to the reference beyond.
+  A whole key row must fit on chip: ``BLOCK_N * BLOCK_D * itemsize <= MAX_TILE_BYTES`` (64 KiB per
+  k or v tile: fp16/bf16 N <= 128 at D = 160, N <= 256 at D <= 128, N <= 512 at D <= 64; fp32
+  half of that); the registry falls back to the reference beyond. This bound is a design choice,
+  not measured: a GPU with less shared memory may still refuse a config (see below).
 * fp16 / bf16 / fp32 inputs, fp32 accumulation. P is rounded to the input dtype before the
   ``P v`` and ``dS q`` products (as in flash attention). fp32 inputs use ``input_precision="ieee"``
   (no TF32), for fidelity over speed.
@@ -36,19 +38,26 @@ Cautions
 * Under the interpreter (Triton 3.9) bf16 is silently wrong and ``autotune``/``do_bench`` fail:
   the interpreter path uses one fixed config and the registry refuses bf16 there.
 * On CUDA the kernels are autotuned per (M, N, D, dtype) unless ``FMN_TRITON_AUTOTUNE=0``; the
-  first call of each shape pays compilation and tuning.
+  first call of each shape pays compilation and tuning. The autotuner skips configs that do not
+  fit; if none fits (``OutOfResources``), ``auto`` dispatch warns, runs the reference and
+  remembers the (device, dtype, N, D) so later calls go straight to the reference; a failing
+  backward recomputes the gradients with the reference.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources, PTXASError
+
+from fmn_kernels.reference import resteer_attention_reference
 
 LOG2E = 1.4426950408889634
-MAX_TILE = 32768  # largest BLOCK_N * BLOCK_D the whole-row kernels accept
+MAX_TILE_BYTES = 65536  # largest k (or v) tile, BLOCK_N * BLOCK_D * itemsize, kept on chip
 MIN_BLOCK_M = 32  # smallest query block any config uses (sizes the resteer partial buffer)
 ROWS_ALIGN = 128  # split chunks are multiples of every BLOCK_M in the configs
 
@@ -61,6 +70,21 @@ def interpreting() -> bool:
 def block_sizes(n: int, d: int) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_D): key length and head dim padded to powers of two, at least 16."""
     return max(16, triton.next_power_of_2(n)), max(16, triton.next_power_of_2(d))
+
+
+def fits_on_chip(n: int, d: int, dtype: torch.dtype) -> bool:
+    """Whether a whole padded k (or v) tile stays within `MAX_TILE_BYTES`."""
+    block_n, block_d = block_sizes(n, d)
+    return block_n * block_d * torch.empty((), dtype=dtype).element_size() <= MAX_TILE_BYTES
+
+
+# Launches that ran out of on-chip resources: (device, dtype, N, D) -> the error text.
+RESOURCE_ERRORS = (OutOfResources, PTXASError)
+UNFIT: dict[tuple[str, torch.dtype, int, int], str] = {}
+
+
+def unfit_key(q: torch.Tensor, n: int) -> tuple[str, torch.dtype, int, int]:
+    return (str(q.device), q.dtype, n, q.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,8 +456,25 @@ class ResteerAttentionFunction(torch.autograd.Function):
         q, k, v, weights, lse = ctx.saved_tensors
         if d_out is None:
             d_out = torch.zeros_like(q)
-        dq, dk, dv = resteer_backward(q, k, v, weights, lse, ctx.scale, d_out, d_resteer)
+        try:
+            dq, dk, dv = resteer_backward(q, k, v, weights, lse, ctx.scale, d_out, d_resteer)
+        except RESOURCE_ERRORS as err:
+            UNFIT[unfit_key(q, k.shape[2])] = str(err)
+            warnings.warn(f"fused attention backward did not fit ({err}); gradients recomputed "
+                          "with the reference", RuntimeWarning, stacklevel=2)
+            dq, dk, dv = _reference_backward(q, k, v, weights, ctx.scale, d_out, d_resteer)
         return dq, dk, dv, None, None
+
+
+def _reference_backward(q, k, v, weights, scale, d_out, d_resteer):
+    with torch.enable_grad():
+        qr, kr, vr = (t.detach().requires_grad_() for t in (q, k, v))
+        out, resteer = resteer_attention_reference(qr, kr, vr, weights, scale)
+        outputs, grads = [out], [d_out.to(out.dtype)]
+        if weights is not None and d_resteer is not None:
+            outputs.append(resteer)
+            grads.append(d_resteer)
+        return torch.autograd.grad(outputs, (qr, kr, vr), grads)
 
 
 def resteer_attention_triton(
@@ -464,7 +505,10 @@ def resteer_attention_triton(
 
 
 __all__ = [
-    "MAX_TILE",
+    "MAX_TILE_BYTES",
+    "RESOURCE_ERRORS",
+    "UNFIT",
+    "fits_on_chip",
     "ResteerAttentionFunction",
     "block_sizes",
     "interpreting",

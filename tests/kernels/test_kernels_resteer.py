@@ -10,24 +10,31 @@ import pytest
 import torch
 from kernel_helpers import make_inputs, max_errors, record, run, run_eager_lowp, run_fp32_reference
 
-from fmn_kernels import resteer_attention
+from fmn_kernels import Backend, BackendUnavailableError, resteer_attention, select_backend
+from fmn_kernels.triton_resteer import fits_on_chip
 
-# (B, H, M, N, D, mask): query lengths off the 64-row block, key lengths 77 and 154 (padded to
-# 128 and 256), every SD head dim (40 -> 64, 80 -> 128, 160 -> 256 padded), masks per sample.
+# (B, H, M, N, D, mask): query lengths off the 64-row block, key lengths 77, 154 and 231
+# (padded to 128, 256, 256), every SD head dim (40 -> 64, 80 -> 128, 160 -> 256 padded), masks
+# per sample, fractional weights, no mask.
 SHAPES = [
-    pytest.param(1, 2, 64, 77, 64, "concept", id="m64-n77-d64"),
-    pytest.param(2, 2, 100, 77, 40, "per-sample", id="b2-m100-n77-d40"),
-    pytest.param(1, 1, 130, 154, 80, "per-sample", id="m130-n154-d80"),
-    pytest.param(2, 1, 17, 77, 160, "weights", id="b2-m17-n77-d160"),
-    pytest.param(1, 2, 200, 77, 64, None, id="m200-n77-d64-nomask"),
-    pytest.param(1, 5, 33, 16, 40, "concept", id="h5-m33-n16-d40"),
-    pytest.param(1, 1, 1, 231, 64, "per-sample", id="m1-n231-d64"),
+    ((1, 2, 64, 77, 64, "concept"), "m64-n77-d64"),
+    ((2, 2, 100, 77, 40, "per-sample"), "b2-m100-n77-d40"),
+    ((1, 1, 130, 154, 80, "per-sample"), "m130-n154-d80"),
+    ((2, 1, 17, 77, 160, "weights"), "b2-m17-n77-d160"),  # fp32: too big a tile, fp16 only
+    ((2, 1, 70, 40, 160, "per-sample"), "b2-m70-n40-d160"),
+    ((1, 2, 200, 77, 64, None), "m200-n77-d64-nomask"),
+    ((1, 5, 33, 16, 40, "concept"), "h5-m33-n16-d40"),
+    ((1, 1, 1, 231, 64, "per-sample"), "m1-n231-d64"),
 ]
 
 # (dtype, atol, rtol) against the fp32 reference on the same (rounded) inputs.
-DTYPES = [
-    pytest.param(torch.float32, 1e-5, 1e-4, id="fp32"),
-    pytest.param(torch.float16, 1e-2, 1e-2, id="fp16"),
+DTYPES = [(torch.float32, 1e-5, 1e-4, "fp32"), (torch.float16, 1e-2, 1e-2, "fp16")]
+
+CASES = [
+    pytest.param(*shape, dtype, atol, rtol, id=f"{sid}-{did}")
+    for shape, sid in SHAPES
+    for dtype, atol, rtol, did in DTYPES
+    if fits_on_chip(shape[3], shape[4], dtype)
 ]
 
 
@@ -35,8 +42,7 @@ def triton_fn(q, k, v, mask, scale):
     return resteer_attention(q, k, v, mask, scale, backend="triton")
 
 
-@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
-@pytest.mark.parametrize("b,h,m,n,d,mask_kind", SHAPES)
+@pytest.mark.parametrize("b,h,m,n,d,mask_kind,dtype,atol,rtol", CASES)
 def test_matches_reference(kernel_device, b, h, m, n, d, mask_kind, dtype, atol, rtol):
     inputs = make_inputs(b, h, m, n, d, dtype, kernel_device, mask_kind)
     got = run(triton_fn, *inputs)
@@ -106,3 +112,36 @@ def test_forward_never_saves_the_probabilities(kernel_device):
     assert all(m * n > 0 and (m not in s or n not in s) for s in saved), saved
     largest = max(torch.Size(s).numel() for s in saved)
     assert largest <= b * h * m * d
+
+
+def test_resource_error_falls_back_in_auto_and_in_backward(kernel_device, monkeypatch):
+    """A config that does not fit: auto warns and uses the reference; backward recomputes."""
+    from fmn_kernels import triton_resteer as tr
+
+    monkeypatch.setattr(tr, "UNFIT", {})
+    inputs = make_inputs(1, 2, 40, 77, 64, torch.float32, kernel_device, "concept")
+    want = run_fp32_reference(*inputs)
+
+    def no_fit(*args, **kwargs):
+        raise tr.OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(tr, "resteer_backward", no_fit)
+    with pytest.warns(RuntimeWarning, match="gradients recomputed"):
+        got = run(triton_fn, *inputs)
+    for name, err in max_errors(got, want).items():
+        assert err < 1e-5, (name, err)
+
+    assert tr.UNFIT, "the unfit shape is remembered"
+    with pytest.raises(BackendUnavailableError, match="ran out of resources"):
+        run(triton_fn, *inputs)
+
+    monkeypatch.setattr(tr, "UNFIT", {})
+    monkeypatch.setattr(tr, "resteer_forward", no_fit)
+    with pytest.raises(tr.OutOfResources):
+        run(triton_fn, *inputs)  # forced: the error goes through
+    monkeypatch.setattr(tr, "UNFIT", {})
+    with pytest.warns(RuntimeWarning, match="did not fit"):
+        got = run(lambda *a: resteer_attention(*a), *inputs)
+    for name, err in max_errors(got, want).items():
+        assert err < 1e-5, (name, err)
+    assert select_backend(*inputs[:4]) is Backend.TORCH
