@@ -1,0 +1,125 @@
+"""Writing pipelines out: one LDM-layout `.safetensors` file, or a weightless config folder.
+
+    >>> from fmn_desktop.models import export_single_file
+    >>> export_single_file(model.pipe, "patched.safetensors")  # doctest: +SKIP
+
+The file is written atomically: a temporary file in the destination folder, fsync, rename, so
+an interrupted export never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fmn_desktop.models.checkpoint import fsync_dir
+from fmn_desktop.models.ldm import pipeline_family, pipeline_to_ldm
+
+MODELSPEC_ARCH = {
+    ("sd1", "epsilon"): "stable-diffusion-v1",
+    ("sd2", "v_prediction"): "stable-diffusion-v2-768-v",
+    ("sd2", "epsilon"): "stable-diffusion-v2-512",
+    ("sdxl", "epsilon"): "stable-diffusion-xl-v1-base",
+}
+
+
+def export_single_file(
+    pipe,
+    path: str | os.PathLike,
+    *,
+    family: str | None = None,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write `pipe`'s UNet, VAE and text encoder(s) as one LDM-layout safetensors file.
+
+    `dtype` casts floating tensors (e.g. torch.float16 halves the file); default keeps them.
+    The file records `fmn.family` and `fmn.prediction_type` (read back by load_pipeline,
+    which settles SD2's v/epsilon question) and `modelspec.architecture`.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(
+            f"single-file export writes .safetensors, not {path.suffix or 'no suffix'}"
+        )
+    family = family or pipeline_family(pipe)
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    state = pipeline_to_ldm(pipe, family)
+    total = len(state)
+    tensors: dict[str, torch.Tensor] = {}
+    for i, (name, value) in enumerate(state.items()):
+        value = value.detach()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[name] = value.to("cpu").contiguous()
+        if progress is not None and (i % 200 == 0 or i == total - 1):
+            progress(i + 1, total)
+    meta = {
+        "format": "pt",
+        "fmn.family": family,
+        "fmn.prediction_type": prediction,
+        "modelspec.architecture": MODELSPEC_ARCH.get((family, prediction), family),
+        "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
+    }
+    meta.update(metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(_unshare(tensors), str(tmp), metadata=meta)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+    return path
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory: clone any that do."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        if key in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        seen.add(key)
+        out[name] = t
+    return out
+
+
+def save_config_folder(pipe, folder: str | os.PathLike) -> Path:
+    """Write a diffusers-layout folder with `pipe`'s configs and tokenizers, and no weights.
+
+    Such a folder is what `load_pipeline(file, config=folder)` and diffusers'
+    `from_single_file(config=...)` need for a checkpoint whose architecture is not one of the
+    shipped families.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe.save_config(str(folder))
+    for name, component in pipe.components.items():
+        if component is None:
+            continue
+        sub = folder / name
+        if (
+            hasattr(component, "save_vocabulary")
+            or hasattr(component, "save_pretrained")
+            and not (isinstance(component, torch.nn.Module))
+        ):
+            component.save_pretrained(str(sub))
+        elif hasattr(component, "config"):
+            sub.mkdir(parents=True, exist_ok=True)
+            config = component.config
+            if hasattr(config, "save_pretrained"):  # transformers config
+                config.save_pretrained(str(sub))
+            else:  # diffusers FrozenDict config
+                component.save_config(str(sub))
+    return folder
