@@ -1,0 +1,66 @@
+"""Fingerprints: same weights -> same hash whatever the dtype or file; any change -> new hash."""
+
+import time
+
+import pytest
+import torch
+from conftest import tiny_pipeline
+
+from fmn_desktop.models import FingerprintMismatch, FmnError, check_fingerprint, fingerprint_unet
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_pipeline("sd1").unet
+
+
+def test_stable_and_dtype_independent(unet):
+    fp = fingerprint_unet(unet)
+    assert fp == fingerprint_unet(unet) and len(fp) == 64
+    half = tiny_pipeline("sd1").unet.to(torch.float16)
+    assert fingerprint_unet(half) == fp
+    assert fingerprint_unet(half.to(torch.float32)) == fp
+
+
+def test_changed_weights_differ(unet):
+    fp = fingerprint_unet(unet)
+    name = next(n for n, _ in unet.named_parameters() if ".attn2.to_k." in n)
+    param = dict(unet.named_parameters())[name]
+    with torch.no_grad():
+        param[-1, -1] += 0.01  # last element of a patchable tensor: hashed in full
+        assert fingerprint_unet(unet) != fp
+        param[-1, -1] -= 0.01
+    assert fingerprint_unet(unet) == fp
+    conv = unet.conv_in.weight
+    with torch.no_grad():
+        conv.view(-1)[0] += 0.01  # a non-attn2 tensor: first/last values are sampled
+        assert fingerprint_unet(unet) != fp
+        conv.view(-1)[0] -= 0.01
+
+
+def test_other_architecture_differs(unet):
+    assert fingerprint_unet(tiny_pipeline("sd2").unet) != fingerprint_unet(unet)
+    assert fingerprint_unet(tiny_pipeline("sd1", seed=1).unet) != fingerprint_unet(unet)
+
+
+def test_check_fingerprint():
+    assert check_fingerprint("a" * 64, "a" * 64)
+    with pytest.raises(FingerprintMismatch) as err:
+        check_fingerprint("a" * 64, "b" * 64)
+    assert isinstance(err.value, FmnError) and "aaaaaaaaaaaa" in str(err.value)
+    assert check_fingerprint("a" * 64, "b" * 64, force=True) is False
+
+
+def test_cost_is_linear_in_attn2_bytes(unet):
+    """Hash speed sets the cost on real models (SDXL: ~2.6 GB of fp16 attn2 values)."""
+    t = torch.randn(64 * 1024 * 1024 // 4)  # 64 MB fp32 -> 32 MB canonical fp16
+
+    class Fake:
+        def state_dict(self):
+            return {"x.attn2.to_k.weight": t}
+
+    layer = Fake()
+    start = time.perf_counter()
+    fingerprint_unet(layer)
+    seconds = time.perf_counter() - start
+    assert seconds < 5.0  # ~0.1-0.2 s here: ~10-20 s for SDXL on one slow core, less on a workstation

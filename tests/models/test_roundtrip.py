@@ -1,0 +1,100 @@
+"""A tiny pipeline saved as a diffusers folder and as one LDM file reloads to the same images."""
+
+import pytest
+import torch
+from conftest import FAMILY_NAMES, generate
+
+from fmn_desktop.models import load_pipeline
+from fmn_desktop.models.checkpoint import safetensors_metadata
+
+COMPONENTS = {
+    "sd1": ("unet", "vae", "text_encoder"),
+    "sd2": ("unet", "vae", "text_encoder"),
+    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2"),
+}
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    bad = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not bad, bad[:5]
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_folder_and_single_file_reload_exactly(saved, family):
+    s = saved(family)
+    folder = load_pipeline(s.folder)
+    single = load_pipeline(s.file, config=s.config)
+    assert folder.family == single.family == family
+    assert folder.source_kind == "diffusers" and single.source_kind == "single_file"
+    for name in COMPONENTS[family]:
+        _same_weights(getattr(s.pipe, name), getattr(folder.pipe, name))
+        _same_weights(getattr(s.pipe, name), getattr(single.pipe, name))
+    img_folder, img_single = generate(folder.pipe), generate(single.pipe)
+    assert img_folder.shape == (1, 3, 64, 64)
+    assert torch.equal(img_folder, s.image)
+    assert torch.equal(img_single, s.image)
+    assert folder.fingerprint == single.fingerprint
+    assert folder.prediction_type == single.prediction_type
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_diffusers_from_single_file_reads_our_export(saved, family):
+    """diffusers' own loader is the independent reader of the exported file."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    s = saved(family)
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    tokenizers = {k: getattr(s.pipe, k) for k in ("tokenizer", "tokenizer_2") if hasattr(s.pipe, k)}
+    pipe = cls.from_single_file(
+        str(s.file), config=str(s.config), local_files_only=True, **tokenizers
+    )
+    for name in COMPONENTS[family]:
+        _same_weights(getattr(s.pipe, name), getattr(pipe, name))
+
+
+def test_export_metadata_and_sd2_prediction(saved, tmp_path):
+    s = saved("sd2")
+    meta = safetensors_metadata(s.file)
+    assert meta["fmn.family"] == "sd2"
+    assert meta["fmn.prediction_type"] == "v_prediction"
+    eps = load_pipeline(s.file, config=s.config, prediction_type="epsilon")
+    assert eps.prediction_type == "epsilon"
+    assert eps.pipe.scheduler.config.prediction_type == "epsilon"
+
+
+def test_sd2_sidecar_yaml_decides_prediction(saved, tmp_path):
+    from fmn_desktop.models.loading import _sd2_prediction
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"")
+    assert _sd2_prediction(f, {})[0] == "v_prediction"
+    (tmp_path / "model.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    assert _sd2_prediction(f, {})[0] == "v_prediction"
+    (tmp_path / "model.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+    assert _sd2_prediction(f, {})[0] == "epsilon"
+    assert _sd2_prediction(f, {"modelspec.prediction_type": "v"})[0] == "v_prediction"
+
+
+def test_fp16_export_and_load_dtype(saved, tmp_path):
+    from fmn_desktop.models import export_single_file
+
+    s = saved("sd1")
+    half = export_single_file(s.pipe, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < s.file.stat().st_size * 0.6
+    model = load_pipeline(half, config=s.config, dtype=torch.float16)
+    assert model.pipe.unet.dtype == torch.float16
+    # fingerprints hash a float16 canonical form: an fp16 copy matches the fp32 original
+    full = load_pipeline(s.file, config=s.config)
+    assert model.fingerprint == full.fingerprint
+
+
+def test_atomic_export_leaves_no_temp_files(saved, tmp_path):
+    from fmn_desktop.models import export_single_file
+
+    s = saved("sd1")
+    out = export_single_file(s.pipe, tmp_path / "sub" / "m.safetensors")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.safetensors"]
+    with pytest.raises(ValueError):
+        export_single_file(s.pipe, tmp_path / "m.ckpt")
