@@ -52,7 +52,7 @@ import warnings
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources, PTXASError
+from triton.runtime import errors as _triton_errors
 
 from fmn_kernels.reference import resteer_attention_reference
 
@@ -79,7 +79,11 @@ def fits_on_chip(n: int, d: int, dtype: torch.dtype) -> bool:
 
 
 # Launches that ran out of on-chip resources: (device, dtype, N, D) -> the error text.
-RESOURCE_ERRORS = (OutOfResources, PTXASError)
+OutOfResources = _triton_errors.OutOfResources
+RESOURCE_ERRORS = tuple(
+    getattr(_triton_errors, name) for name in ("OutOfResources", "PTXASError")
+    if hasattr(_triton_errors, name)
+)
 UNFIT: dict[tuple[str, torch.dtype, int, int], str] = {}
 
 
