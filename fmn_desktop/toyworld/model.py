@@ -49,9 +49,9 @@ def unet_config(cross_attention_dim: int = 64, **over) -> dict:
     cfg = dict(sample_size=16, in_channels=4, out_channels=4,
                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-               block_out_channels=(64, 96, 96), layers_per_block=1,
-               cross_attention_dim=cross_attention_dim, attention_head_dim=4,
-               norm_num_groups=32)
+               block_out_channels=(48, 96, 96), layers_per_block=1,
+               cross_attention_dim=cross_attention_dim, attention_head_dim=3,
+               norm_num_groups=16)
     cfg.update(over)
     return cfg
 
@@ -81,7 +81,7 @@ def _conv_stack(widths: tuple[int, ...]) -> nn.Sequential:
         return [nn.Conv2d(i, o, 3, s, 1), nn.GroupNorm(8, o), nn.SiLU()]
 
     layers = blk(3, widths[0], 1)
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
         layers += blk(a, b, 2) + blk(b, b, 1)
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 

@@ -45,12 +45,12 @@ BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 # Default sizes; tests pass a tiny `Config` instead.
 DEFAULTS = dict(
     n_train=50000, n_heldout=2000, n_judge=24000, n_judge_recon=8000,
-    text_steps=900, text_batch=256, text_lr=1e-3, text_cfg={},
+    text_steps=400, text_batch=256, text_lr=1e-3, text_cfg={},
     vae_steps=1500, vae_batch=32, vae_lr=1e-3, vae_minutes=9.0, vae_cfg={},
     judge_steps=900, judge_batch=128, judge_lr=2e-3, judge_minutes=6.0,
     unet_batch=64, unet_lr=6e-4, unet_warmup=200, unet_cfg={}, ema_decay=0.999,
     caption_dropout=0.1, snr_gamma=5.0,
-    eval_seeds=16, eval_steps=20, eval_cfg=5.0,
+    eval_seeds=16, eval_steps=20, eval_cfg=5.0, eval_templates=2,
 )
 
 
@@ -303,7 +303,8 @@ def stage_judge(out: Path, cfg: dict) -> None:
     while step < steps and time.time() - t0 < budget:
         frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
         for g in opt.param_groups:
-            g["lr"] = cfg["judge_lr"] * min(1, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * frac))
+            warm = min(1, (step + 1) / 30)
+            g["lr"] = cfg["judge_lr"] * warm * 0.5 * (1 + math.cos(math.pi * frac))
         b = torch.from_numpy(rng.choice(len(clean), B, replace=False))
         use_rec = torch.from_numpy(rng.random(B) < 0.5) & (b < nr)
         x = torch.where(use_rec[:, None, None, None], recon[b.clamp(max=nr - 1)], clean[b])
@@ -490,11 +491,11 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
 # ----------------------------------------------------------------------------- evaluation
 
 
-def eval_prompts() -> list[str]:
-    """Prompts covering every concept (each concept's first two templates)."""
+def eval_prompts(templates: int = 2) -> list[str]:
+    """Prompts covering every concept (each concept's first `templates` templates)."""
     prompts: list[str] = []
     for c in CONCEPTS.values():
-        for p in c.prompts()[:2]:
+        for p in c.prompts()[:templates]:
             if p not in prompts:
                 prompts.append(p)
     return prompts
@@ -535,7 +536,8 @@ def stage_eval(out: Path, cfg: dict, pipeline_dir: Path | None = None) -> dict:
     judge = Judge.load(pdir / "judge.safetensors" if (pdir / "judge.safetensors").exists()
                        else out / "judge.safetensors")
     t0 = time.time()
-    res = prompt_following(pipe, judge, eval_prompts(), cfg["eval_seeds"], cfg["eval_steps"],
+    res = prompt_following(pipe, judge, eval_prompts(cfg["eval_templates"]), cfg["eval_seeds"],
+                           cfg["eval_steps"],
                            cfg["eval_cfg"], log_fn=lambda m: log(out, m))
     res["minutes"] = (time.time() - t0) / 60
     meta = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() \
