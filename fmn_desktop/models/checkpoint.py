@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import warnings
 from pathlib import Path
 
 from fmn_desktop.models.errors import ModelLoadError
@@ -98,15 +100,18 @@ def load_pickle_state_dict(path: str | Path) -> dict:
     if not path.is_file():
         raise ModelLoadError(f"file not found: {path}")
     try:
-        obj = torch.load(
-            str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notices
+            obj = torch.load(
+                str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+        what = f" (it references {found[1]})" if found else ""
         raise ModelLoadError(
-            f"refusing to unpickle {path.name}: it contains objects other than tensors, which "
-            f"could run code when loaded ({first[:160]}). Convert it to .safetensors with a tool "
-            "you trust, or get a .safetensors release of this model"
+            f"refusing to unpickle {path.name}: it holds objects other than tensors, which "
+            f"could run code when loaded{what}. Convert it to .safetensors with a tool you "
+            "trust, or get a .safetensors release of this model"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ModelLoadError(
