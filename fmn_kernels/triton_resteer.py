@@ -4,8 +4,9 @@ What is fused
 -------------
 Forward, one program per (query block, batch*head), over the WHOLE key row at once:
 ``S = q k^T * scale``, the row softmax ``P``, ``out = P v``, the row log-sum-exp (kept, in base 2,
-for backward) and the re-steering term ``sum_m sum_n w[b, n] * P[m, n]^2`` (one fp32 partial per
-program, summed on the host in a fixed order, so the result is deterministic). ``P`` is never
+for backward) and the re-steering term ``sum_m sum_n w[b, n] * P[m, n]^2`` (its per-row value
+is written, 4 bytes a row like the LSE, and summed over rows on the host: deterministic, and
+safe when the autotuner re-runs the kernel with other block sizes). ``P`` is never
 written to memory: the forward saves q, k, v, the mask and the LSE only.
 
 Backward recomputes ``P`` from the LSE in two kernels:
@@ -58,7 +59,6 @@ from fmn_kernels.reference import resteer_attention_reference
 
 LOG2E = 1.4426950408889634
 MAX_TILE_BYTES = 65536  # largest k (or v) tile, BLOCK_N * BLOCK_D * itemsize, kept on chip
-MIN_BLOCK_M = 32  # smallest query block any config uses (sizes the resteer partial buffer)
 ROWS_ALIGN = 128  # split chunks are multiples of every BLOCK_M in the configs
 
 
@@ -98,12 +98,12 @@ def unfit_key(q: torch.Tensor, n: int) -> tuple[str, torch.dtype, int, int]:
 
 @triton.jit
 def _resteer_fwd_kernel(
-    Q, K, V, W, Out, Lse, Partial,
+    Q, K, V, W, Out, Lse, RowTerm,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_wb,
-    H, M, N, D, qk_scale, n_partial,
+    H, M, N, D, qk_scale,
     HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -145,8 +145,7 @@ def _resteer_fwd_kernel(
     if HAS_MASK:
         w = tl.load(W + b * stride_wb + offs_n, mask=n_ok, other=0.0)
         r = tl.sum(p * p * w[None, :], 1)
-        r = tl.where(m_ok, r, 0.0)
-        tl.store(Partial + pid_bh.to(tl.int64) * n_partial + pid_m, tl.sum(r, 0))
+        tl.store(RowTerm + pid_bh.to(tl.int64) * M + offs_m, r, mask=m_ok)
 
 
 @triton.jit
@@ -158,7 +157,7 @@ def _resteer_bwd_dq_kernel(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_wb,
     H, M, N, D, qk_scale, sm_scale,
-    HAS_MASK: tl.constexpr,
+    HAS_MASK: tl.constexpr, COMPUTE_DQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -194,10 +193,11 @@ def _resteer_bwd_dq_kernel(
         w = tl.load(W + b * stride_wb + offs_n, mask=n_ok, other=0.0)
         dp += (2.0 * g) * w[None, :] * p
     delta = tl.sum(p * dp, 1)
-    ds = p * (dp - delta[:, None])
-    dq = tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION) * sm_scale
-    dq_ptrs = DQ + pid_bh.to(tl.int64) * M * D + offs_m[:, None] * D + offs_d[None, :]
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=md_ok)
+    if COMPUTE_DQ:
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION) * sm_scale
+        dq_ptrs = DQ + pid_bh.to(tl.int64) * M * D + offs_m[:, None] * D + offs_d[None, :]
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=md_ok)
     tl.store(Delta + pid_bh.to(tl.int64) * M + offs_m, delta, mask=m_ok)
 
 
@@ -270,6 +270,11 @@ def _resteer_bwd_dkdv_kernel(
 # --------------------------------------------------------------------------------------------
 # Configs: one fixed config (interpreter, FMN_TRITON_AUTOTUNE=0) or autotuned on CUDA
 # --------------------------------------------------------------------------------------------
+
+
+def _fixed_warps(block_n: int, block_d: int) -> int:
+    """Warps for the fixed (non-autotuned) config: 8 once a tile is large."""
+    return 8 if block_n * block_d >= 128 * 128 else 4
 
 
 def _default_block_n2(block_n: int, block_d: int) -> int:
@@ -382,27 +387,33 @@ def resteer_forward(
     block_n, block_d = block_sizes(n, d)
     out = torch.empty((bsz, heads, m, d), device=q.device, dtype=q.dtype)
     lse = torch.empty((bsz * heads, m), device=q.device, dtype=torch.float32)
-    n_partial = triton.cdiv(m, MIN_BLOCK_M)
-    partial = torch.zeros((bsz * heads, n_partial), device=q.device, dtype=torch.float32)
     w, stride_wb = _mask_args(weights, q)
-    args = (q, k, v, w, out, lse, partial, *_strides(q), *_strides(k), *_strides(v), stride_wb,
-            heads, m, n, d, scale * LOG2E, n_partial)
+    rows = m if weights is not None else 1
+    row_term = torch.zeros((bsz * heads, rows), device=q.device, dtype=torch.float32)
+    args = (q, k, v, w, out, lse, row_term, *_strides(q), *_strides(k), *_strides(v), stride_wb,
+            heads, m, n, d, scale * LOG2E)
     meta = dict(HAS_MASK=weights is not None, BLOCK_N=block_n, BLOCK_D=block_d,
                 INPUT_PRECISION=_input_precision(q.dtype))
     if _autotune_enabled(q.device):
         grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]), bsz * heads)  # noqa: E731
         _tuned("fwd")[grid](*args, **meta)
     else:
-        _resteer_fwd_kernel[(triton.cdiv(m, 64), bsz * heads)](*args, BLOCK_M=64, **meta)
-    resteer = partial.sum(dim=1).view(bsz, heads)
+        _resteer_fwd_kernel[(triton.cdiv(m, 64), bsz * heads)](
+            *args, BLOCK_M=64, num_warps=_fixed_warps(block_n, block_d), **meta)
+    resteer = row_term.sum(dim=1).view(bsz, heads)
     return out, lse, resteer
 
 
 def resteer_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None,
     lse: torch.Tensor, scale: float, d_out: torch.Tensor, d_resteer: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward from the saved LSE: (dq, dk, dv), contiguous, in the inputs' dtypes."""
+    needs: tuple[bool, bool, bool] = (True, True, True),
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Backward from the saved LSE: (dq, dk, dv), contiguous, in the inputs' dtypes.
+
+    ``needs`` (autograd's ``needs_input_grad`` for q, k, v) skips the dQ product when q needs no
+    gradient (the row ``delta`` is still computed) and the dK/dV kernel when neither k nor v do.
+    """
     bsz, heads, m, d = q.shape
     n = k.shape[2]
     bh = bsz * heads
@@ -412,7 +423,8 @@ def resteer_backward(
     g = (d_resteer.float().contiguous().view(bh) if has_mask
          else q.new_zeros(1, dtype=torch.float32))
     w, stride_wb = _mask_args(weights if has_mask else None, q)
-    dq = torch.empty((bsz, heads, m, d), device=q.device, dtype=q.dtype)
+    dq = (torch.empty((bsz, heads, m, d), device=q.device, dtype=q.dtype) if needs[0]
+          else q.new_empty(1))
     delta = torch.empty((bh, m), device=q.device, dtype=torch.float32)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(d_out), stride_wb, heads, m, n, d,
               scale * LOG2E, scale)
@@ -422,10 +434,13 @@ def resteer_backward(
     dq_args = (q, k, v, d_out, w, g, lse, delta, dq, *common)
     if tuned:
         grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]), bh)  # noqa: E731
-        _tuned("dq")[grid](*dq_args, BLOCK_N=block_n, **meta)
+        _tuned("dq")[grid](*dq_args, BLOCK_N=block_n, COMPUTE_DQ=needs[0], **meta)
     else:
-        _resteer_bwd_dq_kernel[(triton.cdiv(m, 64), bh)](*dq_args, BLOCK_M=64, BLOCK_N=block_n,
-                                                         **meta)
+        _resteer_bwd_dq_kernel[(triton.cdiv(m, 64), bh)](
+            *dq_args, BLOCK_M=64, BLOCK_N=block_n, COMPUTE_DQ=needs[0],
+            num_warps=_fixed_warps(block_n, block_d), **meta)
+    if not (needs[1] or needs[2]):
+        return (dq if needs[0] else None), None, None
 
     block_n2 = _default_block_n2(block_n, block_d)
     rows, n_split = _choose_split(m, bh, triton.cdiv(n, block_n2), q.device)
@@ -437,10 +452,11 @@ def resteer_backward(
         _tuned("dkdv")[grid](*kv_args, **meta)
     else:
         grid = (triton.cdiv(n, block_n2), bh, n_split)
-        _resteer_bwd_dkdv_kernel[grid](*kv_args, BLOCK_M=64, BLOCK_N2=block_n2, **meta)
-    dk = dk_part.sum(dim=1).view(bsz, heads, n, d).to(k.dtype)
-    dv = dv_part.sum(dim=1).view(bsz, heads, n, d).to(v.dtype)
-    return dq, dk, dv
+        _resteer_bwd_dkdv_kernel[grid](*kv_args, BLOCK_M=64, BLOCK_N2=block_n2,
+                                       num_warps=_fixed_warps(block_n2, block_d), **meta)
+    dk = dk_part.sum(dim=1).view(bsz, heads, n, d).to(k.dtype) if needs[1] else None
+    dv = dv_part.sum(dim=1).view(bsz, heads, n, d).to(v.dtype) if needs[2] else None
+    return (dq if needs[0] else None), dk, dv
 
 
 class ResteerAttentionFunction(torch.autograd.Function):
@@ -461,7 +477,8 @@ class ResteerAttentionFunction(torch.autograd.Function):
         if d_out is None:
             d_out = torch.zeros_like(q)
         try:
-            dq, dk, dv = resteer_backward(q, k, v, weights, lse, ctx.scale, d_out, d_resteer)
+            dq, dk, dv = resteer_backward(q, k, v, weights, lse, ctx.scale, d_out, d_resteer,
+                                          needs=tuple(ctx.needs_input_grad[:3]))
         except RESOURCE_ERRORS as err:
             UNFIT[unfit_key(q, k.shape[2])] = str(err)
             warnings.warn(f"fused attention backward did not fit ({err}); gradients recomputed "

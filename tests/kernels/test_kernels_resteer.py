@@ -145,3 +145,20 @@ def test_resource_error_falls_back_in_auto_and_in_backward(kernel_device, monkey
     for name, err in max_errors(got, want).items():
         assert err < 1e-5, (name, err)
     assert select_backend(*inputs[:4]) is Backend.TORCH
+
+
+@pytest.mark.parametrize("trainable", ["k", "q", "kv"])
+def test_partial_requires_grad(kernel_device, trainable):
+    """Only some inputs need gradients (the fast mode trains K on cached queries)."""
+    q, k, v, mask, d_out, d_res = make_inputs(1, 2, 90, 77, 40, torch.float32, kernel_device,
+                                              "concept")
+    grads = {}
+    for backend in ("triton", "torch"):
+        leaves = {name: t.detach().requires_grad_(name in trainable)
+                  for name, t in zip("qkv", (q, k, v), strict=True)}
+        out, resteer = resteer_attention(*leaves.values(), mask, backend=backend)
+        loss = (out * d_out).sum() + (resteer * d_res).sum()
+        wanted = [leaves[name] for name in trainable]
+        grads[backend] = torch.autograd.grad(loss, wanted)
+    for got, want in zip(grads["triton"], grads["torch"], strict=True):
+        assert (got - want).abs().max() < 1e-5
