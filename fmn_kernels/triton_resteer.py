@@ -47,6 +47,7 @@ Cautions
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -459,12 +460,18 @@ def resteer_backward(
     return (dq if needs[0] else None), dk, dv
 
 
+def _device_of(t: torch.Tensor):
+    """Launch on the tensor's GPU, not on whichever is current (several-GPU machines)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 class ResteerAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: saves q, k, v, the mask weights and the LSE, never the probabilities."""
 
     @staticmethod
     def forward(ctx, q, k, v, weights, scale):  # type: ignore[override]
-        out, lse, resteer = resteer_forward(q, k, v, weights, scale)
+        with _device_of(q):
+            out, lse, resteer = resteer_forward(q, k, v, weights, scale)
         ctx.save_for_backward(q, k, v, weights, lse)
         ctx.scale = scale
         if weights is None:
@@ -477,8 +484,9 @@ class ResteerAttentionFunction(torch.autograd.Function):
         if d_out is None:
             d_out = torch.zeros_like(q)
         try:
-            dq, dk, dv = resteer_backward(q, k, v, weights, lse, ctx.scale, d_out, d_resteer,
-                                          needs=tuple(ctx.needs_input_grad[:3]))
+            with _device_of(q):
+                dq, dk, dv = resteer_backward(q, k, v, weights, lse, ctx.scale, d_out, d_resteer,
+                                              needs=tuple(ctx.needs_input_grad[:3]))
         except RESOURCE_ERRORS as err:
             UNFIT[unfit_key(q, k.shape[2])] = str(err)
             warnings.warn(f"fused attention backward did not fit ({err}); gradients recomputed "
