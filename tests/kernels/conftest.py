@@ -41,7 +41,7 @@ def pytest_terminal_summary(terminalreporter):
 
     if not kernel_helpers.WORST:
         return
-    terminalreporter.section("fmn_kernels: max |kernel - fp32 reference|")
+    terminalreporter.section("fmn_kernels: max |error| vs the fp32 reference")
     dtypes = sorted({d for d, _ in kernel_helpers.WORST})
     for dtype in dtypes:
         cells = ", ".join(f"{name} {kernel_helpers.WORST[(dtype, name)]:.2e}"

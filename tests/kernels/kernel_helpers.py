@@ -78,7 +78,7 @@ def max_errors(got, want) -> dict[str, float]:
 WORST: dict[tuple[str, str], float] = {}
 
 
-def record(dtype: torch.dtype, errors: dict[str, float]) -> None:
+def record(dtype: torch.dtype, errors: dict[str, float], label: str = "") -> None:
     for name, err in errors.items():
-        key = (str(dtype).replace("torch.", ""), name)
+        key = (str(dtype).replace("torch.", "") + label, name)
         WORST[key] = max(WORST.get(key, 0.0), err)

@@ -69,6 +69,7 @@ def test_sd_shapes_match_reference(b, h, m, n, d, dtype, atol, rtol):
         torch.testing.assert_close(g.float(), w, atol=atol, rtol=rtol, msg=name)
     if dtype != torch.float32:
         lowp = max_errors(run_eager_lowp(*inputs), want)
+        record(dtype, lowp, " eager (yardstick)")
         for (name, err), w in zip(errors.items(), want, strict=True):
             bound = 2 * lowp[name] + 1e-5 * w.abs().max().item()
             assert err <= bound, (name, err, lowp[name])

@@ -56,6 +56,7 @@ def test_matches_reference(kernel_device, b, h, m, n, d, mask_kind, dtype, atol,
         torch.testing.assert_close(g.float(), w, atol=atol, rtol=rtol, msg=name)
     if dtype != torch.float32:
         lowp = max_errors(run_eager_lowp(*inputs), want)
+        record(dtype, lowp, " eager (yardstick)")
         for name, err in errors.items():
             assert err <= 2 * lowp[name] + 1e-6, (name, err, lowp[name])
 
