@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("FMN_THREADS", "1")
@@ -10,6 +12,7 @@ import fmn_desktop  # noqa: E402,F401  (sets offline mode before diffusers is im
 from fmn_desktop.runtime import set_threads  # noqa: E402
 
 set_threads(1)
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py: tiny pipelines built in code
 
 
 @pytest.fixture
@@ -20,10 +23,6 @@ def seed() -> int:
 
 @pytest.fixture
 def tiny_pipe():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiny import tiny_sd_pipeline
 
     return tiny_sd_pipeline()

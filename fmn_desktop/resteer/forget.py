@@ -144,6 +144,8 @@ def forget_steps(
 
     yield ForgetProgress(0, config.steps, math.nan, math.nan, None, phase="references")
     latents = reference_latents(pipe, prompts, config, generator=gen)
+    # Generated latent i comes from prompt i mod P; a folder's images fit any prompt.
+    latent_prompt = None if config.reference_dir else torch.arange(len(latents)) % len(prompts)
 
     retain_prompts = [
         p
@@ -179,8 +181,9 @@ def forget_steps(
         with resteer_hooks(unet, state):
             for step in range(1, config.steps + 1):
                 b = config.batch_size
-                pick = torch.randint(0, len(prompts), (b,), generator=gen)
-                x0 = latents[pick].to(device, unet.dtype)
+                idx = torch.randint(0, len(latents), (b,), generator=gen)
+                pick = _prompts_for_latents(idx, latent_prompt, owners, gen)
+                x0 = latents[idx].to(device, unet.dtype)
                 noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
                 t = _timesteps(noise_sched, b, gen).to(device)
                 noisy = noise_sched.add_noise(x0, noise, t)
@@ -272,6 +275,20 @@ def forget(
             raise CancelledError("forget job cancelled; no patch was written")
 
 
+def _prompts_for_latents(
+    idx: torch.Tensor, latent_prompt: torch.Tensor | None, owners: list[str], gen: torch.Generator
+) -> torch.Tensor:
+    """A prompt for each picked latent: any prompt naming the concept the latent shows."""
+    n = len(owners)
+    if latent_prompt is None:
+        return torch.randint(0, n, (len(idx),), generator=gen)
+    picks = []
+    for i in idx.tolist():
+        same = [j for j in range(n) if owners[j] == owners[int(latent_prompt[i])]]
+        picks.append(same[int(torch.randint(0, len(same), (1,), generator=gen))])
+    return torch.tensor(picks)
+
+
 def _select(added: dict | None, idx: torch.Tensor) -> dict | None:
     if added is None:
         return None
@@ -286,6 +303,8 @@ def _concat(a: dict | None, b: dict | None) -> dict | None:
 
 def load_reference_dir(path: str | Path) -> list[Path]:
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    if not Path(path).is_dir():
+        raise TrainingError(f"reference folder {path} does not exist or is not a folder")
     files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in exts)
     if not files:
         raise TrainingError(f"no images (png, jpg, webp, bmp) in reference folder {path}")

@@ -1,0 +1,257 @@
+"""The product's verbs as plain functions: the CLI and the desktop app both call these.
+
+Each long one takes an optional progress callback and leaves nothing half-written: patch
+files and exported models are written atomically, and a failed or cancelled job writes none.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from fmn_desktop.errors import FmnError, PatchFormatError
+from fmn_desktop.patch import Patch, PatchedUNet, load_patch, save_patch, to_lora, unet_module_names
+from fmn_desktop.resteer import ForgetConfig, ForgetProgress, forget
+
+DEFAULT_MODEL = "default"
+
+
+def open_model(
+    spec: str | None = DEFAULT_MODEL,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    family: str | None = None,
+    prediction_type: str | None = None,
+):
+    """Load a model by path, or the embedded default model for None / "default"."""
+    from fmn_desktop.models import load_pipeline
+
+    if spec in (None, "", DEFAULT_MODEL):
+        from fmn_desktop.toyworld import WEIGHTS_DIR, weights_available
+
+        if not weights_available():
+            raise FmnError(
+                "the embedded default model's weights are not installed; give a model path "
+                "(a diffusers folder or a .safetensors checkpoint)"
+            )
+        model = load_pipeline(WEIGHTS_DIR, family="sd1", dtype=dtype, device=device)
+        model.family = "toy"
+        return model
+    return load_pipeline(
+        spec, family=family, prediction_type=prediction_type, dtype=dtype, device=device
+    )
+
+
+@dataclass
+class PatchSpec:
+    path: Path
+    strength: float = 1.0
+
+
+def parse_patch_spec(text: str) -> PatchSpec:
+    """'PATH[:STRENGTH]' (a Windows drive letter's colon is not a strength)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not tail.startswith(("\\", "/")):
+        try:
+            return PatchSpec(Path(head), float(tail))
+        except ValueError:
+            pass
+    return PatchSpec(Path(text), 1.0)
+
+
+def read_patches(model, specs: Sequence[PatchSpec]) -> list[tuple[Patch, float]]:
+    names = unet_module_names(model.pipe.unet)
+    return [(load_patch(s.path, names), s.strength) for s in specs]
+
+
+@dataclass
+class ForgetOutcome:
+    path: Path
+    patch: Patch
+    seconds: float
+    lora_error: float | None
+    final_loss: float
+
+
+def forget_to_file(
+    model,
+    config: ForgetConfig,
+    out: str | os.PathLike,
+    fmt: str = "lora",
+    export_rank: int | None = None,
+    max_rel_error: float = 0.01,
+    progress: Callable[[ForgetProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> ForgetOutcome:
+    """Run a forget job on `model` and write the patch to `out` (LoRA or .diff).
+
+    Dense deltas written as LoRA go through truncated SVD: rank `export_rank`, or the smallest
+    rank within `max_rel_error`; the error achieved is returned and stored in the metadata.
+    """
+    out = Path(out)
+    if fmt not in ("lora", "diff"):
+        raise FmnError(f"unknown patch format {fmt!r}; valid: lora, diff")
+    if out.exists() and out.is_dir():
+        raise FmnError(f"{out} is a folder; give a file name ending in .safetensors")
+    result = forget(
+        model.pipe,
+        config,
+        fingerprint=model.fingerprint or "",
+        family=model.family,
+        progress=progress,
+        should_cancel=should_cancel,
+    )
+    patch, err = result.patch, None
+    if fmt == "lora" and not patch.is_lora:
+        patch, err = to_lora(
+            patch, rank=export_rank, max_rel_error=None if export_rank else max_rel_error
+        )
+        patch.meta.extra["lora_relative_error"] = f"{err:.6f}"
+    patch.meta.hyperparameters["seconds"] = round(result.seconds, 3)
+    save_patch(patch, out, fmt)
+    return ForgetOutcome(out, patch, result.seconds, err, result.history[-1].loss)
+
+
+def apply_to_file(
+    model, specs: Sequence[PatchSpec], out: str | os.PathLike, force: bool = False
+) -> Path:
+    """Write `model` with patches applied as a diffusers folder, or a single `.safetensors`."""
+    out = Path(out)
+    patches = read_patches(model, specs)
+    with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=force):
+        if out.suffix.lower() == ".safetensors":
+            from fmn_desktop.models import export_single_file
+
+            family = None if model.family == "toy" else model.family
+            export_single_file(model.pipe, out, family=family)
+        else:
+            _save_folder_atomically(model.pipe, out)
+    return out
+
+
+def _save_folder_atomically(pipe, out: Path) -> None:
+    """save_pretrained into a temporary sibling, then rename: no half-written model folder."""
+    import shutil
+    import tempfile
+
+    if out.exists() and any(out.iterdir()):
+        raise FmnError(f"{out} exists and is not empty; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@torch.no_grad()
+def generate_images(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int = 20,
+    guidance: float = 5.0,
+    size: int | None = None,
+) -> list[list[Image.Image]]:
+    """Images[prompt][seed], each from its own seeded generator (repeatable)."""
+    rows = []
+    for prompt in prompts:
+        row = []
+        for seed in seeds:
+            g = torch.Generator("cpu").manual_seed(int(seed))
+            kwargs = {"height": size, "width": size} if size else {}
+            row.append(
+                pipe(
+                    prompt,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=g,
+                    **kwargs,
+                ).images[0]
+            )
+        rows.append(row)
+    return rows
+
+
+def grid_image(
+    rows: list[list[Image.Image]],
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    cell: int | None = None,
+) -> Image.Image:
+    """A labelled grid: one row per prompt (label on the left), one column per seed."""
+    n_cols = max(len(r) for r in rows)
+    size = cell or max(64, rows[0][0].width)
+    label_w = 0 if not labels else min(320, 7 * max(len(s) for s in labels) + 12)
+    top = 18 if title else 0
+    grid = Image.new("RGB", (label_w + n_cols * (size + 2), top + len(rows) * (size + 2)), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((4, 3), title, fill="black")
+    for r, row in enumerate(rows):
+        y = top + r * (size + 2)
+        if labels:
+            draw.text((4, y + size // 2 - 6), labels[r][:45], fill="black")
+        for c, img in enumerate(row):
+            grid.paste(img.resize((size, size), Image.NEAREST), (label_w + c * (size + 2), y))
+    return grid
+
+
+def side_by_side(left: Image.Image, right: Image.Image, gap: int = 12) -> Image.Image:
+    out = Image.new(
+        "RGB", (left.width + gap + right.width, max(left.height, right.height)), "white"
+    )
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width + gap, 0))
+    return out
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    import io
+
+    from fmn_desktop.patch.format import atomic_write_bytes
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def describe_patch(path: str | os.PathLike) -> dict:
+    """Metadata and a summary of a patch file, without needing a model."""
+    patch = load_patch(path)
+    meta = patch.meta
+    ranks = sorted({d.rank for d in patch.deltas.values() if d.rank is not None})
+    size = Path(path).stat().st_size
+    if not patch.deltas:
+        raise PatchFormatError(f"{path} holds no deltas")
+    return {
+        "file": str(path),
+        "bytes": size,
+        "format": "lora" if patch.is_lora else "diff",
+        "concepts": meta.concepts,
+        "kind": meta.kind,
+        "method": meta.method,
+        "family": meta.family,
+        "base_fingerprint": meta.base_fingerprint,
+        "created": meta.created,
+        "title": meta.title,
+        "tensors": len(patch.deltas),
+        "parameters": patch.numel(),
+        "ranks": ranks,
+        "hyperparameters": meta.hyperparameters,
+        "scores": meta.scores,
+        "extra": meta.extra,
+        "norm": math.sqrt(sum(float(d.to_dense().square().sum()) for d in patch.deltas.values())),
+    }

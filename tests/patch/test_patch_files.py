@@ -1,0 +1,169 @@
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fmn_desktop.errors import PatchFormatError, PatchMismatchError
+from fmn_desktop.patch import (
+    Delta,
+    Patch,
+    PatchedUNet,
+    PatchMeta,
+    load_patch,
+    read_metadata,
+    save_patch,
+    svd_lowrank,
+    to_lora,
+    unet_module_names,
+)
+
+K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+V = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight"
+
+
+def _dense_patch(unet, scale=0.05, fingerprint="base-fp"):
+    params = dict(unet.named_parameters())
+    g = torch.Generator().manual_seed(3)
+    deltas = {n: Delta(dense=torch.randn(params[n].shape, generator=g) * scale) for n in (K, V)}
+    meta = PatchMeta(
+        concepts=["castle"],
+        family="sd1",
+        base_fingerprint=fingerprint,
+        hyperparameters={"steps": 3},
+    )
+    return Patch(deltas, meta)
+
+
+def _snapshot(unet):
+    return {n: p.detach().clone() for n, p in unet.named_parameters()}
+
+
+def test_diff_roundtrip_keeps_values_and_metadata(tiny_pipe, tmp_path):
+    patch = _dense_patch(tiny_pipe.unet)
+    path = save_patch(patch, tmp_path / "p.safetensors", "diff")
+    meta = read_metadata(path)
+    assert meta["fmn.base_fingerprint"] == "base-fp"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/diff"
+    back = load_patch(path, unet_module_names(tiny_pipe.unet))
+    assert set(back.deltas) == {K, V}
+    torch.testing.assert_close(back.deltas[K].dense, patch.deltas[K].dense, rtol=0, atol=0)
+    assert back.meta.concepts == ["castle"] and back.meta.hyperparameters == {"steps": 3}
+
+
+def test_kohya_key_names(tiny_pipe, tmp_path):
+    lora, _ = to_lora(_dense_patch(tiny_pipe.unet), rank=2)
+    path = save_patch(lora, tmp_path / "p.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        keys = set(fh.keys())
+        meta = fh.metadata()
+    stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    assert {f"{stem}.lora_down.weight", f"{stem}.lora_up.weight", f"{stem}.alpha"} <= keys
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["ss_network_dim"] == "2"
+
+
+def test_apply_and_restore_is_bit_exact(tiny_pipe):
+    unet = tiny_pipe.unet
+    before = _snapshot(unet)
+    patch = _dense_patch(unet)
+    with PatchedUNet(unet, [(patch, 0.7), (patch, -0.2)]):
+        params = dict(unet.named_parameters())
+        expected = before[K] + 0.5 * patch.deltas[K].dense
+        torch.testing.assert_close(params[K], expected, atol=1e-6, rtol=0)
+        assert not torch.equal(params[K], before[K])
+    after = _snapshot(unet)
+    assert all(torch.equal(after[n], before[n]) for n in before)
+
+
+def test_our_apply_equals_diffusers_load_lora_weights(tiny_pipe, tmp_path):
+    """diffusers' kohya reader is the independent check of the files we write."""
+    from tiny import tiny_sd_pipeline
+
+    patch, err = to_lora(_dense_patch(tiny_pipe.unet), max_rel_error=0.3)
+    path = save_patch(patch, tmp_path / "p.safetensors")
+    ours = tiny_sd_pipeline()
+    PatchedUNet(ours.unet, [(load_patch(path, unet_module_names(ours.unet)), 1.0)]).apply()
+    theirs = tiny_sd_pipeline()
+    theirs.load_lora_weights(str(path))
+    theirs.fuse_lora()
+    theirs.unload_lora_weights()
+    a, b = dict(theirs.unet.named_parameters()), dict(ours.unet.named_parameters())
+    assert set(a) == set(b)
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert not torch.equal(b[K], dict(tiny_sd_pipeline().unet.named_parameters())[K])
+
+
+def test_svd_error_bound_and_exact_rank():
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(40, 3, generator=g) @ torch.randn(3, 24, generator=g)
+    delta, err = svd_lowrank(low, rank=3)
+    assert err < 1e-5
+    torch.testing.assert_close(delta.to_dense(), low, atol=1e-4, rtol=1e-4)
+    noisy = low + 0.05 * torch.randn(40, 24, generator=g)
+    delta, err = svd_lowrank(noisy, max_rel_error=0.05)
+    assert err <= 0.05 and delta.rank < 24
+    measured = (delta.to_dense() - noisy).norm() / noisy.norm()
+    assert abs(measured.item() - err) < 1e-4
+
+
+def test_truncated_file_is_refused(tiny_pipe, tmp_path):
+    path = save_patch(_dense_patch(tiny_pipe.unet), tmp_path / "p.safetensors", "diff")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PatchFormatError):
+        load_patch(cut)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    with pytest.raises(PatchFormatError):
+        load_patch(garbage)
+
+
+def test_pickle_is_never_loaded(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "patch.ckpt"
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(PatchFormatError, match="pickled"):
+        load_patch(path)
+    renamed = tmp_path / "patch.safetensors"
+    renamed.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(PatchFormatError):
+        load_patch(renamed)
+    assert not marker.exists()
+
+
+def test_patch_for_another_base_is_refused_unless_forced(tiny_pipe):
+    patch = _dense_patch(tiny_pipe.unet, fingerprint="aaaa")
+    before = _snapshot(tiny_pipe.unet)
+    with pytest.raises(PatchMismatchError, match="another base|base model"):
+        PatchedUNet(tiny_pipe.unet, [(patch, 1.0)], fingerprint="bbbb").apply()
+    assert all(torch.equal(p, before[n]) for n, p in tiny_pipe.unet.named_parameters())
+    with PatchedUNet(tiny_pipe.unet, [(patch, 1.0)], fingerprint="bbbb", force=True):
+        pass
+
+
+def test_wrong_shapes_and_keys_name_the_keys(tiny_pipe, tmp_path):
+    bad = Patch({K: Delta(dense=torch.zeros(3, 3))}, PatchMeta(concepts=["x"]))
+    with pytest.raises(PatchMismatchError, match="attn2.to_k.weight"):
+        PatchedUNet(tiny_pipe.unet, [(bad, 1.0)]).apply()
+    path = tmp_path / "foreign.safetensors"
+    save_file({"lora_unet_input_blocks_99_to_k.diff": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(PatchMismatchError, match="input_blocks_99"):
+        load_patch(path, unet_module_names(tiny_pipe.unet))
+
+
+def test_nan_patch_is_refused(tiny_pipe, tmp_path):
+    patch = _dense_patch(tiny_pipe.unet)
+    patch.deltas[K].dense[0, 0] = float("nan")
+    path = save_patch(patch, tmp_path / "nan.safetensors", "diff")
+    with pytest.raises(PatchFormatError, match="NaN"):
+        load_patch(path)
