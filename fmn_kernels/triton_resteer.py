@@ -30,10 +30,14 @@ Limits
 * fp16 / bf16 / fp32 inputs, fp32 accumulation. P is rounded to the input dtype before the
   ``P v`` and ``dS q`` products (as in flash attention). fp32 inputs use ``input_precision="ieee"``
   (no TF32), for fidelity over speed.
-* No gradient w.r.t. the concept mask (it is a constant selection of columns).
+* No gradient w.r.t. the concept mask (it is a constant selection of columns). Inputs that
+  need no gradient are skipped in backward (no dQ product; no dK/dV kernel if neither needs one).
 
 Cautions
 --------
+* Written and verified on a CPU-only machine: the kernels have run under the Triton interpreter
+  only. Their compilation on a GPU, the autotune configs, on-chip fit and speed are unverified
+  until ``bench/gpu_check.sh`` runs on one (see docs/BENCHMARKS.md).
 * ``TRITON_INTERPRET=1`` must be set before this module is imported for the CPU interpreter;
   the kernels are decorated at import time.
 * Under the interpreter (Triton 3.9) bf16 is silently wrong and ``autotune``/``do_bench`` fail:
