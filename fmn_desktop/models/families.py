@@ -89,9 +89,14 @@ def load_tokenizer(subfolder: str | Path):
     """
     from transformers import CLIPTokenizer
 
-    special = json.loads((Path(subfolder) / "special_tokens_map.json").read_text())
+    pad = "<|endoftext|>"
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the latter wins
+        file = Path(subfolder) / name
+        if file.is_file():
+            value = json.loads(file.read_text()).get("pad_token", pad)
+            pad = value["content"] if isinstance(value, dict) else value
     return CLIPTokenizer.from_pretrained(
-        str(CLIP_TOKENIZER_DIR), local_files_only=True, pad_token=special["pad_token"]
+        str(CLIP_TOKENIZER_DIR), local_files_only=True, pad_token=pad
     )
 
 

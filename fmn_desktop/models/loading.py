@@ -67,7 +67,6 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, SafetensorError)
 
 
-
 @dataclass
 class LoadedModel:
     """A loaded pipeline and what the rest of the product needs to know about it."""
@@ -314,11 +313,9 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
 
             tokenizers[name] = CLIPTokenizer.from_pretrained(str(sub), local_files_only=True)
         else:
-            shipped = (
-                sub
-                if (sub / "special_tokens_map.json").is_file()
-                else (config_dir(detected, prediction) / name)
-            )
+            pad_files = ("special_tokens_map.json", "tokenizer_config.json")
+            has_pad = any((sub / f).is_file() for f in pad_files)
+            shipped = sub if has_pad else config_dir(detected, prediction) / name
             tokenizers[name] = load_tokenizer(shipped)
     cls = _pipeline_class(detected)
     pipe = cls.from_single_file(

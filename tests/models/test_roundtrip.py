@@ -98,3 +98,49 @@ def test_atomic_export_leaves_no_temp_files(saved, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.safetensors"]
     with pytest.raises(ValueError):
         export_single_file(s.pipe, tmp_path / "m.ckpt")
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_config_folder_without_vocab_uses_shipped_vocab(saved, tmp_path, family):
+    """A config folder may carry only tokenizer configs: the shipped vocabulary is used,
+    with the folder's pad token ("!" for OpenCLIP tokenizers)."""
+    import shutil
+
+    s = saved(family)
+    config = tmp_path / "config"
+    shutil.copytree(s.config, config)
+    for name in ("tokenizer", "tokenizer_2"):
+        for f in ("tokenizer.json", "vocab.json", "merges.txt"):
+            (config / name / f).unlink(missing_ok=True)
+    model = load_pipeline(s.file, config=config)
+    assert model.pipe.tokenizer.pad_token == ("!" if family == "sd2" else "<|endoftext|>")
+    if family == "sdxl":
+        assert model.pipe.tokenizer_2.pad_token == "!"
+    assert torch.equal(generate(model.pipe), s.image)
+
+
+def test_shipped_config_folders_detect_as_their_family():
+    from fmn_desktop.models import config_dir
+    from fmn_desktop.models.families import detect_family_from_folder
+
+    assert detect_family_from_folder(config_dir("sd1")) == ("sd1", "epsilon")
+    assert detect_family_from_folder(config_dir("sd2")) == ("sd2", "v_prediction")
+    assert detect_family_from_folder(config_dir("sd2", "epsilon")) == ("sd2", "epsilon")
+    assert detect_family_from_folder(config_dir("sdxl")) == ("sdxl", "epsilon")
+
+
+def test_single_file_with_extra_real_world_keys(saved, tmp_path):
+    """Real files carry EMA leftovers, position_ids and OpenCLIP logit_scale: all ignored."""
+    from safetensors.torch import load_file, save_file
+
+    s = saved("sdxl")
+    sd = load_file(str(s.file))
+    sd["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"] = (
+        torch.arange(77)[None].float()
+    )
+    sd["conditioner.embedders.1.model.logit_scale"] = torch.tensor(4.6)
+    sd["model_ema.decay"] = torch.tensor(0.9999)
+    f = tmp_path / "extra.safetensors"
+    save_file(sd, str(f))
+    model = load_pipeline(f, config=s.config)
+    assert torch.equal(generate(model.pipe), s.image)
