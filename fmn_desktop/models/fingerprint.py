@@ -5,6 +5,8 @@
 - for cross-attention (`attn2`) tensors, every value: these are what patches change;
 - for every other tensor, its first and last 64 values: a fine-tune changes nearly every
   tensor, so this tells fine-tunes of one architecture apart at almost no cost.
+PEFT wrappers are looked through: an unfused LoRA adapter leaves the base fingerprint as it
+was (its base weights are unchanged); a fused one changes it.
 
 Values are hashed in a canonical form, float16 little-endian, so an fp32 load and an fp16 load
 of the same file give the same fingerprint (fp16 -> fp16 is exact; fp32 -> fp16 rounds the same
@@ -51,7 +53,9 @@ def fingerprint_unet(unet: torch.nn.Module) -> str:
     """
     h = hashlib.sha256()
     h.update(f"fmn-unet-fingerprint-v{FINGERPRINT_VERSION}\n".encode())
-    for name, tensor in sorted(unet.state_dict().items()):
+    from fmn_desktop.models.ldm import plain_state_dict
+
+    for name, tensor in sorted(plain_state_dict(unet, strict=False).items()):
         h.update(f"{name}:{tuple(tensor.shape)}:".encode())
         if is_patchable(name):
             h.update(_canonical_bytes(tensor))

@@ -238,6 +238,28 @@ def pipeline_family(pipe) -> str:
     return "sd2" if text_encoder_layout(pipe.text_encoder) == "open_clip" else "sd1"
 
 
+_PEFT_PARAM = re.compile(r"\.lora_[A-Za-z_]+\.|\.lora_magnitude_vector\.")
+
+
+def plain_state_dict(module: torch.nn.Module, *, strict: bool = True) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with PEFT/LoRA wrappers removed: base weights, plain names.
+
+    Fused adapters (`pipe.fuse_lora()`) are already in the base weights. With `strict`,
+    unfused adapters (which an export would lose) are an error; without, they are ignored
+    (the fingerprint of a model with an unfused adapter is its base model's).
+    """
+    sd = module.state_dict()
+    if not any(".base_layer." in k or _PEFT_PARAM.search(k) for k in sd):
+        return sd
+    for name, sub in module.named_modules() if strict else ():
+        if hasattr(sub, "base_layer") and hasattr(sub, "merged") and not sub.merged:
+            raise ValueError(
+                f"{name} has an unfused LoRA adapter; fuse it (pipe.fuse_lora()) or unload it "
+                "before exporting a single file"
+            )
+    return {k.replace(".base_layer.", "."): v for k, v in sd.items() if not _PEFT_PARAM.search(k)}
+
+
 def pipeline_to_ldm(pipe, family: str | None = None) -> dict[str, torch.Tensor]:
     """The whole pipeline (UNet, VAE, text encoders) as one LDM-layout state dict.
 
@@ -253,16 +275,16 @@ def pipeline_to_ldm(pipe, family: str | None = None) -> dict[str, torch.Tensor]:
                 raise ValueError(f"duplicate LDM tensor {name}")
             out[name] = v
 
-    put(LDM_UNET, unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config))
-    put(LDM_VAE, vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
-    te = pipe.text_encoder.state_dict()
+    put(LDM_UNET, unet_to_ldm(plain_state_dict(pipe.unet), pipe.unet.config))
+    put(LDM_VAE, vae_to_ldm(plain_state_dict(pipe.vae), pipe.vae.config))
+    te = plain_state_dict(pipe.text_encoder)
     if family == "sd1":
         put(LDM_CLIP_SD1, clip_to_ldm(te))
     elif family == "sd2":
         put(LDM_OPENCLIP_SD2, open_clip_to_ldm(te))
     elif family == "sdxl":
         put(LDM_CLIP_SDXL, clip_to_ldm(te))
-        put(LDM_OPENCLIP_SDXL, open_clip_to_ldm(pipe.text_encoder_2.state_dict()))
+        put(LDM_OPENCLIP_SDXL, open_clip_to_ldm(plain_state_dict(pipe.text_encoder_2)))
     else:
         raise ValueError(f"unknown family {family!r}")
     return out

@@ -87,6 +87,13 @@ class LoadedModel:
         return self.pipe.unet
 
     @property
+    def architecture(self) -> str:
+        """modelspec architecture id, e.g. "stable-diffusion-xl-v1-base" (patch metadata)."""
+        from fmn_desktop.models.export import MODELSPEC_ARCH
+
+        return MODELSPEC_ARCH.get((self.family, self.prediction_type), self.family)
+
+    @property
     def default_size(self) -> int:
         """Native image size in pixels (512 SD1 / SD2-base, 768 SD2, 1024 SDXL)."""
         return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)

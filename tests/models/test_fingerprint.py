@@ -38,6 +38,19 @@ def test_changed_weights_differ(unet):
         conv.view(-1)[0] -= 0.01
 
 
+def test_unfused_lora_keeps_base_fingerprint():
+    from peft import LoraConfig
+
+    unet = tiny_pipeline("sd1").unet
+    fp = fingerprint_unet(unet)
+    unet.add_adapter(LoraConfig(r=2, target_modules=["attn2.to_k"], init_lora_weights=False))
+    assert fingerprint_unet(unet) == fp
+    for module in unet.modules():
+        if hasattr(module, "base_layer") and hasattr(module, "merge"):
+            module.merge()
+    assert fingerprint_unet(unet) != fp
+
+
 def test_other_architecture_differs(unet):
     assert fingerprint_unet(tiny_pipeline("sd2").unet) != fingerprint_unet(unet)
     assert fingerprint_unet(tiny_pipeline("sd1", seed=1).unet) != fingerprint_unet(unet)

@@ -144,3 +144,29 @@ def test_single_file_with_extra_real_world_keys(saved, tmp_path):
     save_file(sd, str(f))
     model = load_pipeline(f, config=s.config)
     assert torch.equal(generate(model.pipe), s.image)
+
+
+def test_export_with_lora_adapter_fused_or_refused(tmp_path):
+    """A UNet carrying a PEFT LoRA: unfused -> refused; merged -> exported as plain weights."""
+    from conftest import tiny_pipeline
+    from peft import LoraConfig
+
+    from fmn_desktop.models import export_single_file, fingerprint_unet, save_config_folder
+
+    pipe = tiny_pipeline("sd1")
+    config = save_config_folder(pipe, tmp_path / "config")
+    pipe.unet.add_adapter(
+        LoraConfig(r=2, lora_alpha=2, target_modules=["attn2.to_k", "attn2.to_v"],
+                   init_lora_weights=False)
+    )
+    with pytest.raises(ValueError, match="unfused LoRA"):
+        export_single_file(pipe, tmp_path / "x.safetensors")
+    for module in pipe.unet.modules():
+        if hasattr(module, "base_layer") and hasattr(module, "merge"):
+            module.merge()
+    expected = generate(pipe)
+    out = export_single_file(pipe, tmp_path / "merged.safetensors")
+    model = load_pipeline(out, config=config)
+    assert torch.equal(generate(model.pipe), expected)
+    assert model.architecture == "stable-diffusion-v1"
+    assert model.fingerprint == fingerprint_unet(model.pipe.unet)
