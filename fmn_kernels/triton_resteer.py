@@ -102,6 +102,16 @@ def unfit_key(q: torch.Tensor, n: int) -> tuple[str, torch.dtype, int, int]:
 
 
 @triton.jit
+def _dot(a, b, FP32_IEEE: tl.constexpr):
+    """``a @ b`` with fp32 accumulation; full fp32 products (no TF32) for fp32 inputs."""
+    if FP32_IEEE:
+        c = tl.dot(a, b, input_precision="ieee")
+    else:
+        c = tl.dot(a, b)
+    return c
+
+
+@triton.jit
 def _resteer_fwd_kernel(
     Q, K, V, W, Out, Lse, RowTerm,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -111,7 +121,7 @@ def _resteer_fwd_kernel(
     H, M, N, D, qk_scale,
     HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    FP32_IEEE: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -134,7 +144,7 @@ def _resteer_fwd_kernel(
     k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
 
     # Scores in the log2 domain: exp2(s * scale * log2 e) == exp(s * scale).
-    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+    s = _dot(q, tl.trans(k), FP32_IEEE) * qk_scale
     s = tl.where(n_ok[None, :], s, float("-inf"))
     row_max = tl.max(s, 1)
     p = tl.exp2(s - row_max[:, None])
@@ -142,7 +152,7 @@ def _resteer_fwd_kernel(
     p = p * (1.0 / row_sum)[:, None]
 
     v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    acc = tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    acc = _dot(p.to(v.dtype), v, FP32_IEEE)
     o_ptrs = Out + pid_bh.to(tl.int64) * M * D + offs_m[:, None] * D + offs_d[None, :]
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
     tl.store(Lse + pid_bh.to(tl.int64) * M + offs_m, row_max + tl.log2(row_sum), mask=m_ok)
@@ -164,7 +174,7 @@ def _resteer_bwd_dq_kernel(
     H, M, N, D, qk_scale, sm_scale,
     HAS_MASK: tl.constexpr, COMPUTE_DQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    FP32_IEEE: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -189,10 +199,10 @@ def _resteer_bwd_dq_kernel(
                  + offs_d[None, :] * stride_dod, mask=md_ok, other=0.0)
     lse = tl.load(Lse + pid_bh.to(tl.int64) * M + offs_m, mask=m_ok, other=0.0)
 
-    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+    s = _dot(q, tl.trans(k), FP32_IEEE) * qk_scale
     s = tl.where(n_ok[None, :], s, float("-inf"))
     p = tl.exp2(s - lse[:, None])
-    dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+    dp = _dot(do, tl.trans(v), FP32_IEEE)
     if HAS_MASK:
         g = tl.load(G + pid_bh)
         w = tl.load(W + b * stride_wb + offs_n, mask=n_ok, other=0.0)
@@ -200,7 +210,7 @@ def _resteer_bwd_dq_kernel(
     delta = tl.sum(p * dp, 1)
     if COMPUTE_DQ:
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION) * sm_scale
+        dq = _dot(ds.to(k.dtype), k, FP32_IEEE) * sm_scale
         dq_ptrs = DQ + pid_bh.to(tl.int64) * M * D + offs_m[:, None] * D + offs_d[None, :]
         tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=md_ok)
     tl.store(Delta + pid_bh.to(tl.int64) * M + offs_m, delta, mask=m_ok)
@@ -217,7 +227,7 @@ def _resteer_bwd_dkdv_kernel(
     H, M, N, D, qk_scale, sm_scale, rows_per_split, n_split,
     HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    FP32_IEEE: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -256,15 +266,15 @@ def _resteer_bwd_dkdv_kernel(
         lse = tl.load(Lse + row_base + offs_m, mask=m_ok, other=float("inf"))
         delta = tl.load(Delta + row_base + offs_m, mask=m_ok, other=0.0)
 
-        s_t = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale
+        s_t = _dot(k, tl.trans(q), FP32_IEEE) * qk_scale
         p_t = tl.exp2(s_t - lse[None, :])
         p_t = tl.where(n_ok[:, None] & m_ok[None, :], p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=INPUT_PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+        dv += _dot(p_t.to(do.dtype), do, FP32_IEEE)
+        dp_t = _dot(v, tl.trans(do), FP32_IEEE)
         if HAS_MASK:
             dp_t += w2[:, None] * p_t
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=INPUT_PRECISION)
+        dk += _dot(ds_t.to(q.dtype), q, FP32_IEEE)
 
     part = (pid_bh.to(tl.int64) * n_split + pid_s) * N * D
     out_offs = offs_n[:, None] * D + offs_d[None, :]
@@ -348,10 +358,6 @@ def _tuned(name: str):
     return _TUNED[name]
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())  # type: ignore[return-value]
 
@@ -398,7 +404,7 @@ def resteer_forward(
     args = (q, k, v, w, out, lse, row_term, *_strides(q), *_strides(k), *_strides(v), stride_wb,
             heads, m, n, d, scale * LOG2E)
     meta = dict(HAS_MASK=weights is not None, BLOCK_N=block_n, BLOCK_D=block_d,
-                INPUT_PRECISION=_input_precision(q.dtype))
+                FP32_IEEE=q.dtype == torch.float32)
     if _autotune_enabled(q.device):
         grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]), bsz * heads)  # noqa: E731
         _tuned("fwd")[grid](*args, **meta)
@@ -433,7 +439,7 @@ def resteer_backward(
     delta = torch.empty((bh, m), device=q.device, dtype=torch.float32)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(d_out), stride_wb, heads, m, n, d,
               scale * LOG2E, scale)
-    meta = dict(HAS_MASK=has_mask, BLOCK_D=block_d, INPUT_PRECISION=_input_precision(q.dtype))
+    meta = dict(HAS_MASK=has_mask, BLOCK_D=block_d, FP32_IEEE=q.dtype == torch.float32)
     tuned = _autotune_enabled(q.device)
 
     dq_args = (q, k, v, d_out, w, g, lse, delta, dq, *common)
