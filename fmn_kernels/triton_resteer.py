@@ -304,8 +304,12 @@ def _row_configs() -> list[triton.Config]:
     ]
 
 
+def _arg(name, named_args, kwargs):
+    return kwargs[name] if name in kwargs else named_args[name]
+
+
 def _prune_row_configs(configs, named_args, **kwargs):
-    block_n, block_d = kwargs["BLOCK_N"], kwargs["BLOCK_D"]
+    block_n, block_d = _arg("BLOCK_N", named_args, kwargs), _arg("BLOCK_D", named_args, kwargs)
     kept = [c for c in configs if c.kwargs["BLOCK_M"] * max(block_n, block_d) <= 16384]
     return kept or configs[:1]
 
@@ -320,8 +324,8 @@ def _dkdv_configs() -> list[triton.Config]:
 
 
 def _prune_dkdv_configs(configs, named_args, **kwargs):
-    block_d = kwargs["BLOCK_D"]
-    block_n = max(16, triton.next_power_of_2(int(named_args["N"])))
+    block_d = _arg("BLOCK_D", named_args, kwargs)
+    block_n = max(16, triton.next_power_of_2(int(_arg("N", named_args, kwargs))))
     kept = [
         c for c in configs
         if c.kwargs["BLOCK_N2"] <= block_n and c.kwargs["BLOCK_N2"] * block_d <= 16384

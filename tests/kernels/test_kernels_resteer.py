@@ -163,3 +163,27 @@ def test_partial_requires_grad(kernel_device, trainable):
         grads[backend] = torch.autograd.grad(loss, wanted)
     for got, want in zip(grads["triton"], grads["torch"], strict=True):
         assert (got - want).abs().max() < 1e-5
+
+
+def test_autotuned_launch_path_with_one_surviving_config(kernel_device, monkeypatch):
+    """The autotuned wrappers, grids and prune hooks, without benchmarking (one config survives
+    each prune, so the autotuner launches it directly: this runs in the interpreter too)."""
+    import triton
+
+    from fmn_kernels import triton_resteer as tr
+
+    if kernel_device.type != "cpu":
+        pytest.skip("on CUDA the GPU tests exercise real autotuning")
+    monkeypatch.setattr(tr, "_TUNED", {})
+    monkeypatch.setattr(tr, "_autotune_enabled", lambda device: True)
+    monkeypatch.setattr(tr, "_row_configs", lambda: [
+        triton.Config({"BLOCK_M": 32}), triton.Config({"BLOCK_M": 1024})])
+    monkeypatch.setattr(tr, "_dkdv_configs", lambda: [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N2": 32}),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N2": 1024})])
+    inputs = make_inputs(2, 2, 150, 77, 40, torch.float32, kernel_device, "per-sample")
+    got = run(triton_fn, *inputs)
+    want = run_fp32_reference(*inputs)
+    for name, err in max_errors(got, want).items():
+        assert err < 1e-5, (name, err)
+    assert set(tr._TUNED) == {"fwd", "dq", "dkdv"}
