@@ -65,6 +65,7 @@ from fmn_kernels.reference import resteer_attention_reference
 LOG2E = 1.4426950408889634
 MAX_TILE_BYTES = 65536  # largest k (or v) tile, BLOCK_N * BLOCK_D * itemsize, kept on chip
 ROWS_ALIGN = 128  # split chunks are multiples of every BLOCK_M in the configs
+MIN_ROWS_PER_SPLIT = 256  # dK/dV: fewest query rows one program reduces on a GPU
 
 
 def interpreting() -> bool:
@@ -368,13 +369,15 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 def _choose_split(m: int, bh: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
     """(rows_per_split, n_split): split the query rows so dK/dV programs fill the device."""
-    row_blocks = triton.cdiv(m, ROWS_ALIGN)
     if device.type == "cuda" and not interpreting():
+        # About 4 programs per SM, but at least MIN_ROWS_PER_SPLIT rows each: every split
+        # writes an N x D fp32 partial, which must stay small next to the q/dO rows it reads.
+        # A heuristic, not tuned on hardware yet.
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        want = max(1, (4 * sms) // max(1, bh * n_tiles))
+        want = triton.cdiv(4 * sms, max(1, bh * n_tiles))
+        n_split = max(1, min(triton.cdiv(m, MIN_ROWS_PER_SPLIT), want))
     else:
-        want = 2  # exercises the split path in CPU tests at no real cost
-    n_split = max(1, min(row_blocks, want))
+        n_split = min(triton.cdiv(m, ROWS_ALIGN), 2)  # exercises the split path in CPU tests
     rows = triton.cdiv(triton.cdiv(m, n_split), ROWS_ALIGN) * ROWS_ALIGN
     return rows, triton.cdiv(m, rows)
 
