@@ -297,11 +297,12 @@ def _default_block_n2(block_n: int, block_d: int) -> int:
     return min(block_n, max(16, 8192 // block_d))
 
 
+# Few configs on purpose: every (dtype, N, D, alignment) class compiles each of them once, and
+# the GPU check must stay under its time budget.
 def _row_configs() -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_M": bm}, num_warps=nw, num_stages=1)
-        for bm in (32, 64, 128)
-        for nw in (4, 8)
+        for bm, nw in ((32, 4), (64, 4), (64, 8), (128, 8))
     ]
 
 
@@ -316,8 +317,7 @@ def _prune_row_configs(configs, named_args, **kwargs):
 
 
 def _dkdv_configs() -> list[triton.Config]:
-    shapes = [(32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2),
-              (64, 128, 8, 2), (128, 128, 8, 1)]
+    shapes = [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N2": bn}, num_warps=nw, num_stages=ns)
         for bm, bn, nw, ns in shapes

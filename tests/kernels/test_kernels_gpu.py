@@ -30,17 +30,19 @@ SD_SHAPES = [
     ((1, 8, 16384, 77, 40), "sd15-1024px"),
 ]
 
-# (dtype, atol, rtol) against the fp32 reference; low precision also meets the 2x rule.
-DTYPES = [
-    (torch.float16, 1e-2, 1e-2, "fp16"),
-    (torch.bfloat16, 5e-2, 5e-2, "bf16"),
-]
+# (dtype, atol, rtol) against the fp32 reference; low precision also meets the 2x rule. fp16
+# runs every shape; bf16 and fp32 a subset covering each head dim (each new dtype/shape class
+# compiles every autotune config: the GPU check has a time budget).
+BF16_SHAPES = {"sd15-64x64", "sd15-32x32", "sd15-16x16", "sdxl-32x32-n154"}
 FP32_SHAPES = {"sd15-32x32", "sdxl-32x32-n154"}
 
 CASES = [
-    pytest.param(*shape, dtype, atol, rtol, id=f"{sid}-{did}")
+    pytest.param(*shape, torch.float16, 1e-2, 1e-2, id=f"{sid}-fp16")
     for shape, sid in SD_SHAPES
-    for dtype, atol, rtol, did in DTYPES
+] + [
+    pytest.param(*shape, torch.bfloat16, 5e-2, 5e-2, id=f"{sid}-bf16")
+    for shape, sid in SD_SHAPES
+    if sid in BF16_SHAPES
 ] + [
     pytest.param(*shape, torch.float32, 1e-4, 1e-4, id=f"{sid}-fp32")
     for shape, sid in SD_SHAPES
