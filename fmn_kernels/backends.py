@@ -22,6 +22,7 @@ A forced backend whose constraints fail raises `BackendUnavailableError` with th
 from __future__ import annotations
 
 import enum
+import functools
 import importlib.util
 import os
 import warnings
@@ -114,6 +115,11 @@ def _shape_problems(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> lis
     return problems
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
@@ -132,7 +138,7 @@ def check_triton(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> list[s
     problems = _shape_problems(q, k, v, mask)
     if problems:
         return problems
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return ["triton is not installed"]
     interp = _interpreting()
     devices = {t.device for t in (q, k, v)} | ({mask.device} if mask is not None else set())

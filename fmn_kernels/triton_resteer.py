@@ -81,7 +81,7 @@ def block_sizes(n: int, d: int) -> tuple[int, int]:
 def fits_on_chip(n: int, d: int, dtype: torch.dtype) -> bool:
     """Whether a whole padded k (or v) tile stays within `MAX_TILE_BYTES`."""
     block_n, block_d = block_sizes(n, d)
-    return block_n * block_d * torch.empty((), dtype=dtype).element_size() <= MAX_TILE_BYTES
+    return block_n * block_d * dtype.itemsize <= MAX_TILE_BYTES
 
 
 # Launches that ran out of on-chip resources: (device, dtype, N, D) -> the error text.
