@@ -325,9 +325,19 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
             shipped = sub if has_pad else config_dir(detected, prediction) / name
             tokenizers[name] = load_tokenizer(shipped)
     cls = _pipeline_class(detected)
-    pipe = cls.from_single_file(
-        str(path), config=str(cfg), local_files_only=True, torch_dtype=dtype, **tokenizers
-    )
+    try:
+        pipe = cls.from_single_file(
+            str(path), config=str(cfg), local_files_only=True, torch_dtype=dtype, **tokenizers
+        )
+    except _load_errors() as exc:
+        if config is not None or "shape" not in str(exc):
+            raise
+        first = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(
+            f"{path.name} looks like an {detected} checkpoint but its tensor shapes differ from "
+            f"the standard {detected} architecture ({first[:160]}); load it with a matching "
+            "diffusers config folder (config=...)"
+        ) from exc
     _set_prediction_type(pipe, prediction)
     return LoadedModel(
         pipe=pipe,

@@ -125,3 +125,10 @@ def test_tensor_only_pickle_loads_safely(saved, tmp_path):
     reference = load_pipeline(s.file, config=s.config)
     assert model.fingerprint == reference.fingerprint
     assert model.source == ckpt
+
+
+def test_nonstandard_shapes_against_shipped_config(saved):
+    """A tiny SD1 file is not SD1.5-shaped: without config= the error says what to do."""
+    s = saved("sd1")
+    with pytest.raises(ModelLoadError, match="standard sd1 architecture"):
+        load_pipeline(s.file)
