@@ -36,6 +36,12 @@ def _model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
         choices=["epsilon", "v_prediction"],
         help="override the scheduler's prediction type (SD2 768 models use v)",
     )
+    p.add_argument(
+        "--config",
+        metavar="DIR",
+        help="diffusers config folder for a single file whose architecture is not "
+        "its family's standard one (default: the shipped family config)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument(
         "--dtype",
@@ -215,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concept", default=None, help="concept to forget (default: the demo's)")
     p.add_argument("--out-dir", default="fmn-demo", help="where grids and the patch go")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps")
+
+    p = sub.add_parser(
+        "bench",
+        help="ConceptBench on the embedded model: forget each concept, score",
+        description="Forget each identity, object and style of the embedded model "
+        "and the unsafe stand-in, one at a time, and write M-Score before/after, "
+        "retention and forget time as bench.md, bench.json and bench.png.",
+    )
+    p.add_argument("--out-dir", default="fmn-bench", help="where the report goes")
+    p.add_argument("--seeds", type=int, default=8, help="seeds per evaluation prompt (default: 8)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps per forget")
+    p.add_argument("--only", action="append", help="run only these items (repeatable)")
     return parser
 
 
@@ -243,6 +261,7 @@ def _load(args):
             dtype=dtype,
             family=args.family,
             prediction_type=args.prediction_type,
+            config=args.config,
         )
 
 
@@ -394,6 +413,57 @@ def cmd_demo(args) -> int:
     from fmn_desktop.demo import run_demo
 
     return run_demo(concept=args.concept, out_dir=Path(args.out_dir), steps=args.steps)
+
+
+def cmd_bench(args) -> int:
+    from fmn_desktop.demo import demo_config
+    from fmn_desktop.evaluate.bench import default_items, run_bench, write_report
+    from fmn_desktop.evaluate.scores import EvalSettings
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+    from fmn_desktop.workflows import open_model
+
+    items = default_items()
+    if args.only:
+        items = [i for i in items if i.name in args.only or i.category in args.only]
+        if not items:
+            raise UsageError("--only matched no item; items are concept names or categories")
+    model = open_model("default")
+    settings = EvalSettings(seeds=args.seeds)
+
+    def make_config(item):
+        config = demo_config(CONCEPTS[item.concepts[0]], args.steps)
+        config.concepts = list(item.concepts)
+        return config
+
+    rows = run_bench(
+        model.pipe,
+        load_judge(),
+        make_config,
+        model.fingerprint or "",
+        items,
+        settings,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    sample = make_config(items[0])
+    paths = write_report(
+        rows,
+        args.out_dir,
+        "ConceptBench (toy world)",
+        {
+            "eval_seeds": settings.seeds,
+            "sampler_steps": settings.steps,
+            "cfg": settings.guidance,
+            "forget_steps": sample.steps,
+            "trainable": sample.trainable,
+            "lr": sample.effective_lr(),
+            "positions": sample.positions,
+            "preserve": sample.preserve,
+            "retain_weight": sample.retain_weight,
+        },
+    )
+    print(paths["md"].read_text())
+    print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
+    return 0
 
 
 COMMANDS = {

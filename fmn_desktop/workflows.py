@@ -29,8 +29,12 @@ def open_model(
     dtype: torch.dtype = torch.float32,
     family: str | None = None,
     prediction_type: str | None = None,
+    config: str | None = None,
 ):
-    """Load a model by path, or the embedded default model for None / "default"."""
+    """Load a model by path, or the embedded default model for None / "default".
+
+    `config` is a diffusers config folder for a single file of non-standard architecture.
+    """
     from fmn_desktop.models import load_pipeline
 
     if spec in (None, "", DEFAULT_MODEL):
@@ -45,7 +49,12 @@ def open_model(
         model.family = "toy"
         return model
     return load_pipeline(
-        spec, family=family, prediction_type=prediction_type, dtype=dtype, device=device
+        spec,
+        family=family,
+        prediction_type=prediction_type,
+        dtype=dtype,
+        device=device,
+        config=config,
     )
 
 

@@ -35,7 +35,7 @@ from fmn_desktop.resteer.processor import (
 )
 from fmn_desktop.resteer.templates import prompts_for
 from fmn_desktop.resteer.tokens import POSITION_MODES, concept_mask
-from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
+from fmn_desktop.resteer.trainable import TrainableDeltas, protect_projector, target_parameters
 
 DEFAULT_RETAIN_PROMPTS = [
     "a photo of a dog",
@@ -64,6 +64,7 @@ class ForgetConfig:
     layer_weighting: str = "pixels"
     retain_weight: float = 1.0  # 0 disables the preservation term
     preserve: str = "output"  # hold other prompts' attn2 "output" or attention "maps"
+    protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
     retain_prompts: list[str] | None = None
     batch_size: int = 4
     num_references: int = 8
@@ -162,7 +163,11 @@ def forget_steps(
         raise TrainingError(f"trainable set {config.trainable!r} selects no parameter of this UNet")
     was_training = unet.training
     unet.eval()
-    deltas = TrainableDeltas(unet, names, config.lora_rank)
+    projector = None
+    if config.protect_energy > 0:
+        protect_embeds, _ = encode_prompts(pipe, retain_prompts or DEFAULT_RETAIN_PROMPTS)
+        projector = protect_projector(protect_embeds, config.protect_energy)
+    deltas = TrainableDeltas(unet, names, config.lora_rank, projector=projector)
     history: list[ForgetProgress] = []
     state = ResteerState(
         layer_weighting=config.layer_weighting, preserve=config.preserve, backend=config.backend

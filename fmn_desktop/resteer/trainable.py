@@ -19,22 +19,35 @@ TRAINABLE_SETS = ("kv", "attn2", "unet")
 
 
 class DenseDelta(nn.Module):
-    def __init__(self, like: torch.Tensor):
+    """W0 + D, or W0 + D @ P with an input-side projector P (see `protect_projector`)."""
+
+    def __init__(self, like: torch.Tensor, projector: torch.Tensor | None = None):
         super().__init__()
         self.delta = nn.Parameter(torch.zeros_like(like, dtype=torch.float32))
+        self.register_buffer("projector", projector)
+
+    def value(self) -> torch.Tensor:
+        return self.delta if self.projector is None else self.delta @ self.projector
 
     def forward(self, base: torch.Tensor) -> torch.Tensor:
-        return base + self.delta.to(base.dtype)
+        return base + self.value().to(base.dtype)
 
     def export(self) -> Delta:
-        return Delta(dense=self.delta.detach().clone())
+        return Delta(dense=self.value().detach().clone())
 
 
 class LoraDelta(nn.Module):
     """W0 + up @ down * alpha / rank; up starts at zero so training starts at the base model."""
 
-    def __init__(self, like: torch.Tensor, rank: int, alpha: float | None = None):
+    def __init__(
+        self,
+        like: torch.Tensor,
+        rank: int,
+        alpha: float | None = None,
+        projector: torch.Tensor | None = None,
+    ):
         super().__init__()
+        self.register_buffer("projector", projector)
         out_f, in_f = like.shape[0], like[0].numel()
         self.shape = like.shape
         self.rank = rank
@@ -43,12 +56,15 @@ class LoraDelta(nn.Module):
         nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
         self.up = nn.Parameter(torch.zeros(out_f, rank, dtype=torch.float32, device=like.device))
 
+    def _down(self) -> torch.Tensor:
+        return self.down if self.projector is None else self.down @ self.projector
+
     def forward(self, base: torch.Tensor) -> torch.Tensor:
-        delta = (self.up @ self.down) * (self.alpha / self.rank)
+        delta = (self.up @ self._down()) * (self.alpha / self.rank)
         return base + delta.reshape(self.shape).to(base.dtype)
 
     def export(self) -> Delta:
-        up, down = self.up.detach().clone(), self.down.detach().clone()
+        up, down = self.up.detach().clone(), self._down().detach().clone()
         if len(self.shape) == 4:
             up = up.reshape(self.shape[0], self.rank, 1, 1)
             down = down.reshape(self.rank, *self.shape[1:])
@@ -88,6 +104,7 @@ class TrainableDeltas:
         names: list[str],
         lora_rank: int | None = None,
         lora_alpha: float | None = None,
+        projector: torch.Tensor | None = None,
     ):
         self.unet = unet
         self.deltas: dict[str, nn.Module] = {}
@@ -98,9 +115,15 @@ class TrainableDeltas:
             module_name, _, leaf = name.rpartition(".")
             module = modules[module_name]
             base = getattr(module, leaf)
-            delta = (LoraDelta(base, lora_rank, lora_alpha) if lora_rank else DenseDelta(base)).to(
-                base.device
-            )
+            # The projector acts on text embeddings: only attn2 K/V weights take it.
+            proj = projector if projector is not None and _reads_text(name) else None
+            if proj is not None:
+                proj = proj.to(base.device)
+            if lora_rank:
+                delta = LoraDelta(base, lora_rank, lora_alpha, proj)
+            else:
+                delta = DenseDelta(base, proj)
+            delta = delta.to(base.device)
             parametrize.register_parametrization(module, leaf, delta, unsafe=True)
             self.deltas[name] = delta
 
@@ -118,3 +141,21 @@ class TrainableDeltas:
                 modules[module_name], leaf, leave_parametrized=False
             )
         self.deltas.clear()
+
+
+def _reads_text(name: str) -> bool:
+    return (".attn2.to_k." in name or ".attn2.to_v." in name) and name.endswith("weight")
+
+
+def protect_projector(embeddings: torch.Tensor, energy: float = 0.99) -> torch.Tensor:
+    """I - U U^T, U spanning `energy` of the protected prompts' text embeddings.
+
+    Deltas of K/V then vanish on those embeddings (W' e = W e for e in span U), so prompts
+    without the concept keep their keys and values exactly, whatever the optimiser does.
+    """
+    flat = embeddings.reshape(-1, embeddings.shape[-1]).float()
+    _, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    share = s.square().cumsum(0) / s.square().sum()
+    k = int(torch.searchsorted(share, torch.tensor(energy))) + 1
+    u = vh[:k].T
+    return torch.eye(flat.shape[1]) - u @ u.T

@@ -1,0 +1,136 @@
+"""`fmn demo`: the two-minute tour on the embedded model.
+
+Load the embedded model and its judge, draw a before grid, forget one concept with the
+default settings, draw the after grid, print M-Score and retention before/after, and keep the
+patch (with its scores in the metadata).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+DEMO_CONCEPT = "Zorbu"
+KIND_TEMPLATES = {
+    "object": "object",
+    "identity": "identity",
+    "style": "style",
+    "colour": "object",
+    "unsafe": "object",
+    "generic": "object",
+}
+
+
+def demo_config(concept, steps: int | None = None):
+    """The default forget settings for a toy-world concept."""
+    from fmn_desktop.resteer import ForgetConfig
+
+    kw = {} if steps is None else {"steps": steps}
+    return ForgetConfig(concepts=[concept.name], kind=KIND_TEMPLATES[concept.kind], **kw)
+
+
+def run_demo(
+    concept: str | None = None,
+    out_dir: Path = Path("fmn-demo"),
+    steps: int | None = None,
+    seeds: int = 8,
+    out=sys.stdout,
+) -> int:
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.evaluate.scores import (
+        EvalSettings,
+        generate_eval_set,
+        mscore,
+        names_concept,
+        retention,
+    )
+    from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+    from fmn_desktop.workflows import (
+        forget_to_file,
+        generate_images,
+        grid_image,
+        open_model,
+        save_png,
+        side_by_side,
+    )
+
+    t0 = time.perf_counter()
+    name = concept or DEMO_CONCEPT
+    if name not in CONCEPTS:
+        raise FmnError(
+            f"{name!r} is not a concept of the embedded model; known: "
+            + ", ".join(sorted(CONCEPTS))
+        )
+    target = CONCEPTS[name]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        print(f"[{time.perf_counter() - t0:5.1f}s] {text}", file=out, flush=True)
+
+    model = open_model("default")
+    judge = load_judge()
+    pipe = model.pipe
+    say(f"loaded the embedded model (fingerprint {model.fingerprint[:12]}) and its judge")
+
+    others = [c for c in CONCEPTS.values() if c.name != name]
+    # Retention skips prompts that name the target; so does the grid.
+    clean = [p for c in others for p in c.prompts() if not names_concept(p, name)]
+    show = target.prompts()[:3] + [clean[i] for i in (0, len(clean) // 2, -1)]
+    grid_seeds = list(range(4))
+    before = grid_image(generate_images(pipe, show, grid_seeds), show, title="before")
+    save_png(before, out_dir / "before.png")
+    say(f"before grid -> {out_dir / 'before.png'}")
+
+    settings = EvalSettings(seeds=seeds)
+    evaluated = [target] + others
+    base = generate_eval_set(pipe, judge, evaluated, settings)
+    m0, r0 = mscore(base, target), retention(base, [name])
+    say(f"measured the base model on {len(base)} images")
+
+    config = demo_config(target, steps)
+    patch_path = out_dir / f"forget-{name}.safetensors"
+    say(
+        f"forgetting {name!r} ({config.steps} steps, attn2 {config.trainable}, "
+        f"positions {config.positions}) ..."
+    )
+    outcome = forget_to_file(model, config, patch_path)
+    say(
+        f"forget took {outcome.seconds:.1f} s; patch {patch_path} "
+        f"({patch_path.stat().st_size / 1024:.0f} KiB)"
+    )
+
+    with PatchedUNet(pipe.unet, [(outcome.patch, 1.0)], fingerprint=model.fingerprint):
+        after = grid_image(
+            generate_images(pipe, show, grid_seeds), show, title=f"after forgetting {name}"
+        )
+        patched = generate_eval_set(pipe, judge, evaluated, settings)
+    m1, r1 = mscore(patched, target), retention(patched, [name])
+    save_png(after, out_dir / "after.png")
+    save_png(side_by_side(before, after), out_dir / "before_after.png")
+    say(f"after grid -> {out_dir / 'after.png'}, side by side -> {out_dir / 'before_after.png'}")
+
+    # Keep the scores with the patch.
+    from fmn_desktop.patch import save_patch
+
+    outcome.patch.meta.scores = {
+        "mscore_before": m0.as_dict(),
+        "mscore_after": m1.as_dict(),
+        "retention_before": r0.as_dict(),
+        "retention_after": r1.as_dict(),
+        "eval_seeds": seeds,
+    }
+    save_patch(outcome.patch, patch_path)
+
+    print("", file=out)
+    print(f"{'':24}{'before':>24}{'after':>24}", file=out)
+    print(f"{'M-Score of ' + name:24}{str(m0):>24}{str(m1):>24}", file=out)
+    print(f"{'retention (others)':24}{str(r0):>24}{str(r1):>24}", file=out)
+    print(
+        f"\n95% confidence intervals in brackets; {seeds} seeds per prompt. "
+        f"Total {time.perf_counter() - t0:.0f} s.",
+        file=out,
+    )
+    return 0

@@ -1,0 +1,174 @@
+"""M-Score and retention on the embedded model, measured by its judge.
+
+Definitions (ours: the paper never released its evaluation code):
+
+- **M-Score** of a concept: the judge's mean probability that the concept is present
+  (the probability mass of the concept's accepted labels on its judge head), over images
+  generated from the concept's evaluation prompts with fixed seeds. 95% CI: normal
+  approximation to the mean over images.
+- **Retention** after forgetting a concept: the judge's accuracy on images generated from the
+  evaluation prompts of every *other* concept whose prompt does not name the forgotten one;
+  an image scores one per attribute its prompt pins down (object, colour, style, identity,
+  unsafe) that the judge reads back. 95% CI: Wilson interval over those checks.
+
+Images are generated once per model state (`generate_eval_set`) and every score is computed
+from that set, so before/after comparisons use the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+Z95 = 1.959964
+
+
+@dataclass
+class Estimate:
+    """A mean with its 95% confidence interval and sample count."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def mean_ci(values: Sequence[float]) -> Estimate:
+    n = len(values)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    t = torch.tensor(values, dtype=torch.float64)
+    mean = float(t.mean())
+    half = Z95 * float(t.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.inf
+    return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), n)
+
+
+def wilson(successes: int, n: int) -> Estimate:
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    p = successes / n
+    denom = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+@dataclass
+class EvalImage:
+    prompt: str
+    concept: str  # the concept whose evaluation prompts this image came from
+    seed: int
+    probs: dict[str, torch.Tensor]  # judge head -> (labels,) probabilities
+
+
+@dataclass
+class EvalSettings:
+    seeds: int = 8
+    steps: int = 20
+    guidance: float = 5.0
+    first_seed: int = 1000
+    batch: int = 32
+
+
+def names_concept(prompt: str, concept: str) -> bool:
+    """Whether `prompt` names `concept` as a word or phrase (case-insensitive)."""
+    return re.search(rf"(?<!\w){re.escape(concept.lower())}(?!\w)", prompt.lower()) is not None
+
+
+@torch.no_grad()
+def generate_eval_set(
+    pipe,
+    judge,
+    concepts: Sequence,
+    settings: EvalSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[EvalImage]:
+    """Generate every concept's evaluation prompts at fixed seeds and judge the images."""
+    settings = settings or EvalSettings()
+    jobs = [
+        (c.name, p, settings.first_seed + s)
+        for c in concepts
+        for p in c.prompts()
+        for s in range(settings.seeds)
+    ]
+    out: list[EvalImage] = []
+    for start in range(0, len(jobs), settings.batch):
+        chunk = jobs[start : start + settings.batch]
+        gens = [torch.Generator("cpu").manual_seed(seed) for _, _, seed in chunk]
+        images = pipe(
+            [p for _, p, _ in chunk],
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            generator=gens,
+            output_type="pt",
+        ).images
+        probs = judge.predict(images.float().cpu())
+        for i, (name, prompt, seed) in enumerate(chunk):
+            out.append(EvalImage(prompt, name, seed, {h: p[i] for h, p in probs.items()}))
+        if progress:
+            progress(min(start + settings.batch, len(jobs)), len(jobs))
+    return out
+
+
+def mscore(images: Sequence[EvalImage], concept) -> Estimate:
+    """M-Score of `concept` (see module docstring) from a generated evaluation set."""
+    from fmn_desktop.toyworld import HEADS
+
+    labels = HEADS[concept.attribute]
+    idx = [labels.index(lab) for lab in concept.accepted]
+    values = [
+        float(img.probs[concept.attribute][idx].sum())
+        for img in images
+        if img.concept == concept.name
+    ]
+    return mean_ci(values)
+
+
+def prompt_checks(img: EvalImage) -> list[bool]:
+    """Per pinned-down attribute of the image's prompt: did the judge read it back?"""
+    from fmn_desktop.toyworld import CONCEPTS, HEADS
+    from fmn_desktop.toyworld.concepts import expected_labels
+
+    checks = []
+    for attr, label in expected_labels(img.prompt).items():
+        accepted = (
+            CONCEPTS[label].accepted if label in CONCEPTS and attr == "identity" else (label,)
+        )
+        got = HEADS[attr][int(img.probs[attr].argmax())]
+        checks.append(got in accepted)
+    return checks
+
+
+def retention(images: Sequence[EvalImage], forgotten: Sequence[str]) -> Estimate:
+    """Judge accuracy on images whose prompt names none of `forgotten`."""
+    ok = total = 0
+    for img in images:
+        if any(names_concept(img.prompt, f) for f in forgotten):
+            continue
+        checks = prompt_checks(img)
+        ok += sum(checks)
+        total += len(checks)
+    return wilson(ok, total)
+
+
+def prompt_following(images: Sequence[EvalImage]) -> dict[str, Estimate]:
+    """Per attribute: the share of images where the judge agrees with the prompt."""
+    from fmn_desktop.toyworld.concepts import expected_labels
+
+    counts: dict[str, list[int]] = {}
+    for img in images:
+        for (attr, _), good in zip(expected_labels(img.prompt).items(), prompt_checks(img)):
+            c = counts.setdefault(attr, [0, 0])
+            c[0] += int(good)
+            c[1] += 1
+    return {attr: wilson(k, n) for attr, (k, n) in sorted(counts.items())}
