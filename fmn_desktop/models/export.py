@@ -67,6 +67,7 @@ def export_single_file(
         "modelspec.architecture": MODELSPEC_ARCH.get((family, prediction), family),
         "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
     }
+    meta[EMBEDDED_CONFIGS_KEY] = embedded_configs(pipe)
     meta.update(metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -80,6 +81,50 @@ def export_single_file(
             tmp.unlink()
     fsync_dir(path.parent)
     return path
+
+
+EMBEDDED_CONFIGS_KEY = "fmn.configs"
+_CONFIG_FILES = (
+    "model_index.json",
+    "config.json",
+    "scheduler_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+def embedded_configs(pipe) -> str:
+    """The pipeline's config files (no weights, no vocabulary) as one JSON string.
+
+    Stored in every exported file's metadata so that `load_pipeline` can rebuild the exact
+    architecture of a non-standard model (the embedded toy model, a tiny test model) with no
+    config folder; standard checkpoints from elsewhere use the shipped family configs.
+    """
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fmn-config-") as tmp:
+        folder = save_config_folder(pipe, tmp)
+        files = {
+            str(p.relative_to(folder)): p.read_text()
+            for p in sorted(folder.rglob("*.json"))
+            if p.name in _CONFIG_FILES
+        }
+    return json.dumps(files, sort_keys=True)
+
+
+def write_embedded_configs(text: str, folder: Path) -> Path:
+    """Materialise `embedded_configs` output as a diffusers config folder."""
+    import json
+
+    files = json.loads(text)
+    for rel, content in files.items():
+        target = (folder / rel).resolve()
+        if folder.resolve() not in target.parents:  # no path tricks from a file's metadata
+            raise ValueError(f"bad embedded config path {rel!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    return folder
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ from fmn_desktop.models.checkpoint import (
     safetensors_metadata,
 )
 from fmn_desktop.models.errors import FmnError, ModelLoadError
+from fmn_desktop.models.export import EMBEDDED_CONFIGS_KEY, write_embedded_configs
 from fmn_desktop.models.families import (
     CLIP_TOKENIZER_DIR,
     PREDICTION_TYPES,
@@ -292,15 +293,17 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
     detected = detect_family_from_keys(header.keys())
     if family is not None and family != detected:
         raise ModelLoadError(f"{path.name} holds an {detected} checkpoint, not {family}")
+    metadata = safetensors_metadata(path)
+    embedded = metadata.get(EMBEDDED_CONFIGS_KEY) if config is None else None
     unet_in = header.get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape")
-    if unet_in and len(unet_in) == 4 and unet_in[1] != 4 and config is None:
+    if unet_in and len(unet_in) == 4 and unet_in[1] != 4 and config is None and not embedded:
         raise ModelLoadError(
             f"{path.name}: its UNet takes {unet_in[1]} input channels (inpainting or another "
             "variant); only 4-channel text-to-image checkpoints are supported"
         )
     notes = []
     if prediction_type is None and detected == "sd2":
-        prediction, reason = _sd2_prediction(path, safetensors_metadata(path))
+        prediction, reason = _sd2_prediction(path, metadata)
         notes.append(f"prediction type {prediction} from {reason}")
     else:
         prediction = prediction_type or ("epsilon" if detected != "sd2" else "v_prediction")
@@ -308,13 +311,24 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
         cfg = Path(config)
         if not (cfg / "model_index.json").is_file():
             raise ModelLoadError(f"config folder {cfg} has no model_index.json")
-        tokenizer_src = cfg
-    else:
-        cfg = config_dir(detected, prediction)
-        tokenizer_src = cfg
+        return _from_single_file(path, detected, cfg, prediction, dtype, notes, standard=False)
+    if embedded:
+        with tempfile.TemporaryDirectory(prefix="fmn-config-") as tmp:
+            write_embedded_configs(embedded, Path(tmp))
+            notes.append("configs embedded in the file by fmn's exporter")
+            model = _from_single_file(
+                path, detected, Path(tmp), prediction, dtype, notes, standard=False
+            )
+        model.config_dir = None
+        return model
+    cfg = config_dir(detected, prediction)
+    return _from_single_file(path, detected, cfg, prediction, dtype, notes, standard=True)
+
+
+def _from_single_file(path, detected, cfg: Path, prediction, dtype, notes, *, standard: bool):
     tokenizers = {}
     for name in ("tokenizer", "tokenizer_2") if detected == "sdxl" else ("tokenizer",):
-        sub = tokenizer_src / name
+        sub = cfg / name
         if (sub / "vocab.json").is_file() or (sub / "tokenizer.json").is_file():
             from transformers import CLIPTokenizer
 
@@ -330,7 +344,7 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
             str(path), config=str(cfg), local_files_only=True, torch_dtype=dtype, **tokenizers
         )
     except _load_errors() as exc:
-        if config is not None or "shape" not in str(exc):
+        if not standard or "shape" not in str(exc):
             raise
         first = str(exc).strip().splitlines()[0]
         raise ModelLoadError(

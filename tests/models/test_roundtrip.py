@@ -170,3 +170,14 @@ def test_export_with_lora_adapter_fused_or_refused(tmp_path):
     assert torch.equal(generate(model.pipe), expected)
     assert model.architecture == "stable-diffusion-v1"
     assert model.fingerprint == fingerprint_unet(model.pipe.unet)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_our_exports_reload_without_a_config_folder(saved, family):
+    """fmn's exporter embeds the pipeline configs: no config= needed, same images."""
+    s = saved(family)
+    model = load_pipeline(s.file)
+    assert model.family == family and model.config_dir is None
+    assert torch.equal(generate(model.pipe), s.image)
+    if family == "sdxl":
+        assert model.pipe.tokenizer_2.pad_token == "!"
