@@ -8,8 +8,11 @@
 - A diffusers folder is read with `from_pretrained(local_files_only=True)`; its family comes
   from `model_index.json` and the UNet / text encoder configs.
 - A single `.safetensors` file in the original (LDM / A1111) layout: the family comes from
-  its tensor names, and it is loaded with diffusers' `from_single_file` against the family's
-  shipped config folder (`config=`) and the shipped tokenizers, `local_files_only=True`.
+  its tensor names, and it is loaded with diffusers' `from_single_file` against a local
+  config folder (`local_files_only=True`): the `config` argument if given; else the configs
+  fmn's exporter embeds in its files (`fmn.configs` metadata: the exact architecture of the
+  toy model or any fine-tune); else the family's shipped config folder. Tokenizers use the
+  shipped CLIP vocabulary unless the config folder carries its own.
 - SD2 single files do not say whether they predict v (SD 2.x 768) or epsilon (SD 2.x-base
   512). In order: the `prediction_type` argument; the file's own metadata
   (`fmn.prediction_type`, or `modelspec.prediction_type`); an A1111-style sidecar
