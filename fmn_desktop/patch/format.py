@@ -17,6 +17,7 @@ parameter names through the target UNet's own module names, since underscores ar
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
@@ -91,6 +92,9 @@ class PatchMeta:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
+    # Tensors other tools must not see as weights (e.g. the concept's text embeddings that
+    # closed-form stacking needs) travel in the metadata, base64-encoded.
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_metadata(self, fmt: str, rank: int | None, alpha: float | None) -> dict[str, str]:
         arch = ARCHITECTURES.get(self.family, f"{self.family}/lora")
@@ -118,6 +122,7 @@ class PatchMeta:
             meta["ss_network_dim"] = str(rank)
             meta["ss_network_alpha"] = str(alpha if alpha is not None else rank)
         meta.update({f"fmn.extra.{k}": v for k, v in self.extra.items()})
+        meta.update({f"fmn.stats.{k}": encode_tensor(v) for k, v in self.stats.items()})
         return meta
 
     @classmethod
@@ -141,7 +146,37 @@ class PatchMeta:
             extra={
                 k[len("fmn.extra.") :]: v for k, v in meta.items() if k.startswith("fmn.extra.")
             },
+            stats={
+                k[len("fmn.stats.") :]: decode_tensor(v, k)
+                for k, v in meta.items()
+                if k.startswith("fmn.stats.")
+            },
         )
+
+
+def encode_tensor(t: torch.Tensor) -> str:
+    """A small tensor as JSON text: dtype, shape and base64 of its bytes."""
+    t = t.detach().contiguous().cpu()
+    raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    dtype = str(t.dtype).removeprefix("torch.")
+    return json.dumps(
+        {"dtype": dtype, "shape": list(t.shape), "b64": base64.b64encode(raw).decode()}
+    )
+
+
+def decode_tensor(text: str, key: str = "tensor") -> torch.Tensor:
+    try:
+        obj = json.loads(text)
+        dtype = getattr(torch, obj["dtype"])
+        if dtype not in (torch.float16, torch.float32, torch.bfloat16, torch.int64):
+            raise ValueError(f"dtype {obj['dtype']} not allowed")
+        raw = bytearray(base64.b64decode(obj["b64"], validate=True))
+        flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return flat.reshape(obj["shape"]).clone()
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise PatchFormatError(
+            f"patch metadata {key!r} is not a valid encoded tensor ({exc})"
+        ) from exc
 
 
 @dataclass

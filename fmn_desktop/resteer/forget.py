@@ -247,6 +247,13 @@ def forget_steps(
         unet.train(was_training)
     hyper = {k: v for k, v in asdict(config).items() if k not in ("concepts", "backend")}
     hyper["lr"] = config.effective_lr()
+    # The text embeddings at the re-steered positions: what closed-form stacking needs.
+    stats = {
+        "concept_embeddings": embeds[mask_all.to(embeds.device) > 0]
+        .detach()
+        .to(torch.float16)
+        .cpu()
+    }
     meta = PatchMeta(
         concepts=list(config.concepts),
         kind="forget",
@@ -254,6 +261,7 @@ def forget_steps(
         family=family,
         base_fingerprint=fingerprint,
         hyperparameters=hyper,
+        stats=stats,
     )
     return ForgetResult(Patch(exported, meta), history, time.perf_counter() - started)
 

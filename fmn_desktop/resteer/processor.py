@@ -15,6 +15,7 @@ left the public code training on an empty loss.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -109,7 +110,9 @@ class ResteerProcessor:
                     f"x key length {k.shape[2]}"
                 )
             mask = mask.to(q.device)
-        out, resteer = resteer_attention(q, k, v, mask, scale=attn.scale, backend=state.backend)
+        out, resteer = resteer_attention(
+            q, k, v, mask, scale=attn.scale, backend=_backend_for(q, state.backend)
+        )
         if mask is not None:
             per_sample = resteer.sum(1)  # (B,) over heads
             if state.layer_weighting == "uniform":
@@ -149,6 +152,14 @@ class ResteerProcessor:
             base["to_out"].to(x.dtype),
             None if bias is None else bias.to(x.dtype),
         )
+
+
+def _backend_for(q: Tensor, requested: str | None) -> str | None:
+    """The kernel registry's choice, except that on the CPU the reference runs unless asked
+    otherwise: Triton there is only its interpreter, a test harness (TRITON_INTERPRET=1)."""
+    if requested is None and not q.is_cuda and not os.environ.get("FMN_ATTN_BACKEND"):
+        return "torch"
+    return requested
 
 
 def _probs(q: Tensor, k: Tensor, scale: float) -> Tensor:

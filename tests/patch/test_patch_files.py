@@ -167,3 +167,30 @@ def test_nan_patch_is_refused(tiny_pipe, tmp_path):
     path = save_patch(patch, tmp_path / "nan.safetensors", "diff")
     with pytest.raises(PatchFormatError, match="NaN"):
         load_patch(path)
+
+
+def test_stats_travel_in_metadata_not_as_weights(tiny_pipe, tmp_path):
+    patch = _dense_patch(tiny_pipe.unet)
+    emb = torch.randn(5, 32).half()
+    patch.meta.stats["concept_embeddings"] = emb
+    path = save_patch(patch, tmp_path / "p.safetensors", "diff")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        assert all(k.startswith("lora_unet_") for k in fh.keys())
+    back = load_patch(path)
+    assert torch.equal(back.meta.stats["concept_embeddings"], emb)
+
+
+def test_forget_records_concept_embeddings(tiny_pipe):
+    from fmn_desktop.resteer import ForgetConfig, forget
+
+    res = forget(
+        tiny_pipe,
+        ForgetConfig(
+            concepts=["castle"], steps=1, num_references=1, reference_steps=1, batch_size=1
+        ),
+    )
+    emb = res.patch.meta.stats["concept_embeddings"]
+    # 3 object templates x (castle + first end-of-text) positions, text width 32
+    assert emb.shape == (6, 32)

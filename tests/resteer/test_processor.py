@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
@@ -102,3 +104,29 @@ def test_gradient_checkpointing_is_refused(tiny_pipe):
     with pytest.raises(TrainingError, match="gradient checkpointing"):
         with resteer_hooks(tiny_pipe.unet, ResteerState()):
             pass
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter"
+)
+def test_fused_kernel_backend_matches_reference_in_the_unet(tiny_pipe):
+    """The processor through the Triton kernel (interpreted) gives the reference's terms and grads."""
+    unet = tiny_pipe.unet
+    prompts = ["a photo of a castle", "a red dog"]
+    emb, _ = encode_prompts(tiny_pipe, prompts)
+    mask = concept_mask(tiny_pipe.tokenizer, prompts, ["castle", "red"])
+    x, t = _inputs(tiny_pipe, 2)
+    results = {}
+    for backend in ("torch", "triton"):
+        unet.zero_grad(set_to_none=True)
+        state = ResteerState(mask=mask, backend=backend)
+        with resteer_hooks(unet, state):
+            out = unet(x, t, encoder_hidden_states=emb).sample
+        term = state.resteer_per_sample()
+        (out.square().mean() + term.sum()).backward()
+        grad = dict(unet.named_parameters())[
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+        ].grad.clone()
+        results[backend] = (out.detach(), term.detach(), grad)
+    for a, b in zip(results["torch"], results["triton"]):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-4)
