@@ -234,6 +234,10 @@ def _load_folder(path: Path, family, prediction_type, dtype) -> LoadedModel:
             pad_from = config_dir(detected, folder_prediction) / name
             kwargs[name] = load_tokenizer(pad_from)
             notes.append(f"{name}: shipped CLIP vocabulary ({CLIP_TOKENIZER_DIR.name})")
+    variant = _folder_variant(path)
+    if variant:
+        kwargs["variant"] = variant
+        notes.append(f"weights variant {variant}")
     pipe = cls.from_pretrained(str(path), **kwargs)
     prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
     _set_prediction_type(pipe, prediction)
@@ -248,6 +252,22 @@ def _load_folder(path: Path, family, prediction_type, dtype) -> LoadedModel:
         device="cpu",
         notes=notes,
     )
+
+
+def _folder_variant(path: Path) -> str | None:
+    """ "fp16" when the UNet ships only `*.fp16.safetensors` weights (hub-style variants)."""
+    unet = path / "unet"
+    plain = (
+        list(unet.glob("diffusion_pytorch_model.safetensors"))
+        + list(unet.glob("diffusion_pytorch_model.bin"))
+        + list(unet.glob("diffusion_pytorch_model-*.safetensors"))
+    )
+    if plain:
+        return None
+    for variant in ("fp16", "bf16"):
+        if list(unet.glob(f"diffusion_pytorch_model*.{variant}.safetensors")):
+            return variant
+    return None
 
 
 def _sd2_prediction(path: Path, metadata: dict[str, str]) -> tuple[str, str]:

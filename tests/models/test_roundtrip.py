@@ -181,3 +181,14 @@ def test_our_exports_reload_without_a_config_folder(saved, family):
     assert torch.equal(generate(model.pipe), s.image)
     if family == "sdxl":
         assert model.pipe.tokenizer_2.pad_token == "!"
+
+
+def test_folder_with_fp16_variant_only(tmp_path):
+    """Hub-style folders that hold only `*.fp16.safetensors` weights load too."""
+    from conftest import tiny_pipeline
+
+    pipe = tiny_pipeline("sd1").to(torch.float16)
+    pipe.save_pretrained(str(tmp_path / "m"), variant="fp16")
+    model = load_pipeline(tmp_path / "m", dtype=torch.float16)
+    assert "weights variant fp16" in model.notes
+    assert model.pipe.unet.dtype == torch.float16
