@@ -17,7 +17,8 @@
   512). In order: the `prediction_type` argument; the file's own metadata
   (`fmn.prediction_type`, or `modelspec.prediction_type`); an A1111-style sidecar
   `<name>.yaml` (`parameterization: "v"` means v, a yaml without it means epsilon); else v,
-  the SD 2.0-v / 2.1 default (as diffusers assumes). v uses the 768 px config (DDIM),
+  the SD 2.0-v / 2.1 default (as diffusers assumes). SD1/SDXL files are epsilon unless they
+  carry a `v_pred` marker tensor (v-prediction fine-tunes) or the argument says otherwise. v uses the 768 px config (DDIM),
   epsilon the 512 px base config (PNDM).
 - Pickled `.ckpt/.pt/.pth/.bin` files are read only with torch's restricted
   `weights_only` unpickler (see checkpoint.py), then go the same way through a temporary
@@ -330,6 +331,10 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
         notes.append(f"prediction type {prediction} from {reason}")
     else:
         prediction = prediction_type or ("epsilon" if detected != "sd2" else "v_prediction")
+        if prediction_type is None and "v_pred" in header:
+            # SDXL/SD1 v-prediction fine-tunes (e.g. NoobAI-XL v-pred) carry a `v_pred` marker
+            prediction = "v_prediction"
+            notes.append("prediction type v_prediction from the file's v_pred marker")
     if config is not None:
         cfg = Path(config)
         if not (cfg / "model_index.json").is_file():

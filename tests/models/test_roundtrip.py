@@ -192,3 +192,16 @@ def test_folder_with_fp16_variant_only(tmp_path):
     model = load_pipeline(tmp_path / "m", dtype=torch.float16)
     assert "weights variant fp16" in model.notes
     assert model.pipe.unet.dtype == torch.float16
+
+
+def test_v_pred_marker_in_sdxl_file(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    s = saved("sdxl")
+    sd = load_file(str(s.file))
+    sd["v_pred"] = torch.tensor([])
+    f = tmp_path / "vpred.safetensors"
+    save_file(sd, str(f))
+    model = load_pipeline(f, config=s.config)
+    assert model.prediction_type == "v_prediction"
+    assert model.pipe.scheduler.config.prediction_type == "v_prediction"
