@@ -65,6 +65,7 @@ class ForgetConfig:
     retain_weight: float = 1.0  # 0 disables the preservation term
     preserve: str = "output"  # hold other prompts' attn2 "output" or attention "maps"
     protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
+    mode: str = "faithful"  # "fast": per-layer K optimisation on cached queries (see fast.py)
     retain_prompts: list[str] | None = None
     batch_size: int = 4
     num_references: int = 8
@@ -89,6 +90,8 @@ class ForgetConfig:
             raise ValueError(
                 f"unknown preserve mode {self.preserve!r}; valid: {', '.join(PRESERVE_MODES)}"
             )
+        if self.mode not in ("faithful", "fast"):
+            raise ValueError(f"unknown mode {self.mode!r}; valid: faithful, fast")
         if self.steps < 1 or self.batch_size < 1 or self.num_references < 1:
             raise ValueError("steps, batch size and number of references must be positive")
 
@@ -124,39 +127,108 @@ def _timesteps(scheduler, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
 
 
-def forget_steps(
-    pipe, config: ForgetConfig, fingerprint: str = "", family: str = "sd1"
-) -> Generator[ForgetProgress, None, ForgetResult]:
-    """Run a forget job on `pipe` (left unchanged), yielding progress; returns the patch."""
-    started = time.perf_counter()
-    unet = pipe.unet
-    device = unet.device
-    gen = torch.Generator("cpu").manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+@dataclass
+class JobInputs:
+    """What both modes train on: prompts, masks, embeddings, reference latents, retain set."""
 
-    # Prompts naming each concept, with their re-steering masks.
+    prompts: list[str]
+    owners: list[str]  # the concept each prompt names
+    mask: torch.Tensor  # (P, L) positions to re-steer
+    embeds: torch.Tensor  # (P, L, C)
+    added: dict | None  # SDXL's added conditioning
+    latents: torch.Tensor  # (N, 4, h, w) reference latents
+    latent_prompt: torch.Tensor | None  # prompt index each latent came from (None: any)
+    retain_prompts: list[str]
+    retain_embeds: torch.Tensor | None
+    retain_added: dict | None
+
+    def sample(self, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent indices, prompt indices) for a batch: each latent with a prompt of its concept."""
+        idx = torch.randint(0, len(self.latents), (b,), generator=gen)
+        return idx, _prompts_for_latents(idx, self.latent_prompt, self.owners, gen)
+
+    def sample_retain(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, len(self.retain_prompts), (b,), generator=gen)
+
+
+def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInputs:
     prompts, owners = [], []
     for concept in config.concepts:
         for prompt in prompts_for(concept, config.kind, config.templates):
             prompts.append(prompt)
             owners.append(concept)
-    mask_all = concept_mask(pipe.tokenizer, prompts, owners, config.positions)
+    mask = concept_mask(pipe.tokenizer, prompts, owners, config.positions)
     embeds, added = encode_prompts(pipe, prompts)
-
-    yield ForgetProgress(0, config.steps, math.nan, math.nan, None, phase="references")
     latents = reference_latents(pipe, prompts, config, generator=gen)
     # Generated latent i comes from prompt i mod P; a folder's images fit any prompt.
     latent_prompt = None if config.reference_dir else torch.arange(len(latents)) % len(prompts)
-
     retain_prompts = [
         p
         for p in (config.retain_prompts or DEFAULT_RETAIN_PROMPTS)
         if not any(c.lower() in p.lower() for c in config.concepts)
     ]
-    use_retain = config.retain_weight > 0 and bool(retain_prompts)
-    if use_retain:
+    retain_embeds = retain_added = None
+    if retain_prompts:
         retain_embeds, retain_added = encode_prompts(pipe, retain_prompts)
+    return JobInputs(
+        prompts,
+        owners,
+        mask,
+        embeds,
+        added,
+        latents,
+        latent_prompt,
+        retain_prompts,
+        retain_embeds,
+        retain_added,
+    )
 
+
+def forget_steps(
+    pipe, config: ForgetConfig, fingerprint: str = "", family: str = "sd1"
+) -> Generator[ForgetProgress, None, ForgetResult]:
+    """Run a forget job on `pipe` (left unchanged), yielding progress; returns the patch."""
+    started = time.perf_counter()
+    gen = torch.Generator("cpu").manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    yield ForgetProgress(0, config.steps, math.nan, math.nan, None, phase="references")
+    inputs = prepare_inputs(pipe, config, gen)
+    history: list[ForgetProgress] = []
+    if config.mode == "fast":
+        from fmn_desktop.resteer.fast import fast_steps
+
+        exported = yield from fast_steps(pipe, config, inputs, gen, history)
+    else:
+        exported = yield from _faithful_steps(pipe, config, inputs, gen, history)
+    hyper = {k: v for k, v in asdict(config).items() if k not in ("concepts", "backend")}
+    hyper["lr"] = config.effective_lr()
+    # The text embeddings at the re-steered positions: what closed-form stacking needs.
+    mask = inputs.mask.to(inputs.embeds.device) > 0
+    stats = {"concept_embeddings": inputs.embeds[mask].detach().to(torch.float16).cpu()}
+    meta = PatchMeta(
+        concepts=list(config.concepts),
+        kind="forget",
+        method="resteer" if config.mode == "faithful" else "resteer-fast",
+        family=family,
+        base_fingerprint=fingerprint,
+        hyperparameters=hyper,
+        stats=stats,
+    )
+    return ForgetResult(Patch(exported, meta), history, time.perf_counter() - started)
+
+
+def _faithful_steps(
+    pipe,
+    config: ForgetConfig,
+    inputs: JobInputs,
+    gen: torch.Generator,
+    history: list[ForgetProgress],
+):
+    """Attention re-steering through the whole UNet (the paper's method); yields progress,
+    returns the exported deltas."""
+    unet = pipe.unet
+    device = unet.device
+    use_retain = config.retain_weight > 0 and inputs.retain_embeds is not None
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     names = target_parameters(unet, config.trainable, bool(config.lora_rank))
     if not names:
@@ -165,10 +237,13 @@ def forget_steps(
     unet.eval()
     projector = None
     if config.protect_energy > 0:
-        protect_embeds, _ = encode_prompts(pipe, retain_prompts or DEFAULT_RETAIN_PROMPTS)
-        projector = protect_projector(protect_embeds, config.protect_energy)
+        projector = protect_projector(
+            inputs.retain_embeds
+            if inputs.retain_embeds is not None
+            else encode_prompts(pipe, DEFAULT_RETAIN_PROMPTS)[0],
+            config.protect_energy,
+        )
     deltas = TrainableDeltas(unet, names, config.lora_rank, projector=projector)
-    history: list[ForgetProgress] = []
     state = ResteerState(
         layer_weighting=config.layer_weighting, preserve=config.preserve, backend=config.backend
     )
@@ -186,22 +261,22 @@ def forget_steps(
         with resteer_hooks(unet, state):
             for step in range(1, config.steps + 1):
                 b = config.batch_size
-                idx = torch.randint(0, len(latents), (b,), generator=gen)
-                pick = _prompts_for_latents(idx, latent_prompt, owners, gen)
-                x0 = latents[idx].to(device, unet.dtype)
+                idx, pick = inputs.sample(b, gen)
+                x0 = inputs.latents[idx].to(device, unet.dtype)
                 noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
                 t = _timesteps(noise_sched, b, gen).to(device)
                 noisy = noise_sched.add_noise(x0, noise, t)
-                emb = embeds[pick.to(embeds.device)]
-                mask = mask_all[pick]
-                cond = _select(added, pick)
+                emb = inputs.embeds[pick.to(inputs.embeds.device)]
+                mask = inputs.mask[pick]
+                cond = _select(inputs.added, pick)
                 if use_retain:
-                    rpick = torch.randint(0, len(retain_prompts), (b,), generator=gen)
+                    rpick = inputs.sample_retain(b, gen)
                     noisy = torch.cat([noisy, noisy])
                     t = torch.cat([t, t])
-                    emb = torch.cat([emb, retain_embeds[rpick.to(retain_embeds.device)]])
+                    remb = inputs.retain_embeds
+                    emb = torch.cat([emb, remb[rpick.to(remb.device)]])
                     mask = torch.cat([mask, torch.zeros_like(mask)])
-                    cond = _concat(cond, _select(retain_added, rpick))
+                    cond = _concat(cond, _select(inputs.retain_added, rpick))
                     state.retain_rows = torch.arange(2 * b, device=device) >= b
                 state.mask = mask
                 state.reset()
@@ -245,25 +320,7 @@ def forget_steps(
     finally:
         deltas.remove()
         unet.train(was_training)
-    hyper = {k: v for k, v in asdict(config).items() if k not in ("concepts", "backend")}
-    hyper["lr"] = config.effective_lr()
-    # The text embeddings at the re-steered positions: what closed-form stacking needs.
-    stats = {
-        "concept_embeddings": embeds[mask_all.to(embeds.device) > 0]
-        .detach()
-        .to(torch.float16)
-        .cpu()
-    }
-    meta = PatchMeta(
-        concepts=list(config.concepts),
-        kind="forget",
-        method="resteer",
-        family=family,
-        base_fingerprint=fingerprint,
-        hyperparameters=hyper,
-        stats=stats,
-    )
-    return ForgetResult(Patch(exported, meta), history, time.perf_counter() - started)
+    return exported
 
 
 def forget(

@@ -115,3 +115,24 @@ def test_bad_config_values():
         ForgetConfig(concepts=["x"], positions="all")
     with pytest.raises(ValueError):
         ForgetConfig(concepts=["x"], preserve="everything")
+
+
+def test_fast_mode_trains_each_layers_key_on_cached_queries(tiny_pipe):
+    before = _snapshot(tiny_pipe.unet)
+    seen = []
+    res = forget(
+        tiny_pipe,
+        ForgetConfig(concepts=["castle"], steps=3, mode="fast", **FAST),
+        progress=seen.append,
+    )
+    names = set(res.patch.deltas)
+    layers = [n for n, _ in tiny_pipe.unet.named_modules() if n.endswith("attn2")]
+    assert names == {f"{n}.to_k.weight" for n in layers}  # V untouched in fast mode
+    assert res.patch.meta.method == "resteer-fast"
+    train = [p for p in seen if p.phase != "references"]
+    assert len(train) == 3 * len(layers) and train[-1].step == train[-1].total
+    assert all(torch.equal(p, before[n]) for n, p in tiny_pipe.unet.named_parameters())
+    # each layer's own term went down on its cached queries
+    first = {p.phase: p.forget for p in train if p.loss == 1.0}
+    last = {p.phase: p.forget for p in train}
+    assert all(last[k] < first[k] for k in first)

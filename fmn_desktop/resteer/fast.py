@@ -1,0 +1,209 @@
+"""Fast forget mode: per-layer optimisation of attn2 K on cached queries, no UNet backward.
+
+One forward pass of the UNet over the noised reference latents (and the same latents with
+the retain prompts) records every cross-attention layer's queries. Each layer's `to_k` then
+gets its own small optimisation: the re-steering term of the concept prompts on those cached
+queries, plus the preservation term (the layer's output, or maps, on the retain prompts with
+the original values), computed by the fused kernel where it runs. A forget then costs about
+one UNet forward per cached sample plus cheap per-layer steps.
+
+What it ignores: a change in layer l alters the inputs of later layers, so their cached
+queries go slightly stale (first order only). Every layer is optimised on its own loss, so
+the 64x64 layers cannot dominate the 8x8 ones as they do in the paper's summed norm.
+
+V's role: a layer's values cannot change its own attention probabilities, and in this mode
+nothing downstream is modelled, so `to_v` is left untouched (the faithful mode trains it,
+where it acts through later layers). The patch holds `to_k` deltas only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from fmn_desktop.errors import TrainingError
+from fmn_desktop.patch.format import Delta
+from fmn_desktop.resteer.processor import (
+    _merge_heads,
+    _probs,
+    _split_heads,
+    cross_attention_modules,
+)
+from fmn_desktop.resteer.trainable import DenseDelta, LoraDelta, protect_projector
+from fmn_kernels import resteer_attention
+
+
+class _QueryRecorder:
+    """attn2 processor that stores each call's queries and otherwise attends as usual."""
+
+    def __init__(self, store: list):
+        self.store = store
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        *args,
+        **kwargs,
+    ):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        ndim = hidden_states.ndim
+        if ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        enc = encoder_hidden_states
+        if attn.norm_cross:
+            enc = attn.norm_encoder_hidden_states(enc)
+        q = _split_heads(attn.to_q(hidden_states), attn.heads)
+        k = _split_heads(attn.to_k(enc), attn.heads)
+        v = _split_heads(attn.to_v(enc), attn.heads)
+        self.store.append(q.detach())
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = attn.to_out[1](attn.to_out[0](_merge_heads(out)))
+        if ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@torch.no_grad()
+def cache_queries(unet, noisy, t, embeds, added) -> dict[str, torch.Tensor]:
+    """Each attn2 layer's queries (B, heads, M, d) for one batch, by layer path."""
+    mods = cross_attention_modules(unet)
+    previous = unet.attn_processors
+    stores = {name: [] for name in mods}
+    procs = {f"{name}.processor": _QueryRecorder(stores[name]) for name in mods}
+    unet.set_attn_processor({k: procs.get(k, v) for k, v in previous.items()})
+    try:
+        unet(noisy, t, encoder_hidden_states=embeds, added_cond_kwargs=added)
+    finally:
+        unet.set_attn_processor(previous)
+    missing = [n for n, s in stores.items() if len(s) != 1]
+    if missing:
+        raise TrainingError(f"query capture missed {len(missing)} cross-attention layers")
+    return {n: s[0] for n, s in stores.items()}
+
+
+def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Generator:
+    """Yields ForgetProgress per (layer, step); returns {param name: Delta} for every to_k."""
+    from fmn_desktop.resteer.forget import ForgetProgress, _select, _timesteps
+
+    unet = pipe.unet
+    device, dtype = unet.device, unet.dtype
+    n = max(config.num_references, config.batch_size)
+    idx, pick = inputs.sample(n, gen)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    x0 = inputs.latents[idx].to(device, dtype)
+    t = _timesteps(sched, n, gen).to(device)
+    noisy = sched.add_noise(x0, torch.randn(x0.shape, generator=gen).to(device, dtype), t)
+    emb_c = inputs.embeds[pick.to(inputs.embeds.device)]
+    mask = inputs.mask[pick].to(device)
+    q_c = cache_queries(unet, noisy, t, emb_c, _select(inputs.added, pick))
+    use_retain = config.retain_weight > 0 and inputs.retain_embeds is not None
+    if use_retain:
+        rpick = inputs.sample_retain(n, gen)
+        emb_r = inputs.retain_embeds[rpick.to(inputs.retain_embeds.device)]
+        q_r = cache_queries(unet, noisy, t, emb_r, _select(inputs.retain_added, rpick))
+    projector = None
+    if config.protect_energy > 0 and inputs.retain_embeds is not None:
+        projector = protect_projector(inputs.retain_embeds, config.protect_energy).to(device)
+
+    mods = cross_attention_modules(unet)
+    total = len(mods) * config.steps
+    done = 0
+    exported: dict[str, Delta] = {}
+    for name, attn in mods.items():
+        w0 = attn.to_k.weight.detach()
+        heads, scale = attn.heads, attn.scale
+        enc_c = attn.norm_encoder_hidden_states(emb_c) if attn.norm_cross else emb_c
+        with torch.no_grad():
+            v_c = _split_heads(attn.to_v(enc_c), heads)
+        if use_retain:
+            enc_r = attn.norm_encoder_hidden_states(emb_r) if attn.norm_cross else emb_r
+            with torch.no_grad():
+                k_r0 = _split_heads(F.linear(enc_r, w0), heads)
+                v_r = _split_heads(attn.to_v(enc_r), heads)
+                if config.preserve == "maps":
+                    ref_r = _probs(q_r[name], k_r0, scale)
+                else:
+                    ref_r = F.scaled_dot_product_attention(q_r[name], k_r0, v_r, scale=scale)
+        delta = (
+            LoraDelta(w0, config.lora_rank, None, projector)
+            if config.lora_rank
+            else DenseDelta(w0, projector)
+        ).to(device)
+        opt = torch.optim.AdamW(
+            delta.parameters(), lr=config.effective_lr(), weight_decay=config.weight_decay
+        )
+        forget0 = None
+        for step in range(1, config.steps + 1):
+            w = delta(w0.float()).to(dtype)
+            k_c = _split_heads(F.linear(enc_c, w), heads)
+            _, term = resteer_attention(
+                q_c[name],
+                k_c,
+                v_c,
+                mask,
+                scale=scale,
+                backend=_cpu_reference(config.backend, device),
+            )
+            raw = term.sum(1).mean().clamp_min(1e-20).sqrt()
+            if forget0 is None:
+                forget0 = raw.detach().clamp_min(1e-12)
+            loss = raw / forget0
+            retain = None
+            if use_retain:
+                k_r = _split_heads(F.linear(enc_r, w), heads)
+                if config.preserve == "maps":
+                    cur = _probs(q_r[name], k_r, scale)
+                else:
+                    cur, _ = resteer_attention(
+                        q_r[name],
+                        k_r,
+                        v_r,
+                        None,
+                        scale=scale,
+                        backend=_cpu_reference(config.backend, device),
+                    )
+                retain = (cur.float() - ref_r.float()).pow(2).mean() / ref_r.float().pow(2).mean()
+                loss = loss + config.retain_weight * retain
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} in layer {name} at step {step}: lower the "
+                    f"learning rate (now {config.effective_lr():g}); no patch was written"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip and config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(list(delta.parameters()), config.grad_clip)
+            opt.step()
+            done += 1
+            prog = ForgetProgress(
+                done,
+                total,
+                loss.item(),
+                raw.item(),
+                None if retain is None else retain.item(),
+                phase=name,
+            )
+            history.append(prog)
+            yield prog
+        exported[f"{name}.to_k.weight"] = delta.export()
+    return exported
+
+
+def _cpu_reference(requested: str | None, device: torch.device) -> str | None:
+    from fmn_desktop.resteer.processor import _backend_for
+
+    return _backend_for(torch.empty(0, device=device), requested)
