@@ -1,0 +1,45 @@
+"""The local registry: patches, base models, stacks, evaluations and jobs (SQLite).
+
+No Qt and no tensor math here; files are handled as bytes. See `repository.Registry`.
+
+>>> from fmn_desktop.registry import open_registry
+>>> with open_registry("/tmp/fmn-reg") as reg:  # doctest: +SKIP
+...     [p.name for p in reg.list_patches()]
+"""
+
+from fmn_desktop.registry.errors import (
+    NotFoundError,
+    PatchInUseError,
+    RegistryBusyError,
+    RegistryCorruptError,
+    RegistryError,
+)
+from fmn_desktop.registry.location import ENV_VAR, registry_dir
+from fmn_desktop.registry.records import (
+    BaseModelRecord,
+    EvaluationRecord,
+    JobRecord,
+    PatchRecord,
+    StackItemRecord,
+    StackRecord,
+)
+from fmn_desktop.registry.repository import STACK_MODES, Registry, open_registry
+
+__all__ = [
+    "ENV_VAR",
+    "STACK_MODES",
+    "BaseModelRecord",
+    "EvaluationRecord",
+    "JobRecord",
+    "NotFoundError",
+    "PatchInUseError",
+    "PatchRecord",
+    "Registry",
+    "RegistryBusyError",
+    "RegistryCorruptError",
+    "RegistryError",
+    "StackItemRecord",
+    "StackRecord",
+    "open_registry",
+    "registry_dir",
+]
