@@ -145,7 +145,8 @@ def _vae_key(key: str, value: torch.Tensor, n_up: int) -> tuple[str, torch.Tenso
         rest = m[3].replace("conv_shortcut", "nin_shortcut")
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{rest}", value
     m = re.match(
-        r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$",
+        r"(encoder|decoder)\.mid_block\.attentions\.0\."
+        r"(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$",
         key,
     )
     if m:

@@ -17,9 +17,9 @@
   512). In order: the `prediction_type` argument; the file's own metadata
   (`fmn.prediction_type`, or `modelspec.prediction_type`); an A1111-style sidecar
   `<name>.yaml` (`parameterization: "v"` means v, a yaml without it means epsilon); else v,
-  the SD 2.0-v / 2.1 default (as diffusers assumes). SD1/SDXL files are epsilon unless they
-  carry a `v_pred` marker tensor (v-prediction fine-tunes) or the argument says otherwise. v uses the 768 px config (DDIM),
-  epsilon the 512 px base config (PNDM).
+  the SD 2.0-v / 2.1 default (as diffusers assumes). v uses the 768 px config (DDIM),
+  epsilon the 512 px base config (PNDM). SD1/SDXL files are epsilon unless they carry a
+  `v_pred` marker tensor (v-prediction fine-tunes) or the argument says otherwise.
 - Pickled `.ckpt/.pt/.pth/.bin` files are read only with torch's restricted
   `weights_only` unpickler (see checkpoint.py), then go the same way through a temporary
   safetensors copy in the system temp folder.

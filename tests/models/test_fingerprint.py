@@ -76,4 +76,5 @@ def test_cost_is_linear_in_attn2_bytes(unet):
     start = time.perf_counter()
     fingerprint_unet(layer)
     seconds = time.perf_counter() - start
-    assert seconds < 5.0  # ~0.1-0.2 s here: ~10-20 s for SDXL on one slow core, less on a workstation
+    # ~0.1 s here for 32 MB of fp16: SDXL's 1.09 GB of attn2 values take ~2-3 s on this CPU
+    assert seconds < 5.0
