@@ -52,14 +52,12 @@ def _scheduler(family: str):
     return getattr(diffusers, name).from_pretrained(str(folder), local_files_only=True)
 
 
-def tiny_pipeline(family: str, seed: int = 0):
-    """A randomly initialised tiny pipeline of `family`, deterministic for `seed`."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+def tiny_unet(family: str):
+    """The tiny UNet of `family` (random weights from the current torch seed)."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    tokenizers = family_tokenizers(family)
     if family == "sdxl":
-        unet = UNet2DConditionModel(
+        return UNet2DConditionModel(
             block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
             out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
@@ -67,6 +65,31 @@ def tiny_pipeline(family: str, seed: int = 0):
             addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
             projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=32 + 48,
         )
+    sd2 = family == "sd2"
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+        out_channels=4, cross_attention_dim=32,
+        down_block_types=(
+            ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D") if sd2
+            else ("CrossAttnDownBlock2D", "DownBlock2D")
+        ),
+        up_block_types=(
+            ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D") if sd2
+            else ("UpBlock2D", "CrossAttnUpBlock2D")
+        ),
+        attention_head_dim=(2, 4) if sd2 else 8,
+        use_linear_projection=sd2, upcast_attention=sd2,
+    )
+
+
+def tiny_pipeline(family: str, seed: int = 0):
+    """A randomly initialised tiny pipeline of `family`, deterministic for `seed`."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    torch.manual_seed(seed)
+    tokenizers = family_tokenizers(family)
+    unet = tiny_unet(family)
+    if family == "sdxl":
         pipe = StableDiffusionXLPipeline(
             unet=unet, vae=_vae(), text_encoder=_clip(32, "quick_gelu"),
             text_encoder_2=_clip(48, "gelu", projection=True, proj_dim=32),
@@ -74,20 +97,6 @@ def tiny_pipeline(family: str, seed: int = 0):
         )
     else:
         sd2 = family == "sd2"
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-            out_channels=4, cross_attention_dim=32,
-            down_block_types=(
-                ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D") if sd2
-                else ("CrossAttnDownBlock2D", "DownBlock2D")
-            ),
-            up_block_types=(
-                ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D") if sd2
-                else ("UpBlock2D", "CrossAttnUpBlock2D")
-            ),
-            attention_head_dim=(2, 4) if sd2 else 8,
-            use_linear_projection=sd2, upcast_attention=sd2,
-        )
         pipe = StableDiffusionPipeline(
             unet=unet, vae=_vae(), text_encoder=_clip(32, "gelu" if sd2 else "quick_gelu"),
             scheduler=_scheduler(family), safety_checker=None, feature_extractor=None,

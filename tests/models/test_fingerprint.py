@@ -4,20 +4,25 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_pipeline
+from conftest import tiny_unet
 
 from fmn_desktop.models import FingerprintMismatch, FmnError, check_fingerprint, fingerprint_unet
 
 
+def make_unet(family="sd1", seed=0):
+    torch.manual_seed(seed)
+    return tiny_unet(family)
+
+
 @pytest.fixture(scope="module")
 def unet():
-    return tiny_pipeline("sd1").unet
+    return make_unet()
 
 
 def test_stable_and_dtype_independent(unet):
     fp = fingerprint_unet(unet)
     assert fp == fingerprint_unet(unet) and len(fp) == 64
-    half = tiny_pipeline("sd1").unet.to(torch.float16)
+    half = make_unet().to(torch.float16)
     assert fingerprint_unet(half) == fp
     assert fingerprint_unet(half.to(torch.float32)) == fp
 
@@ -41,7 +46,7 @@ def test_changed_weights_differ(unet):
 def test_unfused_lora_keeps_base_fingerprint():
     from peft import LoraConfig
 
-    unet = tiny_pipeline("sd1").unet
+    unet = make_unet()
     fp = fingerprint_unet(unet)
     unet.add_adapter(LoraConfig(r=2, target_modules=["attn2.to_k"], init_lora_weights=False))
     assert fingerprint_unet(unet) == fp
@@ -52,8 +57,8 @@ def test_unfused_lora_keeps_base_fingerprint():
 
 
 def test_other_architecture_differs(unet):
-    assert fingerprint_unet(tiny_pipeline("sd2").unet) != fingerprint_unet(unet)
-    assert fingerprint_unet(tiny_pipeline("sd1", seed=1).unet) != fingerprint_unet(unet)
+    assert fingerprint_unet(make_unet("sd2")) != fingerprint_unet(unet)
+    assert fingerprint_unet(make_unet(seed=1)) != fingerprint_unet(unet)
 
 
 def test_check_fingerprint():
