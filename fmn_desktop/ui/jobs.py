@@ -1,0 +1,241 @@
+"""The app's background jobs: the CLI's workflow functions, composed; no Qt, no new logic.
+
+Each job is a generator (progress as `Phase` values between the steps of the work) or calls
+a workflow with `progress`/`should_cancel` callbacks, so `workers.Job` can run it off the UI
+thread and cancel it between steps. Every function here is usable headless.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class Phase:
+    """A coarse progress report: what the job does now, with an optional step count."""
+
+    name: str
+    text: str
+    step: int = 0
+    total: int = 0
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def load_model(spec: str, device: str = "cpu", precision: str = "fp32"):
+    """`open_model` as the CLI calls it, with the same CPU/precision rule."""
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.workflows import open_model
+
+    if device == "cpu" and precision != "fp32":
+        raise FmnError("fp16/bf16 are for CUDA; choose fp32 precision on the CPU")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FmnError("no CUDA device is available here; choose the CPU in Settings")
+    return open_model(spec, device=device, dtype=torch_dtype(precision))
+
+
+def toy_concept(model, concepts: Sequence[str]):
+    """The embedded model's concept for a forget job, when the judge can score it."""
+    if getattr(model, "family", None) != "toy" or len(concepts) != 1:
+        return None
+    from fmn_desktop.toyworld import CONCEPTS
+
+    return CONCEPTS.get(concepts[0])
+
+
+def evaluate_patch(model, patch, concept, seeds: int = 2, steps: int = 20, should_cancel=None):
+    """M-Score of `concept` and retention of the others, before and after `patch` (toy model).
+
+    Same measures, prompts and seeds as `fmn demo`; returns the dict stored as patch scores.
+    """
+    from fmn_desktop.errors import CancelledError
+    from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
+    from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+
+    judge = load_judge()
+    settings = EvalSettings(seeds=seeds, steps=steps)
+    evaluated = [concept] + [c for c in CONCEPTS.values() if c.name != concept.name]
+
+    def check(done, total):
+        if should_cancel and should_cancel():
+            raise CancelledError("evaluation cancelled")
+
+    base = generate_eval_set(model.pipe, judge, evaluated, settings, progress=check)
+    with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint):
+        after = generate_eval_set(model.pipe, judge, evaluated, settings, progress=check)
+    return {
+        "mscore_before": mscore(base, concept).as_dict(),
+        "mscore_after": mscore(after, concept).as_dict(),
+        "retention_before": retention(base, [concept.name]).as_dict(),
+        "retention_after": retention(after, [concept.name]).as_dict(),
+        "eval_seeds": seeds,
+    }
+
+
+@dataclass
+class ForgetRequest:
+    config: Any  # ForgetConfig
+    evaluate: bool = True
+    eval_seeds: int = 2
+    eval_steps: int = 20
+    registry_root: str | None = None  # None: keep the file only
+    out: str | None = None  # None: a temporary file (registered, then removed)
+    tags: list[str] = field(default_factory=list)
+    fmt: str = "lora"
+
+
+@dataclass
+class ForgetDone:
+    path: Path | None  # the patch file kept outside the registry, if any
+    record: Any  # PatchRecord when registered
+    seconds: float
+    final_loss: float
+    scores: dict
+
+
+def forget_job(ctx, model, req: ForgetRequest):
+    """Forget (`forget_to_file`, reporting each ForgetProgress), evaluate, register."""
+    from fmn_desktop.patch import save_patch
+    from fmn_desktop.workflows import forget_to_file
+
+    tmp = None
+    out = req.out
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fmn-forget-")
+        out = str(Path(tmp.name) / "patch.safetensors")
+    try:
+        yield Phase("train", "re-steering attention", 0, req.config.steps)
+        outcome = forget_to_file(
+            model,
+            req.config,
+            out,
+            fmt=req.fmt,
+            progress=ctx.progress,
+            should_cancel=ctx.should_cancel,
+        )
+        scores: dict = {}
+        concept = toy_concept(model, req.config.concepts) if req.evaluate else None
+        if concept is not None:
+            yield Phase("evaluate", f"measuring M-Score and retention ({concept.name})")
+            scores = evaluate_patch(
+                model, outcome.patch, concept, req.eval_seeds, req.eval_steps, ctx.should_cancel
+            )
+            outcome.patch.meta.scores = scores
+            save_patch(outcome.patch, out)
+        record = None
+        if req.registry_root is not None:
+            yield Phase("register", "adding the patch to the registry")
+            from fmn_desktop.registry import open_registry
+
+            with open_registry(req.registry_root) as reg:
+                if model.fingerprint:
+                    reg.add_base_model(
+                        model.fingerprint,
+                        name=Path(str(model.source)).name,
+                        path=str(model.source),
+                        family=model.family,
+                    )
+                record = reg.add_patch(Path(out), tags=req.tags, source="desktop app")
+                for key, metric in (("mscore_after", "mscore"), ("retention_after", "retention")):
+                    if key in scores:
+                        e = scores[key]
+                        reg.add_evaluation(
+                            metric,
+                            e["mean"],
+                            patch=record.id,
+                            concept=concept.name,
+                            low=e["low"],
+                            high=e["high"],
+                            n=e["n"],
+                            settings={"seeds": req.eval_seeds, "steps": req.eval_steps},
+                        )
+        return ForgetDone(
+            None if tmp else Path(out), record, outcome.seconds, outcome.final_loss, scores
+        )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@dataclass
+class CompareRequest:
+    prompts: list[str]
+    seeds: list[int]
+    patches: list[tuple[str, float]]  # (file, strength)
+    mode: str = "additive"
+    steps: int = 20
+    guidance: float = 5.0
+    force: bool = False
+    title: str = "patched"
+
+
+@dataclass
+class CompareDone:
+    base: Any  # PIL image grid
+    patched: Any
+    labels: list[str]
+
+
+def compose(model, items: Sequence[tuple[str, float]], mode: str = "additive"):
+    """(Patch, strength) pairs for `PatchedUNet`: the files as given (additive composition),
+    or one fused patch when the stacking module offers closed-form fusion."""
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.workflows import PatchSpec, read_patches
+
+    patches = read_patches(model, [PatchSpec(Path(p), s) for p, s in items])
+    if mode == "fused":
+        try:
+            from fmn_desktop.patch import stack as stacking
+        except ImportError as exc:
+            raise FmnError("fused composition is not available in this build; use additive") from exc
+        fused = stacking.fuse(patches)  # type: ignore[attr-defined]
+        return [(fused, 1.0)]
+    return patches
+
+
+def compare_job(ctx, model, req: CompareRequest):
+    """Base grid and patched grid for the same prompts and seeds (`fmn generate --patch`)."""
+    from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.workflows import generate_images, grid_image
+
+    if not req.prompts or not req.seeds:
+        from fmn_desktop.errors import FmnError
+
+        raise FmnError("give at least one prompt and one seed")
+    patches = compose(model, req.patches, req.mode) if req.patches else []
+    total = 2 * len(req.prompts)
+    yield Phase("generate", "base model", 0, total)
+    rows = []
+    for i, prompt in enumerate(req.prompts):
+        rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
+        yield Phase("generate", "base model", i + 1, total)
+    base = grid_image(rows, req.prompts, title="base model")
+    after_rows = []
+    with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=req.force):
+        for i, prompt in enumerate(req.prompts):
+            after_rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
+            yield Phase("generate", req.title, len(req.prompts) + i + 1, total)
+    patched = grid_image(after_rows, req.prompts, title=req.title if patches else "no patch")
+    return CompareDone(base, patched, list(req.prompts))
+
+
+def export_job(ctx, model, items: Sequence[tuple[str, float]], out: str, force: bool = False):
+    """The patched model as a diffusers folder or one .safetensors (`fmn apply`)."""
+    from fmn_desktop.workflows import PatchSpec, apply_to_file
+
+    yield Phase("export", f"writing {out}")
+    return apply_to_file(model, [PatchSpec(Path(p), s) for p, s in items], out, force=force)

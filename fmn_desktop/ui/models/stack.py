@@ -1,0 +1,215 @@
+"""The stack composer's state: ordered patches with strengths, composition mode, conflicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from fmn_desktop.ui.jobs import export_job
+from fmn_desktop.ui.models.session import Session
+from fmn_desktop.ui.properties import state
+
+MODES = ("additive", "fused")
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    name: str
+    path: str
+    strength: float
+    concepts: tuple[str, ...]
+    kind: str
+    family: str
+    base_fingerprint: str
+
+    @classmethod
+    def from_record(cls, record, strength: float = 1.0) -> StackEntry:
+        return cls(
+            record.name,
+            str(record.path),
+            float(strength),
+            tuple(record.concepts),
+            record.kind,
+            record.family,
+            record.base_fingerprint,
+        )
+
+
+def find_conflicts(entries: list[StackEntry], fingerprint: str | None) -> list[str]:
+    """What to fix before applying: other base models, a concept forgotten and corrected,
+    the same concept twice, strengths far from 1."""
+    out = []
+    fps = {e.base_fingerprint for e in entries if e.base_fingerprint}
+    if len(fps) > 1:
+        out.append(
+            "patches were made for different base models: "
+            + ", ".join(f"{e.name} ({e.base_fingerprint[:8]})" for e in entries)
+        )
+    if fingerprint:
+        for e in entries:
+            if e.base_fingerprint and e.base_fingerprint != fingerprint:
+                out.append(f"{e.name} was made for another base model than the loaded one")
+    seen: dict[tuple[str, str], str] = {}
+    for e in entries:
+        for c in e.concepts:
+            key = (c.lower(), e.kind)
+            if key in seen:
+                out.append(f"'{c}' is {e.kind} in both {seen[key]} and {e.name}")
+            seen[key] = e.name
+    for c, kind in list(seen):
+        other = "correct" if kind == "forget" else "forget"
+        if (c, other) in seen and kind == "forget":
+            out.append(
+                f"'{c}' is forgotten by {seen[(c, 'forget')]} and corrected by "
+                f"{seen[(c, 'correct')]}"
+            )
+    for e in entries:
+        if abs(e.strength) > 1.5:
+            out.append(f"{e.name} at strength {e.strength:g} may damage the model")
+    return out
+
+
+class StackModel(QObject):
+    entries_changed = Signal(object)  # list[StackEntry]
+    mode_changed = Signal(str)
+    name_changed = Signal(str)
+    conflicts_changed = Signal(object)  # list[str]
+    stacks_changed = Signal(object)  # names in the registry
+    exporting_changed = Signal(bool)
+    exported = Signal(object)  # Path
+
+    entries = state("entries", list, [], entries_changed)
+    mode = state("mode", str, "additive", mode_changed)
+    name = state("name", str, "", name_changed)
+    conflicts = state("conflicts", list, [], conflicts_changed)
+    stacks = state("stacks", list, [], stacks_changed)
+    exporting = state("exporting", bool, False, exporting_changed)
+
+    def __init__(self, session: Session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.entries_changed.connect(self._check)
+        session.model_changed.connect(self._check)
+        session.registry_changed.connect(self.refresh)
+
+    # ------------------------------------------------------------- editing
+    def add(self, record, strength: float = 1.0) -> None:
+        if any(e.name == record.name for e in self.entries):
+            self.session.status = f"{record.name} is already in the stack"
+            return
+        self.entries = [*self.entries, StackEntry.from_record(record, strength)]
+
+    def remove(self, index: int) -> None:
+        items = list(self.entries)
+        if 0 <= index < len(items):
+            del items[index]
+            self.entries = items
+
+    def move(self, index: int, delta: int) -> None:
+        items = list(self.entries)
+        j = index + delta
+        if 0 <= index < len(items) and 0 <= j < len(items):
+            items[index], items[j] = items[j], items[index]
+            self.entries = items
+
+    def set_strength(self, index: int, strength: float) -> None:
+        items = list(self.entries)
+        if 0 <= index < len(items) and items[index].strength != strength:
+            items[index] = replace(items[index], strength=float(strength))
+            self.entries = items
+
+    def clear(self) -> None:
+        self.entries = []
+        self.name = ""
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(e.path, e.strength) for e in self.entries]
+
+    def _check(self, *_):
+        m = self.session.model
+        self.conflicts = find_conflicts(list(self.entries), m.fingerprint if m else None)
+
+    # ------------------------------------------------------------ registry
+    def refresh(self, *_):
+        reg = self.session.registry()
+        stacks = self.session.attempt("Registry", reg.list_stacks) if reg else None
+        self.stacks = [s.name for s in stacks or []]
+
+    def save(self, name: str | None = None) -> bool:
+        """Save as a named stack in the registry (replacing one of that name)."""
+        name = (name or self.name).strip()
+        reg = self.session.registry()
+        if reg is None:
+            return False
+        if not name:
+            self.session.report("No name", "give the stack a name")
+            return False
+
+        def do():
+            from fmn_desktop.registry import NotFoundError
+
+            try:
+                reg.delete_stack(name)
+            except NotFoundError:
+                pass
+            m = self.session.model
+            reg.create_stack(name, mode=self.mode, base_fingerprint=(m.fingerprint or "") if m else "")
+            for e in self.entries:
+                reg.add_to_stack(name, e.name, strength=e.strength)
+            return True
+
+        ok = self.session.attempt("Cannot save the stack", do)
+        if ok:
+            self.name = name
+            self.session.status = f"Saved stack {name}"
+            self.session.registry_changed.emit()
+        return bool(ok)
+
+    def load(self, name: str) -> bool:
+        reg = self.session.registry()
+        rec = self.session.attempt("Cannot open the stack", lambda: reg.get_stack(name)) if reg else None
+        if rec is None:
+            return False
+        self.mode = rec.mode
+        self.name = rec.name
+        self.entries = [StackEntry.from_record(i.patch, i.strength) for i in rec.items]
+        return True
+
+    def delete(self, name: str) -> bool:
+        reg = self.session.registry()
+        ok = self.session.attempt("Cannot delete the stack", lambda: reg.delete_stack(name) or True)
+        if ok:
+            if self.name == name:
+                self.name = ""
+            self.session.registry_changed.emit()
+        return bool(ok)
+
+    # -------------------------------------------------------------- export
+    def export(self, out: str):
+        """Write the loaded model with the stack applied (folder or .safetensors)."""
+        model = self.session.require_model()
+        if model is None:
+            return None
+        if not self.entries:
+            self.session.report("Empty stack", "add patches to the stack first")
+            return None
+        if self.mode == "fused":
+            self.session.report(
+                "Export", "fused export is not available yet; switch the stack to additive"
+            )
+            return None
+        items = self.items()
+
+        def finished(path):
+            self.session.status = f"Exported to {path}"
+            self.exported.emit(Path(path))
+
+        self.exporting = True
+        return self.session.run_job(
+            "export",
+            lambda ctx: export_job(ctx, model, items, out),
+            on_finished=finished,
+            on_done=lambda: setattr(self, "exporting", False),
+        )
