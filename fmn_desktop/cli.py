@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fmn_desktop.errors import FmnError
+from fmn_desktop.registry_cli import REGISTRY_COMMANDS, add_registry_commands
 
 MODEL_HELP = (
     "a diffusers folder or an LDM/A1111 single-file .safetensors (SD1.x, SD2.x, SDXL); "
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=8, help="seeds per evaluation prompt (default: 8)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per forget")
     p.add_argument("--only", action="append", help="run only these items (repeatable)")
+    add_registry_commands(sub)
     return parser
 
 
@@ -473,6 +475,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "demo": cmd_demo,
 }
+COMMANDS.update(REGISTRY_COMMANDS)  # fmn patches ..., fmn stack ...
 
 
 def main(argv: list[str] | None = None) -> int:
