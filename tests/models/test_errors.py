@@ -137,3 +137,10 @@ def test_nonstandard_shapes_against_shipped_config(saved, tmp_path):
     save_file(load_file(str(s.file)), str(bare))  # no metadata, like a file from elsewhere
     with pytest.raises(ModelLoadError, match="standard sd1 architecture"):
         load_pipeline(bare)
+
+
+def test_network_guard_is_active():
+    import socket
+
+    with pytest.raises(AssertionError, match="network access attempted"):
+        socket.create_connection(("huggingface.co", 443), timeout=1)
