@@ -18,7 +18,8 @@ TOKENIZER_DIR = (
 )
 
 
-def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+def tiny_sd_pipeline(seed: int = 0, text_dim: int = 32) -> StableDiffusionPipeline:
+    """A tiny SD1-layout pipeline; `text_dim` sets the text width (cross-attention dim)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,
@@ -28,7 +29,7 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
+        cross_attention_dim=text_dim,
         attention_head_dim=8,
         norm_num_groups=8,
     )
@@ -46,12 +47,12 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     text = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=text_dim,
+            intermediate_size=2 * text_dim,
             num_hidden_layers=2,
             num_attention_heads=4,
             max_position_embeddings=77,
-            projection_dim=32,
+            projection_dim=text_dim,
             bos_token_id=49406,
             eos_token_id=49407,
             pad_token_id=49407,
