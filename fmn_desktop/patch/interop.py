@@ -83,8 +83,8 @@ def detect_format(keys: list[str], metadata: dict[str, str]) -> str:
     if any(k.startswith(LORA_PREFIX) for k in keys):
         if "fmn.format_version" in metadata:
             return "fmn"
-        ldm = [k for k in keys if k.startswith(LORA_PREFIX + ("input_blocks", "middle_block",
-                                                               "output_blocks"))]
+        ldm_heads = tuple(LORA_PREFIX + b for b in ("input_blocks", "middle_block", "output_blocks"))
+        ldm = [k for k in keys if k.startswith(ldm_heads)]
         return "kohya-ldm" if ldm else "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in keys):
         return "peft"
