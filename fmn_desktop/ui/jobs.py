@@ -171,16 +171,75 @@ def forget_job(ctx, model, req: ForgetRequest):
             tmp.cleanup()
 
 
+@dataclass(frozen=True)
+class PatchItem:
+    """A patch as the app lists it: its file, strength, and the registry's view of it."""
+
+    name: str
+    path: str
+    strength: float = 1.0
+    concepts: tuple[str, ...] = ()
+    kind: str = ""
+    family: str = ""
+    base_fingerprint: str = ""
+
+    @classmethod
+    def from_record(cls, record, strength: float = 1.0) -> PatchItem:
+        return cls(
+            record.name,
+            str(record.path),
+            float(strength),
+            tuple(record.concepts),
+            record.kind,
+            record.family,
+            record.base_fingerprint,
+        )
+
+
+def stack_entries(items: Sequence[PatchItem], model=None, cache: dict | None = None):
+    """`patch.stack.StackEntry`s read from the files (checked against the model's UNet when
+    given); the registry's kind and concepts win over the file's, as in `fmn stack`.
+    `cache` (path -> Patch) saves re-reading files while strengths change."""
+    from fmn_desktop.patch import load_patch, unet_module_names
+    from fmn_desktop.patch.stack import StackEntry
+
+    names = unet_module_names(model.pipe.unet) if model is not None else None
+    entries = []
+    for it in items:
+        if cache is not None and it.path in cache:
+            patch = cache[it.path]
+        else:
+            patch = load_patch(it.path, names)
+            if cache is not None:
+                cache[it.path] = patch
+        if it.kind:
+            patch.meta.kind = it.kind
+        if it.concepts:
+            patch.meta.concepts = list(it.concepts)
+        entries.append(StackEntry(patch, it.strength, it.name))
+    return entries
+
+
+def conflicts(
+    items: Sequence[PatchItem], fingerprint: str | None, cache: dict | None = None
+) -> list[str]:
+    """`patch.stack.find_conflicts` messages for these patches (no model needed)."""
+    from fmn_desktop.patch.stack import find_conflicts
+
+    return [c.message for c in find_conflicts(stack_entries(items, None, cache), fingerprint)]
+
+
 @dataclass
 class CompareRequest:
     prompts: list[str]
     seeds: list[int]
-    patches: list[tuple[str, float]]  # (file, strength)
+    patches: list[PatchItem]
     mode: str = "additive"
     steps: int = 20
     guidance: float = 5.0
     force: bool = False
     title: str = "patched"
+    labelled: bool = True  # prompt labels and titles on the grids (off for thumbnails)
 
 
 @dataclass
@@ -190,52 +249,84 @@ class CompareDone:
     labels: list[str]
 
 
-def compose(model, items: Sequence[tuple[str, float]], mode: str = "additive"):
-    """(Patch, strength) pairs for `PatchedUNet`: the files as given (additive composition),
-    or one fused patch when the stacking module offers closed-form fusion."""
-    from fmn_desktop.errors import FmnError
-    from fmn_desktop.workflows import PatchSpec, read_patches
-
-    patches = read_patches(model, [PatchSpec(Path(p), s) for p, s in items])
-    if mode == "fused":
-        try:
-            from fmn_desktop.patch import stack as stacking
-        except ImportError as exc:
-            raise FmnError("fused composition is not available in this build; use additive") from exc
-        fused = stacking.fuse(patches)  # type: ignore[attr-defined]
-        return [(fused, 1.0)]
-    return patches
-
-
 def compare_job(ctx, model, req: CompareRequest):
-    """Base grid and patched grid for the same prompts and seeds (`fmn generate --patch`)."""
-    from fmn_desktop.patch import PatchedUNet
+    """Base grid and patched grid for the same prompts and seeds (`fmn generate --patch`);
+    the patches are applied as a stack (additive or fused), conflicts refused unless forced."""
+    import contextlib
+
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.patch.stack import ComposeSettings, applied_stack
     from fmn_desktop.workflows import generate_images, grid_image
 
     if not req.prompts or not req.seeds:
-        from fmn_desktop.errors import FmnError
-
         raise FmnError("give at least one prompt and one seed")
-    patches = compose(model, req.patches, req.mode) if req.patches else []
+    entries = stack_entries(req.patches, model) if req.patches else []
     total = 2 * len(req.prompts)
     yield Phase("generate", "base model", 0, total)
     rows = []
     for i, prompt in enumerate(req.prompts):
         rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
         yield Phase("generate", "base model", i + 1, total)
-    base = grid_image(rows, req.prompts, title="base model")
+    cell = max(96, rows[0][0].width)
+    labels = req.prompts if req.labelled else None
+    base = grid_image(rows, labels, title="base model" if req.labelled else None, cell=cell)
     after_rows = []
-    with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=req.force):
+    applied = (
+        applied_stack(model, entries, ComposeSettings(mode=req.mode), force=req.force)
+        if entries
+        else contextlib.nullcontext()
+    )
+    with applied:
         for i, prompt in enumerate(req.prompts):
             after_rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
             yield Phase("generate", req.title, len(req.prompts) + i + 1, total)
-    patched = grid_image(after_rows, req.prompts, title=req.title if patches else "no patch")
+    title = (req.title if entries else "no patch") if req.labelled else None
+    patched = grid_image(after_rows, labels, title=title, cell=cell)
     return CompareDone(base, patched, list(req.prompts))
 
 
-def export_job(ctx, model, items: Sequence[tuple[str, float]], out: str, force: bool = False):
-    """The patched model as a diffusers folder or one .safetensors (`fmn apply`)."""
-    from fmn_desktop.workflows import PatchSpec, apply_to_file
+EXPORT_FORMATS = {
+    "lora": "Stack as one LoRA patch (*.safetensors)",
+    "diff": "Stack as one .diff patch (*.safetensors)",
+    "single-file": "Patched checkpoint, single file (*.safetensors)",
+    "diffusers": "Patched model, diffusers folder (*)",
+}
 
+
+def export_stack_job(
+    ctx,
+    model,
+    items: Sequence[PatchItem],
+    out: str,
+    fmt: str,
+    mode: str = "additive",
+    registry_root: str | None = None,
+    name: str = "",
+):
+    """`patch.stack.export_stack` (what `fmn stack export` runs); a LoRA/.diff result is
+    registered too when a registry is given."""
+    from fmn_desktop.patch.stack import ComposeSettings, export_stack
+
+    yield Phase("export", f"composing {len(items)} patches ({mode})")
+    entries = stack_entries(items, model)
     yield Phase("export", f"writing {out}")
-    return apply_to_file(model, [PatchSpec(Path(p), s) for p, s in items], out, force=force)
+    result = export_stack(
+        model, entries, out, fmt, ComposeSettings(mode=mode), title=f"stack {name}".strip()
+    )
+    if registry_root is not None and fmt in ("lora", "diff"):
+        from fmn_desktop.registry import open_registry
+
+        with open_registry(registry_root) as reg:
+            reg.add_patch(Path(out), tags=["stack"] + ([name] if name else []), source=str(out))
+    return result
+
+
+def import_job(ctx, registry_root: str, path: str, model=None):
+    """`library.import_file` (what `fmn patches import` runs): our files as they are, other
+    tools' files checked against the loaded model and converted."""
+    from fmn_desktop.library import import_file
+    from fmn_desktop.registry import open_registry
+
+    yield Phase("import", f"reading {Path(path).name}")
+    with open_registry(registry_root) as reg:
+        return import_file(reg, path, model)

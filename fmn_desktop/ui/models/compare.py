@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.ui.jobs import CompareDone, CompareRequest, Phase, compare_job
+from fmn_desktop.ui.jobs import CompareDone, CompareRequest, PatchItem, Phase, compare_job
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -15,7 +15,7 @@ class CompareModel(QObject):
     first_seed_changed = Signal(int)
     steps_changed = Signal(int)
     guidance_changed = Signal(float)
-    patches_changed = Signal(object)  # list[(path, strength)]
+    patches_changed = Signal(object)  # list[PatchItem]
     patch_label_changed = Signal(str)
     mode_changed = Signal(str)
     running_changed = Signal(bool)
@@ -43,7 +43,7 @@ class CompareModel(QObject):
 
     def use_patch(self, record) -> None:
         """Compare against one registered patch (a PatchRecord) at full strength."""
-        self.patches = [(str(record.path), 1.0)]
+        self.patches = [PatchItem.from_record(record)]
         self.mode = "additive"
         self.patch_label = f"Patch: {record.name}"
         if record.concepts:
@@ -51,7 +51,7 @@ class CompareModel(QObject):
                 [f"a photo of {record.concepts[0]}"] + self.prompt_list()[1:2]
             )
 
-    def use_stack(self, items: list[tuple[str, float]], mode: str, label: str) -> None:
+    def use_stack(self, items: list[PatchItem], mode: str, label: str) -> None:
         self.patches = list(items)
         self.mode = mode
         self.patch_label = label

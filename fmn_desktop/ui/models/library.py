@@ -9,8 +9,8 @@ from PySide6.QtCore import QObject, Signal
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
-COLUMNS = ("Name", "Concepts", "Kind", "Method", "M-Score after", "Retention", "Size", "Added")
-SORT_KEYS = ("name", "concepts", "kind", "method", "mscore", "retention", "size", "added")
+COLUMNS = ("Name", "Concepts", "Kind", "M-Score", "Retention", "Size", "Added")
+SORT_KEYS = ("name", "concepts", "kind", "mscore", "retention", "size", "added")
 
 
 def _score(record, key: str) -> float | None:
@@ -26,11 +26,10 @@ def row_values(record) -> list[object]:
         record.name,
         ", ".join(record.concepts),
         record.kind,
-        record.method,
         _score(record, "mscore_after"),
         _score(record, "retention_after"),
         record.size,
-        (record.added or "")[:16].replace("T", " "),
+        (record.added or "")[5:16].replace("T", " "),
     ]
 
 
@@ -41,6 +40,8 @@ class LibraryModel(QObject):
     patches_changed = Signal(object)  # list[PatchRecord]
     selected_changed = Signal(object)  # PatchRecord | None
     stacks_changed = Signal(object)
+    preview_changed = Signal(object)  # CompareDone | None for the selected patch
+    imported = Signal(object)  # PatchRecord
 
     query = state("query", str, "", query_changed)
     sort_key = state("sort_key", str, "added", sort_key_changed)
@@ -48,6 +49,7 @@ class LibraryModel(QObject):
     patches = state("patches", list, [], patches_changed)
     selected = state("selected", object, None, selected_changed)
     stacks = state("stacks", list, [], stacks_changed)
+    preview = state("preview", object, None, preview_changed)
 
     def __init__(self, session: Session, parent=None):
         super().__init__(parent)
@@ -56,6 +58,10 @@ class LibraryModel(QObject):
         self.sort_key_changed.connect(self.refresh)
         self.descending_changed.connect(self.refresh)
         session.registry_changed.connect(self.refresh)
+        self._previews: dict[str, object] = {}  # sha256 -> CompareDone (this session)
+        self.selected_changed.connect(
+            lambda r: setattr(self, "preview", self._previews.get(r.sha256) if r else None)
+        )
 
     # -------------------------------------------------------------- listing
     def refresh(self, *_):
@@ -68,7 +74,7 @@ class LibraryModel(QObject):
 
         def sort_value(r):
             v = row_values(r)[key]
-            return (v is None, v if v is not None else 0)
+            return (v is not None, v if v is not None else 0, r.id)
 
         records.sort(key=sort_value, reverse=self.descending)
         self.patches = records
@@ -128,9 +134,16 @@ class LibraryModel(QObject):
             if isinstance(e, dict):
                 rows.append((label, f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"))
         hp = r.hyperparameters or {}
-        for key in ("steps", "lr", "trainable", "mode", "positions", "seconds"):
+        for key, label in (
+            ("steps", "Steps"),
+            ("lr", "Learning rate"),
+            ("trainable", "Trainable"),
+            ("mode", "Mode"),
+            ("positions", "Positions"),
+            ("seconds", "Training time (s)"),
+        ):
             if key in hp:
-                rows.append((key.capitalize(), str(hp[key])))
+                rows.append((label, f"{hp[key]:g}" if isinstance(hp[key], float) else str(hp[key])))
         reg = self.session.registry()
         used = self.session.attempt("Registry", lambda: reg.stacks_using(r.id)) if reg else None
         rows.append(("Used by stacks", ", ".join(used or []) or "none"))
@@ -139,43 +152,41 @@ class LibraryModel(QObject):
         return rows
 
     # -------------------------------------------------------------- actions
-    def import_file(self, path: str, tags: list[str] | None = None):
-        """Register a patch file made elsewhere (ours, kohya LoRA, .diff); None on error."""
-        from fmn_desktop.workflows import describe_patch
+    def import_file(self, path: str):
+        """Register a patch file made elsewhere, in the background (`fmn patches import`):
+        ours as is; kohya/PEFT/.diff/absolute files checked against the loaded model."""
+        from fmn_desktop.ui.jobs import import_job
 
-        reg = self.session.registry()
-        if reg is None:
-            return None
+        root, model = self.session.settings.data_folder, self.session.model
 
-        def do():
-            describe_patch(path)  # a damaged or foreign file fails here, with a clear message
-            return reg.add_patch(Path(path), tags=tags or [], source=str(path))
-
-        record = self.session.attempt(f"Cannot import {Path(path).name}", do)
-        if record is not None:
-            self.session.status = f"Imported {record.name}"
+        def finished(outcome):
+            rec = outcome.record
+            self.session.status = (
+                f"Imported {rec.name} ({outcome.source_format})"
+                if outcome.new else f"{rec.name} was already in the library"
+            )
             self.session.registry_changed.emit()
-            self.select_name(record.name)
-        return record
+            self.select_name(rec.name)
+            self.imported.emit(rec)
 
-    def export_selected(self, dest: str) -> Path | None:
-        """Copy the selected patch's file (checked against its hash) to `dest`."""
+        return self.session.run_job(
+            f"import {Path(path).name}",
+            lambda ctx: import_job(ctx, root, path, model),
+            on_finished=finished,
+        )
+
+    def export_selected(self, dest: str, fmt: str = "original") -> Path | None:
+        """Write the selected patch (hash-checked): as stored, or converted to LoRA / .diff."""
+        from fmn_desktop.library import export_patch
+
         r = self.selected
         reg = self.session.registry()
         if r is None or reg is None:
             self.session.report("Nothing selected", "select a patch to export")
             return None
-
-        def do():
-            from fmn_desktop.patch.format import atomic_write_bytes
-
-            target = Path(dest)
-            if target.is_dir():
-                target = target / f"{r.name}.safetensors"
-            atomic_write_bytes(target, reg.read_patch_bytes(r.id))
-            return target
-
-        out = self.session.attempt("Export failed", do)
+        out = self.session.attempt(
+            "Export failed", lambda: export_patch(reg, r.id, dest, fmt)[0]
+        )
         if out is not None:
             self.session.status = f"Exported {r.name} to {out}"
         return out
@@ -200,3 +211,30 @@ class LibraryModel(QObject):
         if r is None or reg is None:
             return []
         return self.session.attempt("Registry", lambda: reg.stacks_using(r.id)) or []
+
+    def make_preview(self, seeds: int = 3, steps: int = 20):
+        """Before/after thumbnails of the selected patch on the loaded model (background)."""
+        from fmn_desktop.ui.jobs import CompareRequest, PatchItem, compare_job
+
+        r = self.selected
+        model = self.session.require_model()
+        if r is None or model is None:
+            return None
+        concept = r.concepts[0] if r.concepts else "a photo"
+        req = CompareRequest(
+            prompts=[f"a photo of {concept}"],
+            seeds=list(range(seeds)),
+            patches=[PatchItem.from_record(r)],
+            steps=steps,
+            title=r.name,
+            labelled=False,
+        )
+
+        def finished(done):
+            self._previews[r.sha256] = done
+            if self.selected is not None and self.selected.sha256 == r.sha256:
+                self.preview = done
+
+        return self.session.run_job(
+            "preview", lambda ctx: compare_job(ctx, model, req), on_finished=finished
+        )

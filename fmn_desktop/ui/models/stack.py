@@ -2,77 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.ui.jobs import export_job
+from fmn_desktop.ui.jobs import EXPORT_FORMATS, PatchItem, conflicts, export_stack_job
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
 MODES = ("additive", "fused")
 
 
-@dataclass(frozen=True)
-class StackEntry:
-    name: str
-    path: str
-    strength: float
-    concepts: tuple[str, ...]
-    kind: str
-    family: str
-    base_fingerprint: str
-
-    @classmethod
-    def from_record(cls, record, strength: float = 1.0) -> StackEntry:
-        return cls(
-            record.name,
-            str(record.path),
-            float(strength),
-            tuple(record.concepts),
-            record.kind,
-            record.family,
-            record.base_fingerprint,
-        )
-
-
-def find_conflicts(entries: list[StackEntry], fingerprint: str | None) -> list[str]:
-    """What to fix before applying: other base models, a concept forgotten and corrected,
-    the same concept twice, strengths far from 1."""
-    out = []
-    fps = {e.base_fingerprint for e in entries if e.base_fingerprint}
-    if len(fps) > 1:
-        out.append(
-            "patches were made for different base models: "
-            + ", ".join(f"{e.name} ({e.base_fingerprint[:8]})" for e in entries)
-        )
-    if fingerprint:
-        for e in entries:
-            if e.base_fingerprint and e.base_fingerprint != fingerprint:
-                out.append(f"{e.name} was made for another base model than the loaded one")
-    seen: dict[tuple[str, str], str] = {}
-    for e in entries:
-        for c in e.concepts:
-            key = (c.lower(), e.kind)
-            if key in seen:
-                out.append(f"'{c}' is {e.kind} in both {seen[key]} and {e.name}")
-            seen[key] = e.name
-    for c, kind in list(seen):
-        other = "correct" if kind == "forget" else "forget"
-        if (c, other) in seen and kind == "forget":
-            out.append(
-                f"'{c}' is forgotten by {seen[(c, 'forget')]} and corrected by "
-                f"{seen[(c, 'correct')]}"
-            )
-    for e in entries:
-        if abs(e.strength) > 1.5:
-            out.append(f"{e.name} at strength {e.strength:g} may damage the model")
-    return out
-
-
 class StackModel(QObject):
-    entries_changed = Signal(object)  # list[StackEntry]
+    entries_changed = Signal(object)  # list[PatchItem]
     mode_changed = Signal(str)
     name_changed = Signal(str)
     conflicts_changed = Signal(object)  # list[str]
@@ -90,6 +33,7 @@ class StackModel(QObject):
     def __init__(self, session: Session, parent=None):
         super().__init__(parent)
         self.session = session
+        self._patches: dict = {}  # path -> Patch, read once for conflict checks
         self.entries_changed.connect(self._check)
         session.model_changed.connect(self._check)
         session.registry_changed.connect(self.refresh)
@@ -99,7 +43,7 @@ class StackModel(QObject):
         if any(e.name == record.name for e in self.entries):
             self.session.status = f"{record.name} is already in the stack"
             return
-        self.entries = [*self.entries, StackEntry.from_record(record, strength)]
+        self.entries = [*self.entries, PatchItem.from_record(record, strength)]
 
     def remove(self, index: int) -> None:
         items = list(self.entries)
@@ -124,12 +68,13 @@ class StackModel(QObject):
         self.entries = []
         self.name = ""
 
-    def items(self) -> list[tuple[str, float]]:
-        return [(e.path, e.strength) for e in self.entries]
-
     def _check(self, *_):
         m = self.session.model
-        self.conflicts = find_conflicts(list(self.entries), m.fingerprint if m else None)
+        fp = m.fingerprint if m else None
+        found = self.session.attempt(
+            "Cannot read a patch", lambda: conflicts(self.entries, fp, self._patches)
+        )
+        self.conflicts = found if found is not None else []
 
     # ------------------------------------------------------------ registry
     def refresh(self, *_):
@@ -174,7 +119,7 @@ class StackModel(QObject):
             return False
         self.mode = rec.mode
         self.name = rec.name
-        self.entries = [StackEntry.from_record(i.patch, i.strength) for i in rec.items]
+        self.entries = [PatchItem.from_record(i.patch, i.strength) for i in rec.items]
         return True
 
     def delete(self, name: str) -> bool:
@@ -187,29 +132,33 @@ class StackModel(QObject):
         return bool(ok)
 
     # -------------------------------------------------------------- export
-    def export(self, out: str):
-        """Write the loaded model with the stack applied (folder or .safetensors)."""
+    def export(self, out: str, fmt: str | None = None):
+        """Write the stack: one LoRA/.diff patch (registered too), or the patched model as a
+        single file / diffusers folder. `fmt` defaults from the name (.safetensors: single
+        file, else folder)."""
         model = self.session.require_model()
         if model is None:
             return None
         if not self.entries:
             self.session.report("Empty stack", "add patches to the stack first")
             return None
-        if self.mode == "fused":
-            self.session.report(
-                "Export", "fused export is not available yet; switch the stack to additive"
-            )
+        fmt = fmt or ("single-file" if str(out).lower().endswith(".safetensors") else "diffusers")
+        if fmt not in EXPORT_FORMATS:
+            self.session.report("Export", f"unknown format {fmt!r}")
             return None
-        items = self.items()
+        items, mode, name = list(self.entries), self.mode, self.name
+        root = self.session.settings.data_folder
 
-        def finished(path):
-            self.session.status = f"Exported to {path}"
-            self.exported.emit(Path(path))
+        def finished(result):
+            self.session.status = f"Exported {result.format} to {result.path}"
+            if fmt in ("lora", "diff"):
+                self.session.registry_changed.emit()
+            self.exported.emit(Path(result.path))
 
         self.exporting = True
         return self.session.run_job(
             "export",
-            lambda ctx: export_job(ctx, model, items, out),
+            lambda ctx: export_stack_job(ctx, model, items, out, fmt, mode, root, name),
             on_finished=finished,
             on_done=lambda: setattr(self, "exporting", False),
         )

@@ -1,0 +1,193 @@
+"""Small shared pieces: two-way bindings, page headers, image views, the error dialog."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Qt
+from PySide6.QtGui import QFont, QImage, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFrame,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+def _sync(model: QObject, prop: str, apply) -> None:
+    """Call `apply(value)` now and whenever `<prop>_changed` fires."""
+    apply(getattr(model, prop))
+    getattr(model, f"{prop}_changed").connect(apply)
+
+
+def _quiet(widget, fn):
+    def run(value):
+        widget.blockSignals(True)
+        try:
+            fn(value)
+        finally:
+            widget.blockSignals(False)
+
+    return run
+
+
+def bind_text(edit: QLineEdit, model: QObject, prop: str) -> None:
+    def apply(v):
+        if edit.text() != v:
+            edit.setText(v)
+
+    _sync(model, prop, _quiet(edit, apply))
+    edit.textChanged.connect(lambda t: setattr(model, prop, t))
+
+
+def bind_plain_text(edit: QPlainTextEdit, model: QObject, prop: str) -> None:
+    def apply(v):
+        if edit.toPlainText() != v:
+            edit.setPlainText(v)
+
+    _sync(model, prop, _quiet(edit, apply))
+    edit.textChanged.connect(lambda: setattr(model, prop, edit.toPlainText()))
+
+
+def bind_spin(spin: QSpinBox | QDoubleSpinBox, model: QObject, prop: str) -> None:
+    _sync(model, prop, _quiet(spin, spin.setValue))
+    spin.valueChanged.connect(lambda v: setattr(model, prop, v))
+
+
+def bind_check(box: QCheckBox, model: QObject, prop: str) -> None:
+    _sync(model, prop, _quiet(box, box.setChecked))
+    box.toggled.connect(lambda v: setattr(model, prop, v))
+
+
+def bind_combo(combo: QComboBox, model: QObject, prop: str, values: dict[str, str]) -> None:
+    """A combo box over `values` (stored value -> label)."""
+    combo.clear()
+    for value, label in values.items():
+        combo.addItem(label, value)
+
+    def apply(v):
+        i = combo.findData(v)
+        if i >= 0:
+            combo.setCurrentIndex(i)
+
+    _sync(model, prop, _quiet(combo, apply))
+    combo.currentIndexChanged.connect(lambda i: setattr(model, prop, combo.itemData(i)))
+
+
+def bind_label(label: QLabel, model: QObject, prop: str, fmt=str) -> None:
+    _sync(model, prop, lambda v: label.setText(fmt(v)))
+
+
+def bind_enabled(widget: QWidget, model: QObject, prop: str, invert: bool = False) -> None:
+    _sync(model, prop, lambda v: widget.setEnabled(bool(v) != invert))
+
+
+def page_header(title: str, subtitle: str) -> QWidget:
+    box = QWidget()
+    lay = QVBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 8)
+    lay.setSpacing(2)
+    t = QLabel(title)
+    f = QFont(t.font())
+    f.setPointSizeF(f.pointSizeF() * 1.6)
+    f.setWeight(QFont.Weight.DemiBold)
+    t.setFont(f)
+    t.setObjectName("pageTitle")
+    s = QLabel(subtitle)
+    s.setObjectName("pageSubtitle")
+    s.setWordWrap(True)
+    lay.addWidget(t)
+    lay.addWidget(s)
+    return box
+
+
+def section_label(text: str) -> QLabel:
+    lab = QLabel(text)
+    f = QFont(lab.font())
+    f.setWeight(QFont.Weight.DemiBold)
+    lab.setFont(f)
+    lab.setObjectName("sectionLabel")
+    return lab
+
+
+def card() -> QFrame:
+    frame = QFrame()
+    frame.setObjectName("card")
+    frame.setFrameShape(QFrame.Shape.StyledPanel)
+    return frame
+
+
+def pil_to_qimage(image) -> QImage:
+    rgb = image.convert("RGB")
+    data = rgb.tobytes("raw", "RGB")
+    q = QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888)
+    return q.copy()  # own the pixels: `data` goes away
+
+
+class ImageView(QScrollArea):
+    """An image scaled up by whole pixels (toy images are small) with a placeholder text."""
+
+    def __init__(self, placeholder: str = "", parent=None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self._label = QLabel(placeholder)
+        self._label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self._label.setObjectName("placeholder")
+        self._label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self._label.setWordWrap(True)
+        self.setWidget(self._label)
+        self._image: QImage | None = None
+        self.setMinimumSize(160, 120)
+
+    def set_image(self, image) -> None:
+        """A PIL image, a QImage, or None (placeholder)."""
+        if image is not None and not isinstance(image, QImage):
+            image = pil_to_qimage(image)
+        self._image = image
+        self._rescale()
+
+    def has_image(self) -> bool:
+        return self._image is not None
+
+    def resizeEvent(self, event):  # noqa: N802
+        super().resizeEvent(event)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        if self._image is None:
+            self._label.setPixmap(QPixmap())
+            return
+        avail = self.viewport().size()
+        scale = min(avail.width() / self._image.width(), avail.height() / self._image.height())
+        scale = min(scale, 6.0) if scale >= 1 else max(scale, 0.05)
+        mode = (
+            Qt.TransformationMode.FastTransformation
+            if scale >= 1
+            else Qt.TransformationMode.SmoothTransformation
+        )
+        size = self._image.size() * scale
+        pix = QPixmap.fromImage(self._image).scaled(size, Qt.AspectRatioMode.KeepAspectRatio, mode)
+        self._label.setPixmap(pix)
+
+
+def show_error(parent: QWidget | None, title: str, message: str, details: str = "") -> QMessageBox:
+    """A readable, non-blocking error dialog (the app keeps running behind it)."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle(title)
+    box.setText(f"<b>{title}</b>")
+    box.setInformativeText(message)
+    if details:
+        box.setDetailedText(details)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.open()
+    return box

@@ -1,0 +1,116 @@
+"""The compare view: the base model beside the model with a patch or a stack, same seeds."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from fmn_desktop.ui.models.compare import CompareModel
+from fmn_desktop.ui.widgets.common import (
+    ImageView,
+    bind_label,
+    bind_plain_text,
+    bind_spin,
+    card,
+    page_header,
+    section_label,
+)
+
+
+class ComparePage(QWidget):
+    def __init__(self, model: CompareModel, parent=None):
+        super().__init__(parent)
+        self.model = model
+        lay = QVBoxLayout(self)
+        lay.addWidget(
+            page_header(
+                "Compare",
+                "The same prompts and seeds on the base model and on the model with the chosen "
+                "patch or stack applied. The checkpoint is restored exactly afterwards.",
+            )
+        )
+        top = card()
+        tl = QHBoxLayout(top)
+        left = QVBoxLayout()
+        left.addWidget(section_label("Prompts (one per line)"))
+        self.prompts = QPlainTextEdit()
+        self.prompts.setFixedHeight(72)
+        bind_plain_text(self.prompts, model, "prompts")
+        left.addWidget(self.prompts)
+        self.patch_label = QLabel()
+        self.patch_label.setObjectName("badge")
+        bind_label(self.patch_label, model, "patch_label")
+        left.addWidget(self.patch_label)
+        tl.addLayout(left, 3)
+        form = QFormLayout()
+        self.seeds = QSpinBox()
+        self.seeds.setRange(1, 16)
+        bind_spin(self.seeds, model, "seeds")
+        form.addRow("Images per prompt:", self.seeds)
+        self.first_seed = QSpinBox()
+        self.first_seed.setRange(0, 2**31 - 1)
+        bind_spin(self.first_seed, model, "first_seed")
+        form.addRow("First seed:", self.first_seed)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 200)
+        bind_spin(self.steps, model, "steps")
+        form.addRow("Sampling steps:", self.steps)
+        self.guidance = QDoubleSpinBox()
+        self.guidance.setRange(0.0, 30.0)
+        self.guidance.setSingleStep(0.5)
+        bind_spin(self.guidance, model, "guidance")
+        form.addRow("Guidance:", self.guidance)
+        tl.addLayout(form, 2)
+        actions = QVBoxLayout()
+        self.run_button = QPushButton("Generate")
+        self.run_button.setObjectName("primary")
+        self.run_button.clicked.connect(lambda: model.run())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(model.cancel)
+        actions.addWidget(self.run_button)
+        actions.addWidget(self.cancel_button)
+        actions.addStretch(1)
+        tl.addLayout(actions)
+        lay.addWidget(top)
+
+        self.bar = QProgressBar()
+        self.bar.setMaximumHeight(8)
+        self.bar.setTextVisible(False)
+        lay.addWidget(self.bar)
+        grids = QHBoxLayout()
+        for attr, title, hint in (
+            ("base", "Base model", "Press Generate to draw the base model"),
+            ("patched", "With patch / stack", "…and the patched model beside it"),
+        ):
+            box = card()
+            bl = QVBoxLayout(box)
+            bl.addWidget(section_label(title))
+            view = ImageView(hint)
+            bl.addWidget(view, 1)
+            setattr(self, attr, view)
+            grids.addWidget(box)
+        lay.addLayout(grids, 1)
+
+        model.progress_changed.connect(self.bar.setValue)
+        model.running_changed.connect(self._running)
+        model.result_changed.connect(self._result)
+        self._running(model.running)
+        self._result(model.result)
+
+    def _running(self, on: bool):
+        self.run_button.setEnabled(not on)
+        self.cancel_button.setEnabled(on)
+
+    def _result(self, done):
+        self.base.set_image(done.base if done else None)
+        self.patched.set_image(done.patched if done else None)

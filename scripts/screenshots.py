@@ -1,0 +1,128 @@
+"""Render each main view of the desktop app offscreen into docs/screenshots/.
+
+    QT_QPA_PLATFORM=offscreen python scripts/screenshots.py [--out docs/screenshots]
+
+Uses the embedded model when its weights are installed, else a tiny pipeline built in code
+(tests/tiny.py). It drives the same models as the tests: load, forget, preview, compare, stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("FMN_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def wait(app, cond, timeout=600.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        app.processEvents()
+        time.sleep(0.01)
+        if time.monotonic() > end:
+            raise TimeoutError("job did not finish")
+    for _ in range(5):
+        app.processEvents()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    ap.add_argument("--steps", type=int, default=None, help="forget steps (default: 35 / 8 tiny)")
+    args = ap.parse_args()
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from fmn_desktop.runtime import set_threads
+
+    set_threads(1)
+    from PySide6.QtWidgets import QApplication
+
+    from fmn_desktop.toyworld import weights_available
+    from fmn_desktop.ui.app import apply_theme, build_window, create_app
+
+    app = create_app([])
+    tmp = Path(tempfile.mkdtemp(prefix="fmn-shots-"))
+    state, win = build_window(tmp / "settings.json")
+    state.settings.data_folder = str(tmp / "registry")
+    win.resize(1240, 800)
+    win.show()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if weights_available():
+        spec, concepts, prompts = "default", ["Zorbu", "circle"], "a photo of Zorbu\na red circle"
+        steps = args.steps or 35
+        extra = {}
+    else:
+        from tiny import tiny_sd_pipeline
+
+        spec = str(tmp / "tiny-sd")
+        tiny_sd_pipeline().save_pretrained(spec)
+        concepts, prompts = ["castle", "Van Gogh"], "a photo of a castle\na landscape painting"
+        steps = args.steps or 8
+        extra = dict(num_references=2, batch_size=2, reference_steps=4)
+    state.compare.steps = 12 if spec == "default" else 4
+
+    def shot(name: str, view: str, theme: str = "light"):
+        apply_theme(QApplication.instance(), theme)
+        win.show_view(view)
+        for _ in range(10):
+            app.processEvents()
+        path = out / f"{name}.png"
+        win.grab().save(str(path))
+        print(f"wrote {path}")
+
+    state.picker.load(spec)
+    wait(app, lambda: not state.session.busy)
+    shot("model", "model")
+
+    f = state.forget
+    f.extra = extra
+    f.steps = steps
+    f.evaluate = spec == "default"
+    for i, concept in enumerate(concepts):
+        f.concept = concept
+        f.kind = "identity" if concept in ("Zorbu", "Van Gogh") else "object"
+        if concept == "Van Gogh":
+            f.kind = "style"
+        f.start()
+        wait(app, lambda: not state.session.busy)
+        if i == 0:
+            shot("forget", "forget")
+            shot("forget-dark", "forget", "dark")
+    lib = state.library
+    lib.select(lib.patches[-1])
+    lib.make_preview(steps=12 if spec == "default" else 4)
+    wait(app, lambda: not state.session.busy)
+    shot("library", "library")
+    shot("library-dark", "library", "dark")
+
+    state.compare.use_patch(lib.patches[-1])
+    state.compare.prompts = prompts
+    state.compare.run()
+    wait(app, lambda: not state.session.busy)
+    shot("compare", "compare")
+
+    for rec in lib.patches:
+        state.stack.add(rec, 1.0)
+    state.stack.set_strength(0, 0.8)
+    state.stack.name = "clean-demo"
+    state.stack.save()
+    shot("stack", "stack")
+    shot("settings", "settings")
+    state.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
