@@ -5,6 +5,7 @@ Stages (each reads what earlier ones wrote under --out):
 - ``data``:  draw the training set (seed 0) and a held-out set (seed 1) of the world;
 - ``text``:  train the CLIP text encoder contrastively against a small image tower, then freeze;
 - ``vae``:   train the AutoencoderKL, measure its scaling factor, cache the data set's latents;
+- ``vaedec``: fine-tune the VAE decoder on the cached latents (encoder frozen);
 - ``judge``: train the judge on clean images and VAE reconstructions, report held-out accuracy;
 - ``unet``:  train the UNet on the frozen text embeddings (cached per caption) and the cached
   latents; eps-prediction, min-SNR weighting, 10% caption dropout, AdamW, EMA. Resumable: a
@@ -47,7 +48,8 @@ DEFAULTS = dict(
     n_train=50000, n_heldout=2000, n_judge=24000, n_judge_recon=8000,
     text_steps=400, text_batch=256, text_lr=1e-3, text_cfg={},
     vae_steps=1500, vae_batch=32, vae_lr=1e-3, vae_minutes=9.0, vae_cfg={},
-    judge_steps=900, judge_batch=128, judge_lr=2e-3, judge_minutes=6.0,
+    judge_steps=1500, judge_batch=128, judge_lr=2e-3, judge_minutes=15.0,
+    vaedec_steps=1500, vaedec_lr=5e-4, vaedec_minutes=12.0,
     unet_batch=64, unet_lr=6e-4, unet_warmup=200, unet_cfg={}, ema_decay=0.999,
     caption_dropout=0.1, snr_gamma=5.0,
     eval_seeds=16, eval_steps=20, eval_cfg=5.0, eval_templates=2,
@@ -253,6 +255,59 @@ def stage_vae(out: Path, cfg: dict) -> None:
     log(out, f"vae: done {metrics}")
 
 
+def stage_vaedec(out: Path, cfg: dict) -> None:
+    """Fine-tune the VAE decoder on the cached latents; the encoder (latent space) is frozen,
+    so a UNet trained on those latents stays valid and its samples decode sharper."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_pretrained(out / "vae", local_files_only=True)
+    images = images_tensor(load_data(out, "train")["images"])
+    lat = torch.load(out / "latents_train.pt")
+    means, stds = lat["mean"].float(), lat["std"].float()
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg["vaedec_lr"], weight_decay=0.0)
+    steps, B, budget = cfg["vaedec_steps"], cfg["vae_batch"], cfg["vaedec_minutes"] * 60
+    rng = np.random.default_rng(3)
+    t0, step = time.time(), 0
+    vae.train()
+    while step < steps and time.time() - t0 < budget:
+        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
+        for g in opt.param_groups:
+            g["lr"] = cfg["vaedec_lr"] * min(1, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * frac))
+        b = torch.from_numpy(rng.choice(len(images), B, replace=False))
+        z = means[b] + stds[b] * torch.randn_like(stds[b])
+        x = images[b] * 2 - 1
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 100 == 0:
+            log(out, f"vaedec {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        step += 1
+    vae.eval()
+    held = images_tensor(load_data(out, "heldout")["images"])
+    psnr = vae_psnr(vae, held)
+    tmp, old = out / "vae.tmp", out / "vae.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    vae.save_pretrained(tmp, safe_serialization=True)
+    (out / "vae").rename(old)  # swap quickly: a running UNet export reads out/vae
+    tmp.rename(out / "vae")
+    shutil.rmtree(old, ignore_errors=True)
+    (out / "judge_recon.pt").unlink(missing_ok=True)  # reconstructions changed
+    metrics = dict(vaedec_steps=step, vaedec_minutes=(time.time() - t0) / 60,
+                   vae_psnr_heldout=psnr)
+    write_metrics(out, metrics)
+    log(out, f"vaedec: done {metrics}")
+
+
 @torch.no_grad()
 def encode_all(vae, images: torch.Tensor, bs: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds = [], []
@@ -291,7 +346,12 @@ def stage_judge(out: Path, cfg: dict) -> None:
     clean = images_tensor(data["images"])
     labels = {h: torch.from_numpy(data[h]) for h in HEADS}
     nr = min(cfg["n_judge_recon"], len(clean))
-    recon = reconstruct(vae, clean[:nr])
+    cache = out / "judge_recon.pt"
+    if cache.exists() and len(torch.load(cache)) == nr:
+        recon = torch.load(cache).float() / 255
+    else:
+        recon = reconstruct(vae, clean[:nr])
+        torch.save((recon * 255).round().to(torch.uint8), cache)
     net = M.JudgeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["judge_lr"], weight_decay=0.01)
     steps, B = cfg["judge_steps"], cfg["judge_batch"]
@@ -549,6 +609,29 @@ def stage_eval(out: Path, cfg: dict, pipeline_dir: Path | None = None) -> dict:
     return res
 
 
+@torch.no_grad()
+def stage_grid(out: Path, cfg: dict, seeds: int = 8) -> Path:
+    """A PNG grid (one row per prompt, `seeds` columns) of the exported pipeline's samples."""
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True,
+                                                   safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = eval_prompts(1)
+    rows = []
+    for p in prompts:
+        gens = [torch.Generator().manual_seed(s) for s in range(seeds)]
+        imgs = pipe([p] * seeds, num_inference_steps=cfg["eval_steps"],
+                    guidance_scale=cfg["eval_cfg"], generator=gens, output_type="np").images
+        rows.append(np.concatenate(list(imgs), axis=1))
+    grid = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+    path = out / "grid.png"
+    Image.fromarray(grid).save(path)
+    (out / "grid.txt").write_text("\n".join(prompts))
+    return path
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -569,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dict(DEFAULTS)
     if args.config:
         cfg.update(json.loads(args.config))
-    stages = ["data", "text", "vae", "judge", "unet"] if args.stage == "all" else \
+    stages = ["data", "text", "vae", "vaedec", "judge", "unet"] if args.stage == "all" else \
         args.stage.split(",")
     for s in stages:
         log(out, f"stage {s} start")
@@ -579,12 +662,16 @@ def main(argv: list[str] | None = None) -> None:
             stage_text(out, cfg)
         elif s == "vae":
             stage_vae(out, cfg)
+        elif s == "vaedec":
+            stage_vaedec(out, cfg)
         elif s == "judge":
             stage_judge(out, cfg)
         elif s == "unet":
             stage_unet(out, cfg, args.minutes, args.max_steps, args.ckpt_minutes)
         elif s == "eval":
             stage_eval(out, cfg)
+        elif s == "grid":
+            stage_grid(out, cfg)
         else:
             raise SystemExit(f"unknown stage {s!r}")
 

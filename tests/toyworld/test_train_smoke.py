@@ -11,7 +11,7 @@ from fmn_desktop.toyworld.train import main
 TINY = {
     "n_train": 96, "n_heldout": 32, "n_judge": 64, "n_judge_recon": 16,
     "text_steps": 2, "text_batch": 16, "vae_steps": 2, "vae_batch": 4,
-    "judge_steps": 2, "judge_batch": 8, "unet_batch": 4, "eval_seeds": 1, "eval_steps": 2,
+    "judge_steps": 2, "judge_batch": 8, "vaedec_steps": 2, "unet_batch": 4, "eval_seeds": 1, "eval_steps": 2,
     "unet_cfg": {"block_out_channels": [16, 16, 16], "norm_num_groups": 8,
                  "attention_head_dim": 2},
     "vae_cfg": {"block_out_channels": [8, 16], "norm_num_groups": 4},
@@ -23,7 +23,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("toyworld")
-    main(["--stage", "data,text,vae,judge,unet", "--out", str(out), "--max-steps", "2",
+    main(["--stage", "data,text,vae,vaedec,judge,unet", "--out", str(out), "--max-steps", "2",
           "--config", json.dumps(TINY)])
     return out
 
