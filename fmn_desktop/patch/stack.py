@@ -61,15 +61,36 @@ def preservation_prompts(path: str | os.PathLike | None = None) -> list[str]:
 
 
 @torch.no_grad()
-def prompt_embeddings(pipe, prompts: Sequence[str], batch: int = 16) -> torch.Tensor:
-    """(N * 77, C) text-encoder outputs at every position of every prompt, fp32 on the CPU."""
+def prompt_embeddings(
+    pipe, prompts: Sequence[str], batch: int = 16, content_only: bool = True
+) -> torch.Tensor:
+    """(N, C) text-encoder outputs of `prompts`, fp32 on the CPU: every position up to and
+    including the first end-of-text token (`content_only`), or all padded positions."""
     from fmn_desktop.resteer.encode import encode_prompts
+    from fmn_desktop.resteer.tokens import first_eot
 
     chunks = []
     for start in range(0, len(prompts), batch):
-        embeds, _ = encode_prompts(pipe, list(prompts[start : start + batch]))
-        chunks.append(embeds.float().cpu().reshape(-1, embeds.shape[-1]))
+        part = list(prompts[start : start + batch])
+        embeds, _ = encode_prompts(pipe, part)
+        embeds = embeds.float().cpu()
+        if not content_only:
+            chunks.append(embeds.reshape(-1, embeds.shape[-1]))
+            continue
+        tok = pipe.tokenizer
+        ids = tok(part, padding="max_length", max_length=embeds.shape[1], truncation=True).input_ids
+        for row, seq in zip(embeds, ids):
+            chunks.append(row[: first_eot(seq, tok.eos_token_id) + 1])
     return torch.cat(chunks)
+
+
+def prompts_without(prompts: Sequence[str], concepts: Sequence[str]) -> list[str]:
+    """The prompts that name none of `concepts` (word-boundary, case-insensitive): a
+    preservation set must not hold in place what the stack removes."""
+    import re
+
+    pats = [re.compile(rf"(?<!\w){re.escape(c.lower())}(?!\w)") for c in concepts if c.strip()]
+    return [p for p in prompts if not any(pat.search(p.lower()) for pat in pats)]
 
 
 @torch.no_grad()
@@ -321,6 +342,18 @@ class ComposeSettings:
             raise ValueError(f"unknown stack mode {self.mode!r}; valid: {', '.join(MODES)}")
 
 
+def stack_preservation_prompts(
+    entries: Sequence[StackEntry], settings: ComposeSettings
+) -> list[str]:
+    """The preservation prompts of a stack: the settings' (or the shipped) prompts, less those
+    naming any concept of the stack."""
+    concepts = [c for e in entries for c in e.patch.meta.concepts]
+    prompts = prompts_without(settings.preservation_prompts or preservation_prompts(), concepts)
+    if not prompts:
+        raise FmnError("every preservation prompt names a concept of the stack; give others")
+    return prompts
+
+
 def entry_embeddings(entry: StackEntry, pipe=None) -> torch.Tensor | None:
     """A patch's concept embeddings: stored ones, else computed from its concepts if a pipe
     is given (imported files carry none)."""
@@ -351,9 +384,7 @@ def compose(
     if preservation is None and settings.preserve_weight > 0:
         if pipe is None:
             raise FmnError("fused stacking needs the model's text encoder (give the model)")
-        preservation = prompt_embeddings(
-            pipe, settings.preservation_prompts or preservation_prompts()
-        )
+        preservation = prompt_embeddings(pipe, stack_preservation_prompts(entries, settings))
     solver = FusionSolver(preservation, settings.preserve_weight, settings.ridge)
     for key, e in zip(entry_keys(entries), entries):
         solver.add(key, e.patch, e.strength, entry_embeddings(e, pipe))
@@ -542,7 +573,7 @@ class PatchStack:
             self.settings.mode = mode
         self._entries: dict[str, StackEntry] = {}
         self._applied: PatchedUNet | None = None
-        self._preservation: torch.Tensor | None = None
+        self._preservation: dict[tuple[str, ...], torch.Tensor] = {}
 
     def load(self, patch: Patch, name: str | None = None, strength: float = 1.0) -> str:
         name = name or patch.meta.title or ", ".join(patch.meta.concepts) or f"patch{len(self._entries)}"
@@ -600,12 +631,14 @@ class PatchStack:
         """Apply the stack (re-solving if already fused); returns the conflicts found."""
         conflicts = check_stack(self.entries(), self.model.pipe.unet, self.model.fingerprint, force)
         self.unfuse()
-        if self.settings.mode == "fused" and self._preservation is None:
-            self._preservation = prompt_embeddings(
-                self.model.pipe, self.settings.preservation_prompts or preservation_prompts()
-            )
+        pres = None
+        if self.settings.mode == "fused" and self.settings.preserve_weight > 0:
+            prompts = tuple(stack_preservation_prompts(self.entries(), self.settings))
+            if prompts not in self._preservation:  # encoded once per set of prompts
+                self._preservation[prompts] = prompt_embeddings(self.model.pipe, prompts)
+            pres = self._preservation[prompts]
         deltas = compose(self.entries(), self.model.pipe.unet, self.settings, self.model.pipe,
-                         self._preservation)
+                         pres)
         patch = Patch({n: Delta(dense=d) for n, d in deltas.items()}, PatchMeta(concepts=[]))
         self._applied = PatchedUNet(self.model.pipe.unet, [(patch, 1.0)]).apply()
         return conflicts

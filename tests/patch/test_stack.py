@@ -16,6 +16,8 @@ from fmn_desktop.patch.stack import (
     find_conflicts,
     preservation_prompts,
     prompt_embeddings,
+    prompts_without,
+    stack_preservation_prompts,
 )
 
 K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
@@ -169,7 +171,12 @@ def test_fused_mode_with_real_text_encoder_and_shipped_prompts(tiny_pipe):
     prompts = preservation_prompts()
     assert len(prompts) >= 50 and all(p.strip() for p in prompts)
     pres = prompt_embeddings(tiny_pipe, prompts[:8])
-    assert pres.shape == (8 * 77, tiny_pipe.unet.config.cross_attention_dim)
+    n_tokens = sum(len(tiny_pipe.tokenizer(p).input_ids) for p in prompts[:8])  # BOS..EOT
+    assert pres.shape == (n_tokens, tiny_pipe.unet.config.cross_attention_dim)
+    full = prompt_embeddings(tiny_pipe, prompts[:8], content_only=False)
+    assert full.shape[0] == 8 * 77
+    assert prompts_without(["a castle on a hill", "a Castle", "castles", "a dog"], ["castle"]) == [
+        "castles", "a dog"]
     cfg = dict(steps=2, num_references=1, reference_steps=1, batch_size=1)
     patch = forget(tiny_pipe, ForgetConfig(concepts=["castle"], **cfg)).patch
     deltas = compose(
@@ -180,6 +187,8 @@ def test_fused_mode_with_real_text_encoder_and_shipped_prompts(tiny_pipe):
     )
     assert set(deltas) == set(patch.deltas)
     assert all(torch.isfinite(d).all() for d in deltas.values())
+    kept = stack_preservation_prompts([StackEntry(patch)], ComposeSettings(mode="fused"))
+    assert "a castle on a hill" in prompts and "a castle on a hill" not in kept
 
 
 def test_conflicts_found_before_applying(tiny_pipe):
