@@ -50,6 +50,7 @@ def import_file(
     tags: list[str] | tuple[str, ...] = (),
     notes: str = "",
     force: bool = False,
+    unet_only: bool = False,
 ) -> ImportOutcome:
     """Register a patch file. Our own files need no model; other tools' files (kohya, PEFT,
     `.diff`, ESD/UCE absolute weights) are checked against `model` and stored converted."""
@@ -70,7 +71,9 @@ def import_file(
             load_patch(path)  # validates tensors (NaN, pairs) before anything is stored
             data, out_notes, src = path.read_bytes(), [], "fmn"
         else:
-            imported = import_patch(path, model, concepts=concepts, kind=kind, force=force)
+            imported = import_patch(
+                path, model, concepts=concepts, kind=kind, force=force, unet_only=unet_only
+            )
             out_notes, src = imported.notes, imported.source_format
             if imported.original_bytes_ok:
                 data = path.read_bytes()

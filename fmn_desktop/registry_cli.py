@@ -73,6 +73,9 @@ def add_registry_commands(sub) -> None:
     p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
     p.add_argument("--notes", default="")
     p.add_argument("--force", action="store_true", help="accept a patch made for another base")
+    p.add_argument(
+        "--unet-only", action="store_true", help="drop a LoRA's text-encoder tensors (else refused)"
+    )
     p.set_defaults(handler=patches_import)
 
     p = ps.add_parser("export", help="write a registered patch to a file")
@@ -284,7 +287,7 @@ def patches_import(args) -> int:
         for f in args.files:
             res = import_file(
                 reg, f, model, name=args.name, concepts=args.concept, kind=args.kind,
-                tags=args.tag, notes=args.notes, force=args.force,
+                tags=args.tag, notes=args.notes, force=args.force, unet_only=args.unet_only,
             )
             out.append(res)
     if args.json:

@@ -80,6 +80,10 @@ def ldm_module_map(unet: torch.nn.Module) -> dict[str, str]:
 
 def detect_format(keys: list[str], metadata: dict[str, str]) -> str:
     text = [k for k in keys if k.startswith(TEXT_PREFIXES)]
+    if text and len(text) == len(keys):
+        raise PatchFormatError(
+            f"only text-encoder tensors ({_listing(sorted(text))}): patches change the UNet"
+        )
     if any(k.startswith(LORA_PREFIX) for k in keys):
         if "fmn.format_version" in metadata:
             return "fmn"
@@ -98,14 +102,22 @@ def detect_format(keys: list[str], metadata: dict[str, str]) -> str:
 
 
 def _group_kohya(
-    raw: dict[str, torch.Tensor], lookup: dict[str, str], name: str
+    raw: dict[str, torch.Tensor],
+    lookup: dict[str, str],
+    name: str,
+    skip_text: bool = False,
+    notes: list[str] | None = None,
 ) -> dict[str, Delta]:
     text = sorted(k for k in raw if k.startswith(TEXT_PREFIXES))
-    if text:
+    if text and not skip_text:
         raise PatchFormatError(
             f"{name}: text-encoder tensors are not supported (patches change the UNet only): "
-            f"{_listing(text)}"
+            f"{_listing(text)}; import with unet_only (CLI: --unet-only) to drop them"
         )
+    if text:
+        raw = {k: v for k, v in raw.items() if k not in set(text)}
+        if notes is not None:
+            notes.append(f"{len(text)} text-encoder tensors dropped (UNet only)")
     other = sorted(k for k in raw if not k.startswith(LORA_PREFIX))
     if other:
         raise PatchFormatError(f"{name}: keys outside the UNet LoRA layout: {_listing(other)}")
@@ -251,13 +263,14 @@ def import_patch(
     kind: str | None = None,
     force: bool = False,
     compute_embeddings: bool = True,
+    unet_only: bool = False,
 ) -> ImportedPatch:
     """Read any supported patch file against a loaded model and return it as our Patch.
 
     `model` is a LoadedModel (pipe, fingerprint, family). External files get metadata from
     the arguments: concepts, kind (forget/correct), the model's fingerprint as their base.
     With concepts and `compute_embeddings`, their text embeddings are stored as stats so the
-    patch can join fused stacks.
+    patch can join fused stacks. `unet_only` drops a LoRA's text-encoder tensors (else refused).
     """
     from fmn_desktop.patch.format import unet_module_names
 
@@ -268,10 +281,10 @@ def import_patch(
     notes: list[str] = []
     if fmt in ("fmn", "kohya"):
         lookup = {LORA_PREFIX + m.replace(".", "_"): m for m in unet_module_names(unet)}
-        deltas = _group_kohya(raw, lookup, name)
+        deltas = _group_kohya(raw, lookup, name, unet_only, notes)
     elif fmt == "kohya-ldm":
         lookup = {LORA_PREFIX + k.replace(".", "_"): v for k, v in ldm_module_map(unet).items()}
-        deltas = _group_kohya(raw, lookup, name)
+        deltas = _group_kohya(raw, lookup, name, unet_only, notes)
         notes.append("LDM (SDXL kohya) module names mapped to diffusers names")
     elif fmt == "peft":
         deltas = _group_peft(raw, set(unet_module_names(unet)), name)
@@ -311,5 +324,7 @@ def import_patch(
         )
         notes.append("concept embeddings computed from the concept names")
     return ImportedPatch(
-        patch, fmt, notes, original_bytes_ok=(fmt == "fmn" and not concepts and not kind and not computed)
+        patch, fmt, notes, original_bytes_ok=(
+            fmt == "fmn" and not concepts and not kind and not computed and not notes
+        )
     )

@@ -131,6 +131,11 @@ def test_misfits_are_refused_with_keys_and_reasons(tiny_pipe, tmp_path):
         save_file(tensors, tmp_path / fname)
         with pytest.raises(exc, match=pattern):
             import_patch(tmp_path / fname, model)
+    imp = import_patch(tmp_path / "te.safetensors", model, unet_only=True)
+    assert set(imp.patch.deltas) == {K} and "1 text-encoder tensors dropped" in imp.notes[0]
+    save_file({"lora_te1_text_model_x.lora_up.weight": up}, tmp_path / "te_only.safetensors")
+    with pytest.raises(PatchFormatError, match="only text-encoder tensors"):
+        import_patch(tmp_path / "te_only.safetensors", model)
 
 
 def test_our_file_for_another_base_and_bad_files(tiny_pipe, tmp_path):
