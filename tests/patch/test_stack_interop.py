@@ -155,3 +155,42 @@ def test_our_file_for_another_base_and_bad_files(tiny_pipe, tmp_path):
     evil.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(PatchFormatError, match="pickled files are never loaded"):
         import_patch(evil, Model(tiny_pipe))
+
+
+def test_sdxl_kohya_names_on_an_sdxl_shaped_unet(tmp_path):
+    """SDXL layout (3 levels, 2 layers per block, 2 transformer blocks): real kohya key names."""
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, layers_per_block=2, block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2), cross_attention_dim=32, attention_head_dim=4,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
+        use_linear_projection=True,
+    )
+    want = {
+        "input_blocks_4_1_transformer_blocks_0_attn2_to_k":
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+        "input_blocks_8_1_transformer_blocks_1_attn2_to_v":
+            "down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_v",
+        "middle_block_1_transformer_blocks_1_attn2_to_k":
+            "mid_block.attentions.0.transformer_blocks.1.attn2.to_k",
+        "output_blocks_2_1_transformer_blocks_0_attn2_to_out_0":
+            "up_blocks.0.attentions.2.transformer_blocks.0.attn2.to_out.0",
+    }
+    params = dict(unet.named_parameters())
+    tensors = {}
+    for ldm, module in want.items():
+        w = params[f"{module}.weight"]
+        tensors[f"lora_unet_{ldm}.lora_up.weight"] = torch.ones(w.shape[0], 1)
+        tensors[f"lora_unet_{ldm}.lora_down.weight"] = torch.ones(1, w.shape[1])
+    save_file(tensors, tmp_path / "sdxl.safetensors")
+    model = SimpleNamespace(pipe=SimpleNamespace(unet=unet), fingerprint="xl", family="sdxl")
+    imp = import_patch(tmp_path / "sdxl.safetensors", model)
+    assert imp.source_format == "kohya-ldm"
+    assert set(imp.patch.deltas) == {f"{m}.weight" for m in want.values()}
