@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,6 +110,9 @@ class Registry:
         self.db = db
         self.busy_timeout = busy_timeout
         self.store = PatchStore(root / STORE_NAME)
+        # One connection may be shared by the GUI's threads: one statement or transaction
+        # at a time (separate processes are serialised by SQLite's own locks).
+        self._lock = threading.RLock()
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -169,6 +173,12 @@ class Registry:
     @contextlib.contextmanager
     def _write(self) -> Iterator[Database]:
         """One write transaction (BEGIN IMMEDIATE); nested sqlite-utils calls use savepoints."""
+        with self._lock:
+            with self._transaction() as db:
+                yield db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Database]:
         conn = self.db.conn
         if conn.in_transaction:  # nested: a savepoint
             with self.db.atomic():
@@ -196,7 +206,8 @@ class Registry:
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
         try:
-            return list(self.db.query(sql, list(params)))
+            with self._lock:
+                return list(self.db.query(sql, list(params)))
         except sqlite3.Error as exc:
             raise _sqlite_error(exc, self.db_path) from exc
 
@@ -402,7 +413,8 @@ class Registry:
         if not query.strip():
             return []
         try:
-            rows = list(self.db["patches"].search(query, quote=True, order_by="rank"))
+            with self._lock:
+                rows = list(self.db["patches"].search(query, quote=True, order_by="rank"))
         except sqlite3.Error as exc:
             raise _sqlite_error(exc, self.db_path) from exc
         return [self._patch(r) for r in rows]

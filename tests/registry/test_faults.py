@@ -180,3 +180,24 @@ def test_writer_killed_at_random_points_leaves_registry_and_store_agreeing(tmp_p
         reg.gc(grace_s=0)  # leftovers of killed writes: unreferenced files, temporaries
         assert set(reg.store.files()) == {p.sha256 for p in reg.list_patches()}
         assert reg.store.temporaries() == []
+
+
+def test_one_registry_shared_by_threads(reg):
+    """The GUI may hand one Registry to worker threads: statements never interleave."""
+    errors = []
+
+    def work(tag):
+        try:
+            for i in range(10):
+                rec = reg.add_patch(patch_bytes([f"{tag}{i}"]))
+                reg.tag(rec.id, add=[tag])
+                reg.list_patches()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(reg.list_patches()) == 30 and reg.verify() == []
