@@ -212,9 +212,10 @@ def _absolute_deltas(
         if tuple(tensor.shape) != tuple(params[k].shape):
             shapes.append(f"{key} {tuple(tensor.shape)} vs {tuple(params[k].shape)}")
             continue
-        delta = tensor.float() - params[k].float().cpu()
-        if bool(delta.any()):
-            deltas[k] = Delta(dense=delta)
+        base = params[k].detach().cpu()
+        if torch.equal(tensor, base.to(tensor.dtype)):  # unchanged (an fp16 copy included)
+            continue
+        deltas[k] = Delta(dense=tensor.float() - base.float())
     if unknown:
         raise PatchMismatchError(
             f"{name}: {len(unknown)} tensor(s) are not UNet weights of this model: "
@@ -246,7 +247,7 @@ def _check_unchanged_others(raw, keys: list[str], pipe, name: str) -> None:
     changed = [
         k for k in keys
         if k not in base or tuple(base[k].shape) != tuple(raw[k].shape)
-        or not torch.equal(base[k].detach().float().cpu(), raw[k].float())
+        or not torch.equal(base[k].detach().cpu().to(raw[k].dtype), raw[k])
     ]
     if changed:
         raise PatchMismatchError(

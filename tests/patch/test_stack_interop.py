@@ -88,6 +88,10 @@ def test_absolute_weights_become_deltas(tiny_pipe, tmp_path):
     imp = import_patch(tmp_path / "uce.safetensors", Model(tiny_pipe))
     assert imp.source_format == "absolute" and set(imp.patch.deltas) == {K}
     torch.testing.assert_close(imp.patch.deltas[K].dense, change, atol=1e-6, rtol=0)
+    # an fp16 copy: tensors equal to the base in fp16 are unchanged, not rounding "deltas"
+    save_file({k: v.half().contiguous() for k, v in sd.items()}, tmp_path / "uce16.safetensors")
+    imp = import_patch(tmp_path / "uce16.safetensors", Model(tiny_pipe))
+    assert set(imp.patch.deltas) == {K}
     # a whole LDM checkpoint (ESD style): UNet changed, VAE/text encoder as the base
     full = {k: v.detach().clone().contiguous() for k, v in pipeline_to_ldm(tiny_pipe).items()}
     ldm_k = "model.diffusion_model." + _diff_module_to_ldm(unet)[K.rpartition(".")[0]] + ".weight"
