@@ -568,9 +568,7 @@ class PatchStack:
 
     def __init__(self, model, mode: str = "additive", settings: ComposeSettings | None = None):
         self.model = model
-        self.settings = settings or ComposeSettings(mode=mode)
-        if settings is None:
-            self.settings.mode = mode
+        self.settings = settings or ComposeSettings(mode=mode)  # `settings` wins over `mode`
         self._entries: dict[str, StackEntry] = {}
         self._applied: PatchedUNet | None = None
         self._preservation: dict[tuple[str, ...], torch.Tensor] = {}

@@ -226,8 +226,12 @@ class Registry:
                     {k: v for k, v in dict(name=name, path=path, family=family).items() if v},
                 )
             else:
-                db["base_models"].insert(
+                new_id = db["base_models"].insert(
                     dict(fingerprint=fingerprint, name=name, path=path, family=family, added=now())
+                ).last_pk
+                db.execute(  # patches registered before their base model was known
+                    "update patches set base_model_id = ? where base_fingerprint = ?",
+                    [new_id, fingerprint],
                 )
         return self.base_model(fingerprint)
 
@@ -322,6 +326,10 @@ class Registry:
                 row["name"] = name.strip() if name is not None else self._unique_name(
                     _slug(f"{row['kind']}-{'-'.join(_json_list(row['concepts']))}")
                 )
+                base = self._rows(
+                    "select id from base_models where fingerprint = ?", [row["base_fingerprint"]]
+                )
+                row["base_model_id"] = base[0]["id"] if base else None
                 self._insert_patch_row(db, row)
         except BaseException:
             if written and self.find_sha(sha) is None:

@@ -108,6 +108,9 @@ def test_evaluations_base_models_and_jobs(reg, make_patch):
     assert [x.metric for x in reg.evaluations(stack="s")] == ["retention"]
     with pytest.raises(RegistryError, match="exactly one"):
         reg.add_evaluation("x", 1.0)
+    bm = reg.add_base_model("base-fp", name="sd15", path="/m", family="sd1")
+    assert reg.get_patch(p.id).base_model_id == bm.id  # linked when the base became known
+    assert reg.add_patch(make_patch(fill=b"\7")).base_model_id == bm.id
     bm = reg.add_base_model("f" * 64, name="sd15", path="/m", family="sd1")
     assert reg.add_base_model("f" * 64, path="/elsewhere").id == bm.id
     assert reg.base_model("f" * 64).path == "/elsewhere"
