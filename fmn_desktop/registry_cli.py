@@ -138,6 +138,11 @@ def add_registry_commands(sub) -> None:
     p.add_argument("patch")
     p.set_defaults(handler=stack_remove)
 
+    p = ss.add_parser("delete", help="delete a stack (its patches stay registered)")
+    _common(p)
+    p.add_argument("stack")
+    p.set_defaults(handler=stack_delete)
+
     p = ss.add_parser("show", help="a stack's patches and its conflicts")
     _common(p)
     p.add_argument("stack")
@@ -414,6 +419,17 @@ def stack_remove(args) -> int:
     with _open(args) as reg:
         rec = reg.remove_from_stack(args.stack, args.patch)
         return _show_after_change(args, rec, reg)
+
+
+def stack_delete(args) -> int:
+    with _open(args) as reg:
+        rec = reg.get_stack(args.stack)
+        reg.delete_stack(rec.id)
+    if args.json:
+        _print_json({"deleted": rec.name})
+    else:
+        print(f"deleted stack {rec.name!r} ({len(rec.items)} patch(es) stay registered)")
+    return 0
 
 
 def stack_show(args) -> int:

@@ -150,6 +150,9 @@ def test_stacks_from_the_cli(world, tmp_path, capsys):
     assert "clean" in out and "forget-castle" in out
     code, out, _ = run(capsys, "patches", "rm", "forget-dog", *reg)
     assert code == 0 and out.strip() == "removed #2 forget-dog"
+    code, out, _ = run(capsys, "stack", "delete", "clean", *reg)
+    assert out.strip() == "deleted stack 'clean' (1 patch(es) stay registered)"
+    assert "forget-castle" in run(capsys, "patches", "list", *reg)[1]
 
 
 def test_conflicting_stack_is_reported_and_refused(world, tmp_path, capsys):
