@@ -205,7 +205,8 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str], max_width: i
 
     cells = [[cell(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(r[i], (int, float)) for r in rows) and rows for i in range(len(headers))]
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
+               for i in range(len(headers))]
 
     def fmt(values) -> str:
         return "  ".join(
