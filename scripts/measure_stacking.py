@@ -60,8 +60,9 @@ def measure(
     evaluated=None,
     forget_overrides: dict | None = None,
     log=print,
-) -> dict:
-    """Forget each concept, stack additively and fused, and score every state."""
+) -> tuple[list, dict]:
+    """Forget each concept, stack additively and fused, and score every state.
+    Returns the stack entries (the five patches) and the results."""
     from fmn_desktop.demo import demo_config
     from fmn_desktop.evaluate.scores import generate_eval_set, mscore, retention
     from fmn_desktop.patch import PatchedUNet
@@ -110,7 +111,7 @@ def measure(
             row["alone"] = mscore(states[f"alone:{c.name}"], c).as_dict()
         table[c.name] = row
     ret = {state: retention(imgs, concepts).as_dict() for state, imgs in states.items()}
-    return {
+    return entries, {
         "concepts": concepts,
         "mscore": table,
         "retention_of_others": ret,
@@ -127,6 +128,40 @@ def measure(
             "fingerprint": (model.fingerprint or "")[:12],
         },
     }
+
+
+def record(reg, entries, result: dict, tmp_dir: Path) -> None:
+    """Keep the five patches, both stacks and every score in a registry."""
+    from fmn_desktop.patch import save_patch
+
+    names = {}
+    for e in entries:
+        e.patch.meta.scores = {"mscore_alone": result["mscore"][e.name].get("alone")}
+        path = save_patch(e.patch, tmp_dir / f"{e.name}.safetensors", "diff")
+        rec = reg.add_patch(path, tags=["measure-stacking"])
+        names[e.name] = rec.name
+        for state in ("base", "alone"):
+            est = result["mscore"][e.name].get(state)
+            if est:
+                reg.add_evaluation(f"mscore_{state}", est["mean"], patch=rec.id, concept=e.name,
+                                   low=est["low"], high=est["high"], n=est["n"],
+                                   settings=result["settings"])
+    for mode in ("additive", "fused"):
+        stack = f"measure-{mode}"
+        existing = {s.name for s in reg.list_stacks()}
+        if stack in existing:
+            reg.delete_stack(stack)
+        reg.create_stack(stack, mode=mode, notes="scripts/measure_stacking.py")
+        for e in entries:
+            reg.add_to_stack(stack, names[e.name], strength=e.strength)
+        for concept, row in result["mscore"].items():
+            est = row[mode]
+            reg.add_evaluation("mscore", est["mean"], stack=stack, concept=concept,
+                               low=est["low"], high=est["high"], n=est["n"],
+                               settings=result["settings"])
+        est = result["retention_of_others"][mode]
+        reg.add_evaluation("retention", est["mean"], stack=stack, low=est["low"],
+                           high=est["high"], n=est["n"], settings=result["settings"])
 
 
 def _fmt(e: dict) -> str:
@@ -160,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--singles", action="store_true", help="also score each patch alone")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="runs/stacking")
+    p.add_argument("--registry", default=None, help="also keep patches, stacks and scores here")
     args = p.parse_args(argv)
 
     import fmn_desktop  # noqa: F401  (offline mode)
@@ -178,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown concepts {unknown}; known: {', '.join(sorted(CONCEPTS))}")
     t0 = time.perf_counter()
     model = open_model("default")
-    result = measure(
+    entries, result = measure(
         model, load_judge(), concepts, EvalSettings(seeds=args.seeds), steps=args.steps,
         preserve_weight=args.preserve_weight, singles=args.singles,
         log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", file=sys.stderr, flush=True),
@@ -188,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "stacking.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     (out / "stacking.md").write_text(markdown(result))
+    if args.registry:
+        from fmn_desktop.registry import open_registry
+
+        with open_registry(args.registry) as reg:
+            record(reg, entries, result, out)
     print(markdown(result))
     print(f"wrote {out / 'stacking.json'} and {out / 'stacking.md'}")
     return 0

@@ -21,7 +21,7 @@ class Model:
         self.pipe, self.fingerprint, self.family = pipe, "tiny-fp", "toy"
 
 
-def test_measure_stacking_script(tiny_pipe):
+def test_measure_stacking_script(tiny_pipe, tmp_path):
     from fmn_desktop.evaluate.scores import EvalSettings
     from fmn_desktop.toyworld import CONCEPTS
 
@@ -33,7 +33,7 @@ def test_measure_stacking_script(tiny_pipe):
     pres = mod.toy_preservation_prompts(concepts)
     assert pres and not any(c in p.split() for p in pres for c in concepts)
     pick = concepts[:2]
-    result = mod.measure(
+    entries, result = mod.measure(
         Model(tiny_pipe), UniformJudge(), pick, EvalSettings(seeds=1, steps=1, batch=16),
         steps=1, forget_overrides=dict(num_references=1, reference_steps=1, batch_size=1),
         evaluated=[CONCEPTS[c] for c in pick] + [CONCEPTS["Zorbu"]], log=lambda s: None,
@@ -43,3 +43,10 @@ def test_measure_stacking_script(tiny_pipe):
     assert set(result["retention_of_others"]) == {"base", "additive", "fused"}
     text = mod.markdown(result)
     assert "M-Score fused" in text and "retention of all other concepts" in text
+    from fmn_desktop.registry import open_registry
+
+    with open_registry(tmp_path / "reg") as reg:
+        mod.record(reg, entries, result, tmp_path)
+        assert len(reg.list_patches(tag="measure-stacking")) == 2
+        fused = reg.evaluations(stack="measure-fused")
+        assert {e.metric for e in fused} == {"mscore", "retention"} and len(fused) == 3
