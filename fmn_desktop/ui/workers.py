@@ -99,6 +99,9 @@ class _Worker(QObject):
             self.progress.emit(item)
 
 
+_LIVE: set = set()  # running jobs: a QThread destroyed while it runs aborts the process
+
+
 class Job(QObject):
     """One background job. Start it once; cancel it any time (cooperative)."""
 
@@ -140,6 +143,7 @@ class Job(QObject):
         self._worker.cancelled.connect(self.cancelled)
         self._worker.done.connect(self._on_done)
         self._running = True
+        _LIVE.add(self)
         self._thread.start()
         self.started.emit()
 
@@ -155,5 +159,6 @@ class Job(QObject):
         self._running = False
         if self._thread is not None:
             self._thread.quit()
-            self._thread.wait(5000)
+            self._thread.wait()
+        _LIVE.discard(self)
         self.done.emit()

@@ -64,6 +64,8 @@ class SettingsModel(QObject):
             self.recent_models_changed,
         ):
             sig.connect(self.save)
+        if not self.path.exists():
+            self.save()  # a first start leaves a readable settings file to edit
 
     def load(self) -> None:
         data = {}

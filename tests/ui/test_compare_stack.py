@@ -1,0 +1,124 @@
+"""Compare (base beside patched), the stack composer (strengths, order, conflicts, save/load,
+additive and fused preview), and export of a stack."""
+
+from __future__ import annotations
+
+import pytest
+from ui_helpers import forget_patch, same_weights, wait_idle, weights_copy
+
+from fmn_desktop.patch import load_patch, save_patch
+
+
+@pytest.fixture
+def two_patches(qtbot, app, concept, fast_forget):
+    a = forget_patch(qtbot, app, concept, fast_forget, steps=2).record
+    b = forget_patch(qtbot, app, "dragon", fast_forget, steps=2).record
+    return a, b
+
+
+def test_compare_patch_gives_two_grids_and_restores_weights(qtbot, app, two_patches):
+    a, _ = two_patches
+    c = app.compare
+    c.use_patch(a)
+    assert c.patch_label == f"Patch: {a.name}" and a.concepts[0] in c.prompts
+    c.prompts = "a photo of a castle\na landscape"
+    c.seeds, c.steps = 2, 2
+    saved = weights_copy(app.session.model.pipe.unet)
+    progress = []
+    c.progress_changed.connect(progress.append)
+    with qtbot.waitSignal(c.result_changed, timeout=60000):
+        c.run()
+    wait_idle(qtbot, app.session)
+    done = c.result
+    assert done.base.size == done.patched.size and done.labels == c.prompt_list()
+    assert progress[-1] == 100 and progress == sorted(progress)
+    assert same_weights(app.session.model.pipe.unet, saved)
+    assert not c.running and not app.errors
+
+
+def test_compare_without_prompt_is_a_message(app):
+    app.compare.prompts = "  \n "
+    assert app.compare.run() is None
+    assert app.errors[-1][0] == "No prompt"
+
+
+def test_stack_compose_save_load_preview_export(qtbot, app, two_patches, tmp_path):
+    a, b = two_patches
+    st = app.stack
+    st.add(a)
+    st.add(b, 0.5)
+    st.add(a)  # already there: ignored
+    assert [e.name for e in st.entries] == [a.name, b.name]
+    st.set_strength(0, 0.8)
+    st.move(1, -1)
+    assert [(e.name, e.strength) for e in st.entries] == [(b.name, 0.5), (a.name, 0.8)]
+    assert st.conflicts == []
+
+    assert st.save("clean")
+    assert "clean" in st.stacks
+    app.library.select_name(a.name)
+    assert dict(app.library.details())["Used by stacks"] == "clean"
+    st.clear()
+    assert st.load("clean")
+    assert [(e.name, e.strength) for e in st.entries] == [(b.name, 0.5), (a.name, 0.8)]
+
+    for mode in ("additive", "fused"):
+        st.mode = mode
+        app.compare.use_stack(list(st.entries), st.mode, f"Stack: clean ({mode})")
+        app.compare.seeds, app.compare.steps = 1, 2
+        with qtbot.waitSignal(app.compare.result_changed, timeout=60000):
+            app.compare.run()
+        wait_idle(qtbot, app.session)
+        assert app.compare.result is not None
+    assert not app.errors
+
+    st.mode = "additive"
+    lora = tmp_path / "stack.safetensors"
+    with qtbot.waitSignal(st.exported, timeout=60000):
+        st.export(str(lora), "lora")
+    wait_idle(qtbot, app.session)
+    assert load_patch(lora).is_lora
+    assert any("stack" in p.tags for p in app.library.patches)  # registered
+
+    model_file = tmp_path / "patched.safetensors"
+    with qtbot.waitSignal(st.exported, timeout=60000):
+        st.export(str(model_file))  # .safetensors: a single-file checkpoint
+    wait_idle(qtbot, app.session)
+    assert model_file.stat().st_size > 100_000
+    assert not app.errors
+
+    assert st.delete("clean") and "clean" not in st.stacks
+
+
+def test_conflicts_are_shown_before_applying(qtbot, app, two_patches, tmp_path):
+    a, b = two_patches
+    st = app.stack
+    # a patch made for another base model, registered without a model check
+    p = load_patch(a.path)
+    p.meta.base_fingerprint = "e" * 64
+    other = app.session.registry().add_patch(save_patch(p, tmp_path / "x.safetensors"))
+    # the same concept corrected instead of forgotten
+    q = load_patch(a.path)
+    q.meta.kind = "correct"
+    corrected = app.session.registry().add_patch(save_patch(q, tmp_path / "y.safetensors"))
+    app.library.refresh()
+    st.add(a)
+    assert st.conflicts == []
+    st.add(corrected)
+    assert any("forgotten" in c and "corrected" in c for c in st.conflicts)
+    st.remove(1)
+    assert st.conflicts == []
+    st.add(other)
+    assert any("base" in c for c in st.conflicts)
+    # applying anyway is refused with the conflicts in the message
+    app.compare.use_stack(list(st.entries), st.mode, "Stack")
+    app.compare.seeds, app.compare.steps = 1, 2
+    with qtbot.waitSignal(app.session.error_raised, timeout=60000) as blk:
+        app.compare.run()
+    wait_idle(qtbot, app.session)
+    assert "conflict" in blk.args[1] or "base" in blk.args[1]
+
+
+def test_empty_stack_export_is_a_message(app, tmp_path):
+    assert app.stack.export(str(tmp_path / "x.safetensors")) is None
+    assert app.errors[-1][0] == "Empty stack"

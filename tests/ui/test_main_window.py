@@ -1,0 +1,149 @@
+"""The main window drives the same models: bindings both ways, buttons start jobs, errors
+open dialogs, every view renders; `fmn gui` starts and quits."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
+from ui_helpers import forget_patch, wait_idle
+
+from fmn_desktop.ui.widgets.main_window import VIEWS, MainWindow
+
+
+def _window(qtbot, app):
+    win = MainWindow(app)
+    qtbot.addWidget(win)
+    win.show()
+    return win
+
+
+def test_every_view_renders(qtbot, app):
+    win = _window(qtbot, app)
+    for key in VIEWS:
+        win.show_view(key)
+        assert win.current_view() == key
+        assert not win.grab().isNull()
+    assert app.session.model_label() in win.model_badge.text()
+
+
+def test_forget_from_the_buttons_updates_bar_plot_and_library(qtbot, app, concept, fast_forget):
+    win = _window(qtbot, app)
+    page = win.forget_page
+    win.show_view("forget")
+    page.concept.clear()
+    qtbot.keyClicks(page.concept, concept)
+    assert app.forget.concept == concept  # widget -> model
+    page.steps.setValue(3)
+    assert app.forget.steps == 3
+    page.evaluate.setChecked(False)
+    app.forget.extra = dict(fast_forget)
+    app.forget.kind = "style"
+    assert page.kind.currentData() == "style"  # model -> widget
+    app.forget.kind = "object"
+    with qtbot.waitSignal(app.forget.finished, timeout=60000):
+        qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+        assert not page.start_button.isEnabled() and page.cancel_button.isEnabled()
+    wait_idle(qtbot, app.session)
+    assert page.bar.value() == page.bar.maximum() == 3
+    assert page.plot._values == app.forget.losses and len(app.forget.losses) == 3
+    assert page.start_button.isEnabled() and not page.cancel_button.isEnabled()
+    assert "Registered" in page.result.text()
+    assert win.library_page.table.rowCount() == 1
+    assert app.library.selected is not None  # the new patch is selected in the library
+
+
+def test_library_to_compare_and_stack(qtbot, app, concept, fast_forget):
+    win = _window(qtbot, app)
+    rec = forget_patch(qtbot, app, concept, fast_forget, steps=2).record
+    app.library.select_name(rec.name)
+    assert win.library_page.table.selectionModel().selectedRows()
+    win.library_page.stack_button.click()
+    assert win.current_view() == "stack" and [e.name for e in app.stack.entries] == [rec.name]
+    slider = win.stack_page.rows.sliders[0]
+    slider.setValue(40)
+    assert app.stack.entries[0].strength == 0.4
+    assert win.stack_page.rows.values[0].text() == "0.40"
+    win.library_page.compare_button.click()
+    assert win.current_view() == "compare" and rec.name in app.compare.patch_label
+
+
+def test_errors_open_a_dialog_and_the_app_keeps_running(qtbot, app, tmp_path):
+    win = _window(qtbot, app)
+    bad = tmp_path / "junk.safetensors"
+    bad.write_bytes(b"not a patch")
+    app.library.import_file(str(bad))
+    qtbot.waitUntil(lambda: bool(win.dialogs), timeout=30000)
+    wait_idle(qtbot, app.session)
+    box = win.dialogs[-1]
+    assert isinstance(box, QMessageBox) and box.isVisible()
+    assert "junk.safetensors" in box.windowTitle() or "Import" in box.windowTitle()
+    box.close()
+    win.show_view("settings")  # still responsive
+    assert win.current_view() == "settings"
+
+
+def test_settings_persist_and_theme_switches(qtbot, app, tmp_path):
+    from fmn_desktop.ui.models import SettingsModel
+
+    win = _window(qtbot, app)
+    page = win.settings_page
+    page.theme.setCurrentIndex(page.theme.findData("dark"))
+    page.eval_seeds.setValue(5)
+    again = SettingsModel(app.settings.path)
+    assert again.theme == "dark" and again.eval_seeds == 5
+    assert again.data_folder == str(tmp_path / "registry")
+
+
+def test_damaged_settings_file_falls_back_to_defaults(tmp_path):
+    from fmn_desktop.ui.models import SettingsModel
+
+    path = tmp_path / "settings.json"
+    path.write_text("{broken")
+    s = SettingsModel(path)
+    assert s.device == "cpu" and s.precision == "fp32" and s.theme == "light"
+
+
+def test_load_model_from_the_picker(qtbot, app, model_spec):
+    app.session.set_model(None)
+    win = _window(qtbot, app)
+    with qtbot.waitSignal(app.picker.loaded, timeout=120000):
+        app.picker.load(model_spec)
+    wait_idle(qtbot, app.session)
+    assert app.session.model is not None
+    assert win.current_view() == "forget"  # a loaded model leads on to the wizard
+    rows = dict(app.picker.details())
+    assert rows["Fingerprint"] == app.session.model.fingerprint
+    if model_spec != "default":
+        assert app.settings.recent_models[0] == model_spec
+
+
+def test_unloadable_model_is_a_message(qtbot, app, tmp_path):
+    with qtbot.waitSignal(app.session.error_raised, timeout=30000) as b:
+        app.picker.load(str(tmp_path / "nothing-here"))
+    wait_idle(qtbot, app.session)
+    assert b.args[0] == "Loading model failed" and b.args[1]
+    assert not app.picker.loading
+
+
+def test_fmn_gui_starts_and_quits(tmp_path):
+    """`fmn gui` in a fresh process (as a user starts it): the window opens, then quits."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        FMN_GUI_QUIT_AFTER_MS="500",
+        FMN_GUI_CONFIG=str(tmp_path / "settings.json"),
+        FMN_REGISTRY=str(tmp_path / "registry"),
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "fmn_desktop.cli", "--threads", "1", "gui"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "settings.json").is_file()  # the app wrote its settings

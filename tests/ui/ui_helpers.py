@@ -1,0 +1,32 @@
+"""Helpers shared by the UI tests (imported as a module; pytest puts tests/ui on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def wait_idle(qtbot, session, timeout: int = 60000) -> None:
+    qtbot.waitUntil(lambda: not session.busy, timeout=timeout)
+
+
+def forget_patch(qtbot, app, concept: str, fast: dict, steps: int = 3, evaluate: bool = False):
+    """Run the wizard's job to the end; returns the ForgetDone."""
+    f = app.forget
+    f.concept = concept
+    f.kind = "object"
+    f.steps = steps
+    f.evaluate = evaluate
+    f.eval_steps = 3
+    f.extra = dict(fast)
+    with qtbot.waitSignal(f.finished, timeout=120000) as blocker:
+        assert f.start() is not None
+    wait_idle(qtbot, app.session)
+    return blocker.args[0]
+
+
+def weights_copy(unet) -> dict:
+    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+
+def same_weights(unet, saved: dict) -> bool:
+    return all(torch.equal(v, saved[k]) for k, v in unet.state_dict().items())
