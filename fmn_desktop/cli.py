@@ -235,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per forget")
     p.add_argument("--only", action="append", help="run only these items (repeatable)")
     add_registry_commands(sub)
+
+    p = sub.add_parser(
+        "gui",
+        help="open the desktop app",
+        description="Open Forget-Me-Not Studio, the desktop app (needs PySide6: "
+        "pip install 'forget-me-not-studio[gui]').",
+    )
     return parser
 
 
@@ -475,6 +482,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "demo": cmd_demo,
 }
+COMMANDS["gui"] = lambda args: gui_main(threads=args.threads)
 COMMANDS.update(REGISTRY_COMMANDS)  # fmn patches ..., fmn stack ...
 
 
@@ -503,10 +511,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def gui_main() -> int:
-    """`fmn-desktop`: the desktop app (not built yet)."""
-    print("the desktop app is not built yet; use the `fmn` command", file=sys.stderr)
-    return 1
+def gui_main(threads: int | None = None) -> int:
+    """`fmn-desktop` and `fmn gui`: the desktop app."""
+    try:
+        from fmn_desktop.ui.app import main as app_main
+    except ImportError as exc:
+        print(
+            f"the desktop app needs PySide6 ({exc}); install it with "
+            "pip install 'forget-me-not-studio[gui]'",
+            file=sys.stderr,
+        )
+        return 1
+    return app_main(threads=threads)
 
 
 if __name__ == "__main__":
