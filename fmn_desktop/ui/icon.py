@@ -16,8 +16,8 @@ RING = "#ffffff"
 def paint_icon(p: QPainter, size: float) -> None:
     p.setRenderHint(QPainter.RenderHint.Antialiasing)
     c = QPointF(size / 2, size / 2)
-    r_petal = size * 0.2
-    dist = size * 0.24
+    r_petal = size * 0.175
+    dist = size * 0.25
     p.setPen(QPen(QColor("#2f5fae"), max(1.0, size / 96)))
     for k in range(5):
         a = -math.pi / 2 + k * 2 * math.pi / 5
