@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QApplication
 STYLE = """
 #sidebar { background: %(side)s; }
 #brand { font-size: 13px; color: %(side_text)s; }
+#version { color: %(muted)s; font-size: 11px; }
 #nav { background: transparent; border: none; outline: 0; color: %(side_text)s; font-size: 14px; }
 #nav::item { padding: 6px 10px; border-radius: 6px; margin: 1px 0; }
 #nav::item:selected { background: %(accent)s; color: white; }

@@ -74,6 +74,11 @@ class MainWindow(QMainWindow):
             item.setSizeHint(QSize(150, 36))
             self.nav.addItem(item)
         sl.addWidget(self.nav, 1)
+        from fmn_desktop import __version__
+
+        version = QLabel(f"version {__version__}")
+        version.setObjectName("version")
+        sl.addWidget(version)
         outer.addWidget(side)
 
         body = QWidget()
