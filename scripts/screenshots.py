@@ -37,6 +37,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     ap.add_argument("--steps", type=int, default=None, help="forget steps (default: 35 / 8 tiny)")
+    ap.add_argument(
+        "--weights",
+        default=None,
+        help="use this pipeline folder as the embedded model (e.g. runs/toyworld/pipeline)",
+    )
     args = ap.parse_args()
 
     import warnings
@@ -47,7 +52,12 @@ def main() -> int:
     set_threads(1)
     from PySide6.QtWidgets import QApplication
 
+    import fmn_desktop.toyworld as toyworld
     from fmn_desktop.toyworld import weights_available
+
+    if args.weights:  # a training run's export, before it is copied into the package
+        toyworld.WEIGHTS_DIR = Path(args.weights).resolve()
+        toyworld.JUDGE_PATH = toyworld.WEIGHTS_DIR / "judge.safetensors"
     from fmn_desktop.ui.app import apply_theme, build_window, create_app
 
     app = create_app([])
@@ -60,7 +70,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     if weights_available():
-        spec, concepts, prompts = "default", ["Zorbu", "circle"], "a photo of Zorbu\na red circle"
+        spec, concepts = "default", ["Zorbu", "circle"]
+        prompts = "a photo of Zorbu\na photo of a circle\na photo of a red square"
         steps = args.steps or 35
         extra = {}
     else:
