@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None, threads: int | None = None) -> int:
     set_threads(threads)
     app = create_app(argv)
     state, window = build_window()
+
+    def excepthook(kind, value, tb):  # a bug in a slot becomes a dialog, not a dead window
+        sys.__excepthook__(kind, value, tb)
+        state.session.report_exception("Unexpected error", value.with_traceback(tb))
+
+    sys.excepthook = excepthook
     window.show()
     quit_ms = os.environ.get("FMN_GUI_QUIT_AFTER_MS")  # start-up smoke tests and packaging
     if quit_ms:
