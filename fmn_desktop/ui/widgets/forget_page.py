@@ -94,7 +94,8 @@ class ForgetPage(QWidget):
             "• Type the concept exactly as people write it in prompts; separate several "
             "with commas.<br>"
             "• Cross-attention K/V changes the least and keeps other concepts best.<br>"
-            "• Fast mode needs no UNet backward pass: minutes become seconds on big models.<br>"
+            "• Fast mode optimises each layer's keys on cached queries, with no backward pass "
+            "through the UNet.<br>"
             "• The patch is stored in the library; apply it at any strength, or delete it."
         )
         tips.setWordWrap(True)
