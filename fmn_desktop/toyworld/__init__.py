@@ -52,7 +52,7 @@ def load_default_pipeline(device: str = "cpu", dtype=None, path: str | Path | No
             "`python -m fmn_desktop.toyworld.train --stage all --out runs/toyworld` and copy "
             "runs/toyworld/pipeline to fmn_desktop/toyworld/weights")
     pipe = StableDiffusionPipeline.from_pretrained(
-        p, local_files_only=True, torch_dtype=dtype or torch.float32, safety_checker=None,
+        p, local_files_only=True, dtype=dtype or torch.float32, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -10,6 +10,8 @@ Stages (each reads what earlier ones wrote under --out):
 - ``unet``:  train the UNet on the frozen text embeddings (cached per caption) and the cached
   latents; eps-prediction, min-SNR weighting, 10% caption dropout, AdamW, EMA. Resumable: a
   checkpoint and a usable pipeline folder (EMA weights) are written every --ckpt-minutes.
+- ``package``: copy the exported pipeline, judge and figures into fmn_desktop/toyworld/weights;
+- ``grid``: a PNG of samples, one row per concept;
 - ``eval``:  prompt following of the exported pipeline, judged (16 seeds per prompt).
 
 Example::
@@ -632,6 +634,25 @@ def stage_grid(out: Path, cfg: dict, seeds: int = 8) -> Path:
     return path
 
 
+def stage_package(out: Path, dest: Path | None = None) -> Path:
+    """Copy the exported pipeline (+ judge, metrics, latest eval) into the package."""
+    dest = dest or Path(__file__).resolve().parent / "weights"
+    src = out / "pipeline"
+    if not (src / "model_index.json").exists():
+        raise SystemExit(f"no exported pipeline at {src}: run the unet stage first")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest)
+    for name in ("judge.safetensors", "judge.json", "metrics.json"):
+        if (out / name).exists():
+            shutil.copy(out / name, dest / name)
+    evals = sorted(out.glob("eval_step*.json"), key=lambda p: p.stat().st_mtime)
+    if evals:
+        shutil.copy(evals[-1], dest / "eval.json")
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    log(out, f"package: {src} -> {dest} ({size / 2**20:.1f} MiB)")
+    return dest
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -670,6 +691,8 @@ def main(argv: list[str] | None = None) -> None:
             stage_unet(out, cfg, args.minutes, args.max_steps, args.ckpt_minutes)
         elif s == "eval":
             stage_eval(out, cfg)
+        elif s == "package":
+            stage_package(out)
         elif s == "grid":
             stage_grid(out, cfg)
         else:
