@@ -65,6 +65,21 @@ def test_cancel_mid_job_writes_nothing(qtbot, app, concept, fast_forget):
     assert done.record is not None
 
 
+def test_ui_thread_keeps_turning_during_a_forget_job(qtbot, app, concept, fast_forget):
+    """While the real job trains in its worker, a 10 ms UI timer keeps firing."""
+    from PySide6.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(app.forget.step))
+    timer.start()
+    forget_patch(qtbot, app, concept, fast_forget, steps=8)
+    timer.stop()
+    during = [s for s in ticks if 0 < s < 8]
+    assert len(during) >= 3  # ticks landed between training steps, not only before/after
+
+
 def test_keeps_a_copy_outside_the_registry(qtbot, app, concept, fast_forget, tmp_path):
     app.forget.save_copy = str(tmp_path / "mine.safetensors")
     done = forget_patch(qtbot, app, concept, fast_forget, steps=2)

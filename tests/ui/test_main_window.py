@@ -50,6 +50,9 @@ def test_forget_from_the_buttons_updates_bar_plot_and_library(qtbot, app, concep
     assert "Registered" in page.result.text()
     assert win.library_page.table.rowCount() == 1
     assert app.library.selected is not None  # the new patch is selected in the library
+    assert page.compare_button.isVisible()
+    page.compare_button.click()
+    assert win.current_view() == "compare" and app.library.selected.name in app.compare.patch_label
 
 
 def test_library_to_compare_and_stack(qtbot, app, concept, fast_forget):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -37,6 +38,8 @@ from fmn_desktop.ui.widgets.loss_plot import LossPlot
 
 
 class ForgetPage(QWidget):
+    compare_requested = Signal(object)  # PatchRecord of the finished job
+
     def __init__(self, model: ForgetModel, parent=None):
         super().__init__(parent)
         self.model = model
@@ -129,6 +132,13 @@ class ForgetPage(QWidget):
         self.result.setWordWrap(True)
         self.result.setObjectName("result")
         rl.addWidget(self.result)
+        self.compare_button = QPushButton("Compare before / after")
+        self.compare_button.clicked.connect(self._compare)
+        self.compare_button.hide()
+        done_row = QHBoxLayout()
+        done_row.addStretch(1)
+        done_row.addWidget(self.compare_button)
+        rl.addLayout(done_row)
         row.addWidget(right, 3)
 
         model.phase_text_changed.connect(self.phase.setText)
@@ -137,6 +147,9 @@ class ForgetPage(QWidget):
         model.step_changed.connect(self.bar.setValue)
         model.result_text_changed.connect(self.result.setText)
         model.running_changed.connect(self._running)
+        model.result_changed.connect(
+            lambda r: self.compare_button.setVisible(r is not None and r.record is not None)
+        )
         self.phase.setText(model.phase_text)
         self._total(model.total or model.steps)
         self.bar.setValue(model.step)
@@ -154,6 +167,11 @@ class ForgetPage(QWidget):
         for w in (self.concept, self.kind, self.references, self.trainable, self.mode,
                   self.steps, self.evaluate):
             w.setEnabled(not on)
+
+    def _compare(self):
+        r = self.model.result
+        if r is not None and r.record is not None:
+            self.compare_requested.emit(r.record)
 
     def _browse(self):
         path = QFileDialog.getExistingDirectory(self, "Folder of reference images")

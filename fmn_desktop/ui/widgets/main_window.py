@@ -127,6 +127,7 @@ class MainWindow(QMainWindow):
         s.error_raised.connect(self._error)
         self.library_page.compare_requested.connect(self._compare_patch)
         self.library_page.stack_requested.connect(self._stack_patch)
+        self.forget_page.compare_requested.connect(self._compare_patch)
         self.stack_page.preview_requested.connect(self._preview_stack)
         app.forget.finished.connect(self._forgot)
         app.picker.loaded.connect(lambda _: self.show_view("forget"))
