@@ -150,3 +150,29 @@ def test_fmn_gui_starts_and_quits(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "settings.json").is_file()  # the app wrote its settings
+
+
+def test_data_folder_applies_when_editing_ends(qtbot, app, tmp_path):
+    """Typing a folder path does not open (and create) a registry per keystroke."""
+    win = _window(qtbot, app)
+    edit = win.settings_page.data_folder
+    target = tmp_path / "elsewhere"
+    edit.clear()
+    qtbot.keyClicks(edit, str(target))
+    assert app.settings.data_folder == str(tmp_path / "registry")
+    assert not target.exists() and not (tmp_path / "e").exists()
+    edit.editingFinished.emit()
+    assert app.settings.data_folder == str(target)
+    app.library.refresh()
+    assert (target / "registry.db").is_file()
+
+
+def test_unusable_data_folder_is_one_message(qtbot, app, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    app.settings.data_folder = str(blocker / "sub")  # a folder inside a file
+    app.library.refresh()
+    app.stack.refresh()
+    titles = [e[0] for e in app.errors]
+    assert titles.count("Cannot open the registry") == 1
+    assert app.library.patches == []

@@ -33,6 +33,7 @@ class Session(QObject):
         self._model = None
         self._registry = None
         self._registry_root = None
+        self._failed_root = None
         self.job: Job | None = None
         self.settings.data_folder_changed.connect(self._data_folder_changed)
 
@@ -71,8 +72,11 @@ class Session(QObject):
         try:
             self._registry = open_registry(root)
         except Exception as exc:  # noqa: BLE001
-            self.report_exception("Cannot open the registry", exc)
+            if self._failed_root != root:  # one dialog per bad folder, not one per refresh
+                self._failed_root = root
+                self.report_exception("Cannot open the registry", exc)
             return None
+        self._failed_root = None
         self._registry_root = root
         return self._registry
 

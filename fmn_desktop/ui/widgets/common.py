@@ -38,13 +38,19 @@ def _quiet(widget, fn):
     return run
 
 
-def bind_text(edit: QLineEdit, model: QObject, prop: str) -> None:
+def bind_text(edit: QLineEdit, model: QObject, prop: str, on_finish: bool = False) -> None:
+    """Two-way text binding; `on_finish` writes only when editing ends (Enter or focus out),
+    for values whose change has effects (a folder that gets opened)."""
+
     def apply(v):
         if edit.text() != v:
             edit.setText(v)
 
     _sync(model, prop, _quiet(edit, apply))
-    edit.textChanged.connect(lambda t: setattr(model, prop, t))
+    if on_finish:
+        edit.editingFinished.connect(lambda: setattr(model, prop, edit.text()))
+    else:
+        edit.textChanged.connect(lambda t: setattr(model, prop, t))
 
 
 def bind_plain_text(edit: QPlainTextEdit, model: QObject, prop: str) -> None:

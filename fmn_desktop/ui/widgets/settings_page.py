@@ -40,7 +40,7 @@ class SettingsPage(QWidget):
         form.addRow(section_label("Storage"))
         folder = QHBoxLayout()
         self.data_folder = QLineEdit()
-        bind_text(self.data_folder, model, "data_folder")
+        bind_text(self.data_folder, model, "data_folder", on_finish=True)
         browse = QToolButton()
         browse.setText("…")
         browse.clicked.connect(self._browse)
