@@ -129,7 +129,9 @@ class ModelPage(QWidget):
             self.form.addRow(hint)
             return
         for key, value in rows:
-            v = QLabel(value)
+            shown = value if len(value) <= 40 or " " in value else value[:24] + "…"
+            v = QLabel(shown)
+            v.setToolTip(value)
             v.setWordWrap(True)
             v.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             self.form.addRow(f"{key}:", v)
