@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=float,
         default=None,
-        help="learning rate (default: 3e-4 for K/V, 1e-3 LoRA, 2e-6 whole UNet)",
+        help="learning rate (default: 1e-2 K/V, 3e-2 LoRA, 2e-6 whole UNet)",
     )
     p.add_argument(
         "--trainable",
@@ -425,7 +425,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from fmn_desktop.demo import demo_config
+    from fmn_desktop.demo import demo_config, toy_retain_prompts
     from fmn_desktop.evaluate.bench import default_items, run_bench, write_report
     from fmn_desktop.evaluate.scores import EvalSettings
     from fmn_desktop.toyworld import CONCEPTS, load_judge
@@ -442,6 +442,7 @@ def cmd_bench(args) -> int:
     def make_config(item):
         config = demo_config(CONCEPTS[item.concepts[0]], args.steps)
         config.concepts = list(item.concepts)
+        config.retain_prompts = toy_retain_prompts(item.concepts)
         return config
 
     rows = run_bench(

@@ -22,12 +22,31 @@ KIND_TEMPLATES = {
 }
 
 
+def toy_retain_prompts(forgotten: list[str]) -> list[str]:
+    """Ordinary prompts of the toy world that name none of `forgotten`: what the preservation
+    term holds in place (the built-in real-world prompts mean nothing to the toy encoder)."""
+    from fmn_desktop.evaluate.scores import names_concept
+    from fmn_desktop.toyworld import CONCEPTS
+
+    return [
+        p
+        for c in CONCEPTS.values()
+        for p in c.prompts()
+        if not any(names_concept(p, f) for f in forgotten)
+    ]
+
+
 def demo_config(concept, steps: int | None = None):
     """The default forget settings for a toy-world concept."""
     from fmn_desktop.resteer import ForgetConfig
 
     kw = {} if steps is None else {"steps": steps}
-    return ForgetConfig(concepts=[concept.name], kind=KIND_TEMPLATES[concept.kind], **kw)
+    return ForgetConfig(
+        concepts=[concept.name],
+        kind=KIND_TEMPLATES[concept.kind],
+        retain_prompts=toy_retain_prompts([concept.name]),
+        **kw,
+    )
 
 
 def run_demo(

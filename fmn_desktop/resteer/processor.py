@@ -36,6 +36,7 @@ class ResteerState:
     mask: Tensor | None = None  # (B, L) concept-position weights; None: no re-steering term
     retain_rows: Tensor | None = None  # (B,) bool, samples whose outputs are held in place
     layer_weighting: str = "pixels"
+    term: str = "squares"  # "squares": sum of P^2 (paper); "mass": per-row (sum of P)^2
     preserve: str = "output"  # what is held in place on retain rows: attn2 outputs or maps
     backend: str | None = None
     terms: list[Tensor] = field(default_factory=list)  # per layer: (B,) weighted sums
@@ -110,9 +111,12 @@ class ResteerProcessor:
                     f"x key length {k.shape[2]}"
                 )
             mask = mask.to(q.device)
-        out, resteer = resteer_attention(
-            q, k, v, mask, scale=attn.scale, backend=_backend_for(q, state.backend)
-        )
+        if state.term == "mass" and mask is not None:
+            out, resteer = _mass_attention(q, k, v, mask, attn.scale)
+        else:
+            out, resteer = resteer_attention(
+                q, k, v, mask, scale=attn.scale, backend=_backend_for(q, state.backend)
+            )
         if mask is not None:
             per_sample = resteer.sum(1)  # (B,) over heads
             if state.layer_weighting == "uniform":
@@ -152,6 +156,14 @@ class ResteerProcessor:
             base["to_out"].to(x.dtype),
             None if bias is None else bias.to(x.dtype),
         )
+
+
+def _mass_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float):
+    """Attention and the squared marked mass per row: sum_m (sum_n w_n P_mn)^2."""
+    probs = (q.float() @ k.float().transpose(-1, -2) * scale).softmax(-1)
+    out = (probs @ v.float()).to(q.dtype)
+    mass = (probs * mask.float()[:, None, None, :]).sum(-1)
+    return out, mass.square().sum(-1)
 
 
 def _backend_for(q: Tensor, requested: str | None) -> str | None:

@@ -55,8 +55,9 @@ def concept_mask(
     `concepts[b]` is the concept text (or a list of them) for prompt b. `positions`:
     - "concept": the concept's own tokens (the paper);
     - "+eot": also the first end-of-text token, which pools the whole prompt;
-    - "+following": also every position after the concept up to the first end-of-text, since
-      a causal text encoder copies the concept forward into them.
+    - "+following": also every position after the concept to the end of the sequence (the
+      end-of-text token and all the padding), since a causal text encoder copies the concept
+      forward into every later position and the UNet can read it back from any of them.
     Raises ConceptNotFoundError if a concept does not occur in its prompt.
     """
     if positions not in POSITION_MODES:
@@ -79,7 +80,7 @@ def concept_mask(
                     "(check the template, or the prompt was truncated at 77 tokens)"
                 )
             for span in spans:
-                stop = eot if "following" in positions else span.stop
+                stop = length if "following" in positions else span.stop
                 mask[b, span.start : stop] = 1.0
         if "eot" in positions:
             mask[b, eot] = 1.0

@@ -22,10 +22,11 @@ def test_only_first_end_of_text_is_marked_when_padding_is_end_of_text():
     assert mask.shape == (1, 77)
 
 
-def test_following_positions_run_up_to_end_of_text():
+def test_following_positions_run_to_the_end_of_the_sequence():
     mask = concept_mask(TOK, ["a dog on a red mat"], ["dog"], "concept+following")
-    # <start> a dog on a red mat <end>: dog (2) to mat (6), not the end-of-text (7)
-    assert mask[0].nonzero().flatten().tolist() == [2, 3, 4, 5, 6]
+    # <start> a dog on a red mat <end> <pad>...: from dog (2) through every later position,
+    # since the causal encoder mixes the concept into the end-of-text token and the padding.
+    assert mask[0].nonzero().flatten().tolist() == list(range(2, 77))
 
 
 def test_several_concepts_and_batch_rows_are_independent():
