@@ -192,5 +192,6 @@ def test_forget_records_concept_embeddings(tiny_pipe):
         ),
     )
     emb = res.patch.meta.stats["concept_embeddings"]
-    # 3 object templates x (castle + first end-of-text) positions, text width 32
-    assert emb.shape == (6, 32)
+    # 3 object templates ("a photo of {}", "a picture of {}", "{}"): castle at positions 4, 4
+    # and 1, re-steered with every later position (default), text width 32
+    assert emb.shape == ((77 - 4) + (77 - 4) + (77 - 1), 32)
