@@ -68,6 +68,15 @@ class ForgetModel(QObject):
         self.extra: dict = {}
         self.eval_steps = 20  # sampler steps of the evaluation images
 
+    def suggestions(self) -> list[str]:
+        """Concept names the loaded model is known to draw (the embedded model's world)."""
+        m = self.session.model
+        if m is None or m.family != "toy":
+            return []
+        from fmn_desktop.toyworld import CONCEPTS
+
+        return sorted(CONCEPTS, key=str.lower)
+
     def concepts(self) -> list[str]:
         return [c.strip() for c in self.concept.split(",") if c.strip()]
 
@@ -158,6 +167,11 @@ class ForgetModel(QObject):
         if done.path is not None:
             lines.append(f"Saved a copy to {done.path}.")
         s = done.scores
+        if not s and self.evaluate:
+            lines.append(
+                "Not scored: M-Score and retention need the embedded model and one of its "
+                "concepts."
+            )
         if s:
             mb, ma = s["mscore_before"]["mean"], s["mscore_after"]["mean"]
             rb, ra = s["retention_before"]["mean"], s["retention_after"]["mean"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QStringListModel, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QCompleter,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -61,6 +62,12 @@ class ForgetPage(QWidget):
         self.concept = QLineEdit()
         self.concept.setPlaceholderText("e.g. Van Gogh, castle, a person's name")
         bind_text(self.concept, model, "concept")
+        self._names = QStringListModel(self)
+        completer = QCompleter(self._names, self)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.concept.setCompleter(completer)
+        model.session.model_changed.connect(lambda _: self._names.setStringList(model.suggestions()))
+        self._names.setStringList(model.suggestions())
         form.addRow("Concept:", self.concept)
         self.kind = QComboBox()
         bind_combo(self.kind, model, "kind", {k: k.capitalize() for k in KINDS})
