@@ -176,3 +176,20 @@ def test_unusable_data_folder_is_one_message(qtbot, app, tmp_path):
     titles = [e[0] for e in app.errors]
     assert titles.count("Cannot open the registry") == 1
     assert app.library.patches == []
+
+
+def test_precision_and_device_checked_before_loading(qtbot, app, model_spec):
+    import torch
+
+    app.settings.precision = "fp16"
+    with qtbot.waitSignal(app.session.error_raised, timeout=30000) as b:
+        app.picker.load(model_spec)
+    wait_idle(qtbot, app.session)
+    assert "fp32" in b.args[1]
+    if not torch.cuda.is_available():
+        app.settings.precision = "fp32"
+        app.settings.device = "cuda"
+        with qtbot.waitSignal(app.session.error_raised, timeout=30000) as b:
+            app.picker.load(model_spec)
+        wait_idle(qtbot, app.session)
+        assert "CUDA" in b.args[1] and "Settings" in b.args[1]
