@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concepts", nargs="+", default=None, help="five concepts (default: mixed)")
     p.add_argument("--seeds", type=int, default=4, help="seeds per evaluation prompt")
     p.add_argument("--steps", type=int, default=None, help="forget steps (default: demo's)")
+    p.add_argument("--sampler-steps", type=int, default=20, help="sampling steps per image")
     p.add_argument("--preserve-weight", type=float, default=1.0)
     p.add_argument("--singles", action="store_true", help="also score each patch alone")
     p.add_argument("--threads", type=int, default=1)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model = open_model("default")
     entries, result = measure(
-        model, load_judge(), concepts, EvalSettings(seeds=args.seeds), steps=args.steps,
+        model, load_judge(), concepts, EvalSettings(seeds=args.seeds, steps=args.sampler_steps), steps=args.steps,
         preserve_weight=args.preserve_weight, singles=args.singles,
         log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", file=sys.stderr, flush=True),
     )
