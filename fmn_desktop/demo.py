@@ -54,8 +54,12 @@ def run_demo(
     out_dir: Path = Path("fmn-demo"),
     steps: int | None = None,
     seeds: int = 8,
+    other_seeds: int = 1,
+    others_limit: int | None = None,
     out=sys.stdout,
 ) -> int:
+    """The tour; `seeds` per prompt of the forgotten concept, `other_seeds` per prompt of the
+    others (all of them, or the first `others_limit`) for retention."""
     from fmn_desktop.errors import FmnError
     from fmn_desktop.evaluate.scores import (
         EvalSettings,
@@ -94,7 +98,7 @@ def run_demo(
     pipe = model.pipe
     say(f"loaded the embedded model (fingerprint {model.fingerprint[:12]}) and its judge")
 
-    others = [c for c in CONCEPTS.values() if c.name != name]
+    others = [c for c in CONCEPTS.values() if c.name != name][:others_limit]
     # Retention skips prompts that name the target; so does the grid.
     clean = [p for c in others for p in c.prompts() if not names_concept(p, name)]
     show = target.prompts()[:3] + [clean[i] for i in (0, len(clean) // 2, -1)]
@@ -103,9 +107,12 @@ def run_demo(
     save_png(before, out_dir / "before.png")
     say(f"before grid -> {out_dir / 'before.png'}")
 
-    settings = EvalSettings(seeds=seeds)
-    evaluated = [target] + others
-    base = generate_eval_set(pipe, judge, evaluated, settings)
+    def evaluate():
+        return generate_eval_set(pipe, judge, [target], EvalSettings(seeds=seeds)) + (
+            generate_eval_set(pipe, judge, others, EvalSettings(seeds=other_seeds))
+        )
+
+    base = evaluate()
     m0, r0 = mscore(base, target), retention(base, [name])
     say(f"measured the base model on {len(base)} images")
 
@@ -125,7 +132,7 @@ def run_demo(
         after = grid_image(
             generate_images(pipe, show, grid_seeds), show, title=f"after forgetting {name}"
         )
-        patched = generate_eval_set(pipe, judge, evaluated, settings)
+        patched = evaluate()
     m1, r1 = mscore(patched, target), retention(patched, [name])
     save_png(after, out_dir / "after.png")
     save_png(side_by_side(before, after), out_dir / "before_after.png")
@@ -140,6 +147,7 @@ def run_demo(
         "retention_before": r0.as_dict(),
         "retention_after": r1.as_dict(),
         "eval_seeds": seeds,
+        "retention_seeds": other_seeds,
     }
     save_patch(outcome.patch, patch_path)
 
@@ -148,7 +156,8 @@ def run_demo(
     print(f"{'M-Score of ' + name:24}{str(m0):>24}{str(m1):>24}", file=out)
     print(f"{'retention (others)':24}{str(r0):>24}{str(r1):>24}", file=out)
     print(
-        f"\n95% confidence intervals in brackets; {seeds} seeds per prompt. "
+        f"\n95% confidence intervals in brackets; {seeds} seeds per prompt of {name}, "
+        f"{other_seeds} per prompt of the {len(others)} other concepts. "
         f"Total {time.perf_counter() - t0:.0f} s.",
         file=out,
     )

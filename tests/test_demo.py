@@ -1,0 +1,36 @@
+"""`fmn demo` end to end on the embedded model (skipped where its weights are not installed)."""
+
+import io
+
+import pytest
+
+from fmn_desktop.toyworld import weights_available
+
+pytestmark = pytest.mark.skipif(not weights_available(), reason="embedded model not installed")
+
+
+def test_demo_runs_end_to_end_small(tmp_path):
+    from fmn_desktop.demo import run_demo
+    from fmn_desktop.patch import load_patch
+
+    out = io.StringIO()
+    assert run_demo(out_dir=tmp_path, steps=3, seeds=1, other_seeds=1, others_limit=3, out=out) == 0
+    text = out.getvalue()
+    assert "M-Score of Zorbu" in text and "retention (others)" in text
+    for name in ("before.png", "after.png", "before_after.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    patch = load_patch(tmp_path / "forget-Zorbu.safetensors")
+    assert patch.meta.concepts == ["Zorbu"] and patch.meta.family == "toy"
+    assert set(patch.meta.scores) >= {"mscore_before", "mscore_after", "retention_before"}
+
+
+@pytest.mark.slow
+def test_demo_default_settings_forget_the_concept(tmp_path):
+    """The README's main job with its defaults: the concept goes, the rest stays."""
+    from fmn_desktop.demo import run_demo
+    from fmn_desktop.patch import load_patch
+
+    assert run_demo(out_dir=tmp_path, out=io.StringIO()) == 0
+    scores = load_patch(tmp_path / "forget-Zorbu.safetensors").meta.scores
+    assert scores["mscore_after"]["mean"] <= 0.1
+    assert scores["retention_after"]["mean"] >= scores["retention_before"]["mean"] - 0.03
