@@ -98,17 +98,69 @@ def build_window(settings_path=None):
     return state, MainWindow(state)
 
 
+def self_test(state, spec: str) -> int:
+    """Load `spec` and draw one tiny before/after comparison through the app's own models,
+    then quit: checks an installed or bundled app end to end (`fmn-desktop --self-test`)."""
+    app = QApplication.instance()
+    outcome = {"code": 1, "error": None}
+
+    def failed(title, message, details):
+        outcome["error"] = f"{title}: {message}"
+
+    def idle(busy: bool):
+        if busy:
+            return
+        s = state.session
+        if outcome["error"] is not None or (s.model is not None and state.compare.result):
+            app.quit()
+        elif s.model is not None:
+            c = state.compare
+            c.prompts, c.seeds, c.steps = "a photo of a circle", 1, 2
+            c.run()
+        else:
+            app.quit()
+
+    def compared(done):
+        if done is not None:
+            print(f"self-test OK: {state.session.model_label()}; grids {done.base.size}")
+            outcome["code"] = 0
+
+    state.session.error_raised.connect(failed)
+    state.session.busy_changed.connect(idle)
+    state.compare.result_changed.connect(compared)
+    state.picker.load(spec)
+    app.exec()
+    if outcome["error"]:
+        print(f"self-test failed: {outcome['error']}", file=sys.stderr)
+        return 1
+    return outcome["code"]
+
+
 def main(argv: list[str] | None = None, threads: int | None = None) -> int:
     """Open the main window and run until it closes."""
+    import argparse
     import warnings
 
     from fmn_desktop.runtime import set_threads
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    parser = argparse.ArgumentParser(prog="fmn-desktop", description="Forget-Me-Not Studio")
+    parser.add_argument(
+        "--self-test",
+        nargs="?",
+        const="default",
+        metavar="MODEL",
+        help="load MODEL (default: the embedded one), draw one comparison, print the result, quit",
+    )
+    opts, qt_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     set_threads(threads)
-    app = create_app(argv)
+    app = create_app([sys.argv[0], *qt_args])
     state, window = build_window()
+    if opts.self_test:
+        code = self_test(state, opts.self_test)
+        state.close()
+        return code
 
     def excepthook(kind, value, tb):  # a bug in a slot becomes a dialog, not a dead window
         sys.__excepthook__(kind, value, tb)

@@ -193,3 +193,24 @@ def test_precision_and_device_checked_before_loading(qtbot, app, model_spec):
             app.picker.load(model_spec)
         wait_idle(qtbot, app.session)
         assert "CUDA" in b.args[1] and "Settings" in b.args[1]
+
+
+def test_self_test_mode_runs_end_to_end(model_spec, tmp_path):
+    """`fmn-desktop --self-test MODEL` (used to check installs and bundles): load, compare."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        FMN_GUI_CONFIG=str(tmp_path / "settings.json"),
+        FMN_REGISTRY=str(tmp_path / "registry"),
+    )
+    code = "import sys; from fmn_desktop.ui.app import main; sys.exit(main(sys.argv[1:], 1))"
+    run = subprocess.run(
+        [sys.executable, "-c", code, "--self-test", model_spec],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "self-test OK" in run.stdout
