@@ -445,7 +445,8 @@ def build_pipeline(out: Path, unet):
                                    requires_safety_checker=False)
 
 
-def export_pipeline(out: Path, unet_state: dict, cfg: dict, dest: Path) -> None:
+def export_pipeline(out: Path, unet_state: dict, cfg: dict, dest: Path,
+                    state: dict | None = None) -> None:
     """Write a complete diffusers folder (plus the judge) atomically to `dest`."""
     unet = M.build_unet(M.unet_config(**cfg["unet_cfg"]))
     unet.load_state_dict(unet_state)
@@ -456,6 +457,8 @@ def export_pipeline(out: Path, unet_state: dict, cfg: dict, dest: Path) -> None:
     for name in ("judge.safetensors", "judge.json"):
         if (out / name).exists():
             shutil.copy(out / name, tmp / name)
+    if state:
+        (tmp / "train_state.json").write_text(json.dumps(state, indent=1))
     old = dest.with_name(dest.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
@@ -510,7 +513,8 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
                     "step": step, "wall": wall, "gen": gen.get_state(), "cfg": cfg},
                    str(ckpt_path) + ".tmp")
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)
-        export_pipeline(out, ema.shadow, cfg, out / "pipeline")
+        export_pipeline(out, ema.shadow, cfg, out / "pipeline",
+                        {"unet_steps": step, "unet_minutes": wall / 60})
         write_metrics(out, {"unet_steps": step, "unet_minutes": wall / 60,
                             "unet_batch": B, "unet_params": M.count_params(unet)})
         log(out, f"unet: checkpoint + pipeline at step {step} ({wall / 60:.1f} min)")
@@ -588,7 +592,7 @@ def prompt_following(pipe, judge: Judge, prompts: list[str], seeds: int = 16, st
             "steps": steps, "guidance": guidance}
 
 
-def stage_eval(out: Path, cfg: dict, pipeline_dir: Path | None = None) -> dict:
+def stage_eval(out: Path, cfg: dict, pipeline_dir: Path | None = None, tag: str = "") -> dict:
     from diffusers import StableDiffusionPipeline
 
     pdir = pipeline_dir or out / "pipeline"
@@ -604,8 +608,13 @@ def stage_eval(out: Path, cfg: dict, pipeline_dir: Path | None = None) -> dict:
     res["minutes"] = (time.time() - t0) / 60
     meta = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() \
         else {}
+    state = pdir / "train_state.json"
+    if state.exists():
+        meta = json.loads(state.read_text())
     res["unet_steps"] = meta.get("unet_steps")
-    name = f"eval_step{res['unet_steps']}.json"
+    res["unet_minutes"] = meta.get("unet_minutes")
+    res["pipeline"] = str(pdir)
+    name = f"eval_{tag or 'step' + str(res['unet_steps'])}.json"
     (out / name).write_text(json.dumps(res, indent=1))
     log(out, f"eval: {res['per_attribute']} ({res['minutes']:.1f} min) -> {name}")
     return res
@@ -645,7 +654,7 @@ def stage_package(out: Path, dest: Path | None = None) -> Path:
     for name in ("judge.safetensors", "judge.json", "metrics.json"):
         if (out / name).exists():
             shutil.copy(out / name, dest / name)
-    evals = sorted(out.glob("eval_step*.json"), key=lambda p: p.stat().st_mtime)
+    evals = sorted(out.glob("eval_*.json"), key=lambda p: p.stat().st_mtime)
     if evals:
         shutil.copy(evals[-1], dest / "eval.json")
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
@@ -666,6 +675,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default="", help="JSON overrides of DEFAULTS")
+    ap.add_argument("--pipeline", default="", help="eval: pipeline folder (default OUT/pipeline)")
+    ap.add_argument("--tag", default="", help="eval: name of the result file eval_TAG.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -690,7 +701,7 @@ def main(argv: list[str] | None = None) -> None:
         elif s == "unet":
             stage_unet(out, cfg, args.minutes, args.max_steps, args.ckpt_minutes)
         elif s == "eval":
-            stage_eval(out, cfg)
+            stage_eval(out, cfg, Path(args.pipeline) if args.pipeline else None, args.tag)
         elif s == "package":
             stage_package(out)
         elif s == "grid":
