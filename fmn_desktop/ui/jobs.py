@@ -56,10 +56,13 @@ def toy_concept(model, concepts: Sequence[str]):
     return CONCEPTS.get(concepts[0])
 
 
-def evaluate_patch(model, patch, concept, seeds: int = 2, steps: int = 20, should_cancel=None):
+def evaluate_patch(
+    model, patch, concept, seeds: int = 2, steps: int = 20, should_cancel=None, other_seeds: int = 1
+):
     """M-Score of `concept` and retention of the others, before and after `patch` (toy model).
 
-    Same measures, prompts and seeds as `fmn demo`; returns the dict stored as patch scores.
+    Same measures and split as `fmn demo`: `seeds` per prompt of the concept, `other_seeds`
+    per prompt of every other concept; returns the dict stored as patch scores.
     """
     from fmn_desktop.errors import CancelledError
     from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
@@ -67,22 +70,29 @@ def evaluate_patch(model, patch, concept, seeds: int = 2, steps: int = 20, shoul
     from fmn_desktop.toyworld import CONCEPTS, load_judge
 
     judge = load_judge()
-    settings = EvalSettings(seeds=seeds, steps=steps)
-    evaluated = [concept] + [c for c in CONCEPTS.values() if c.name != concept.name]
+    others = [c for c in CONCEPTS.values() if c.name != concept.name]
 
     def check(done, total):
         if should_cancel and should_cancel():
             raise CancelledError("evaluation cancelled")
 
-    base = generate_eval_set(model.pipe, judge, evaluated, settings, progress=check)
+    def measure():
+        target = EvalSettings(seeds=seeds, steps=steps)
+        rest = EvalSettings(seeds=other_seeds, steps=steps)
+        return generate_eval_set(model.pipe, judge, [concept], target, progress=check) + (
+            generate_eval_set(model.pipe, judge, others, rest, progress=check)
+        )
+
+    base = measure()
     with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint):
-        after = generate_eval_set(model.pipe, judge, evaluated, settings, progress=check)
+        after = measure()
     return {
         "mscore_before": mscore(base, concept).as_dict(),
         "mscore_after": mscore(after, concept).as_dict(),
         "retention_before": retention(base, [concept.name]).as_dict(),
         "retention_after": retention(after, [concept.name]).as_dict(),
         "eval_seeds": seeds,
+        "retention_seeds": other_seeds,
     }
 
 

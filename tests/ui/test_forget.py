@@ -119,3 +119,17 @@ def test_training_error_reaches_the_user(qtbot, app, concept, fast_forget):
     title, message, _ = b.args
     assert title == "Forget failed" and "learning rate" in message.lower()
     assert app.library.patches == []
+
+
+def test_embedded_model_holds_the_toy_prompts_in_place(app):
+    """On the embedded model the preservation prompts are the toy world's (as `fmn demo`)."""
+    from types import SimpleNamespace
+
+    from fmn_desktop.demo import toy_retain_prompts
+
+    app.session.set_model(SimpleNamespace(family="toy", fingerprint="", pipe=None))
+    app.forget.concept = "circle"
+    config = app.forget.config()
+    assert config.retain_prompts == toy_retain_prompts(["circle"])
+    assert not any("circle" in p for p in config.retain_prompts)
+    assert "circle" in app.forget.suggestions()

@@ -81,8 +81,16 @@ class ForgetModel(QObject):
         return [c.strip() for c in self.concept.split(",") if c.strip()]
 
     def config(self):
+        """The ForgetConfig of the wizard's fields; on the embedded model the preservation
+        term holds the toy world's own prompts, as `fmn demo` does."""
         from fmn_desktop.resteer import ForgetConfig
 
+        extra = dict(self.extra)
+        m = self.session.model
+        if m is not None and m.family == "toy" and "retain_prompts" not in extra:
+            from fmn_desktop.demo import toy_retain_prompts
+
+            extra["retain_prompts"] = toy_retain_prompts(self.concepts())
         return ForgetConfig(
             concepts=self.concepts(),
             kind=self.kind,
@@ -90,7 +98,7 @@ class ForgetModel(QObject):
             trainable=self.trainable,
             mode=self.mode,
             reference_dir=self.reference_dir or None,
-            **self.extra,
+            **extra,
         )
 
     def start(self):
