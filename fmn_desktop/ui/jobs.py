@@ -334,9 +334,17 @@ def export_stack_job(
 def import_job(ctx, registry_root: str, path: str, model=None):
     """`library.import_file` (what `fmn patches import` runs): our files as they are, other
     tools' files checked against the loaded model and converted."""
+    from fmn_desktop.errors import FmnError
     from fmn_desktop.library import import_file
     from fmn_desktop.registry import open_registry
 
     yield Phase("import", f"reading {Path(path).name}")
     with open_registry(registry_root) as reg:
-        return import_file(reg, path, model)
+        try:
+            return import_file(reg, path, model)
+        except FmnError as exc:
+            if model is None and "(--model)" in str(exc):  # the CLI's wording, said for the app
+                raise FmnError(
+                    str(exc).replace("(--model)", "(load it on the Model page first)")
+                ) from exc
+            raise

@@ -68,6 +68,7 @@ def test_library_to_compare_and_stack(qtbot, app, concept, fast_forget):
     assert win.stack_page.rows.values[0].text() == "0.40"
     win.library_page.compare_button.click()
     assert win.current_view() == "compare" and rec.name in app.compare.patch_label
+    assert rec.name in win.compare_page.choice.currentText()
 
 
 def test_errors_open_a_dialog_and_the_app_keeps_running(qtbot, app, tmp_path):
@@ -214,3 +215,15 @@ def test_self_test_mode_runs_end_to_end(model_spec, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "self-test OK" in run.stdout
+
+
+def test_compare_page_lists_library_patches(qtbot, app, concept, fast_forget):
+    win = _window(qtbot, app)
+    rec = forget_patch(qtbot, app, concept, fast_forget, steps=2).record
+    combo = win.compare_page.choice
+    assert combo.count() == 2 and rec.name in combo.itemText(1)
+    combo.setCurrentIndex(1)
+    combo.activated.emit(1)
+    assert app.compare.patch_label == f"Patch: {rec.name}"
+    combo.activated.emit(0)
+    assert app.compare.patches == [] and app.compare.patch_label == "No patch chosen"

@@ -38,6 +38,16 @@ class CompareModel(QObject):
         super().__init__(parent)
         self.session = session
 
+    def library(self) -> list:
+        """Registered patches that can be compared (newest first)."""
+        reg = self.session.registry()
+        records = self.session.attempt("Registry", reg.list_patches) if reg else None
+        return sorted(records or [], key=lambda r: r.id, reverse=True)
+
+    def use_none(self) -> None:
+        self.patches = []
+        self.patch_label = "No patch chosen"
+
     def prompt_list(self) -> list[str]:
         return [p.strip() for p in self.prompts.splitlines() if p.strip()]
 

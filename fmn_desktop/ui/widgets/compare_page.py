@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
@@ -47,10 +48,17 @@ class ComparePage(QWidget):
         self.prompts.setFixedHeight(72)
         bind_plain_text(self.prompts, model, "prompts")
         left.addWidget(self.prompts)
+        pick = QHBoxLayout()
+        pick.addWidget(QLabel("Apply:"))
+        self.choice = QComboBox()
+        self.choice.setMinimumWidth(220)
+        self.choice.activated.connect(self._chosen)
+        pick.addWidget(self.choice)
         self.patch_label = QLabel()
         self.patch_label.setObjectName("badge")
         bind_label(self.patch_label, model, "patch_label")
-        left.addWidget(self.patch_label)
+        pick.addWidget(self.patch_label, 1)
+        left.addLayout(pick)
         tl.addLayout(left, 3)
         form = QFormLayout()
         self.seeds = QSpinBox()
@@ -104,8 +112,31 @@ class ComparePage(QWidget):
         model.progress_changed.connect(self.bar.setValue)
         model.running_changed.connect(self._running)
         model.result_changed.connect(self._result)
+        model.session.registry_changed.connect(self._fill_choices)
+        model.patch_label_changed.connect(self._fill_choices)
+        self._fill_choices()
         self._running(model.running)
         self._result(model.result)
+
+    def _fill_choices(self, *_):
+        self._records = self.model.library()
+        self.choice.blockSignals(True)
+        self.choice.clear()
+        self.choice.addItem("Choose a patch…")
+        for r in self._records:
+            self.choice.addItem(f"{r.name}  ({', '.join(r.concepts)})")
+        chosen = self.model.patches
+        if len(chosen) == 1:
+            for i, r in enumerate(self._records):
+                if str(r.path) == chosen[0].path:
+                    self.choice.setCurrentIndex(i + 1)
+        self.choice.blockSignals(False)
+
+    def _chosen(self, index: int):
+        if index <= 0:
+            self.model.use_none()
+        else:
+            self.model.use_patch(self._records[index - 1])
 
     def _running(self, on: bool):
         self.run_button.setEnabled(not on)
