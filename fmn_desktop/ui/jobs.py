@@ -312,6 +312,7 @@ def export_stack_job(
     mode: str = "additive",
     registry_root: str | None = None,
     name: str = "",
+    force: bool = False,
 ):
     """`patch.stack.export_stack` (what `fmn stack export` runs); a LoRA/.diff result is
     registered too when a registry is given."""
@@ -321,7 +322,13 @@ def export_stack_job(
     entries = stack_entries(items, model)
     yield Phase("export", f"writing {out}")
     result = export_stack(
-        model, entries, out, fmt, ComposeSettings(mode=mode), title=f"stack {name}".strip()
+        model,
+        entries,
+        out,
+        fmt,
+        ComposeSettings(mode=mode),
+        force=force,
+        title=f"stack {name}".strip(),
     )
     if registry_root is not None and fmt in ("lora", "diff"):
         from fmn_desktop.registry import open_registry

@@ -117,6 +117,13 @@ def test_conflicts_are_shown_before_applying(qtbot, app, two_patches, tmp_path):
         app.compare.run()
     wait_idle(qtbot, app.session)
     assert "conflict" in blk.args[1] or "base" in blk.args[1]
+    # the composer's "apply anyway" lets the preview through
+    st.force = True
+    app.compare.use_stack(list(st.entries), st.mode, "Stack", st.force)
+    with qtbot.waitSignal(app.compare.result_changed, timeout=60000):
+        app.compare.run()
+    wait_idle(qtbot, app.session)
+    assert app.compare.result is not None
 
 
 def test_empty_stack_export_is_a_message(app, tmp_path):

@@ -37,6 +37,7 @@ class CompareModel(QObject):
     def __init__(self, session: Session, parent=None):
         super().__init__(parent)
         self.session = session
+        self.force = False  # apply a stack despite its conflicts (the composer's choice)
 
     def library(self) -> list:
         """Registered patches that can be compared (newest first)."""
@@ -53,6 +54,7 @@ class CompareModel(QObject):
 
     def use_patch(self, record) -> None:
         """Compare against one registered patch (a PatchRecord) at full strength."""
+        self.force = False
         self.patches = [PatchItem.from_record(record)]
         self.mode = "additive"
         self.patch_label = f"Patch: {record.name}"
@@ -61,7 +63,10 @@ class CompareModel(QObject):
                 [f"a photo of {record.concepts[0]}"] + self.prompt_list()[1:2]
             )
 
-    def use_stack(self, items: list[PatchItem], mode: str, label: str) -> None:
+    def use_stack(
+        self, items: list[PatchItem], mode: str, label: str, force: bool = False
+    ) -> None:
+        self.force = force
         self.patches = list(items)
         self.mode = mode
         self.patch_label = label
@@ -81,6 +86,7 @@ class CompareModel(QObject):
             mode=self.mode,
             steps=self.steps,
             guidance=self.guidance,
+            force=self.force,
             title=self.patch_label.split(": ", 1)[-1] if self.patches else "no patch",
         )
         self.progress = 0

@@ -21,6 +21,7 @@ class StackModel(QObject):
     conflicts_changed = Signal(object)  # list[str]
     stacks_changed = Signal(object)  # names in the registry
     exporting_changed = Signal(bool)
+    force_changed = Signal(bool)
     exported = Signal(object)  # Path
 
     entries = state("entries", list, [], entries_changed)
@@ -29,6 +30,7 @@ class StackModel(QObject):
     conflicts = state("conflicts", list, [], conflicts_changed)
     stacks = state("stacks", list, [], stacks_changed)
     exporting = state("exporting", bool, False, exporting_changed)
+    force = state("force", bool, False, force_changed)  # apply despite conflicts
 
     def __init__(self, session: Session, parent=None):
         super().__init__(parent)
@@ -146,7 +148,7 @@ class StackModel(QObject):
         if fmt not in EXPORT_FORMATS:
             self.session.report("Export", f"unknown format {fmt!r}")
             return None
-        items, mode, name = list(self.entries), self.mode, self.name
+        items, mode, name, force = list(self.entries), self.mode, self.name, self.force
         root = self.session.settings.data_folder
 
         def finished(result):
@@ -158,7 +160,7 @@ class StackModel(QObject):
         self.exporting = True
         return self.session.run_job(
             "export",
-            lambda ctx: export_stack_job(ctx, model, items, out, fmt, mode, root, name),
+            lambda ctx: export_stack_job(ctx, model, items, out, fmt, mode, root, name, force),
             on_finished=finished,
             on_done=lambda: setattr(self, "exporting", False),
         )

@@ -155,7 +155,7 @@ class MainWindow(QMainWindow):
     def _preview_stack(self):
         st = self.app.stack
         label = f"Stack: {st.name or 'unsaved'} ({st.mode}, {len(st.entries)} patches)"
-        self.app.compare.use_stack(list(st.entries), st.mode, label)
+        self.app.compare.use_stack(list(st.entries), st.mode, label, st.force)
         self.show_view("compare")
         self.app.compare.run()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -22,7 +23,13 @@ from PySide6.QtWidgets import (
 
 from fmn_desktop.ui.jobs import EXPORT_FORMATS
 from fmn_desktop.ui.models.stack import StackModel
-from fmn_desktop.ui.widgets.common import bind_text, card, page_header, section_label
+from fmn_desktop.ui.widgets.common import (
+    bind_check,
+    bind_text,
+    card,
+    page_header,
+    section_label,
+)
 
 SLIDER_SCALE = 100  # slider units per 1.0 of strength
 
@@ -153,6 +160,9 @@ class StackPage(QWidget):
         self.conflicts.setWordWrap(True)
         self.conflicts.setObjectName("conflicts")
         ml.addWidget(self.conflicts)
+        self.force = QCheckBox("Apply anyway (preview and export despite conflicts)")
+        bind_check(self.force, model, "force")
+        ml.addWidget(self.force)
         actions = QHBoxLayout()
         self.name = QLineEdit()
         self.name.setPlaceholderText("Stack name")
