@@ -4,7 +4,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_unet
+from model_helpers import tiny_unet
 
 from fmn_desktop.models import FingerprintMismatch, FmnError, check_fingerprint, fingerprint_unet
 

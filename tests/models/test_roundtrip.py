@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAMILY_NAMES, generate
+from model_helpers import FAMILY_NAMES, generate, tiny_pipeline
 
 from fmn_desktop.models import load_pipeline
 from fmn_desktop.models.checkpoint import safetensors_metadata
@@ -148,7 +148,6 @@ def test_single_file_with_extra_real_world_keys(saved, tmp_path):
 
 def test_export_with_lora_adapter_fused_or_refused(tmp_path):
     """A UNet carrying a PEFT LoRA: unfused -> refused; merged -> exported as plain weights."""
-    from conftest import tiny_pipeline
     from peft import LoraConfig
 
     from fmn_desktop.models import export_single_file, fingerprint_unet, save_config_folder
@@ -185,7 +184,6 @@ def test_our_exports_reload_without_a_config_folder(saved, family):
 
 def test_folder_with_fp16_variant_only(tmp_path):
     """Hub-style folders that hold only `*.fp16.safetensors` weights load too."""
-    from conftest import tiny_pipeline
 
     pipe = tiny_pipeline("sd1").to(torch.float16)
     pipe.save_pretrained(str(tmp_path / "m"), variant="fp16")
