@@ -30,6 +30,8 @@ from fmn_desktop.resteer.processor import (
     _merge_heads,
     _probs,
     _split_heads,
+    attn2_inputs,
+    attn2_output,
     cross_attention_modules,
 )
 from fmn_desktop.resteer.trainable import DenseDelta, LoraDelta, protect_projector
@@ -53,28 +55,14 @@ class _QueryRecorder:
         **kwargs,
     ):
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        ndim = hidden_states.ndim
-        if ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        enc = encoder_hidden_states
-        if attn.norm_cross:
-            enc = attn.norm_encoder_hidden_states(enc)
+        hidden_states, enc, shape = attn2_inputs(attn, hidden_states, encoder_hidden_states, temb)
         q = _split_heads(attn.to_q(hidden_states), attn.heads)
         k = _split_heads(attn.to_k(enc), attn.heads)
         v = _split_heads(attn.to_v(enc), attn.heads)
         self.store.append(q.detach())
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
         out = attn.to_out[1](attn.to_out[0](_merge_heads(out)))
-        if ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attn2_output(attn, out, residual, shape)
 
 
 @torch.no_grad()

@@ -88,16 +88,9 @@ class ResteerProcessor:
         if attention_mask is not None:
             raise TrainingError("text attention masks are not supported by the re-steering path")
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        hidden_states, encoder_hidden_states, shape = attn2_inputs(
+            attn, hidden_states, encoder_hidden_states, temb
+        )
 
         heads = attn.heads
         q = _split_heads(attn.to_q(hidden_states), heads)
@@ -134,12 +127,7 @@ class ResteerProcessor:
             )
             err = (current - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
             state.retain_errors.append(err)
-        hidden = attn.to_out[1](hidden)
-        if input_ndim == 4:
-            hidden = hidden.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            hidden = hidden + residual
-        return hidden / attn.rescale_output_factor
+        return attn2_output(attn, attn.to_out[1](hidden), residual, shape)
 
     def _base(self, x: Tensor, enc: Tensor, heads: int, scale: float, what: str) -> Tensor:
         """The layer's original attention maps or output on the same input."""
@@ -156,6 +144,32 @@ class ResteerProcessor:
             base["to_out"].to(x.dtype),
             None if bias is None else bias.to(x.dtype),
         )
+
+
+def attn2_inputs(attn, hidden: Tensor, enc: Tensor, temb: Tensor | None):
+    """What diffusers' AttnProcessor does before the projections: norms and the 4-D reshape.
+    Returns (hidden (B, HW, C), text states, original 4-D shape or None)."""
+    if attn.spatial_norm is not None:
+        hidden = attn.spatial_norm(hidden, temb)
+    shape = None
+    if hidden.ndim == 4:
+        shape = hidden.shape
+        b, c, h, w = shape
+        hidden = hidden.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden = attn.group_norm(hidden.transpose(1, 2)).transpose(1, 2)
+    if attn.norm_cross:
+        enc = attn.norm_encoder_hidden_states(enc)
+    return hidden, enc, shape
+
+
+def attn2_output(attn, hidden: Tensor, residual: Tensor, shape) -> Tensor:
+    """What diffusers' AttnProcessor does after the output projection."""
+    if shape is not None:
+        hidden = hidden.transpose(-1, -2).reshape(shape)
+    if attn.residual_connection:
+        hidden = hidden + residual
+    return hidden / attn.rescale_output_factor
 
 
 def _mass_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float):
