@@ -8,9 +8,7 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from fmn_desktop.toyworld import weights_available  # noqa: E402
-
-EMBEDDED = weights_available()
+from ui_helpers import EMBEDDED  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import EMBEDDED
-from ui_helpers import forget_patch, same_weights, wait_idle, weights_copy
+from ui_helpers import EMBEDDED, forget_patch, same_weights, wait_idle, weights_copy
 
 from fmn_desktop.patch import load_patch
 

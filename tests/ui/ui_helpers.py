@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from fmn_desktop.toyworld import weights_available
+
+# The embedded model when its weights are installed, else a tiny pipeline (see conftest.py).
+EMBEDDED = weights_available()
+
 
 def wait_idle(qtbot, session, timeout: int = 60000) -> None:
     qtbot.waitUntil(lambda: not session.busy, timeout=timeout)
