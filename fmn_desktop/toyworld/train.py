@@ -572,7 +572,7 @@ def prompt_following(pipe, judge: Judge, prompts: list[str], seeds: int = 16, st
                      guidance: float = 5.0, log_fn=print) -> dict:
     """Judge agreement with each prompt's stated attributes over `seeds` seeds per prompt."""
     hits: dict[str, list[int]] = {h: [] for h in HEADS}
-    per_prompt = {}
+    per_prompt, hist = {}, {}
     for p in prompts:
         exp = expected_labels(p)
         gens = [torch.Generator().manual_seed(s) for s in range(seeds)]
@@ -586,10 +586,12 @@ def prompt_following(pipe, judge: Judge, prompts: list[str], seeds: int = 16, st
             hits[h] += ok
             row[h] = float(np.mean(ok))
         per_prompt[p] = row
+        hist[p] = {h: {k: got[h].count(k) for k in sorted(set(got[h]))} for h in HEADS}
         log_fn(f"eval {p!r}: {row}")
     summary = {h: (float(np.mean(v)) if v else None) for h, v in hits.items()}
-    return {"per_attribute": summary, "per_prompt": per_prompt, "seeds": seeds,
-            "steps": steps, "guidance": guidance}
+    counts = {h: len(v) for h, v in hits.items()}
+    return {"per_attribute": summary, "images_per_attribute": counts, "per_prompt": per_prompt,
+            "judged_labels": hist, "seeds": seeds, "steps": steps, "guidance": guidance}
 
 
 def stage_eval(out: Path, cfg: dict, pipeline_dir: Path | None = None, tag: str = "") -> dict:
@@ -643,20 +645,31 @@ def stage_grid(out: Path, cfg: dict, seeds: int = 8) -> Path:
     return path
 
 
-def stage_package(out: Path, dest: Path | None = None) -> Path:
-    """Copy the exported pipeline (+ judge, metrics, latest eval) into the package."""
+def stage_package(out: Path, src: Path | None = None, dest: Path | None = None) -> Path:
+    """Copy an exported pipeline (+ judge, metrics, latest eval) into the package."""
     dest = dest or Path(__file__).resolve().parent / "weights"
-    src = out / "pipeline"
+    src = src or out / "pipeline"
     if not (src / "model_index.json").exists():
         raise SystemExit(f"no exported pipeline at {src}: run the unet stage first")
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(src, dest)
+    # Size: the text encoder (49,408-row embedding) is stored in fp16 (it loads as fp32; the
+    # rounding moves embeddings by ~1e-3 relative), and the tokenizer folder holds the CLIP
+    # vocab/merges files already shipped with the package instead of a 3.6 MB tokenizer.json.
+    from safetensors.torch import load_file, save_file
+
+    te_file = dest / "text_encoder" / "model.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(te_file).items()},
+              str(te_file), metadata={"format": "pt"})
+    shutil.rmtree(dest / "tokenizer")
+    shutil.copytree(TOKENIZER_DIR, dest / "tokenizer")
     for name in ("judge.safetensors", "judge.json", "metrics.json"):
         if (out / name).exists():
             shutil.copy(out / name, dest / name)
-    evals = sorted(out.glob("eval_*.json"), key=lambda p: p.stat().st_mtime)
-    if evals:
-        shutil.copy(evals[-1], dest / "eval.json")
+    evals = [p for p in out.glob("eval_*.json")
+             if json.loads(p.read_text()).get("pipeline") == str(src)]
+    if evals:  # the evaluation of exactly these weights
+        shutil.copy(max(evals, key=lambda p: p.stat().st_mtime), dest / "eval.json")
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     log(out, f"package: {src} -> {dest} ({size / 2**20:.1f} MiB)")
     return dest
@@ -675,7 +688,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default="", help="JSON overrides of DEFAULTS")
-    ap.add_argument("--pipeline", default="", help="eval: pipeline folder (default OUT/pipeline)")
+    ap.add_argument("--pipeline", default="",
+                    help="eval/package: pipeline folder (default OUT/pipeline)")
     ap.add_argument("--tag", default="", help="eval: name of the result file eval_TAG.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -703,7 +717,7 @@ def main(argv: list[str] | None = None) -> None:
         elif s == "eval":
             stage_eval(out, cfg, Path(args.pipeline) if args.pipeline else None, args.tag)
         elif s == "package":
-            stage_package(out)
+            stage_package(out, Path(args.pipeline) if args.pipeline else None)
         elif s == "grid":
             stage_grid(out, cfg)
         else:

@@ -18,6 +18,11 @@ needs_weights = pytest.mark.skipif(not weights_available(), reason="no packaged 
 needs_judge = pytest.mark.skipif(not JUDGE_PATH.exists(), reason="no packaged judge")
 
 
+@pytest.fixture(scope="module")
+def shipped():
+    return load_default_pipeline(), load_judge()
+
+
 def test_missing_weights_raise_clear_error(tmp_path):
     with pytest.raises(WeightsMissingError, match="no embedded model weights"):
         load_default_pipeline(path=tmp_path)
@@ -51,3 +56,20 @@ def test_shipped_judge_reads_world_images():
     pil = [__import__("PIL.Image").Image.fromarray(im) for im in images[:4]]
     p2 = load_judge().predict(pil)
     assert np.allclose(p2["object"].numpy(), probs["object"][:4].numpy(), atol=1e-5)
+
+
+@needs_weights
+@needs_judge
+@pytest.mark.parametrize("prompt, head, want", [
+    ("a photo of a blue square", "object", "square"),
+    ("a photo of a blue square", "colour", "blue"),
+    ("a photo of Zorbu", "identity", "Zorbu"),
+    ("a photo of a toxic cross", "unsafe", "yes"),
+])
+def test_judge_agrees_with_generated_images(shipped, prompt, head, want):
+    pipe, judge = shipped
+    gens = [torch.Generator().manual_seed(s) for s in range(4)]
+    imgs = pipe([prompt] * 4, num_inference_steps=20, guidance_scale=5.0, generator=gens,
+                output_type="pt").images
+    got = judge.labels(imgs)[head]
+    assert sum(g == want for g in got) >= 3, got
