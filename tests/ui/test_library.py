@@ -3,6 +3,7 @@ delete."""
 
 from __future__ import annotations
 
+import pytest
 from ui_helpers import forget_patch, wait_idle
 
 from fmn_desktop.patch import load_patch, save_patch
@@ -111,3 +112,30 @@ def test_patch_for_another_model_refused(qtbot, app, concept, fast_forget, tmp_p
     wait_idle(qtbot, app.session)
     assert "base" in b.args[1]
     assert app.library.preview is None
+
+
+def _header_low_byte(path) -> int:
+    return path.read_bytes()[0]
+
+
+@pytest.mark.xfail(
+    reason="registry/header.py takes a safetensors file whose header length ends in byte 0x80 "
+    "for a pickle (checks data[:1] == b'\\x80' before parsing); 1 file in 256 is refused",
+    strict=False,
+)
+def test_any_header_length_registers(qtbot, app, concept, fast_forget, tmp_path):
+    app.forget.save_copy = str(tmp_path / "p.safetensors")
+    done = forget_patch(qtbot, app, concept, fast_forget, steps=2)
+    patch = load_patch(done.path)
+    out = tmp_path / "odd.safetensors"
+    pad = 1
+    for _ in range(6):  # pad the metadata until the header length's low byte is 0x80
+        patch.meta.extra["pad"] = "x" * pad
+        save_patch(patch, out)
+        low = _header_low_byte(out)
+        if low == 0x80:
+            break
+        pad += (0x80 - low) % 256
+    assert _header_low_byte(out) == 0x80
+    rec = app.session.registry().add_patch(out)
+    assert rec.concepts == [concept]
