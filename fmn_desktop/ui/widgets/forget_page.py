@@ -129,6 +129,7 @@ class ForgetPage(QWidget):
         rl = QVBoxLayout(right)
         rl.addWidget(section_label("3 · Progress"))
         self.phase = QLabel()
+        self.phase.setWordWrap(True)
         rl.addWidget(self.phase)
         self.bar = QProgressBar()
         self.bar.setFormat("%v / %m steps")
