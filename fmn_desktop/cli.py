@@ -52,6 +52,13 @@ def _model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     )
 
 
+def fc(name: str):
+    """A ForgetConfig field's default: the CLI shows and uses the library's own defaults."""
+    from fmn_desktop.resteer import ForgetConfig
+
+    return ForgetConfig.__dataclass_fields__[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fmn_desktop.resteer import POSITION_MODES
     from fmn_desktop.resteer.templates import KINDS
@@ -102,10 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-references",
         type=int,
-        default=8,
-        help="images to generate when no folder is given (default: 8)",
+        default=fc("num_references"),
+        help="images to generate when no folder is given (default: %(default)s)",
     )
-    p.add_argument("--steps", type=int, default=35, help="optimisation steps (default: 35)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=fc("steps"),
+        help="optimisation steps (fast mode: per layer) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["faithful", "fast"],
+        default=fc("mode"),
+        help="faithful: through the whole UNet, as the paper; fast: each layer's K on cached "
+        "queries, no UNet backward (default: %(default)s)",
+    )
     p.add_argument(
         "--lr",
         type=float,
@@ -115,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trainable",
         choices=["kv", "attn2", "unet"],
-        default="kv",
-        help="what changes: attn2 K/V (default), all of attn2, or the whole UNet",
+        default=fc("trainable"),
+        help="what changes: attn2 K/V, all of attn2, or the whole UNet (default: %(default)s)",
     )
     p.add_argument(
         "--lora-rank",
@@ -127,27 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--positions",
         choices=POSITION_MODES,
-        default="concept+following+eot",
-        help="token positions re-steered (default: concept+following+eot)",
+        default=fc("positions"),
+        help="token positions re-steered; 'following' is every position after the concept, "
+        "which a causal text encoder fills with it (default: %(default)s)",
     )
     p.add_argument(
         "--preserve",
         choices=["output", "maps"],
-        default="output",
-        help="what the preservation term holds for other prompts (default: output)",
+        default=fc("preserve"),
+        help="what the preservation term holds for other prompts (default: %(default)s)",
     )
     p.add_argument(
         "--retain-weight",
         type=float,
-        default=1.0,
-        help="weight of the preservation term; 0 turns it off (default: 1)",
+        default=fc("retain_weight"),
+        help="weight of the preservation term; 0 turns it off (default: %(default)s)",
     )
     p.add_argument(
         "--retain-prompt",
         action="append",
         help="prompt to hold in place (repeatable; default: a built-in set)",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="samples per step (default: 4)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=fc("batch_size"),
+        help="samples per step (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--format",
@@ -306,6 +331,7 @@ def cmd_forget(args) -> int:
         retain_weight=args.retain_weight,
         retain_prompts=args.retain_prompt,
         batch_size=args.batch_size,
+        mode=args.mode,
         num_references=args.num_references,
         reference_dir=args.references,
         seed=args.seed,

@@ -68,8 +68,8 @@ class ForgetConfig:
     protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
     mode: str = "faithful"  # "fast": per-layer K optimisation on cached queries (see fast.py)
     retain_prompts: list[str] | None = None
-    batch_size: int = 4
-    num_references: int = 8
+    batch_size: int = 8
+    num_references: int = 16
     reference_dir: str | None = None
     reference_steps: int = 20
     guidance_scale: float = 5.0
