@@ -32,6 +32,7 @@ def test_concept_attention_mass_falls_90_percent_others_less():
         positions="concept+eot",
         num_references=4,
         reference_steps=2,
+        batch_size=4,
     )
     patch = forget(pipe, config).patch
     with PatchedUNet(pipe.unet, [(patch, 1.0)]):
