@@ -259,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=8, help="seeds per evaluation prompt (default: 8)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per forget")
     p.add_argument("--only", action="append", help="run only these items (repeatable)")
+    p.add_argument(
+        "--sampler-steps",
+        type=int,
+        default=20,
+        help="sampling steps of the evaluation images (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="a toy-world pipeline folder (e.g. a training checkpoint); default: embedded",
+    )
+    p.add_argument("--judge", default=None, help="judge weights for --model (default: shipped)")
     add_registry_commands(sub)
 
     p = sub.add_parser(
@@ -462,8 +474,9 @@ def cmd_bench(args) -> int:
         items = [i for i in items if i.name in args.only or i.category in args.only]
         if not items:
             raise UsageError("--only matched no item; items are concept names or categories")
-    model = open_model("default")
-    settings = EvalSettings(seeds=args.seeds)
+    model = open_model(args.model)
+    model.family = "toy"
+    settings = EvalSettings(seeds=args.seeds, steps=args.sampler_steps)
 
     def make_config(item):
         config = demo_config(CONCEPTS[item.concepts[0]], args.steps)
@@ -473,7 +486,7 @@ def cmd_bench(args) -> int:
 
     rows = run_bench(
         model.pipe,
-        load_judge(),
+        load_judge(args.judge),
         make_config,
         model.fingerprint or "",
         items,
