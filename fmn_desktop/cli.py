@@ -521,6 +521,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "inspect": cmd_inspect,
     "demo": cmd_demo,
+    "bench": cmd_bench,
 }
 COMMANDS["gui"] = lambda args: gui_main(threads=args.threads)
 COMMANDS.update(REGISTRY_COMMANDS)  # fmn patches ..., fmn stack ...
