@@ -242,3 +242,13 @@ def test_truncated_patch_and_wrong_base(model_dir, patch_file, tmp_path, capsys)
         ["apply", str(other), str(patch_file), "--force", "--out", str(tmp_path / "m3")], capsys
     )
     assert code == 0
+
+
+def test_every_subcommand_has_a_handler():
+    from fmn_desktop.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+    for name in ("forget", "apply", "generate", "inspect", "demo", "bench"):
+        assert name in COMMANDS
