@@ -57,12 +57,20 @@ def toy_concept(model, concepts: Sequence[str]):
 
 
 def evaluate_patch(
-    model, patch, concept, seeds: int = 2, steps: int = 20, should_cancel=None, other_seeds: int = 1
+    model,
+    patch,
+    concept,
+    seeds: int = 2,
+    steps: int = 20,
+    should_cancel=None,
+    other_seeds: int = 1,
+    others_limit: int | None = None,
 ):
     """M-Score of `concept` and retention of the others, before and after `patch` (toy model).
 
     Same measures and split as `fmn demo`: `seeds` per prompt of the concept, `other_seeds`
-    per prompt of every other concept; returns the dict stored as patch scores.
+    per prompt of every other concept (or the first `others_limit`); returns the dict stored
+    as patch scores.
     """
     from fmn_desktop.errors import CancelledError
     from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
@@ -70,7 +78,7 @@ def evaluate_patch(
     from fmn_desktop.toyworld import CONCEPTS, load_judge
 
     judge = load_judge()
-    others = [c for c in CONCEPTS.values() if c.name != concept.name]
+    others = [c for c in CONCEPTS.values() if c.name != concept.name][:others_limit]
 
     def check(done, total):
         if should_cancel and should_cancel():
@@ -121,6 +129,7 @@ class ForgetRequest:
     evaluate: bool = True
     eval_seeds: int = 2
     eval_steps: int = 20
+    eval_others: int | None = None  # retention over the first N other concepts (None: all)
     registry_root: str | None = None  # None: keep the file only
     out: str | None = None  # None: a temporary file (registered, then removed)
     tags: list[str] = field(default_factory=list)
@@ -161,7 +170,13 @@ def forget_job(ctx, model, req: ForgetRequest):
         if concept is not None:
             yield Phase("evaluate", f"measuring M-Score and retention ({concept.name})")
             scores = evaluate_patch(
-                model, outcome.patch, concept, req.eval_seeds, req.eval_steps, ctx.should_cancel
+                model,
+                outcome.patch,
+                concept,
+                req.eval_seeds,
+                req.eval_steps,
+                ctx.should_cancel,
+                others_limit=req.eval_others,
             )
             outcome.patch.meta.scores = scores
             save_patch(outcome.patch, out)

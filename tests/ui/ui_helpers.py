@@ -22,6 +22,7 @@ def forget_patch(qtbot, app, concept: str, fast: dict, steps: int = 3, evaluate:
     f.steps = steps
     f.evaluate = evaluate
     f.eval_steps = 3
+    f.eval_others = 4
     app.settings.eval_seeds = 1
     f.extra = dict(fast)
     with qtbot.waitSignal(f.finished, timeout=120000) as blocker:

@@ -67,6 +67,7 @@ class ForgetModel(QObject):
         # Extra ForgetConfig fields (tests and power users); the wizard shows the common ones.
         self.extra: dict = {}
         self.eval_steps = 20  # sampler steps of the evaluation images
+        self.eval_others: int | None = None  # retention over all other concepts
 
     def suggestions(self) -> list[str]:
         """Concept names the loaded model is known to draw (the embedded model's world)."""
@@ -120,6 +121,7 @@ class ForgetModel(QObject):
             evaluate=self.evaluate,
             eval_seeds=self.session.settings.eval_seeds,
             eval_steps=self.eval_steps,
+            eval_others=self.eval_others,
             registry_root=self.session.settings.data_folder,
             out=self.save_copy or None,
         )
