@@ -104,25 +104,6 @@ def evaluate_patch(
     }
 
 
-def register_file(reg, path: Path, **kw):
-    """`reg.add_patch(path)`, re-saving our own fresh file once if the registry refuses it as
-    a pickle: its check reads a safetensors header length whose low byte is 0x80 as pickle's
-    magic (1 file in 256; a one-byte metadata pad moves the length)."""
-    from fmn_desktop.registry import RegistryError
-
-    try:
-        return reg.add_patch(path, **kw)
-    except RegistryError as exc:
-        if "pickled" not in str(exc) or path.read_bytes()[:1] != b"\x80":
-            raise
-    from fmn_desktop.patch import load_patch, save_patch
-
-    patch = load_patch(path)
-    patch.meta.extra["header_pad"] = "-"
-    save_patch(patch, path, "lora" if patch.is_lora else "diff")
-    return reg.add_patch(path, **kw)
-
-
 @dataclass
 class ForgetRequest:
     config: Any  # ForgetConfig
@@ -193,7 +174,7 @@ def forget_job(ctx, model, req: ForgetRequest):
                         path=str(model.source),
                         family=model.family,
                     )
-                record = register_file(reg, Path(out), tags=req.tags, source="desktop app")
+                record = reg.add_patch(Path(out), tags=req.tags, source="desktop app")
                 for key, metric in (("mscore_after", "mscore"), ("retention_after", "retention")):
                     if key in scores:
                         e = scores[key]
@@ -368,7 +349,7 @@ def export_stack_job(
         from fmn_desktop.registry import open_registry
 
         with open_registry(registry_root) as reg:
-            register_file(reg, Path(out), tags=["stack"] + ([name] if name else []), source=str(out))
+            reg.add_patch(Path(out), tags=["stack"] + ([name] if name else []), source=str(out))
     return result
 
 
