@@ -62,7 +62,7 @@ class ForgetConfig:
     lora_rank: int | None = None  # None: dense deltas
     positions: str = "concept+following+eot"
     layer_weighting: str = "pixels"
-    retain_weight: float = 1.0  # 0 disables the preservation term
+    retain_weight: float = 3.0  # 0 disables the preservation term (3: measured, METHOD_NOTES)
     term: str = "squares"  # "squares": sum of P^2 per column (paper); "mass": (sum P)^2 per row
     preserve: str = "output"  # hold other prompts' attn2 "output" or attention "maps"
     protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
