@@ -18,7 +18,6 @@ from fmn_desktop.evaluate.scores import (
     Estimate,
     EvalSettings,
     generate_eval_set,
-    mean_ci,
     mscore,
     retention,
 )
@@ -60,14 +59,7 @@ def default_items() -> list[BenchItem]:
 def _mscore_of(images, names: Sequence[str]) -> Estimate:
     from fmn_desktop.toyworld import CONCEPTS
 
-    if len(names) == 1:
-        return mscore(images, CONCEPTS[names[0]])
-    # Several words for one attribute: pool their images.
-    values = []
-    for n in names:
-        est = mscore(images, CONCEPTS[n])
-        values += [est.mean] * est.n
-    return mean_ci(values) if values else Estimate(float("nan"), float("nan"), float("nan"), 0)
+    return mscore(images, [CONCEPTS[n] for n in names])
 
 
 def run_bench(

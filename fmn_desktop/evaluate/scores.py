@@ -120,18 +120,21 @@ def generate_eval_set(
     return out
 
 
-def mscore(images: Sequence[EvalImage], concept) -> Estimate:
-    """M-Score of `concept` (see module docstring) from a generated evaluation set."""
+def presence(images: Sequence[EvalImage], concept) -> list[float]:
+    """Per image from `concept`'s prompts: the judge's probability that the concept is there."""
     from fmn_desktop.toyworld import HEADS
 
     labels = HEADS[concept.attribute]
     idx = [labels.index(lab) for lab in concept.accepted]
-    values = [
-        float(img.probs[concept.attribute][idx].sum())
-        for img in images
-        if img.concept == concept.name
-    ]
-    return mean_ci(values)
+    return [float(img.probs[concept.attribute][idx].sum()) for img in images
+            if img.concept == concept.name]
+
+
+def mscore(images: Sequence[EvalImage], concepts) -> Estimate:
+    """M-Score (see module docstring) of a concept, or pooled over several (e.g. the unsafe
+    attribute's words), from a generated evaluation set."""
+    group = concepts if isinstance(concepts, (list, tuple)) else [concepts]
+    return mean_ci([v for c in group for v in presence(images, c)])
 
 
 def prompt_checks(img: EvalImage) -> list[bool]:
