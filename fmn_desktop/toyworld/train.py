@@ -666,6 +666,11 @@ def stage_package(out: Path, src: Path | None = None, dest: Path | None = None) 
     for name in ("judge.safetensors", "judge.json", "metrics.json"):
         if (out / name).exists():
             shutil.copy(out / name, dest / name)
+    if (src / "train_state.json").exists() and (dest / "metrics.json").exists():
+        # training may have gone on since `src` was exported: state the shipped UNet's figures
+        metrics = json.loads((dest / "metrics.json").read_text())
+        metrics.update(json.loads((src / "train_state.json").read_text()))
+        (dest / "metrics.json").write_text(json.dumps(metrics, indent=1))
     evals = [p for p in out.glob("eval_*.json")
              if json.loads(p.read_text()).get("pipeline") == str(src)]
     if evals:  # the evaluation of exactly these weights
