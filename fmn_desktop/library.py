@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmn_desktop.errors import FmnError
-from fmn_desktop.patch.format import atomic_write_bytes, load_patch, save_patch, unet_module_names
+from fmn_desktop.fileio import atomic_write_bytes
+from fmn_desktop.patch.format import load_patch, save_patch, unet_module_names
 from fmn_desktop.patch.stack import (
     ComposeSettings,
     Conflict,

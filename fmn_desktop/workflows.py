@@ -229,7 +229,7 @@ def side_by_side(left: Image.Image, right: Image.Image, gap: int = 12) -> Image.
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     import io
 
-    from fmn_desktop.patch.format import atomic_write_bytes
+    from fmn_desktop.fileio import atomic_write_bytes
 
     buf = io.BytesIO()
     image.save(buf, format="PNG")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
+from fmn_desktop.fileio import atomic_write_bytes
 
 FORMAT_VERSION = "1"
 LORA_PREFIX = "lora_unet_"
@@ -235,21 +235,6 @@ def save_patch(patch: Patch, path: str | os.PathLike, fmt: str | None = None) ->
     metadata = patch.meta.to_metadata(fmt, rank, alpha)
     atomic_write_bytes(path, save(tensors, metadata=metadata))
     return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

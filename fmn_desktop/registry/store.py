@@ -7,10 +7,10 @@ store holds whole files only; the name is the hash of the bytes, so a file is ne
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from fmn_desktop.fileio import atomic_write_bytes
 
 SUFFIX = ".safetensors"
 
@@ -25,17 +25,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PatchStore:
@@ -56,18 +45,7 @@ class PatchStore:
         final = self.path(sha)
         if final.is_file() and final.stat().st_size == len(data):
             return sha, False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sha[:16]}.", suffix=".tmp", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(final.parent)
+        atomic_write_bytes(final, data, tmp_prefix=f".{sha[:16]}.")
         return sha, True
 
     def read(self, sha: str) -> bytes:
