@@ -258,12 +258,8 @@ def _open(path: str | os.PathLike):
         raise PatchFormatError(f"{path.name} is not a readable safetensors file ({exc})") from exc
 
 
-def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -> Patch:
-    """Read a patch file (ours, kohya LoRA or `.diff`).
-
-    `module_names` (the UNet's module paths, see `unet_module_names`) resolves kohya keys to
-    parameter names; without it names are resolved only if the file carries ours.
-    """
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file, with clear errors."""
     with _open(path) as fh:
         meta = dict(fh.metadata() or {})
         try:
@@ -274,6 +270,16 @@ def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -
             ) from exc
     if not raw:
         raise PatchFormatError(f"{Path(path).name} holds no tensors")
+    return raw, meta
+
+
+def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -> Patch:
+    """Read a patch file (ours, kohya LoRA or `.diff`).
+
+    `module_names` (the UNet's module paths, see `unet_module_names`) resolves kohya keys to
+    parameter names; without it names are resolved only if the file carries ours.
+    """
+    raw, meta = read_tensors(path)
     lookup = {LORA_PREFIX + m.replace(".", "_"): m for m in (module_names or [])}
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in raw.items():

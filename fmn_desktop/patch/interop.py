@@ -27,11 +27,18 @@ import torch
 
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
 from fmn_desktop.patch.apply import check_compatible
-from fmn_desktop.patch.format import LORA_PREFIX, Delta, Patch, PatchMeta, _open
+from fmn_desktop.patch.format import LORA_PREFIX, Delta, Patch, PatchMeta, read_tensors
 
 LDM_UNET_PREFIX = "model.diffusion_model."
-TEXT_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "text_encoder.", "text_encoder_2.",
-                 "cond_stage_model.", "conditioner.")
+TEXT_PREFIXES = (
+    "lora_te_",
+    "lora_te1_",
+    "lora_te2_",
+    "text_encoder.",
+    "text_encoder_2.",
+    "cond_stage_model.",
+    "conditioner.",
+)
 OTHER_LDM_PREFIXES = ("first_stage_model.", "cond_stage_model.", "conditioner.")
 LORA_PARTS = {"lora_down.weight", "lora_up.weight", "alpha", "diff", "diff_b"}
 
@@ -47,23 +54,6 @@ class ImportedPatch:
 def _listing(keys: list[str], n: int = 4) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file, with clear errors."""
-    from safetensors import SafetensorError
-
-    with _open(path) as fh:
-        meta = dict(fh.metadata() or {})
-        try:
-            raw = {k: fh.get_tensor(k) for k in fh.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PatchFormatError(
-                f"{Path(path).name}: truncated or corrupt tensor data ({exc})"
-            ) from exc
-    if not raw:
-        raise PatchFormatError(f"{Path(path).name} holds no tensors")
-    return raw, meta
 
 
 def ldm_module_map(unet: torch.nn.Module) -> dict[str, str]:
@@ -87,7 +77,9 @@ def detect_format(keys: list[str], metadata: dict[str, str]) -> str:
     if any(k.startswith(LORA_PREFIX) for k in keys):
         if "fmn.format_version" in metadata:
             return "fmn"
-        ldm_heads = tuple(LORA_PREFIX + b for b in ("input_blocks", "middle_block", "output_blocks"))
+        ldm_heads = tuple(
+            LORA_PREFIX + b for b in ("input_blocks", "middle_block", "output_blocks")
+        )
         ldm = [k for k in keys if k.startswith(ldm_heads)]
         return "kohya-ldm" if ldm else "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in keys):
@@ -141,7 +133,8 @@ def _group_kohya(
                 raise PatchFormatError(f"{name}: {module_key}: lora_down and lora_up come in pairs")
             alpha = parts.get("alpha")
             deltas[f"{module}.weight"] = Delta(
-                up=parts["lora_up.weight"], down=parts["lora_down.weight"],
+                up=parts["lora_up.weight"],
+                down=parts["lora_down.weight"],
                 alpha=float(alpha) if alpha is not None else None,
             )
         if "diff" in parts:
@@ -178,7 +171,8 @@ def _group_peft(raw: dict[str, torch.Tensor], modules: set[str], name: str) -> d
             raise PatchFormatError(f"{name}: {module}: lora_A and lora_B come in pairs")
         alpha = parts.get("alpha")
         deltas[f"{module}.weight"] = Delta(
-            up=parts["lora_B"], down=parts["lora_A"],
+            up=parts["lora_B"],
+            down=parts["lora_A"],
             alpha=float(alpha) if alpha is not None else None,
         )
     return deltas
@@ -245,8 +239,10 @@ def _check_unchanged_others(raw, keys: list[str], pipe, name: str) -> None:
             f"model ({exc}); keep only the UNet tensors"
         ) from exc
     changed = [
-        k for k in keys
-        if k not in base or tuple(base[k].shape) != tuple(raw[k].shape)
+        k
+        for k in keys
+        if k not in base
+        or tuple(base[k].shape) != tuple(raw[k].shape)
         or not torch.equal(base[k].detach().cpu().to(raw[k].dtype), raw[k])
     ]
     if changed:
@@ -325,7 +321,10 @@ def import_patch(
         )
         notes.append("concept embeddings computed from the concept names")
     return ImportedPatch(
-        patch, fmt, notes, original_bytes_ok=(
+        patch,
+        fmt,
+        notes,
+        original_bytes_ok=(
             fmt == "fmn" and not concepts and not kind and not computed and not notes
-        )
+        ),
     )
