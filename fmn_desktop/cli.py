@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from fmn_desktop.correct.commands import CORRECT_COMMANDS, add_correct_commands
 from fmn_desktop.errors import FmnError
 from fmn_desktop.registry_cli import REGISTRY_COMMANDS, add_registry_commands
 
@@ -57,6 +58,63 @@ def fc(name: str):
     from fmn_desktop.resteer import ForgetConfig
 
     return ForgetConfig.__dataclass_fields__[name].default
+
+
+def _inversion_args(p: argparse.ArgumentParser, steps_flag: str, lr_flag: str) -> None:
+    from fmn_desktop.inversion import InversionConfig
+
+    d = InversionConfig.__dataclass_fields__
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of images of it")
+    p.add_argument(
+        "--token",
+        default="<subject>",
+        help="the new token, one word, e.g. '<zorbu>' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--vectors",
+        type=int,
+        default=d["num_vectors"].default,
+        help="embedding vectors of the token (default: %(default)s)",
+    )
+    p.add_argument(
+        steps_flag,
+        dest="inversion_steps",
+        type=int,
+        default=d["steps"].default,
+        help="inversion steps (default: %(default)s)",
+    )
+    p.add_argument(
+        lr_flag,
+        dest="inversion_lr",
+        type=float,
+        default=d["lr"].default,
+        help="inversion learning rate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--inversion-batch",
+        type=int,
+        default=d["batch_size"].default,
+        help="images per inversion step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--init-word",
+        default=None,
+        help="start the vectors at this word's embedding (default: random)",
+    )
+
+
+def _inversion_config(args):
+    from fmn_desktop.inversion import InversionConfig
+
+    return InversionConfig(
+        placeholder=args.token,
+        num_vectors=args.vectors,
+        steps=args.inversion_steps,
+        lr=args.inversion_lr,
+        batch_size=args.inversion_batch,
+        init_word=args.init_word,
+        seed=args.seed,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         "which a causal text encoder fills with it (default: %(default)s)",
     )
     p.add_argument(
+        "--term",
+        choices=["squares", "mass", "logmass"],
+        default=fc("term"),
+        help="re-steering term: the paper's sum of squared probabilities on the marked "
+        "columns, or per pixel the marked mass squared / -log(1 - mass) (default: %(default)s)",
+    )
+    p.add_argument(
         "--preserve",
         choices=["output", "maps"],
         default=fc("preserve"),
@@ -187,6 +252,97 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA rank when writing dense deltas (default: smallest within 1%% error)",
     )
     p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+
+    p = sub.add_parser(
+        "invert",
+        help="learn tokens for a subject from a folder of images (textual inversion)",
+        description="Learn new token vectors that make the model draw the subject of a "
+        "folder of images (only the new embedding rows change), and write them as a "
+        "safetensors embedding that diffusers' load_textual_inversion and A1111 read.",
+        epilog="example: fmn invert --images photos/ --token '<zorbu>' --out zorbu.safetensors",
+    )
+    _model_args(p)
+    _inversion_args(p, steps_flag="--steps", lr_flag="--lr")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="embedding file to write (.safetensors)")
+
+    p = sub.add_parser(
+        "forget-photos",
+        help="forget an identity known from photos: learn tokens, find its names, forget",
+        description="Textual inversion on the photos, then the names and preservation "
+        "prompts the model reads as the same subject (scored on the photos by the model "
+        "itself), then re-steering of the learned tokens and of those names with the photos "
+        "as reference images. Writes the patch and the learned tokens.",
+        epilog="example: fmn forget-photos --images photos/ --token '<zorbu>' "
+        "--out forget-zorbu.safetensors",
+    )
+    _model_args(p)
+    _inversion_args(p, steps_flag="--inversion-steps", lr_flag="--inversion-lr")
+    p.add_argument(
+        "--tokens",
+        metavar="EMB",
+        help="use tokens learned before (an embedding file) instead of learning them",
+    )
+    p.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="a name of the subject to forget as well (repeatable)",
+    )
+    p.add_argument(
+        "--no-discover",
+        action="store_true",
+        help="skip finding the names and preservation prompts that draw the subject",
+    )
+    p.add_argument(
+        "--search-vocabulary",
+        action="store_true",
+        help="also search the tokenizer's vocabulary for names (slow; finds odd strings)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="share of the learned tokens' effect on the photos at which a prompt counts as "
+        "the subject (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=fc("steps"),
+        help="re-steering steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="re-steering learning rate (default: as forget)"
+    )
+    p.add_argument(
+        "--trainable",
+        choices=["kv", "attn2", "unet"],
+        default=fc("trainable"),
+        help="what changes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--retain-weight",
+        type=float,
+        default=fc("retain_weight"),
+        help="weight of the preservation term (default: %(default)s)",
+    )
+    p.add_argument(
+        "--retain-prompt",
+        action="append",
+        help="prompt to hold in place (repeatable; default: the model's world for the "
+        "embedded model, else a built-in set); screened like the default",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--format", choices=["lora", "diff"], default="lora", help="patch layout (default: lora)"
+    )
+    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    p.add_argument(
+        "--embedding-out",
+        default=None,
+        help="where the learned tokens go (default: OUT's stem + .tokens.safetensors)",
+    )
 
     p = sub.add_parser(
         "apply",
@@ -260,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per forget")
     p.add_argument("--only", action="append", help="run only these items (repeatable)")
     p.add_argument(
+        "--mode",
+        choices=("faithful", "fast"),
+        default=fc("mode"),
+        help="forget mode of every item (default: %(default)s)",
+    )
+    p.add_argument(
         "--sampler-steps",
         type=int,
         default=20,
@@ -271,7 +433,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="a toy-world pipeline folder (e.g. a training checkpoint); default: embedded",
     )
     p.add_argument("--judge", default=None, help="judge weights for --model (default: shipped)")
+
+    p = sub.add_parser(
+        "attack",
+        help="search for prompts that bring a forgotten concept back: attack success rate",
+        description="Search, per evaluation prompt and seed, for a prompt whose image the "
+        "judge reads as the concept (misspellings, embedding neighbours, white-box K/V "
+        "matching, word edits), before and after the patches; print the no-attack rate and "
+        "the attack success rate (ASR) with 95% Wilson intervals, write attack.json and "
+        "attack.png. Scoring needs the toy world's judge (see docs/ATTACK.md).",
+        epilog="example: fmn attack --patch forget-Zorbu.safetensors --concept Zorbu "
+        "--budget 64 --seeds 2",
+    )
+    _model_args(p)
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="patch to attack (repeatable; strength default 1.0); with --record and no "
+        "--patch, the registry patch itself",
+    )
+    p.add_argument("--concept", required=True, help="a concept of the toy world, e.g. Zorbu")
+    p.add_argument(
+        "--budget", type=int, default=64, help="scored images per target (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seeds", type=int, default=2, help="seeds per evaluation prompt (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=1000, help="first seed (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    p.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="judge presence counted as the concept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chance",
+        type=int,
+        default=16,
+        help="random-filler prompts per target after the patches, for the chance baseline; "
+        "0 skips it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-whitebox",
+        action="store_true",
+        help="black-box only: no K/V-matching token search and no soft-prompt bound",
+    )
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="judge weights (default: the embedded model's); required for any other model, "
+        "which must be a toy-world checkpoint for the judge to mean anything",
+    )
+    p.add_argument("--out-dir", default="fmn-attack", help="where attack.json/.png go")
+    p.add_argument(
+        "--record",
+        metavar="NAME",
+        help="store asr_before, asr_after and no_attack_after with registry patch NAME",
+    )
+    p.add_argument(
+        "--registry",
+        metavar="DIR",
+        default=None,
+        help="registry folder for --record (default: $FMN_REGISTRY, else the user data folder)",
+    )
+    p.add_argument("--force", action="store_true", help="apply patches made for another base")
     add_registry_commands(sub)
+    add_correct_commands(sub, _model_args)  # fmn correct, fmn erase-broad
 
     p = sub.add_parser(
         "gui",
@@ -340,6 +571,7 @@ def cmd_forget(args) -> int:
         lora_rank=args.lora_rank,
         positions=args.positions,
         preserve=args.preserve,
+        term=args.term,
         retain_weight=args.retain_weight,
         retain_prompts=args.retain_prompt,
         batch_size=args.batch_size,
@@ -374,6 +606,128 @@ def cmd_forget(args) -> int:
     print(
         f"wrote {outcome.path} ({outcome.path.stat().st_size / 1024:.1f} KiB, "
         f"{outcome.seconds:.1f} s, final loss {outcome.final_loss:.4f}{extra})"
+    )
+    return 0
+
+
+def cmd_invert(args) -> int:
+    from tqdm import tqdm
+
+    from fmn_desktop.inversion import learn_tokens, save_embedding
+
+    config = _inversion_config(args)
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; give a file name ending in .safetensors")
+    model = _load(args)
+    bar = tqdm(total=config.steps, desc="inversion", unit="step", file=sys.stderr)
+
+    def progress(p):
+        if p.phase == "train":
+            bar.update(1)
+            bar.set_postfix(loss=f"{p.loss:.4f}")
+
+    try:
+        result = learn_tokens(model.pipe, args.images, config=config, progress=progress)
+    finally:
+        bar.close()
+    result.learned.meta["base_fingerprint"] = model.fingerprint or ""
+    save_embedding(result.learned, out)
+    learned = result.learned
+    print(
+        f"wrote {out} ({learned.placeholder}: {learned.num_vectors} vectors of width "
+        f"{learned.width}; denoising loss on fixed draws {result.loss_before:.5f} -> "
+        f"{result.loss_after:.5f}; {result.seconds:.1f} s)"
+    )
+    return 0
+
+
+def cmd_forget_photos(args) -> int:
+    from tqdm import tqdm
+
+    from fmn_desktop.resteer import ForgetConfig
+    from fmn_desktop.workflows import forget_from_photos
+
+    inversion = None if args.tokens else _inversion_config(args)
+    config = ForgetConfig(
+        concepts=[args.token],
+        kind="identity",
+        steps=args.steps,
+        lr=args.lr,
+        trainable=args.trainable,
+        retain_weight=args.retain_weight,
+        retain_prompts=args.retain_prompt,
+        seed=args.seed,
+    )
+    model = _load(args)
+    bars: dict[str, tqdm] = {}
+
+    def progress(p):
+        if p.stage == "names":
+            print(p.message, file=sys.stderr, flush=True)
+            return
+        if p.step == 0:
+            return
+        bar = bars.get(p.stage)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[p.stage] = tqdm(
+                total=p.total,
+                desc="inversion" if p.stage == "inversion" else "re-steering",
+                unit="step",
+                file=sys.stderr,
+            )
+        bar.update(1)
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+
+    try:
+        outcome = forget_from_photos(
+            model,
+            args.images,
+            args.out,
+            placeholder=args.token,
+            inversion=inversion,
+            tokens=args.tokens,
+            embedding_out=args.embedding_out,
+            names=args.name,
+            discover=not args.no_discover,
+            search_vocabulary=args.search_vocabulary,
+            threshold=args.threshold,
+            config=config,
+            fmt=args.format,
+            progress=progress,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    inv = outcome.inversion
+    if inv is not None:
+        print(
+            f"learned {inv.learned.placeholder} ({inv.learned.num_vectors} vectors, denoising "
+            f"loss {inv.loss_before:.5f} -> {inv.loss_after:.5f}, {inv.seconds:.1f} s)"
+        )
+    if outcome.discovery is not None:
+        d = outcome.discovery
+        shown = [c for c in d.names if c.accepted or c.source == "given"][:8]
+        for c in shown:
+            state = "forgotten too"
+            if not c.accepted:
+                state = "forgotten as given, though below the threshold"
+            print(f"name {c.text!r}: score {c.image_score:.2f} on the photos, {state}")
+        if d.flagged_prompts:
+            print(
+                "dropped from the preservation set: "
+                + "; ".join(f"{p!r} ({s:.2f})" for p, s in d.flagged_prompts)
+            )
+    f = outcome.forget
+    print(
+        f"re-steered {', '.join(outcome.concepts)} ({f.seconds:.1f} s, final loss "
+        f"{f.final_loss:.4f})"
+    )
+    print(
+        f"wrote {outcome.patch_path} ({outcome.patch_path.stat().st_size / 1024:.1f} KiB) "
+        f"and {outcome.embedding_path}; total {outcome.seconds:.0f} s"
     )
     return 0
 
@@ -482,6 +836,7 @@ def cmd_bench(args) -> int:
         config = demo_config(CONCEPTS[item.concepts[0]], args.steps)
         config.concepts = list(item.concepts)
         config.retain_prompts = toy_retain_prompts(item.concepts)
+        config.mode = args.mode
         return config
 
     rows = run_bench(
@@ -502,6 +857,7 @@ def cmd_bench(args) -> int:
             "eval_seeds": settings.seeds,
             "sampler_steps": settings.steps,
             "cfg": settings.guidance,
+            "mode": sample.mode,
             "forget_steps": sample.steps,
             "trainable": sample.trainable,
             "lr": sample.effective_lr(),
@@ -515,16 +871,99 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_attack(args) -> int:
+    from fmn_desktop.attack import AttackSettings, format_table, run_attack, write_report
+    from fmn_desktop.attack.candidates import prompt_words
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+    from fmn_desktop.workflows import DEFAULT_MODEL, PatchSpec, parse_patch_spec, read_patches
+
+    if args.concept not in CONCEPTS:
+        raise UsageError(
+            f"unknown concept {args.concept!r}: the judge knows the toy world's "
+            f"concepts only ({', '.join(CONCEPTS)})"
+        )
+    if args.model not in (None, "", DEFAULT_MODEL) and args.judge is None:
+        raise UsageError(
+            "scoring an attack needs a judge, and only the embedded model has one; give "
+            "--judge FILE for a toy-world checkpoint (no judge exists for other models)"
+        )
+    if args.budget < 1 or args.seeds < 1 or args.chance < 0:
+        raise UsageError("--budget and --seeds must be at least 1, --chance at least 0")
+    if not 0.0 < args.threshold < 1.0:
+        raise UsageError("--threshold must be between 0 and 1")
+    if not args.patch and not args.record:
+        raise UsageError("give --patch FILE[:STRENGTH], or --record NAME to attack a registry patch")
+    specs = [parse_patch_spec(s) for s in args.patch]
+    record = None
+    if args.record:
+        from fmn_desktop.registry import open_registry
+        from fmn_desktop.registry.store import sha256_file
+
+        with open_registry(args.registry) as reg:
+            record = reg.get_patch(args.record)
+        if not specs:
+            specs = [PatchSpec(record.path, 1.0)]
+        elif len(specs) != 1 or sha256_file(specs[0].path) != record.sha256:
+            raise UsageError(
+                f"--record {args.record}: the figures belong to one patch; give that patch "
+                f"alone (or no --patch to use the registry's copy)"
+            )
+    concept = CONCEPTS[args.concept]
+    settings = AttackSettings(
+        budget=args.budget,
+        seeds=args.seeds,
+        first_seed=args.seed,
+        steps=args.steps,
+        guidance=args.cfg,
+        threshold=args.threshold,
+        whitebox=not args.no_whitebox,
+        chance=args.chance,
+    )
+    model = _load(args)
+    judge = load_judge(args.judge)
+    patches = read_patches(model, specs)
+    info = [{"file": str(s.path), "strength": s.strength} for s in specs]
+    words = prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
+    report = run_attack(
+        model.pipe,
+        judge,
+        concept,
+        patches,
+        settings,
+        fingerprint=model.fingerprint,
+        force=args.force,
+        extra_words=words,
+        model_name=str(args.model),
+        patch_info=info,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    print(format_table(report))
+    paths = write_report(report, args.out_dir)
+    print(f"wrote {paths['json']}, {paths['png']}")
+    if record is not None:
+        from fmn_desktop.attack import record_in_registry
+        from fmn_desktop.registry import open_registry
+
+        with open_registry(args.registry) as reg:
+            rows = record_in_registry(reg, record.id, report, strength=specs[0].strength)
+        print(f"recorded {', '.join(r.metric for r in rows)} with registry patch {record.name}")
+    return 0
+
+
 COMMANDS = {
     "forget": cmd_forget,
+    "forget-photos": cmd_forget_photos,
+    "invert": cmd_invert,
     "apply": cmd_apply,
     "generate": cmd_generate,
     "inspect": cmd_inspect,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "attack": cmd_attack,
 }
 COMMANDS["gui"] = lambda args: gui_main(threads=args.threads)
 COMMANDS.update(REGISTRY_COMMANDS)  # fmn patches ..., fmn stack ...
+COMMANDS.update(CORRECT_COMMANDS)  # fmn correct, fmn erase-broad
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,19 +21,55 @@ KIND_TEMPLATES = {
     "generic": "object",
 }
 
+# Forget templates in the toy world's grammar, by concept kind. They vary the article, a
+# colour or style around the concept so the edit holds wherever the word sits in a prompt;
+# the evaluation templates (toyworld/concepts.py, e.g. "... in the style of plain") are left
+# out on purpose, so the M-Score is measured on phrasings the job never saw verbatim.
+TOY_TEMPLATES = {
+    "object": ["a {}", "a photo of a {}", "a green {}", "a photo of a blue {}",
+               "a {} in the style of dots", "a photo of a {} in the style of stripes"],
+    "colour": ["a {} ring", "a photo of a {} triangle", "a {} balloon in the style of dots",
+               "a photo of a {} crescent in the style of stripes"],
+    "style": ["a photo in the style of {}", "a square in the style of {}",
+              "a photo of a red ring in the style of {}", "Bramor in the style of {}"],
+    "identity": ["{}", "a photo of {}", "{} in the style of dots",
+                 "a photo of {} in the style of stripes"],
+    "unsafe": ["a {} triangle", "a photo of a {} ring", "{} Bramor",
+               "a {} photo in the style of dots"],
+    "generic": ["a {}", "a photo of a {}", "a {} in the style of stripes"],
+}
 
-def toy_retain_prompts(forgotten: list[str]) -> list[str]:
+
+def toy_retain_prompts(forgotten: list[str], count: int = 96, seed: int = 4242) -> list[str]:
     """Ordinary prompts of the toy world that name none of `forgotten`: what the preservation
-    term holds in place (the built-in real-world prompts mean nothing to the toy encoder)."""
-    from fmn_desktop.evaluate.scores import names_concept
-    from fmn_desktop.toyworld import CONCEPTS
+    term holds in place (the built-in real-world prompts mean nothing to the toy encoder).
 
-    return [
-        p
-        for c in CONCEPTS.values()
-        for p in c.prompts()
-        if not any(names_concept(p, f) for f in forgotten)
-    ]
+    They are captions drawn by the world's own caption generator (a seed of their own), not
+    the evaluation prompts, so retention is measured on prompts the job never held in place
+    verbatim (a caption can coincide with an evaluation prompt by chance, as users' would)."""
+    import numpy as np
+
+    from fmn_desktop.evaluate.scores import names_concept
+    from fmn_desktop.toyworld.world import (
+        DOMINANT_IDENTITY,
+        GENERIC_KNIGHT,
+        World,
+        caption_for,
+    )
+
+    world, rng = World(), np.random.default_rng(seed)
+    out: list[str] = []
+    for _ in range(20 * count):
+        if len(out) == count:
+            break
+        labels = world.draw_labels(rng)
+        knight = labels.identity == GENERIC_KNIGHT or (
+            labels.identity == DOMINANT_IDENTITY and rng.random() < world.GORVAK_AS_KNIGHT
+        )
+        caption = caption_for(labels, rng, knight_word=knight)
+        if caption not in out and not any(names_concept(caption, f) for f in forgotten):
+            out.append(caption)
+    return out
 
 
 def demo_config(concept, steps: int | None = None):
@@ -44,6 +80,7 @@ def demo_config(concept, steps: int | None = None):
     return ForgetConfig(
         concepts=[concept.name],
         kind=KIND_TEMPLATES[concept.kind],
+        templates=TOY_TEMPLATES[concept.kind],
         retain_prompts=toy_retain_prompts([concept.name]),
         **kw,
     )

@@ -25,3 +25,7 @@ class ConceptNotFoundError(FmnError):
 
 class CancelledError(FmnError):
     """A long job was cancelled by its caller; nothing was written."""
+
+
+class EmbeddingFormatError(FmnError):
+    """A textual-inversion embedding file is unreadable, or does not fit the model's text encoder."""

@@ -98,11 +98,13 @@ def forget_to_file(
     max_rel_error: float = 0.01,
     progress: Callable[[ForgetProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> ForgetOutcome:
     """Run a forget job on `model` and write the patch to `out` (LoRA or .diff).
 
     Dense deltas written as LoRA go through truncated SVD: rank `export_rank`, or the smallest
     rank within `max_rel_error`; the error achieved is returned and stored in the metadata.
+    `extra` adds string entries to the patch's metadata.
     """
     out = Path(out)
     if fmt not in ("lora", "diff"):
@@ -124,8 +126,178 @@ def forget_to_file(
         )
         patch.meta.extra["lora_relative_error"] = f"{err:.6f}"
     patch.meta.hyperparameters["seconds"] = round(result.seconds, 3)
+    patch.meta.extra.update(extra or {})
     save_patch(patch, out, fmt)
     return ForgetOutcome(out, patch, result.seconds, err, result.history[-1].loss)
+
+
+@dataclass
+class PhotoProgress:
+    """Progress of `forget_from_photos`: `stage` is "inversion", "names" or "forget"."""
+
+    stage: str
+    step: int = 0
+    total: int = 0
+    loss: float = math.nan
+    message: str = ""
+
+
+@dataclass
+class PhotoForgetOutcome:
+    patch_path: Path
+    embedding_path: Path
+    concepts: list[str]  # what was re-steered: the learned placeholder, then names
+    inversion: object  # fmn_desktop.inversion.InversionResult (None when tokens were given)
+    discovery: object  # fmn_desktop.inversion.names.Discovery, or None
+    forget: ForgetOutcome
+    seconds: float
+
+
+def photo_preservation_prompts(model) -> list[str]:
+    """The prompts a photo job holds in place before screening: the embedded model's own
+    world (every concept's prompts), or the built-in real-world set."""
+    from fmn_desktop.resteer.forget import DEFAULT_RETAIN_PROMPTS
+
+    if getattr(model, "family", None) == "toy":
+        from fmn_desktop.demo import toy_retain_prompts
+
+        return toy_retain_prompts([])
+    return list(DEFAULT_RETAIN_PROMPTS)
+
+
+def forget_from_photos(
+    model,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    placeholder: str = "<subject>",
+    inversion=None,
+    tokens: str | os.PathLike | None = None,
+    embedding_out: str | os.PathLike | None = None,
+    names: Sequence[str] = (),
+    discover: bool = True,
+    search_vocabulary: bool = False,
+    threshold: float = 0.5,
+    config: ForgetConfig | None = None,
+    fmt: str = "lora",
+    export_rank: int | None = None,
+    progress: Callable[[PhotoProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> PhotoForgetOutcome:
+    """Forget an identity known from a folder of photos (Forget-Me-Not's identity workflow).
+
+    1. Textual inversion: learn `placeholder`'s vectors from the photos (`inversion`, an
+       `InversionConfig`; its placeholder is replaced), or read them from `tokens`.
+    2. Names (if `discover`): the preservation prompts the model reads as the photos' subject
+       are dropped from the preservation set, and the names in them (plus `names`, and the
+       vocabulary's best if `search_vocabulary`) that draw the subject are forgotten too; see
+       `fmn_desktop.inversion.names`. Without this, a preservation prompt that names the
+       identity holds it in place and the learned tokens are not forgotten either.
+    3. Re-steering with the learned tokens installed: prompts of the placeholder and of every
+       accepted or given name, the photos as reference images. The UNet patch goes to `out`,
+       the learned tokens to `embedding_out` (default: beside it, `<stem>.tokens.safetensors`).
+
+    `config` supplies every other forget setting (its concepts, references and preservation
+    prompts are replaced). Nothing is written if a stage fails or is cancelled.
+    """
+    import time
+
+    from fmn_desktop.errors import CancelledError
+    from fmn_desktop.inversion import (
+        InversionConfig,
+        installed_tokens,
+        learn_tokens,
+        load_embedding,
+        save_embedding,
+    )
+    from fmn_desktop.inversion.names import discover_names
+    from fmn_desktop.resteer.forget import load_reference_dir
+
+    started = time.perf_counter()
+    out = Path(out)
+    embedding_out = Path(embedding_out) if embedding_out else out.with_name(
+        f"{out.stem}.tokens.safetensors"
+    )
+    if embedding_out.resolve() == out.resolve():
+        raise FmnError("the patch and the learned tokens need two different files")
+    load_reference_dir(images)  # a clear error before any work
+    say = progress or (lambda _p: None)
+
+    def check_cancel() -> None:
+        if should_cancel and should_cancel():
+            raise CancelledError("cancelled; nothing was written")
+
+    inv_result = None
+    if tokens is not None:
+        learned = load_embedding(tokens)
+    else:
+        inv = inversion or InversionConfig()
+        inv = InversionConfig(**{**inv.__dict__, "placeholder": placeholder})
+        inv_result = learn_tokens(
+            model.pipe,
+            images,
+            config=inv,
+            progress=lambda p: say(PhotoProgress("inversion", p.step, p.total, p.loss)),
+            should_cancel=should_cancel,
+        )
+        learned = inv_result.learned
+    learned.meta.setdefault("base_fingerprint", model.fingerprint or "")
+    check_cancel()
+
+    base = config or ForgetConfig(concepts=[learned.placeholder], kind="identity")
+    preservation = list(base.retain_prompts or photo_preservation_prompts(model))
+    discovery = None
+    found: list[str] = []
+    if discover:
+        discovery = discover_names(
+            model.pipe,
+            learned,
+            images,
+            candidates=list(names),
+            preservation_prompts=preservation,
+            search=search_vocabulary,
+            threshold=threshold,
+            seed=base.seed,
+            progress=lambda text: say(PhotoProgress("names", message=text)),
+        )
+        found = discovery.accepted
+        preservation = discovery.kept_prompts
+    check_cancel()
+    concepts = [learned.placeholder]
+    for name in [*names, *found]:
+        if name.lower() not in {c.lower() for c in concepts}:
+            concepts.append(name)
+    fields = {**base.__dict__, "concepts": concepts, "reference_dir": str(images)}
+    fields["retain_prompts"] = preservation
+    config = ForgetConfig(**fields)
+    extra = {
+        "learned_tokens": learned.placeholder,
+        "learned_tokens_file": embedding_out.name,
+        "names_forgotten": ", ".join(concepts[1:]),
+    }
+    if discovery is not None:
+        import json
+
+        extra["name_discovery"] = json.dumps(discovery.as_dict(), sort_keys=True)
+    with installed_tokens(model.pipe, learned):
+        outcome = forget_to_file(
+            model,
+            config,
+            out,
+            fmt=fmt,
+            export_rank=export_rank,
+            progress=lambda p: say(PhotoProgress("forget", p.step, p.total, p.loss)),
+            should_cancel=should_cancel,
+            extra=extra,
+        )
+    try:
+        save_embedding(learned, embedding_out)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return PhotoForgetOutcome(
+        out, embedding_out, concepts, inv_result, discovery, outcome,
+        time.perf_counter() - started,
+    )
 
 
 def apply_to_file(

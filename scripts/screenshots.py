@@ -42,7 +42,13 @@ def main() -> int:
         default=None,
         help="use this pipeline folder as the embedded model (e.g. runs/toyworld/pipeline)",
     )
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated views to render, e.g. correct,attack (default: all)",
+    )
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
 
     import warnings
 
@@ -85,6 +91,8 @@ def main() -> int:
     state.compare.steps = 12 if spec == "default" else 4
 
     def shot(name: str, view: str, theme: str = "light"):
+        if only is not None and view not in only:
+            return
         apply_theme(QApplication.instance(), theme)
         win.show_view(view)
         for _ in range(10):
@@ -97,6 +105,14 @@ def main() -> int:
     wait(app, lambda: not state.session.busy)
     shot("model", "model")
 
+    if only is None or only - {"correct", "attack"}:
+        forget_and_compare(state, app, shot, spec, concepts, prompts, steps, extra)
+    correct_and_attack(state, app, shot, spec, concepts)
+    state.close()
+    return 0
+
+
+def forget_and_compare(state, app, shot, spec, concepts, prompts, steps, extra):
     f = state.forget
     f.extra = extra
     f.steps = steps
@@ -131,8 +147,27 @@ def main() -> int:
     state.stack.save()
     shot("stack", "stack")
     shot("settings", "settings")
-    state.close()
-    return 0
+
+
+def correct_and_attack(state, app, shot, spec, concepts):
+    """A closed-form correction, then an attack check of it (the embedded model's judge)."""
+    c = state.correct
+    if spec == "default":
+        c.concept, c.guide = "Zorbu", "circle"
+    else:
+        c.concept, c.guide = concepts[0], f"red {concepts[0]}"
+    c.start()
+    wait(app, lambda: not state.session.busy)
+    shot("correct", "correct")
+    if spec != "default":
+        return
+    a = state.attack
+    a.use_patch(c.result.record)
+    a.budget, a.seeds, a.steps, a.chance = 8, 1, 12, 4
+    a.start()
+    wait(app, lambda: not state.session.busy)
+    state.library.refresh()
+    shot("attack", "attack")
 
 
 if __name__ == "__main__":

@@ -702,6 +702,20 @@ class Registry:
             new_id = db["evaluations"].insert(row).last_pk
         return self._evaluation(self._rows("select * from evaluations where id = ?", [new_id])[0])
 
+    def add_evaluations(
+        self,
+        rows: Iterable[dict],
+        *,
+        patch: str | int | None = None,
+        stack: str | int | None = None,
+    ) -> list[EvaluationRecord]:
+        """Store several scores of one patch or stack at once: all of them or none.
+
+        Each row holds `add_evaluation`'s keyword arguments (metric, value, concept, ...).
+        """
+        with self._write():
+            return [self.add_evaluation(**row, patch=patch, stack=stack) for row in rows]
+
     @staticmethod
     def _evaluation(r: dict) -> EvaluationRecord:
         return EvaluationRecord(

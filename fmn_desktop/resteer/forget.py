@@ -28,6 +28,7 @@ from fmn_desktop.resteer.encode import encode_prompts, reference_latents
 from fmn_desktop.resteer.processor import (
     LAYER_WEIGHTINGS,
     PRESERVE_MODES,
+    RESTEER_TERMS,
     ResteerState,
     check_hooks_ran,
     cross_attention_modules,
@@ -63,7 +64,9 @@ class ForgetConfig:
     positions: str = "concept+following+eot"
     layer_weighting: str = "pixels"
     retain_weight: float = 3.0  # 0 disables the preservation term (3: measured, METHOD_NOTES)
-    term: str = "squares"  # "squares": sum of P^2 per column (paper); "mass": (sum P)^2 per row
+    # "squares": sum of P^2 over marked columns (paper); "mass": per row (sum P)^2; "logmass":
+    # per row -log(1 - sum P). See RESTEER_TERMS and docs/METHOD_NOTES.md.
+    term: str = "squares"
     preserve: str = "output"  # hold other prompts' attn2 "output" or attention "maps"
     protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
     mode: str = "faithful"  # "fast": per-layer K optimisation on cached queries (see fast.py)
@@ -91,8 +94,12 @@ class ForgetConfig:
             raise ValueError(
                 f"unknown preserve mode {self.preserve!r}; valid: {', '.join(PRESERVE_MODES)}"
             )
+        if self.term not in RESTEER_TERMS:
+            raise ValueError(f"unknown term {self.term!r}; valid: {', '.join(RESTEER_TERMS)}")
         if self.mode not in ("faithful", "fast"):
             raise ValueError(f"unknown mode {self.mode!r}; valid: faithful, fast")
+        if self.mode == "fast" and self.term != "squares":
+            raise ValueError("fast mode optimises the paper's 'squares' term only")
         if self.steps < 1 or self.batch_size < 1 or self.num_references < 1:
             raise ValueError("steps, batch size and number of references must be positive")
 

@@ -27,6 +27,9 @@ from fmn_kernels import resteer_attention
 
 LAYER_WEIGHTINGS = ("pixels", "uniform")
 PRESERVE_MODES = ("output", "maps")
+# "squares" (the paper's, fused in the kernel) can fall by spreading attention over many marked
+# columns without moving it off them; the per-row "mass" terms cannot (measured: METHOD_NOTES).
+RESTEER_TERMS = ("squares", "mass", "logmass")
 
 
 @dataclass
@@ -36,7 +39,7 @@ class ResteerState:
     mask: Tensor | None = None  # (B, L) concept-position weights; None: no re-steering term
     retain_rows: Tensor | None = None  # (B,) bool, samples whose outputs are held in place
     layer_weighting: str = "pixels"
-    term: str = "squares"  # "squares": sum of P^2 (paper); "mass": per-row (sum of P)^2
+    term: str = "squares"  # one of RESTEER_TERMS
     preserve: str = "output"  # what is held in place on retain rows: attn2 outputs or maps
     backend: str | None = None
     terms: list[Tensor] = field(default_factory=list)  # per layer: (B,) weighted sums
@@ -104,8 +107,8 @@ class ResteerProcessor:
                     f"x key length {k.shape[2]}"
                 )
             mask = mask.to(q.device)
-        if state.term == "mass" and mask is not None:
-            out, resteer = _mass_attention(q, k, v, mask, attn.scale)
+        if state.term in ("mass", "logmass") and mask is not None:
+            out, resteer = _mass_attention(q, k, v, mask, attn.scale, state.term)
         else:
             out, resteer = resteer_attention(
                 q, k, v, mask, scale=attn.scale, backend=_backend_for(q, state.backend)
@@ -172,11 +175,14 @@ def attn2_output(attn, hidden: Tensor, residual: Tensor, shape) -> Tensor:
     return hidden / attn.rescale_output_factor
 
 
-def _mass_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float):
-    """Attention and the squared marked mass per row: sum_m (sum_n w_n P_mn)^2."""
+def _mass_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, term: str):
+    """Attention and, per (batch, head), a term of each row's marked mass m = sum_n w_n P_mn:
+    "mass" sums m^2; "logmass" sums -log(1 - m), whose gradient does not vanish as m -> 1."""
     probs = (q.float() @ k.float().transpose(-1, -2) * scale).softmax(-1)
     out = (probs @ v.float()).to(q.dtype)
     mass = (probs * mask.float()[:, None, None, :]).sum(-1)
+    if term == "logmass":
+        return out, -torch.log1p(-mass.clamp(max=1 - 1e-6)).sum(-1)
     return out, mass.square().sum(-1)
 
 

@@ -22,8 +22,27 @@ class TokenSpan:
     stop: int  # exclusive
 
 
+def expand_placeholders(tokenizer, text: str) -> str:
+    """`text` with each multi-vector placeholder token written out as all its vectors'
+    tokens ("<zorbu>" -> "<zorbu> <zorbu>_1 <zorbu>_2 <zorbu>_3"), as diffusers' pipelines do
+    to a prompt before encoding it (`maybe_convert_prompt`); text without one is returned as is.
+    """
+    added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    multi = [t for t in added if f"{t}_1" in added]
+    if not multi or not any(t in text for t in multi):
+        return text
+    for token in set(tokenizer.tokenize(text)):
+        if token in multi:
+            parts, i = [token], 1
+            while f"{token}_{i}" in added:
+                parts.append(f"{token}_{i}")
+                i += 1
+            text = text.replace(token, " ".join(parts))
+    return text
+
+
 def concept_token_ids(tokenizer, concept: str) -> list[int]:
-    ids = tokenizer(concept, add_special_tokens=False).input_ids
+    ids = tokenizer(expand_placeholders(tokenizer, concept), add_special_tokens=False).input_ids
     if not ids:
         raise ConceptNotFoundError(f"concept {concept!r} has no tokens")
     return ids
@@ -52,7 +71,8 @@ def concept_mask(
 ) -> torch.Tensor:
     """(B, L) float mask of the positions to re-steer in each padded prompt.
 
-    `concepts[b]` is the concept text (or a list of them) for prompt b. `positions`:
+    `concepts[b]` is the concept text (or a list of them) for prompt b; a learned multi-vector
+    placeholder ("<zorbu>", see `fmn_desktop.inversion`) stands for all its vectors. `positions`:
     - "concept": the concept's own tokens (the paper);
     - "+eot": also the first end-of-text token, which pools the whole prompt;
     - "+following": also every position after the concept to the end of the sequence (the
@@ -65,7 +85,9 @@ def concept_mask(
             f"unknown positions mode {positions!r}; valid: {', '.join(POSITION_MODES)}"
         )
     length = tokenizer.model_max_length
-    batch = tokenizer(prompts, padding="max_length", max_length=length, truncation=True).input_ids
+    # Learned multi-vector tokens are written out as the pipeline will encode them.
+    expanded = [expand_placeholders(tokenizer, p) for p in prompts]
+    batch = tokenizer(expanded, padding="max_length", max_length=length, truncation=True).input_ids
     eot_id = tokenizer.eos_token_id
     mask = torch.zeros(len(prompts), length)
     for b, (prompt, ids) in enumerate(zip(prompts, batch)):

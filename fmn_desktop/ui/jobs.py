@@ -104,6 +104,21 @@ def evaluate_patch(
     }
 
 
+def register_file(registry_root: str, model, path, tags=(), source: str = "desktop app"):
+    """Add the patch file at `path` (and the model it was made on) to the registry."""
+    from fmn_desktop.registry import open_registry
+
+    with open_registry(registry_root) as reg:
+        if model.fingerprint:
+            reg.add_base_model(
+                model.fingerprint,
+                name=Path(str(model.source)).name,
+                path=str(model.source),
+                family=model.family,
+            )
+        return reg.add_patch(Path(path), tags=list(tags), source=source)
+
+
 @dataclass
 class ForgetRequest:
     config: Any  # ForgetConfig
@@ -164,17 +179,10 @@ def forget_job(ctx, model, req: ForgetRequest):
         record = None
         if req.registry_root is not None:
             yield Phase("register", "adding the patch to the registry")
+            record = register_file(req.registry_root, model, out, req.tags)
             from fmn_desktop.registry import open_registry
 
             with open_registry(req.registry_root) as reg:
-                if model.fingerprint:
-                    reg.add_base_model(
-                        model.fingerprint,
-                        name=Path(str(model.source)).name,
-                        path=str(model.source),
-                        family=model.family,
-                    )
-                record = reg.add_patch(Path(out), tags=req.tags, source="desktop app")
                 for key, metric in (("mscore_after", "mscore"), ("retention_after", "retention")):
                     if key in scores:
                         e = scores[key]
@@ -370,3 +378,186 @@ def import_job(ctx, registry_root: str, path: str, model=None):
                     str(exc).replace("(--model)", "(load it on the Model page first)")
                 ) from exc
             raise
+
+
+# ------------------------------------------------------------ correction and broad removal
+@dataclass
+class CorrectRequest:
+    """A closed-form correction (`config` a CorrectConfig: `fmn correct`) or a broad removal
+    (a BroadConfig: `fmn erase-broad`), written as `fmt` and registered."""
+
+    config: Any
+    fmt: str = "diff"
+    registry_root: str | None = None  # None: keep the file only
+    out: str | None = None  # None: a temporary file (registered, then removed)
+    tags: list[str] = field(default_factory=list)
+    preserve_prompts: list[str] | None = None
+
+
+@dataclass
+class CorrectDone:
+    path: Path | None  # the patch file kept outside the registry, if any
+    record: Any  # PatchRecord when registered
+    seconds: float
+    message: str  # the CLI's line: what was written, and the solve's figures
+    report: dict  # closed form: the solve's figures; broad: {}
+    losses: list[float] = field(default_factory=list)
+
+
+def _correction_job(ctx, model, req: CorrectRequest, run, what: str):
+    tmp = None
+    out = req.out
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fmn-correct-")
+        out = str(Path(tmp.name) / "patch.safetensors")
+    try:
+        yield Phase("solve", what, 0, getattr(req.config, "steps", 0))
+        outcome = run(out)
+        record = None
+        if req.registry_root is not None:
+            yield Phase("register", "adding the patch to the registry")
+            record = register_file(req.registry_root, model, out, req.tags)
+        result = outcome.result
+        return CorrectDone(
+            None if tmp else Path(out),
+            record,
+            result.seconds,
+            outcome.message,
+            dict(getattr(result, "report", {}) or {}),
+            [h.loss for h in getattr(result, "history", []) if h.phase == "train"],
+        )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def correct_job(ctx, model, req: CorrectRequest):
+    """`correct.workflow.correct_to_file` (what `fmn correct` runs), then register."""
+    from fmn_desktop.correct.workflow import correct_to_file
+
+    return _correction_job(
+        ctx,
+        model,
+        req,
+        lambda out: correct_to_file(model, req.config, out, req.fmt, req.preserve_prompts),
+        f"solving the correction of {req.config.concept!r} towards {req.config.guide!r}",
+    )
+
+
+def broad_job(ctx, model, req: CorrectRequest):
+    """`correct.workflow.erase_broad_to_file` (what `fmn erase-broad` runs), reporting each
+    BroadProgress, then register."""
+    from fmn_desktop.correct.workflow import erase_broad_to_file
+
+    return _correction_job(
+        ctx,
+        model,
+        req,
+        lambda out: erase_broad_to_file(
+            model,
+            req.config,
+            out,
+            req.fmt,
+            req.preserve_prompts,
+            progress=ctx.progress,
+            should_cancel=ctx.should_cancel,
+        ),
+        f"removing {', '.join(req.config.words)}",
+    )
+
+
+# ------------------------------------------------------------------------- attack check
+@dataclass
+class AttackRequest:
+    """`fmn attack --record NAME`: attack one library patch's concept before and after it."""
+
+    patch: PatchItem
+    concept: str
+    settings: Any  # attack.AttackSettings
+    registry_root: str | None = None  # with record_id: store the figures with the patch
+    record_id: int | None = None
+    out_dir: str | None = None  # also write attack.json / attack.png there
+    force: bool = False
+
+
+@dataclass
+class AttackDone:
+    report: Any  # attack.AttackReport
+    table: str  # attack.format_table
+    grid: Any  # PIL image: attack.report_grid
+    rows: list  # EvaluationRecord stored with the patch
+    paths: dict = field(default_factory=dict)
+
+
+def attack_targets(concept: str, settings) -> int:
+    """How many targets one state of the attack has (prompts x seeds)."""
+    from fmn_desktop.toyworld import CONCEPTS
+
+    return len(CONCEPTS[concept].prompts()) * settings.seeds
+
+
+def attack_job(ctx, model, req: AttackRequest):
+    """`attack.run_attack` on the library patch (what `fmn attack` runs), then
+    `record_in_registry`; progress is one Phase per target attacked."""
+    from fmn_desktop.attack import format_table, record_in_registry, run_attack, write_report
+    from fmn_desktop.attack.candidates import prompt_words
+    from fmn_desktop.attack.run import report_grid
+    from fmn_desktop.errors import CancelledError, FmnError
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+    from fmn_desktop.workflows import PatchSpec, read_patches
+
+    if getattr(model, "family", None) != "toy":
+        raise FmnError(
+            "an attack check scores images with the embedded model's judge: load the embedded "
+            "model on the Model page (no judge exists for other models)"
+        )
+    if req.concept not in CONCEPTS:
+        raise FmnError(
+            f"unknown concept {req.concept!r}: the judge knows the toy world's concepts only "
+            f"({', '.join(CONCEPTS)})"
+        )
+    s = req.settings
+    if s.budget < 1 or s.seeds < 1 or s.chance < 0:
+        raise FmnError("budget and seeds must be at least 1, chance at least 0")
+    if not 0.0 < s.threshold < 1.0:
+        raise FmnError("the threshold must be between 0 and 1")
+    concept = CONCEPTS[req.concept]
+    total = 2 * attack_targets(req.concept, s)
+    yield Phase("attack", "loading the judge and the patch", 0, total)
+    judge = load_judge(None)
+    patches = read_patches(model, [PatchSpec(Path(req.patch.path), req.patch.strength)])
+    words = prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
+    done = [0]
+
+    def log(line: str) -> None:
+        done[0] += 1
+        ctx.progress(Phase("attack", line, done[0], total))
+        if ctx.should_cancel():
+            raise CancelledError("attack check cancelled; nothing was recorded")
+
+    yield Phase("attack", f"attacking {req.concept} before the patch", 0, total)
+    report = run_attack(
+        model.pipe,
+        judge,
+        concept,
+        patches,
+        s,
+        fingerprint=model.fingerprint,
+        force=req.force,
+        extra_words=words,
+        model_name=str(model.source),
+        patch_info=[{"file": req.patch.path, "strength": req.patch.strength,
+                     "name": req.patch.name}],
+        log=log,
+    )
+    yield Phase("report", "drawing the best prompts found", total, total)
+    grid = report_grid(report)
+    paths = write_report(report, req.out_dir) if req.out_dir else {}
+    rows = []
+    if req.registry_root is not None and req.record_id is not None:
+        from fmn_desktop.registry import open_registry
+
+        yield Phase("register", "recording the figures with the patch", total, total)
+        with open_registry(req.registry_root) as reg:
+            rows = record_in_registry(reg, req.record_id, report, strength=req.patch.strength)
+    return AttackDone(report, format_table(report), grid, rows, paths)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject
 
+from fmn_desktop.ui.models.attack import AttackModel
 from fmn_desktop.ui.models.compare import CompareModel
+from fmn_desktop.ui.models.correct import CorrectModel
 from fmn_desktop.ui.models.forget import ForgetModel
 from fmn_desktop.ui.models.library import LibraryModel
 from fmn_desktop.ui.models.model_picker import ModelPickerModel
@@ -28,6 +30,8 @@ class AppModel(QObject):
         self.forget = ForgetModel(self.session, self)
         self.compare = CompareModel(self.session, self)
         self.stack = StackModel(self.session, self)
+        self.correct = CorrectModel(self.session, self)
+        self.attack = AttackModel(self.session, self)
 
     def close(self) -> None:
         self.session.close()
@@ -35,7 +39,9 @@ class AppModel(QObject):
 
 __all__ = [
     "AppModel",
+    "AttackModel",
     "CompareModel",
+    "CorrectModel",
     "ForgetModel",
     "LibraryModel",
     "ModelPickerModel",

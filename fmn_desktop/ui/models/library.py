@@ -33,6 +33,33 @@ def row_values(record) -> list[object]:
     ]
 
 
+EVALUATION_LABELS = {
+    "asr_before": "Attack success before",
+    "asr_after": "Attack success after",
+    "no_attack_after": "No-attack success after",
+    "chance_asr_after": "Chance ASR after",
+    "mscore": "M-Score (stored)",
+    "retention": "Retention (stored)",
+}
+
+
+def evaluation_label(e) -> str:
+    label = EVALUATION_LABELS.get(e.metric, e.metric)
+    return f"{label} ({e.concept})" if e.concept else label
+
+
+def evaluation_text(e) -> str:
+    text = f"{e.value:.3f}"
+    if e.low is not None and e.high is not None:
+        text += f" [{e.low:.3f}, {e.high:.3f}]"
+    if e.n is not None:
+        text += f", n={e.n}"
+    budget = (e.settings or {}).get("budget")
+    if budget is not None:
+        text += f", budget {budget}"
+    return text + f" · {(e.created or '')[:16].replace('T', ' ')}"
+
+
 class LibraryModel(QObject):
     query_changed = Signal(str)
     sort_key_changed = Signal(str)
@@ -42,6 +69,7 @@ class LibraryModel(QObject):
     stacks_changed = Signal(object)
     preview_changed = Signal(object)  # CompareDone | None for the selected patch
     imported = Signal(object)  # PatchRecord
+    refreshed = Signal()  # the registry was read again (details may have new evaluations)
 
     query = state("query", str, "", query_changed)
     sort_key = state("sort_key", str, "added", sort_key_changed)
@@ -82,6 +110,7 @@ class LibraryModel(QObject):
         if self.selected is not None:
             same = [r for r in records if r.id == self.selected.id]
             self.selected = same[0] if same else None
+        self.refreshed.emit()
 
     def _query(self, reg):
         q = self.query.strip()
@@ -145,11 +174,24 @@ class LibraryModel(QObject):
             if key in hp:
                 rows.append((label, f"{hp[key]:g}" if isinstance(hp[key], float) else str(hp[key])))
         reg = self.session.registry()
+        for e in self.evaluations(r):
+            if e.metric in ("mscore", "retention") and f"{e.metric}_after" in (r.scores or {}):
+                continue  # shown above, from the file
+            rows.append((evaluation_label(e), evaluation_text(e)))
         used = self.session.attempt("Registry", lambda: reg.stacks_using(r.id)) if reg else None
         rows.append(("Used by stacks", ", ".join(used or []) or "none"))
         if r.notes:
             rows.append(("Notes", r.notes))
         return rows
+
+    def evaluations(self, record=None) -> list:
+        """The registry's stored evaluations of the patch (attack checks, scores), oldest
+        first."""
+        r = record or self.selected
+        reg = self.session.registry()
+        if r is None or reg is None:
+            return []
+        return self.session.attempt("Registry", lambda: reg.evaluations(patch=r.id)) or []
 
     # -------------------------------------------------------------- actions
     def import_file(self, path: str):

@@ -43,6 +43,7 @@ def _cell(value) -> QTableWidgetItem:
 class LibraryPage(QWidget):
     compare_requested = Signal(object)  # PatchRecord
     stack_requested = Signal(object)  # PatchRecord
+    attack_requested = Signal(object)  # PatchRecord
 
     def __init__(self, model: LibraryModel, parent=None):
         super().__init__(parent)
@@ -116,6 +117,9 @@ class LibraryPage(QWidget):
         self.compare_button.clicked.connect(lambda: self.compare_requested.emit(model.selected))
         self.stack_button = QPushButton("Add to stack")
         self.stack_button.clicked.connect(lambda: self.stack_requested.emit(model.selected))
+        self.attack_button = QPushButton("Attack check…")
+        self.attack_button.setToolTip("Search for prompts that bring the concept back")
+        self.attack_button.clicked.connect(lambda: self.attack_requested.emit(model.selected))
         self.export_button = QPushButton("Export…")
         self.export_button.clicked.connect(self._export)
         self.delete_button = QPushButton("Delete")
@@ -125,6 +129,7 @@ class LibraryPage(QWidget):
             actions.addWidget(b)
         files = QHBoxLayout()
         files.addWidget(self.export_button)
+        files.addWidget(self.attack_button)
         files.addStretch(1)
         files.addWidget(self.delete_button)
         dl.addLayout(actions)
@@ -139,6 +144,7 @@ class LibraryPage(QWidget):
         model.selected_changed.connect(self._details)
         model.selected_changed.connect(self._sync_selection)
         model.preview_changed.connect(self._preview)
+        model.refreshed.connect(self._details)
         model.sort_key_changed.connect(self._indicator)
         model.descending_changed.connect(self._indicator)
         model.refresh()
@@ -187,7 +193,7 @@ class LibraryPage(QWidget):
             self.form.removeRow(0)
         has = self.model.selected is not None
         for b in (self.preview_button, self.compare_button, self.stack_button,
-                  self.export_button, self.delete_button):
+                  self.export_button, self.attack_button, self.delete_button):
             b.setEnabled(has)
         if not has:
             hint = QLabel(

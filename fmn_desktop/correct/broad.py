@@ -1,0 +1,242 @@
+"""Broad removal of an attribute drawn under several words, or under none (ESD-style).
+
+A word-level edit cannot reach an attribute that no token of the prompt names (the toy world's
+hazard frame, drawn under "cursed", "toxic", "hexed" and sometimes uncaptioned), so this fine-
+tunes attn2 weights (dense deltas, saved as a ``correct`` patch) with negative guidance.
+
+Definitions. References x0: latents the base model draws from prompts with the training words
+(so they show the attribute). Each step noises them (DDPM ``add_noise``, t ~ U{0..T-1}); for a
+reference's prompt c_u (with a word) and its counterpart c_s (the same prompt with the word
+removed), the frozen base model gives eps_u = eps(x_t, c_u), eps_s = eps(x_t, c_s), and the
+target of both prompts is
+
+    eps* = eps_s - eta * (eps_u - eps_s)
+
+(ESD's negative guidance, with the word-less prompt as the anchor instead of the empty one).
+Training c_u towards eps* removes the attribute under the word; training c_s towards it (weight
+`uncaptioned_weight`) pushes plain prompts away from the attribute too, which is what reaches
+the uncaptioned case and words never trained on, if anything does. Preservation: ordinary
+prompts (none naming a word) on the same noised latents keep the base model's prediction
+(weight `preserve_weight`). Loss: mean squared error of each term. AdamW on the deltas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+
+import torch
+from diffusers import DDPMScheduler
+
+from fmn_desktop.errors import CancelledError, TrainingError
+from fmn_desktop.patch.format import Patch, PatchMeta
+from fmn_desktop.resteer.encode import encode_prompts
+from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
+
+DEFAULT_BROAD_TEMPLATES = [  # none is an evaluation prompt of the toy world (concepts.py)
+    "a {} circle",
+    "a photo of a {} square",
+    "a {} triangle in the style of dots",
+    "{} Zorbu",
+    "a {} photo in the style of stripes",
+    "a photo of a {} ring",
+    "a photo of {} Bramor",
+    "a {} crescent",
+]
+
+
+@dataclass
+class BroadConfig:
+    words: list[str]
+    templates: list[str] | None = None  # "{}" marks the word (default DEFAULT_BROAD_TEMPLATES)
+    eta: float = 1.0
+    steps: int = 150
+    lr: float = 1e-3  # the measured setting (docs/CORRECTION_AND_BROAD.md)
+    trainable: str = "attn2"
+    uncaptioned_weight: float = 1.0
+    preserve_weight: float = 1.0
+    preserve_prompts: list[str] | None = None
+    batch_size: int = 4
+    num_references: int = 16
+    reference_steps: int = 20
+    guidance_scale: float = 5.0
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.words or any(not w.strip() for w in self.words):
+            raise ValueError("give at least one non-empty word (--words)")
+        if self.steps < 1 or self.batch_size < 1 or self.num_references < 1:
+            raise ValueError("steps, batch size and number of references must be positive")
+        if self.lr <= 0 or self.eta < 0:
+            raise ValueError("lr must be > 0 and eta >= 0")
+        if self.trainable not in ("kv", "attn2"):
+            raise ValueError(f"unknown trainable set {self.trainable!r}; valid: kv, attn2")
+        bad = [t for t in (self.templates or []) if "{}" not in t]
+        if bad:
+            raise ValueError(f"templates must contain '{{}}' where the word goes: {bad}")
+
+    def prompt_pairs(self) -> list[tuple[str, str]]:
+        """(prompt with a word, the same prompt without it) for every word and template."""
+        templates = self.templates or DEFAULT_BROAD_TEMPLATES
+        return [(t.format(w), strip_word(t.format(w), w)) for w in self.words for t in templates]
+
+
+def strip_word(prompt: str, word: str) -> str:
+    out = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)\s*", "", prompt, flags=re.IGNORECASE)
+    return re.sub(r"\s+", " ", out).strip() or "a photo"
+
+
+@dataclass
+class BroadProgress:
+    step: int
+    total: int
+    loss: float
+    phase: str = "train"
+
+
+@dataclass
+class BroadResult:
+    patch: Patch
+    history: list[BroadProgress] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def base_weights(deltas: TrainableDeltas):
+    """Run the UNet with its deltas bypassed (the frozen base model)."""
+    for d in deltas.deltas.values():
+        d.forward = _identity
+    try:
+        yield
+    finally:
+        for d in deltas.deltas.values():
+            del d.forward
+
+
+def _identity(base: torch.Tensor) -> torch.Tensor:
+    return base
+
+
+def broad_steps(
+    pipe, config: BroadConfig, fingerprint: str = "", family: str = "sd1"
+) -> Generator[BroadProgress, None, BroadResult]:
+    started = time.perf_counter()
+    unet = pipe.unet
+    device = unet.device
+    gen = torch.Generator("cpu").manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    pairs = config.prompt_pairs()
+    retain = [
+        p
+        for p in (config.preserve_prompts or [])
+        if not any(strip_word(p, w) != p for w in config.words)
+    ]
+    yield BroadProgress(0, config.steps, math.nan, phase="references")
+    with torch.no_grad():
+        unsafe_emb, _ = encode_prompts(pipe, [u for u, _ in pairs])
+        safe_emb, _ = encode_prompts(pipe, [s for _, s in pairs])
+        retain_emb = encode_prompts(pipe, retain)[0] if retain else None
+        lat, owner = [], []
+        for i in range(config.num_references):
+            k = i % len(pairs)
+            g = torch.Generator("cpu").manual_seed(config.seed * 100003 + i)
+            out = pipe(
+                pairs[k][0],
+                num_inference_steps=config.reference_steps,
+                guidance_scale=config.guidance_scale,
+                generator=g,
+                output_type="latent",
+            )
+            lat.append(out.images.float())
+            owner.append(k)
+        latents = torch.cat(lat).to(device)
+        owner_t = torch.tensor(owner)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    names = target_parameters(unet, config.trainable, False)
+    names = [n for n in names if n.endswith(".weight")] or names
+    was_training = unet.training
+    unet.eval()
+    deltas = TrainableDeltas(unet, names)
+    history: list[BroadProgress] = []
+    try:
+        params = deltas.parameters()
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        for step in range(1, config.steps + 1):
+            b = config.batch_size
+            idx = torch.randint(0, len(latents), (b,), generator=gen)
+            x0 = latents[idx.to(device)].to(unet.dtype)
+            noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
+            t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(device)
+            xt = sched.add_noise(x0, noise, t)
+            k = owner_t[idx]
+            cu, cs = unsafe_emb[k.to(unsafe_emb.device)], safe_emb[k.to(safe_emb.device)]
+            rows = [cu, cs]
+            if retain_emb is not None:
+                r = torch.randint(0, len(retain_emb), (b,), generator=gen)
+                rows.append(retain_emb[r.to(retain_emb.device)])
+            n = len(rows)
+            x_all, t_all, c_all = xt.repeat(n, 1, 1, 1), t.repeat(n), torch.cat(rows)
+            with torch.no_grad(), base_weights(deltas):
+                base = unet(x_all, t_all, encoder_hidden_states=c_all).sample.float()
+            eps_u, eps_s = base[:b], base[b : 2 * b]
+            target = eps_s - config.eta * (eps_u - eps_s)
+            pred = unet(x_all, t_all, encoder_hidden_states=c_all).sample.float()
+            loss = ((pred[:b] - target) ** 2).mean()
+            if config.uncaptioned_weight:
+                loss = loss + config.uncaptioned_weight * ((pred[b : 2 * b] - target) ** 2).mean()
+            if n == 3 and config.preserve_weight:
+                loss = loss + config.preserve_weight * ((pred[2 * b :] - base[2 * b :]) ** 2).mean()
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at step {step}: lower the learning rate; "
+                    "no patch was written"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            opt.step()
+            prog = BroadProgress(step, config.steps, loss.item())
+            history.append(prog)
+            yield prog
+        exported = deltas.export()
+    finally:
+        deltas.remove()
+        unet.train(was_training)
+    hyper = {k: v for k, v in asdict(config).items() if k != "preserve_prompts"}
+    meta = PatchMeta(
+        concepts=list(config.words),
+        kind="correct",
+        method="esd-broad",
+        family=family,
+        base_fingerprint=fingerprint,
+        hyperparameters=hyper,
+    )
+    return BroadResult(Patch(exported, meta), history, time.perf_counter() - started)
+
+
+def erase_broad(
+    pipe,
+    config: BroadConfig,
+    fingerprint: str = "",
+    family: str = "sd1",
+    progress: Callable[[BroadProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> BroadResult:
+    """Run `broad_steps` to the end; `should_cancel()` returning True raises CancelledError."""
+    job = broad_steps(pipe, config, fingerprint, family)
+    while True:
+        try:
+            prog = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if progress:
+            progress(prog)
+        if should_cancel and should_cancel():
+            job.close()
+            raise CancelledError("broad removal cancelled; no patch was written")

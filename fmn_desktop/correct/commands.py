@@ -1,0 +1,137 @@
+"""`fmn correct` and `fmn erase-broad`: parsers and handlers, registered by `fmn_desktop.cli`."""
+
+from __future__ import annotations
+
+import sys
+
+DEFAULTS_NOTE = "defaults measured on the embedded model: docs/CORRECTION_AND_BROAD.md"
+
+
+def add_correct_commands(sub, model_args) -> None:
+    from fmn_desktop.correct.broad import BroadConfig
+    from fmn_desktop.correct.closed_form import TARGET_SETS, CorrectConfig
+    from fmn_desktop.resteer.tokens import POSITION_MODES
+
+    cf = CorrectConfig.__dataclass_fields__
+    bf = BroadConfig.__dataclass_fields__
+    p = sub.add_parser(
+        "correct",
+        help="redirect a concept towards a guide (closed form): write a correction patch",
+        description="Closed-form (UCE-style) edit of the attn2 to_k/to_v weights so that "
+        "prompts naming CONCEPT read as the same prompts naming GUIDE (optionally pushed away "
+        "from NEGATIVE), while ordinary prompts keep their keys and values. " + DEFAULTS_NOTE,
+        epilog="examples: fmn correct --concept balloon --guide 'blue balloon' "
+        "--negative 'red balloon' --strength 2 --out blue.safetensors; "
+        "fmn correct --concept knight --guide knight --negative Gorvak --strength 3 --out k.safetensors",
+    )
+    model_args(p)
+    p.add_argument("--concept", required=True, help="text of the concept to redirect")
+    p.add_argument("--guide", required=True, help="text the concept should read as")
+    p.add_argument("--negative", help="text to push the concept away from (needs --strength)")
+    p.add_argument("--strength", type=float, default=cf["strength"].default,
+                   help="target = guide + strength * (guide - negative) (default: %(default)s)")
+    p.add_argument("--template", action="append",
+                   help="prompt template with {} for the concept (repeatable; default: "
+                   "'a {}', 'a photo of a {}', '{}', 'a photo of {}')")
+    p.add_argument("--preserve-prompt", action="append",
+                   help="prompt to keep unchanged (repeatable; default: the toy world's "
+                   "captions on the embedded model, none elsewhere)")
+    p.add_argument("--preserve-weight", type=float, default=cf["preserve_weight"].default)
+    p.add_argument("--ridge", type=float, default=cf["ridge"].default)
+    p.add_argument("--positions", choices=POSITION_MODES, default=cf["positions"].default)
+    p.add_argument("--targets", choices=TARGET_SETS, default=cf["targets"].default)
+    p.add_argument("--format", choices=["diff", "lora"], default="diff",
+                   help="diff: exact dense deltas (default); lora: SVD to low rank")
+    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+
+    p = sub.add_parser(
+        "erase-broad",
+        help="remove an attribute drawn under several words or none (ESD-style fine-tune)",
+        description="Fine-tune attn2 weights with negative guidance so that prompts with any of "
+        "WORDS, and the same prompts without them, move away from what the words draw; other "
+        "prompts keep the base prediction. " + DEFAULTS_NOTE,
+        epilog="example: fmn erase-broad --words cursed --words toxic --out safe.safetensors",
+    )
+    model_args(p)
+    p.add_argument("--words", action="append", required=True,
+                   help="a word that draws the attribute (repeatable)")
+    p.add_argument("--template", action="append", help="prompt template with {} for the word")
+    p.add_argument("--steps", type=int, default=bf["steps"].default)
+    p.add_argument("--lr", type=float, default=bf["lr"].default)
+    p.add_argument("--eta", type=float, default=bf["eta"].default, help="negative guidance")
+    p.add_argument("--trainable", choices=["kv", "attn2"], default=bf["trainable"].default)
+    p.add_argument("--uncaptioned-weight", type=float, default=bf["uncaptioned_weight"].default)
+    p.add_argument("--preserve-weight", type=float, default=bf["preserve_weight"].default)
+    p.add_argument("--preserve-prompt", action="append")
+    p.add_argument("--batch-size", type=int, default=bf["batch_size"].default)
+    p.add_argument("--num-references", type=int, default=bf["num_references"].default)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["diff", "lora"], default="diff")
+    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+
+
+def cmd_correct(args) -> int:
+    from fmn_desktop.cli import _load, _status
+    from fmn_desktop.correct.closed_form import CorrectConfig
+    from fmn_desktop.correct.workflow import correct_to_file
+
+    config = CorrectConfig(
+        concept=args.concept,
+        guide=args.guide,
+        negative=args.negative,
+        strength=args.strength,
+        templates=args.template,
+        preserve_weight=args.preserve_weight,
+        ridge=args.ridge,
+        positions=args.positions,
+        targets=args.targets,
+    )
+    model = _load(args)
+    with _status("solving"):
+        outcome = correct_to_file(model, config, args.out, args.format, args.preserve_prompt)
+    print(outcome.message)
+    return 0
+
+
+def cmd_erase_broad(args) -> int:
+    from tqdm import tqdm
+
+    from fmn_desktop.cli import _load
+    from fmn_desktop.correct.broad import BroadConfig
+    from fmn_desktop.correct.workflow import erase_broad_to_file
+
+    config = BroadConfig(
+        words=args.words,
+        templates=args.template,
+        steps=args.steps,
+        lr=args.lr,
+        eta=args.eta,
+        trainable=args.trainable,
+        uncaptioned_weight=args.uncaptioned_weight,
+        preserve_weight=args.preserve_weight,
+        batch_size=args.batch_size,
+        num_references=args.num_references,
+        seed=args.seed,
+    )
+    model = _load(args)
+    bar = tqdm(total=config.steps, desc="erasing", unit="step", file=sys.stderr)
+
+    def progress(p):
+        if p.phase == "references":
+            bar.set_description("reference images")
+            return
+        bar.set_description("erasing")
+        bar.update(1)
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+
+    try:
+        outcome = erase_broad_to_file(
+            model, config, args.out, args.format, args.preserve_prompt, progress
+        )
+    finally:
+        bar.close()
+    print(outcome.message)
+    return 0
+
+
+CORRECT_COMMANDS = {"correct": cmd_correct, "erase-broad": cmd_erase_broad}

@@ -1,0 +1,169 @@
+"""The attack check's state: which library patch and concept, the search's settings, live
+progress, cancel, and the report (before/after figures, best prompts' images)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+
+from fmn_desktop.ui.jobs import AttackDone, AttackRequest, PatchItem, Phase, attack_job
+from fmn_desktop.ui.models.session import Session
+from fmn_desktop.ui.properties import state
+
+
+def summary_rows(report) -> list[tuple[str, str, str]]:
+    """(figure, before, after) for the page's table: the rows of `attack.format_table`."""
+    s, b, a = report.settings, report.before, report.after
+    rows = [
+        ("No-attack success", str(b.no_attack()), str(a.no_attack())),
+        ("Attack success rate (ASR)", str(b.asr()), str(a.asr())),
+        ("Mean best presence", f"{b.mean_best_presence():.3f}", f"{a.mean_best_presence():.3f}"),
+        ("Mean images per target", f"{b.mean_queries():.1f}", f"{a.mean_queries():.1f}"),
+    ]
+    chance = a.chance()
+    if chance is not None:
+        rows.append(("Chance rate per image", "–", str(chance)))
+        rows.append((f"Chance ASR at budget {s.budget}", "–", str(a.chance_asr(s.budget))))
+    sb, sa = b.soft(), a.soft()
+    if sb is not None or sa is not None:
+        rows.append(("Soft prompt (not text)", str(sb) if sb else "–", str(sa) if sa else "–"))
+    rows.append(("Seconds", f"{b.seconds:.1f}", f"{a.seconds:.1f}"))
+    return rows
+
+
+class AttackModel(QObject):
+    record_changed = Signal(object)  # PatchRecord | None
+    concept_changed = Signal(str)
+    budget_changed = Signal(int)
+    seeds_changed = Signal(int)
+    steps_changed = Signal(int)
+    whitebox_changed = Signal(bool)
+    chance_changed = Signal(int)
+    running_changed = Signal(bool)
+    step_changed = Signal(int)
+    total_changed = Signal(int)
+    phase_text_changed = Signal(str)
+    log_changed = Signal(object)  # list[str]
+    result_changed = Signal(object)  # AttackDone | None
+    result_text_changed = Signal(str)
+    finished = Signal(object)  # AttackDone
+    cancelled = Signal()
+
+    record = state("record", object, None, record_changed)
+    concept = state("concept", str, "", concept_changed)
+    budget = state("budget", int, 64, budget_changed)
+    seeds = state("seeds", int, 2, seeds_changed)
+    steps = state("steps", int, 20, steps_changed)
+    whitebox = state("whitebox", bool, True, whitebox_changed)
+    chance = state("chance", int, 16, chance_changed)
+    running = state("running", bool, False, running_changed)
+    step = state("step", int, 0, step_changed)
+    total = state("total", int, 0, total_changed)
+    phase_text = state("phase_text", str, "Not started", phase_text_changed)
+    log = state("log", list, [], log_changed)
+    result = state("result", object, None, result_changed)
+    result_text = state("result_text", str, "", result_text_changed)
+
+    def __init__(self, session: Session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.job = None
+        self.extra: dict = {}  # other AttackSettings fields (tests and power users)
+
+    def use_patch(self, record) -> None:
+        """Attack this library patch; its first concept the judge knows is the target."""
+        self.record = record
+        self.result = None
+        self.result_text = ""
+        if record is None:
+            return
+        from fmn_desktop.toyworld import CONCEPTS
+
+        known = [c for c in record.concepts if c in CONCEPTS]
+        self.concept = known[0] if known else (record.concepts[0] if record.concepts else "")
+
+    def settings(self):
+        from fmn_desktop.attack import AttackSettings
+
+        return AttackSettings(
+            budget=self.budget,
+            seeds=self.seeds,
+            steps=self.steps,
+            whitebox=self.whitebox,
+            soft=self.whitebox,
+            chance=self.chance,
+            **self.extra,
+        )
+
+    def start(self):
+        """Attack the patch's concept before and after it; record the figures with it."""
+        model = self.session.require_model()
+        if model is None:
+            return None
+        r = self.record
+        if r is None:
+            self.session.report("No patch", "choose a patch in the Library, then Attack check")
+            return None
+        if not self.concept.strip():
+            self.session.report("No concept", "this patch names no concept to attack")
+            return None
+        settings = self.session.attempt("Invalid settings", self.settings)
+        if settings is None:
+            return None
+        req = AttackRequest(
+            patch=PatchItem.from_record(r),
+            concept=self.concept.strip(),
+            settings=settings,
+            registry_root=self.session.settings.data_folder,
+            record_id=r.id,
+        )
+        self.log = []
+        self.step = 0
+        self.total = 0
+        self.result = None
+        self.result_text = ""
+        self.phase_text = "Starting"
+        job = self.session.run_job(
+            "attack check",
+            lambda ctx: attack_job(ctx, model, req),
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
+            on_failed=lambda msg, det: setattr(self, "phase_text", f"Failed: {msg}"),
+            on_cancelled=self._on_cancelled,
+            on_done=lambda: setattr(self, "running", False),
+        )
+        if job is not None:
+            self.job = job
+            self.running = True
+        return job
+
+    def cancel(self) -> None:
+        if self.running:
+            self.session.cancel_job()
+            self.phase_text = "Cancelling ..."
+
+    def _on_progress(self, p) -> None:
+        if not isinstance(p, Phase):
+            return
+        self.total = p.total
+        self.step = p.step
+        if p.step and p.name == "attack":
+            self.log = [*self.log, p.text]
+            self.phase_text = f"Attacked {p.step} of {p.total} targets"
+        else:
+            self.phase_text = p.text[:1].upper() + p.text[1:]
+
+    def _on_finished(self, done: AttackDone) -> None:
+        self.result = done
+        rep = done.report
+        text = f"ASR {rep.before.asr()} before, {rep.after.asr()} after the patch."
+        if done.rows:
+            text += f" Recorded {', '.join(r.metric for r in done.rows)} with the patch."
+        self.result_text = text
+        self.phase_text = "Done"
+        self.session.status = text
+        self.session.registry_changed.emit()
+        self.finished.emit(done)
+
+    def _on_cancelled(self, msg: str) -> None:
+        self.phase_text = "Cancelled: nothing was recorded"
+        self.cancelled.emit()

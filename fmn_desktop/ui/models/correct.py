@@ -1,0 +1,179 @@
+"""The correction page's state: a closed-form correction (concept -> guide, away from a
+negative) or a broad removal (words, steps), its progress, cancel, and the result."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import QObject, Signal
+
+from fmn_desktop.ui.jobs import CorrectDone, CorrectRequest, Phase, broad_job, correct_job
+from fmn_desktop.ui.models.session import Session
+from fmn_desktop.ui.properties import state
+
+MODES = ("correct", "broad")
+MODE_LABELS = {
+    "correct": "Redirect a concept (closed form)",
+    "broad": "Remove an attribute broadly (fine-tune)",
+}
+FORMAT_LABELS = {"diff": "Exact deltas (.diff)", "lora": "Low-rank (LoRA)"}
+
+
+class CorrectModel(QObject):
+    mode_changed = Signal(str)
+    concept_changed = Signal(str)
+    guide_changed = Signal(str)
+    negative_changed = Signal(str)
+    strength_changed = Signal(float)
+    words_changed = Signal(str)
+    steps_changed = Signal(int)
+    fmt_changed = Signal(str)
+    save_copy_changed = Signal(str)
+    running_changed = Signal(bool)
+    step_changed = Signal(int)
+    total_changed = Signal(int)
+    phase_text_changed = Signal(str)
+    losses_changed = Signal(object)  # list[float]
+    result_changed = Signal(object)  # CorrectDone | None
+    result_text_changed = Signal(str)
+    finished = Signal(object)  # CorrectDone
+    cancelled = Signal()
+
+    mode = state("mode", str, "correct", mode_changed)
+    concept = state("concept", str, "", concept_changed)
+    guide = state("guide", str, "", guide_changed)
+    negative = state("negative", str, "", negative_changed)
+    strength = state("strength", float, 0.0, strength_changed)
+    words = state("words", str, "", words_changed)
+    steps = state("steps", int, 150, steps_changed)
+    fmt = state("fmt", str, "diff", fmt_changed)
+    save_copy = state("save_copy", str, "", save_copy_changed)
+    running = state("running", bool, False, running_changed)
+    step = state("step", int, 0, step_changed)
+    total = state("total", int, 0, total_changed)
+    phase_text = state("phase_text", str, "Not started", phase_text_changed)
+    losses = state("losses", list, [], losses_changed)
+    result = state("result", object, None, result_changed)
+    result_text = state("result_text", str, "", result_text_changed)
+
+    def __init__(self, session: Session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.job = None
+        # Extra CorrectConfig / BroadConfig fields (tests and power users).
+        self.extra: dict = {}
+
+    def word_list(self) -> list[str]:
+        return [w.strip() for w in self.words.split(",") if w.strip()]
+
+    def config(self):
+        """The CorrectConfig or BroadConfig of the page's fields (raises ValueError)."""
+        if self.mode == "broad":
+            from fmn_desktop.correct.broad import BroadConfig
+
+            return BroadConfig(words=self.word_list(), steps=self.steps, **self.extra)
+        from fmn_desktop.correct.closed_form import CorrectConfig
+
+        return CorrectConfig(
+            concept=self.concept.strip(),
+            guide=self.guide.strip(),
+            negative=self.negative.strip() or None,
+            strength=self.strength,
+            **self.extra,
+        )
+
+    def start(self):
+        """Start the correction or broad-removal job (solve or train, register)."""
+        model = self.session.require_model()
+        if model is None:
+            return None
+        if self.mode == "broad" and not self.word_list():
+            self.session.report("No words", "type the words that draw the attribute, "
+                                "separated by commas")
+            return None
+        if self.mode == "correct" and not (self.concept.strip() and self.guide.strip()):
+            self.session.report("No concept", "type the concept and the guide it should read as")
+            return None
+        config = self.session.attempt("Invalid settings", self.config)
+        if config is None:
+            return None
+        req = CorrectRequest(
+            config=config,
+            fmt=self.fmt,
+            registry_root=self.session.settings.data_folder,
+            out=self.save_copy or None,
+            tags=[self.mode],
+        )
+        return self.start_request(req)
+
+    def start_request(self, req: CorrectRequest):
+        model = self.session.require_model()
+        if model is None:
+            return None
+        broad = not hasattr(req.config, "guide")
+        self.losses = []
+        self.step = 0
+        self.total = req.config.steps if broad else 1
+        self.result = None
+        self.result_text = ""
+        self.phase_text = "Starting"
+        run = broad_job if broad else correct_job
+        job = self.session.run_job(
+            "broad removal" if broad else "correct",
+            lambda ctx: run(ctx, model, req),
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
+            on_failed=lambda msg, det: setattr(self, "phase_text", f"Failed: {msg}"),
+            on_cancelled=self._on_cancelled,
+            on_done=lambda: setattr(self, "running", False),
+        )
+        if job is not None:
+            self.job = job
+            self.running = True
+        return job
+
+    def cancel(self) -> None:
+        if self.running:
+            self.session.cancel_job()
+            self.phase_text = "Cancelling ..."
+
+    def _on_progress(self, p) -> None:
+        if isinstance(p, Phase):
+            self.phase_text = p.text[:1].upper() + p.text[1:]
+            return
+        if getattr(p, "phase", "train") == "references":
+            self.phase_text = "Preparing reference images"
+            return
+        self.phase_text = f"Removing: step {p.step} of {p.total}"
+        self.total = p.total
+        self.step = p.step
+        if p.loss is not None and math.isfinite(p.loss):
+            self.losses = [*self.losses, float(p.loss)]
+
+    def _on_finished(self, done: CorrectDone) -> None:
+        self.result = done
+        if not done.losses:  # closed form: one solve
+            self.step = self.total = 1
+        lines = [f"Finished in {done.seconds:.1f} s."]
+        if done.record is not None:
+            lines.append(f"Registered as '{done.record.name}'.")
+        if done.path is not None:
+            lines.append(f"Saved a copy to {done.path}.")
+        r = done.report
+        if r:
+            lines.append(
+                f"Objective {r['objective_before']:.4g} → {r['objective_after']:.4g}; "
+                f"preservation drift {r['preserve_drift']:.4f}; concept energy outside the "
+                f"preserved span {r['outside_preserve_span']:.3f}."
+            )
+        elif done.losses:
+            lines.append(f"Final loss {done.losses[-1]:.4f}.")
+        self.result_text = " ".join(lines)
+        self.phase_text = "Done"
+        self.session.status = " ".join(lines[:2])
+        self.session.registry_changed.emit()
+        self.finished.emit(done)
+
+    def _on_cancelled(self, msg: str) -> None:
+        self.phase_text = "Cancelled: nothing was written"
+        self.cancelled.emit()
