@@ -3,9 +3,10 @@ progress, cancel, and the report (before/after figures, best prompts' images).""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import Signal
 
 from fmn_desktop.ui.jobs import AttackDone, AttackRequest, PatchItem, Phase, attack_job
+from fmn_desktop.ui.models.job import JobModel, capitalized
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -30,7 +31,7 @@ def summary_rows(report) -> list[tuple[str, str, str]]:
     return rows
 
 
-class AttackModel(QObject):
+class AttackModel(JobModel):
     record_changed = Signal(object)  # PatchRecord | None
     concept_changed = Signal(str)
     budget_changed = Signal(int)
@@ -38,15 +39,7 @@ class AttackModel(QObject):
     steps_changed = Signal(int)
     whitebox_changed = Signal(bool)
     chance_changed = Signal(int)
-    running_changed = Signal(bool)
-    step_changed = Signal(int)
-    total_changed = Signal(int)
-    phase_text_changed = Signal(str)
     log_changed = Signal(object)  # list[str]
-    result_changed = Signal(object)  # AttackDone | None
-    result_text_changed = Signal(str)
-    finished = Signal(object)  # AttackDone
-    cancelled = Signal()
 
     record = state("record", object, None, record_changed)
     concept = state("concept", str, "", concept_changed)
@@ -55,18 +48,12 @@ class AttackModel(QObject):
     steps = state("steps", int, 20, steps_changed)
     whitebox = state("whitebox", bool, True, whitebox_changed)
     chance = state("chance", int, 16, chance_changed)
-    running = state("running", bool, False, running_changed)
-    step = state("step", int, 0, step_changed)
-    total = state("total", int, 0, total_changed)
-    phase_text = state("phase_text", str, "Not started", phase_text_changed)
     log = state("log", list, [], log_changed)
-    result = state("result", object, None, result_changed)
-    result_text = state("result_text", str, "", result_text_changed)
+
+    cancelled_text = "Cancelled: nothing was recorded"
 
     def __init__(self, session: Session, parent=None):
-        super().__init__(parent)
-        self.session = session
-        self.job = None
+        super().__init__(session, parent)
         self.extra: dict = {}  # other AttackSettings fields (tests and power users)
 
     def use_patch(self, record) -> None:
@@ -117,29 +104,7 @@ class AttackModel(QObject):
             record_id=r.id,
         )
         self.log = []
-        self.step = 0
-        self.total = 0
-        self.result = None
-        self.result_text = ""
-        self.phase_text = "Starting"
-        job = self.session.run_job(
-            "attack check",
-            lambda ctx: attack_job(ctx, model, req),
-            on_progress=self._on_progress,
-            on_finished=self._on_finished,
-            on_failed=lambda msg, det: setattr(self, "phase_text", f"Failed: {msg}"),
-            on_cancelled=self._on_cancelled,
-            on_done=lambda: setattr(self, "running", False),
-        )
-        if job is not None:
-            self.job = job
-            self.running = True
-        return job
-
-    def cancel(self) -> None:
-        if self.running:
-            self.session.cancel_job()
-            self.phase_text = "Cancelling ..."
+        return self._start_job("attack check", lambda ctx: attack_job(ctx, model, req), 0)
 
     def _on_progress(self, p) -> None:
         if not isinstance(p, Phase):
@@ -150,20 +115,11 @@ class AttackModel(QObject):
             self.log = [*self.log, p.text]
             self.phase_text = f"Attacked {p.step} of {p.total} targets"
         else:
-            self.phase_text = p.text[:1].upper() + p.text[1:]
+            self.phase_text = capitalized(p.text)
 
-    def _on_finished(self, done: AttackDone) -> None:
-        self.result = done
+    def _result_lines(self, done: AttackDone) -> list[str]:
         rep = done.report
-        text = f"ASR {rep.before.asr()} before, {rep.after.asr()} after the patch."
+        lines = [f"ASR {rep.before.asr()} before, {rep.after.asr()} after the patch."]
         if done.rows:
-            text += f" Recorded {', '.join(r.metric for r in done.rows)} with the patch."
-        self.result_text = text
-        self.phase_text = "Done"
-        self.session.status = text
-        self.session.registry_changed.emit()
-        self.finished.emit(done)
-
-    def _on_cancelled(self, msg: str) -> None:
-        self.phase_text = "Cancelled: nothing was recorded"
-        self.cancelled.emit()
+            lines.append(f"Recorded {', '.join(r.metric for r in done.rows)} with the patch.")
+        return lines

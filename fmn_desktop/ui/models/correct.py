@@ -3,11 +3,10 @@ negative) or a broad removal (words, steps), its progress, cancel, and the resul
 
 from __future__ import annotations
 
-import math
+from PySide6.QtCore import Signal
 
-from PySide6.QtCore import QObject, Signal
-
-from fmn_desktop.ui.jobs import CorrectDone, CorrectRequest, Phase, broad_job, correct_job
+from fmn_desktop.ui.jobs import CorrectDone, CorrectRequest, broad_job, correct_job
+from fmn_desktop.ui.models.job import PatchJobModel
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -19,7 +18,7 @@ MODE_LABELS = {
 FORMAT_LABELS = {"diff": "Exact deltas (.diff)", "lora": "Low-rank (LoRA)"}
 
 
-class CorrectModel(QObject):
+class CorrectModel(PatchJobModel):
     mode_changed = Signal(str)
     concept_changed = Signal(str)
     guide_changed = Signal(str)
@@ -29,15 +28,6 @@ class CorrectModel(QObject):
     steps_changed = Signal(int)
     fmt_changed = Signal(str)
     save_copy_changed = Signal(str)
-    running_changed = Signal(bool)
-    step_changed = Signal(int)
-    total_changed = Signal(int)
-    phase_text_changed = Signal(str)
-    losses_changed = Signal(object)  # list[float]
-    result_changed = Signal(object)  # CorrectDone | None
-    result_text_changed = Signal(str)
-    finished = Signal(object)  # CorrectDone
-    cancelled = Signal()
 
     mode = state("mode", str, "correct", mode_changed)
     concept = state("concept", str, "", concept_changed)
@@ -48,18 +38,11 @@ class CorrectModel(QObject):
     steps = state("steps", int, 150, steps_changed)
     fmt = state("fmt", str, "diff", fmt_changed)
     save_copy = state("save_copy", str, "", save_copy_changed)
-    running = state("running", bool, False, running_changed)
-    step = state("step", int, 0, step_changed)
-    total = state("total", int, 0, total_changed)
-    phase_text = state("phase_text", str, "Not started", phase_text_changed)
-    losses = state("losses", list, [], losses_changed)
-    result = state("result", object, None, result_changed)
-    result_text = state("result_text", str, "", result_text_changed)
+
+    training_verb = "Removing"
 
     def __init__(self, session: Session, parent=None):
-        super().__init__(parent)
-        self.session = session
-        self.job = None
+        super().__init__(session, parent)
         # Extra CorrectConfig / BroadConfig fields (tests and power users).
         self.extra: dict = {}
 
@@ -111,49 +94,19 @@ class CorrectModel(QObject):
         if model is None:
             return None
         broad = not hasattr(req.config, "guide")
-        self.losses = []
-        self.step = 0
-        self.total = req.config.steps if broad else 1
-        self.result = None
-        self.result_text = ""
-        self.phase_text = "Starting"
         run = broad_job if broad else correct_job
-        job = self.session.run_job(
+        return self._start_job(
             "broad removal" if broad else "correct",
             lambda ctx: run(ctx, model, req),
-            on_progress=self._on_progress,
-            on_finished=self._on_finished,
-            on_failed=lambda msg, det: setattr(self, "phase_text", f"Failed: {msg}"),
-            on_cancelled=self._on_cancelled,
-            on_done=lambda: setattr(self, "running", False),
+            req.config.steps if broad else 1,
         )
-        if job is not None:
-            self.job = job
-            self.running = True
-        return job
-
-    def cancel(self) -> None:
-        if self.running:
-            self.session.cancel_job()
-            self.phase_text = "Cancelling ..."
-
-    def _on_progress(self, p) -> None:
-        if isinstance(p, Phase):
-            self.phase_text = p.text[:1].upper() + p.text[1:]
-            return
-        if getattr(p, "phase", "train") == "references":
-            self.phase_text = "Preparing reference images"
-            return
-        self.phase_text = f"Removing: step {p.step} of {p.total}"
-        self.total = p.total
-        self.step = p.step
-        if p.loss is not None and math.isfinite(p.loss):
-            self.losses = [*self.losses, float(p.loss)]
 
     def _on_finished(self, done: CorrectDone) -> None:
-        self.result = done
         if not done.losses:  # closed form: one solve
             self.step = self.total = 1
+        super()._on_finished(done)
+
+    def _result_lines(self, done: CorrectDone) -> list[str]:
         lines = [f"Finished in {done.seconds:.1f} s."]
         if done.record is not None:
             lines.append(f"Registered as '{done.record.name}'.")
@@ -168,12 +121,4 @@ class CorrectModel(QObject):
             )
         elif done.losses:
             lines.append(f"Final loss {done.losses[-1]:.4f}.")
-        self.result_text = " ".join(lines)
-        self.phase_text = "Done"
-        self.session.status = " ".join(lines[:2])
-        self.session.registry_changed.emit()
-        self.finished.emit(done)
-
-    def _on_cancelled(self, msg: str) -> None:
-        self.phase_text = "Cancelled: nothing was written"
-        self.cancelled.emit()
+        return lines

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import Signal
 
-from fmn_desktop.ui.jobs import ForgetDone, ForgetRequest, Phase, forget_job
+from fmn_desktop.ui.jobs import ForgetDone, ForgetRequest, forget_job
+from fmn_desktop.ui.models.job import PatchJobModel
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -25,7 +25,7 @@ MODE_LABELS = {
 }
 
 
-class ForgetModel(QObject):
+class ForgetModel(PatchJobModel):
     concept_changed = Signal(str)
     kind_changed = Signal(str)
     reference_dir_changed = Signal(str)
@@ -34,15 +34,6 @@ class ForgetModel(QObject):
     steps_changed = Signal(int)
     evaluate_changed = Signal(bool)
     save_copy_changed = Signal(str)
-    running_changed = Signal(bool)
-    step_changed = Signal(int)
-    total_changed = Signal(int)
-    phase_text_changed = Signal(str)
-    losses_changed = Signal(object)  # list[float]
-    result_changed = Signal(object)  # ForgetDone | None
-    result_text_changed = Signal(str)
-    finished = Signal(object)  # ForgetDone
-    cancelled = Signal()
 
     concept = state("concept", str, "", concept_changed)
     kind = state("kind", str, "object", kind_changed)
@@ -52,18 +43,11 @@ class ForgetModel(QObject):
     steps = state("steps", int, 35, steps_changed)
     evaluate = state("evaluate", bool, True, evaluate_changed)
     save_copy = state("save_copy", str, "", save_copy_changed)
-    running = state("running", bool, False, running_changed)
-    step = state("step", int, 0, step_changed)
-    total = state("total", int, 0, total_changed)
-    phase_text = state("phase_text", str, "Not started", phase_text_changed)
-    losses = state("losses", list, [], losses_changed)
-    result = state("result", object, None, result_changed)
-    result_text = state("result_text", str, "", result_text_changed)
+
+    training_verb = "Re-steering"
 
     def __init__(self, session: Session, parent=None):
-        super().__init__(parent)
-        self.session = session
-        self.job = None
+        super().__init__(session, parent)
         # Extra ForgetConfig fields (tests and power users); the wizard shows the common ones.
         self.extra: dict = {}
         self.eval_steps = 20  # sampler steps of the evaluation images
@@ -131,46 +115,9 @@ class ForgetModel(QObject):
         model = self.session.require_model()
         if model is None:
             return None
-        self.losses = []
-        self.step = 0
-        self.total = req.config.steps
-        self.result = None
-        self.result_text = ""
-        self.phase_text = "Starting"
-        job = self.session.run_job(
-            "forget",
-            lambda ctx: forget_job(ctx, model, req),
-            on_progress=self._on_progress,
-            on_finished=self._on_finished,
-            on_failed=lambda msg, det: setattr(self, "phase_text", f"Failed: {msg}"),
-            on_cancelled=self._on_cancelled,
-            on_done=lambda: setattr(self, "running", False),
-        )
-        if job is not None:
-            self.job = job
-            self.running = True
-        return job
+        return self._start_job("forget", lambda ctx: forget_job(ctx, model, req), req.config.steps)
 
-    def cancel(self) -> None:
-        if self.running:
-            self.session.cancel_job()
-            self.phase_text = "Cancelling ..."
-
-    def _on_progress(self, p) -> None:
-        if isinstance(p, Phase):
-            self.phase_text = p.text[:1].upper() + p.text[1:]
-            return
-        if getattr(p, "phase", "train") == "references":
-            self.phase_text = "Preparing reference images"
-            return
-        self.phase_text = f"Re-steering: step {p.step} of {p.total}"
-        self.total = p.total
-        self.step = p.step
-        if p.loss is not None and math.isfinite(p.loss):
-            self.losses = [*self.losses, float(p.loss)]
-
-    def _on_finished(self, done: ForgetDone) -> None:
-        self.result = done
+    def _result_lines(self, done: ForgetDone) -> list[str]:
         lines = [f"Finished in {done.seconds:.1f} s, final loss {done.final_loss:.4f}."]
         if done.record is not None:
             lines.append(f"Registered as '{done.record.name}'.")
@@ -186,12 +133,4 @@ class ForgetModel(QObject):
             mb, ma = s["mscore_before"]["mean"], s["mscore_after"]["mean"]
             rb, ra = s["retention_before"]["mean"], s["retention_after"]["mean"]
             lines.append(f"M-Score {mb:.2f} → {ma:.2f}; retention {rb:.2f} → {ra:.2f}.")
-        self.result_text = " ".join(lines)
-        self.phase_text = "Done"
-        self.session.status = lines[0] + (" " + lines[1] if len(lines) > 1 else "")
-        self.session.registry_changed.emit()
-        self.finished.emit(done)
-
-    def _on_cancelled(self, msg: str) -> None:
-        self.phase_text = "Cancelled: nothing was written"
-        self.cancelled.emit()
+        return lines

@@ -9,18 +9,13 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QFormLayout,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
 )
 
 from fmn_desktop.ui.models.attack import AttackModel, summary_rows
@@ -29,30 +24,22 @@ from fmn_desktop.ui.widgets.common import (
     bind_check,
     bind_spin,
     bind_text,
-    card,
-    page_header,
     section_label,
 )
+from fmn_desktop.ui.widgets.job_page import JobPage
 
 
-class AttackPage(QWidget):
+class AttackPage(JobPage):
     def __init__(self, model: AttackModel, parent=None):
-        super().__init__(parent)
-        self.model = model
-        lay = QVBoxLayout(self)
-        lay.addWidget(
-            page_header(
-                "Attack check",
-                "Does the patch hold against someone looking for a way around it? Search, per "
-                "evaluation prompt and seed, for a prompt the judge reads as the concept, "
-                "before and after the patch. The figures are stored with the patch.",
-            )
+        super().__init__(
+            model,
+            "Attack check",
+            "Does the patch hold against someone looking for a way around it? Search, per "
+            "evaluation prompt and seed, for a prompt the judge reads as the concept, "
+            "before and after the patch. The figures are stored with the patch.",
+            parent,
         )
-        row = QHBoxLayout()
-        lay.addLayout(row, 1)
-
-        left = card()
-        ll = QVBoxLayout(left)
+        ll = self.settings_column
         ll.addWidget(section_label("1 · Patch"))
         self.patch_label = QLabel()
         self.patch_label.setWordWrap(True)
@@ -84,38 +71,18 @@ class AttackPage(QWidget):
         bind_check(self.whitebox, model, "whitebox")
         form2.addRow("", self.whitebox)
         ll.addLayout(form2)
-        tips = QLabel(
+        self.add_tips(
             "<b>How to read it</b><br>• ASR: share of (prompt, seed) targets for which some "
             "prompt found within the budget draws the concept again.<br>"
             "• Compare ASR after with the chance ASR: a large budget can succeed by luck.<br>"
             "• Needs the embedded model's judge."
         )
-        tips.setWordWrap(True)
-        tips.setObjectName("tips")
-        ll.addSpacing(8)
-        ll.addWidget(tips)
-        ll.addStretch(1)
-        buttons = QHBoxLayout()
-        buttons.addStretch(1)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(model.cancel)
-        self.start_button = QPushButton("Run attack")
-        self.start_button.setObjectName("primary")
-        self.start_button.clicked.connect(lambda: model.start())
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.start_button)
-        ll.addLayout(buttons)
-        row.addWidget(left, 2)
+        self.add_run_buttons("Run attack")
+        self.inputs = [self.concept, self.budget, self.seeds, self.steps, self.chance,
+                       self.whitebox]
 
-        right = card()
-        rl = QVBoxLayout(right)
-        rl.addWidget(section_label("3 · Result"))
-        self.phase = QLabel()
-        self.phase.setWordWrap(True)
-        rl.addWidget(self.phase)
-        self.bar = QProgressBar()
-        self.bar.setFormat("%v / %m targets")
-        rl.addWidget(self.bar)
+        rl = self.result_column
+        self.add_progress("3 · Result", "%v / %m targets")
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["", "Before", "After"])
         self.table.verticalHeader().hide()
@@ -133,25 +100,15 @@ class AttackPage(QWidget):
         self.details.setPlaceholderText("Each target's search, as it runs")
         self.details.setMaximumHeight(130)
         rl.addWidget(self.details)
-        self.result = QLabel()
-        self.result.setWordWrap(True)
-        self.result.setObjectName("result")
-        rl.addWidget(self.result)
-        row.addWidget(right, 3)
+        self.add_result_label()
 
         model.record_changed.connect(self._record)
-        model.phase_text_changed.connect(self.phase.setText)
         model.total_changed.connect(lambda t: self.bar.setMaximum(max(1, t)))
-        model.step_changed.connect(self.bar.setValue)
         model.log_changed.connect(lambda lines: self.details.setPlainText("\n".join(lines)))
         model.result_changed.connect(self._result)
-        model.result_text_changed.connect(self.result.setText)
-        model.running_changed.connect(self._running)
         self._record(model.record)
-        self.phase.setText(model.phase_text)
         self._result(model.result)
-        self.result.setText(model.result_text)
-        self._running(model.running)
+        self.bind_job()
 
     def _record(self, record):
         if record is None:
@@ -175,8 +132,5 @@ class AttackPage(QWidget):
         self.grid.set_image(done.grid)
         self.details.setPlainText(done.table)
 
-    def _running(self, on: bool):
-        self.start_button.setEnabled(not on and self.model.record is not None)
-        self.cancel_button.setEnabled(on)
-        for w in (self.concept, self.budget, self.seeds, self.steps, self.chance, self.whitebox):
-            w.setEnabled(not on)
+    def can_start(self) -> bool:
+        return self.model.record is not None

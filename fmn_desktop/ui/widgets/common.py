@@ -1,4 +1,5 @@
-"""Small shared pieces: two-way bindings, page headers, image views, the error dialog."""
+"""Small shared pieces: two-way bindings, page headers, path fields, image views, the error
+dialog."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFrame,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QMessageBox,
@@ -16,6 +18,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -128,6 +131,17 @@ def card() -> QFrame:
     frame.setObjectName("card")
     frame.setFrameShape(QFrame.Shape.StyledPanel)
     return frame
+
+
+def path_row(edit: QLineEdit, browse) -> QHBoxLayout:
+    """A path field with a "…" button that calls `browse()` to pick it."""
+    row = QHBoxLayout()
+    button = QToolButton()
+    button.setText("…")
+    button.clicked.connect(browse)
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
 
 
 def pil_to_qimage(image) -> QImage:

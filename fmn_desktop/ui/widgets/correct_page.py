@@ -3,21 +3,14 @@ attribute drawn under several words (broad fine-tune); progress, cancel, the res
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QStackedWidget,
-    QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -26,33 +19,23 @@ from fmn_desktop.ui.widgets.common import (
     bind_combo,
     bind_spin,
     bind_text,
-    card,
-    page_header,
+    path_row,
     section_label,
 )
-from fmn_desktop.ui.widgets.loss_plot import LossPlot
+from fmn_desktop.ui.widgets.job_page import PatchJobPage
 
 
-class CorrectPage(QWidget):
-    compare_requested = Signal(object)  # PatchRecord of the finished job
-
+class CorrectPage(PatchJobPage):
     def __init__(self, model: CorrectModel, parent=None):
-        super().__init__(parent)
-        self.model = model
-        lay = QVBoxLayout(self)
-        lay.addWidget(
-            page_header(
-                "Correct a concept",
-                "Redirect what a concept draws towards a guide, instead of erasing it, or remove "
-                "an attribute that several words (or none) bring in. The result is a patch in "
-                "the library, like a forget patch.",
-            )
+        super().__init__(
+            model,
+            "Correct a concept",
+            "Redirect what a concept draws towards a guide, instead of erasing it, or remove "
+            "an attribute that several words (or none) bring in. The result is a patch in "
+            "the library, like a forget patch.",
+            parent,
         )
-        row = QHBoxLayout()
-        lay.addLayout(row, 1)
-
-        left = card()
-        ll = QVBoxLayout(left)
+        ll = self.settings_column
         ll.addWidget(section_label("1 · What to do"))
         self.mode = QComboBox()
         bind_combo(self.mode, model, "mode", MODE_LABELS)
@@ -101,85 +84,34 @@ class CorrectPage(QWidget):
         self.fmt = QComboBox()
         bind_combo(self.fmt, model, "fmt", FORMAT_LABELS)
         f3.addRow("Format:", self.fmt)
-        out = QHBoxLayout()
         self.save_copy = QLineEdit()
         self.save_copy.setPlaceholderText("optional: also save the file here")
         bind_text(self.save_copy, model, "save_copy")
-        browse = QToolButton()
-        browse.setText("…")
-        browse.clicked.connect(self._browse)
-        out.addWidget(self.save_copy, 1)
-        out.addWidget(browse)
-        f3.addRow("Copy to:", out)
+        f3.addRow("Copy to:", path_row(self.save_copy, self._browse))
         ll.addLayout(f3)
-        self.tips = QLabel()
-        self.tips.setWordWrap(True)
-        self.tips.setObjectName("tips")
-        ll.addSpacing(8)
-        ll.addWidget(self.tips)
-        ll.addStretch(1)
-        buttons = QHBoxLayout()
-        buttons.addStretch(1)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(model.cancel)
-        self.start_button = QPushButton("Correct")
-        self.start_button.setObjectName("primary")
-        self.start_button.clicked.connect(lambda: model.start())
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.start_button)
-        ll.addLayout(buttons)
-        row.addWidget(left, 2)
+        self.tips = self.add_tips()  # worded per mode
+        self.add_run_buttons("Correct")
+        self.inputs = [self.mode, self.concept, self.guide, self.negative, self.strength,
+                       self.words, self.steps, self.fmt, self.save_copy]
 
-        right = card()
-        rl = QVBoxLayout(right)
-        rl.addWidget(section_label("3 · Progress"))
-        self.phase = QLabel()
-        self.phase.setWordWrap(True)
-        rl.addWidget(self.phase)
-        self.bar = QProgressBar()
-        rl.addWidget(self.bar)
-        self.plot = LossPlot()
-        rl.addWidget(self.plot, 1)
-        self.result = QLabel()
-        self.result.setWordWrap(True)
-        self.result.setObjectName("result")
-        rl.addWidget(self.result)
+        rl = self.result_column
+        self.add_progress("3 · Progress")  # the bar's format follows the mode
+        self.add_loss_plot()
+        self.add_result_label()
         self._filler = rl.count()
         rl.addStretch(0)  # takes the plot's room when the plot is hidden (closed form)
-        self._right = rl
-        self.compare_button = QPushButton("Compare before / after")
-        self.compare_button.clicked.connect(self._compare)
-        self.compare_button.hide()
-        done_row = QHBoxLayout()
-        done_row.addStretch(1)
-        done_row.addWidget(self.compare_button)
-        rl.addLayout(done_row)
-        row.addWidget(right, 3)
+        self.add_compare_button()
 
         model.mode_changed.connect(self._mode)
-        model.phase_text_changed.connect(self.phase.setText)
-        model.losses_changed.connect(self.plot.set_values)
-        model.total_changed.connect(self._total)
-        model.step_changed.connect(self.bar.setValue)
-        model.result_text_changed.connect(self.result.setText)
-        model.running_changed.connect(self._running)
-        model.result_changed.connect(
-            lambda r: self.compare_button.setVisible(r is not None and r.record is not None)
-        )
         self._mode(model.mode)
-        self.phase.setText(model.phase_text)
-        self._total(model.total)
-        self.bar.setValue(model.step)
-        self.plot.set_values(model.losses)
-        self.result.setText(model.result_text)
-        self._running(model.running)
+        self.bind_patch_job(model.total)
 
     def _mode(self, mode: str):
         broad = mode == "broad"
         self.forms.setCurrentIndex(MODES.index(mode) if mode in MODES else 0)
         self.start_button.setText("Remove" if broad else "Correct")
         self.plot.setVisible(broad)
-        self._right.setStretch(self._filler, 0 if broad else 1)
+        self.result_column.setStretch(self._filler, 0 if broad else 1)
         self.bar.setFormat("%v / %m steps" if broad else "%v / %m solve")
         if broad:
             self.tips.setText(
@@ -194,22 +126,6 @@ class CorrectPage(QWidget):
                 "(e.g. guide 'blue balloon', negative 'red balloon', strength 2).<br>"
                 "• Use the concept itself as guide with a negative to remove a bias."
             )
-
-    def _total(self, total: int):
-        self.bar.setMaximum(max(1, total))
-        self.plot.set_total(total)
-
-    def _running(self, on: bool):
-        self.start_button.setEnabled(not on)
-        self.cancel_button.setEnabled(on)
-        for w in (self.mode, self.concept, self.guide, self.negative, self.strength,
-                  self.words, self.steps, self.fmt, self.save_copy):
-            w.setEnabled(not on)
-
-    def _compare(self):
-        r = self.model.result
-        if r is not None and r.record is not None:
-            self.compare_requested.emit(r.record)
 
     def _browse(self):
         path, _ = QFileDialog.getSaveFileName(
