@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=fc("steps"),
-        help="re-steering steps (default: %(default)s)",
+        help="re-steering steps per re-steered concept (the learned token, each name) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--lr", type=float, default=None, help="re-steering learning rate (default: as forget)"
@@ -722,8 +723,8 @@ def cmd_forget_photos(args) -> int:
             )
     f = outcome.forget
     print(
-        f"re-steered {', '.join(outcome.concepts)} ({f.seconds:.1f} s, final loss "
-        f"{f.final_loss:.4f})"
+        f"re-steered {', '.join(outcome.concepts)} ({f.patch.meta.hyperparameters['steps']} "
+        f"steps, {f.seconds:.1f} s, final loss {f.final_loss:.4f})"
     )
     print(
         f"wrote {outcome.patch_path} ({outcome.patch_path.stat().st_size / 1024:.1f} KiB) "

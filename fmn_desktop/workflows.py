@@ -180,6 +180,7 @@ def forget_from_photos(
     config: ForgetConfig | None = None,
     fmt: str = "lora",
     export_rank: int | None = None,
+    steps_per_concept: bool = True,
     progress: Callable[[PhotoProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> PhotoForgetOutcome:
@@ -197,7 +198,9 @@ def forget_from_photos(
        the learned tokens to `embedding_out` (default: beside it, `<stem>.tokens.safetensors`).
 
     `config` supplies every other forget setting (its concepts, references and preservation
-    prompts are replaced). Nothing is written if a stage fails or is cancelled.
+    prompts are replaced); with `steps_per_concept` its steps are per re-steered concept (the
+    concepts share each batch: measured in docs/IDENTITY_FROM_PHOTOS.md). Nothing is written
+    if a stage fails or is cancelled.
     """
     import time
 
@@ -214,8 +217,8 @@ def forget_from_photos(
 
     started = time.perf_counter()
     out = Path(out)
-    embedding_out = Path(embedding_out) if embedding_out else out.with_name(
-        f"{out.stem}.tokens.safetensors"
+    embedding_out = (
+        Path(embedding_out) if embedding_out else out.with_name(f"{out.stem}.tokens.safetensors")
     )
     if embedding_out.resolve() == out.resolve():
         raise FmnError("the patch and the learned tokens need two different files")
@@ -268,6 +271,8 @@ def forget_from_photos(
             concepts.append(name)
     fields = {**base.__dict__, "concepts": concepts, "reference_dir": str(images)}
     fields["retain_prompts"] = preservation
+    if steps_per_concept:
+        fields["steps"] = base.steps * len(concepts)
     config = ForgetConfig(**fields)
     extra = {
         "learned_tokens": learned.placeholder,
@@ -295,7 +300,12 @@ def forget_from_photos(
         out.unlink(missing_ok=True)
         raise
     return PhotoForgetOutcome(
-        out, embedding_out, concepts, inv_result, discovery, outcome,
+        out,
+        embedding_out,
+        concepts,
+        inv_result,
+        discovery,
+        outcome,
         time.perf_counter() - started,
     )
 

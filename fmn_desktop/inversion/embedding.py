@@ -122,7 +122,10 @@ def installed_tokens(pipe, learned: LearnedTokens | list[LearnedTokens]) -> Iter
     ids = tok.convert_tokens_to_ids(names)
     rows = max(old_emb.num_embeddings, max(ids) + 1)
     emb = nn.Embedding(
-        rows, width, padding_idx=old_emb.padding_idx, device=old_emb.weight.device,
+        rows,
+        width,
+        padding_idx=old_emb.padding_idx,
+        device=old_emb.weight.device,
         dtype=old_emb.weight.dtype,
     )
     with torch.no_grad():

@@ -182,8 +182,11 @@ def prompt_scores(
     def loss(prompt: str) -> float:
         tok = pipe.tokenizer
         ids = tok(
-            expand_placeholders(tok, prompt), padding="max_length",
-            max_length=tok.model_max_length, truncation=True, return_tensors="pt",
+            expand_placeholders(tok, prompt),
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids.to(device)
         emb = te(ids)[0].to(unet.dtype)
         total = 0.0
@@ -219,8 +222,10 @@ def text_similarities(
             part = list(texts[s : s + 64])
             embeds, _ = encode_prompts(pipe, part)
             ids = tok(
-                [expand_placeholders(tok, p) for p in part], padding="max_length",
-                max_length=embeds.shape[1], truncation=True,
+                [expand_placeholders(tok, p) for p in part],
+                padding="max_length",
+                max_length=embeds.shape[1],
+                truncation=True,
             ).input_ids
             rows += [e[first_eot(i, tok.eos_token_id)].float().cpu() for e, i in zip(embeds, ids)]
         return torch.stack(rows)
@@ -321,7 +326,12 @@ def discover_names(
     if names:
         say(f"scoring {len(names)} candidate names on the photos")
         scores, losses = prompt_scores(
-            pipe, learned, images, [template.format(c.text) for c in names], samples, seed,
+            pipe,
+            learned,
+            images,
+            [template.format(c.text) for c in names],
+            samples,
+            seed,
             template,
         )
         sims = text_similarities(pipe, learned, [template.format(c.text) for c in names], template)

@@ -200,7 +200,10 @@ def learn_tokens_steps(
         tok = pipe.tokenizer
         prompts = [expand_placeholders(tok, p) for p in config.prompts()]
         prompt_ids = tok(
-            prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+            prompts,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
             return_tensors="pt",
         ).input_ids.to(device)
         if not bool((prompt_ids == ids[0]).any(-1).all()):
@@ -234,7 +237,10 @@ def learn_tokens_steps(
         try:
             loss_before = fixed_loss()
             opt = torch.optim.AdamW(
-                [vectors], lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay,
+                [vectors],
+                lr=config.lr,
+                betas=(0.9, 0.999),
+                weight_decay=config.weight_decay,
                 eps=1e-8,
             )
             b = config.batch_size
@@ -300,8 +306,13 @@ def learn_tokens(
     with the token. `should_cancel()` returning True stops the job (CancelledError)."""
     if config is None:
         config = InversionConfig(
-            placeholder=placeholder, num_vectors=num_vectors, steps=steps, lr=lr,
-            init_word=init_word, seed=seed, **options,
+            placeholder=placeholder,
+            num_vectors=num_vectors,
+            steps=steps,
+            lr=lr,
+            init_word=init_word,
+            seed=seed,
+            **options,
         )
     job = learn_tokens_steps(pipe, images, config)
     while True:

@@ -94,7 +94,9 @@ def test_plain_prompts_mask_as_before(tiny_pipe):
     before = concept_mask(tok, ["a photo of a dog"], ["dog"], "concept+following+eot")
     learned = LearnedTokens(TOKEN, torch.zeros(2, tiny_pipe.text_encoder.config.hidden_size))
     with installed_tokens(tiny_pipe, learned):
-        after = concept_mask(tiny_pipe.tokenizer, ["a photo of a dog"], ["dog"], "concept+following+eot")
+        after = concept_mask(
+            tiny_pipe.tokenizer, ["a photo of a dog"], ["dog"], "concept+following+eot"
+        )
     assert torch.equal(before, after)
 
 
@@ -103,7 +105,13 @@ def test_learning_changes_only_the_new_rows(tiny_pipe):
     snap = _snapshot(pipe)
     steps = []
     result = learn_tokens(
-        pipe, _images(), placeholder=TOKEN, num_vectors=2, steps=4, lr=1e-2, batch_size=2,
+        pipe,
+        _images(),
+        placeholder=TOKEN,
+        num_vectors=2,
+        steps=4,
+        lr=1e-2,
+        batch_size=2,
         progress=steps.append,
     )
     _assert_unchanged(pipe, snap)
@@ -111,7 +119,9 @@ def test_learning_changes_only_the_new_rows(tiny_pipe):
     assert learned.tokens == [TOKEN, f"{TOKEN}_1"]
     assert learned.vectors.shape == (2, pipe.text_encoder.config.hidden_size)
     assert [p.step for p in steps if p.phase == "train"] == [1, 2, 3, 4]
-    assert len(result.history) == 4 and all(torch.isfinite(torch.tensor(h.loss)) for h in result.history)
+    assert len(result.history) == 4 and all(
+        torch.isfinite(torch.tensor(h.loss)) for h in result.history
+    )
     # Same seed, no steps' worth of change would give the initial vectors; these moved.
     from fmn_desktop.inversion import InversionConfig
     from fmn_desktop.inversion.train import _initial_vectors
@@ -126,7 +136,11 @@ def test_cancel_leaves_the_pipeline_as_it_was(tiny_pipe):
     snap = _snapshot(tiny_pipe)
     with pytest.raises(CancelledError):
         learn_tokens(
-            tiny_pipe, _images(), placeholder=TOKEN, steps=50, batch_size=2,
+            tiny_pipe,
+            _images(),
+            placeholder=TOKEN,
+            steps=50,
+            batch_size=2,
             should_cancel=lambda: True,
         )
     _assert_unchanged(tiny_pipe, snap)
@@ -160,7 +174,10 @@ def test_bad_files_are_clear_errors(tiny_pipe, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     save_file({"a": torch.zeros(2, 32), "b": torch.zeros(2, 32)}, str(tmp_path / "two.safetensors"))
     save_file({"<x>": torch.zeros(2, 32, dtype=torch.int32)}, str(tmp_path / "int.safetensors"))
-    save_file({"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}, str(tmp_path / "xl.safetensors"))
+    save_file(
+        {"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)},
+        str(tmp_path / "xl.safetensors"),
+    )
     (tmp_path / "old.pt").write_bytes(b"pickle")
     cases = {
         "trunc.safetensors": "not a readable",
@@ -175,13 +192,15 @@ def test_bad_files_are_clear_errors(tiny_pipe, tmp_path):
         with pytest.raises(EmbeddingFormatError, match=message):
             load_embedding(tmp_path / name)
     # A file learned on another family (text width 64 vs 32) does not fit.
-    with pytest.raises(EmbeddingFormatError, match="width"), installed_tokens(
-        tiny_pipe, LearnedTokens(TOKEN, torch.zeros(2, 64))
+    with (
+        pytest.raises(EmbeddingFormatError, match="width"),
+        installed_tokens(tiny_pipe, LearnedTokens(TOKEN, torch.zeros(2, 64))),
     ):
         pass
     # A placeholder that is already a word would hijack it.
-    with pytest.raises(FmnError, match="already a word"), installed_tokens(
-        tiny_pipe, LearnedTokens("cat", torch.zeros(1, 32))
+    with (
+        pytest.raises(FmnError, match="already a word"),
+        installed_tokens(tiny_pipe, LearnedTokens("cat", torch.zeros(1, 32))),
     ):
         pass
 

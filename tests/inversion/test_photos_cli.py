@@ -39,8 +39,22 @@ def _run(argv, capsys):
 def test_invert_writes_an_embedding(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "cat.safetensors"
     code, stdout, err = _run(
-        ["invert", str(model_dir), "--images", str(photos), "--token", TOKEN, "--vectors", "2",
-         "--steps", "3", "--inversion-batch", "2", "--out", str(out)],
+        [
+            "invert",
+            str(model_dir),
+            "--images",
+            str(photos),
+            "--token",
+            TOKEN,
+            "--vectors",
+            "2",
+            "--steps",
+            "3",
+            "--inversion-batch",
+            "2",
+            "--out",
+            str(out),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -53,9 +67,24 @@ def test_invert_writes_an_embedding(model_dir, photos, tmp_path, capsys):
 def test_forget_photos_writes_patch_and_tokens(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "forget-cat.safetensors"
     code, stdout, err = _run(
-        ["forget-photos", str(model_dir), "--images", str(photos), "--token", TOKEN,
-         "--vectors", "2", "--inversion-steps", "2", "--steps", "2", "--name", "castle",
-         "--out", str(out)],
+        [
+            "forget-photos",
+            str(model_dir),
+            "--images",
+            str(photos),
+            "--token",
+            TOKEN,
+            "--vectors",
+            "2",
+            "--inversion-steps",
+            "2",
+            "--steps",
+            "2",
+            "--name",
+            "castle",
+            "--out",
+            str(out),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -68,25 +97,52 @@ def test_forget_photos_writes_patch_and_tokens(model_dir, photos, tmp_path, caps
     assert "name 'castle'" in stdout and "wrote" in stdout
     # Re-using the learned tokens skips the inversion.
     code, stdout, err = _run(
-        ["forget-photos", str(model_dir), "--images", str(photos), "--tokens", str(tokens),
-         "--no-discover", "--steps", "1", "--out", str(tmp_path / "again.safetensors")],
+        [
+            "forget-photos",
+            str(model_dir),
+            "--images",
+            str(photos),
+            "--tokens",
+            str(tokens),
+            "--no-discover",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "again.safetensors"),
+        ],
         capsys,
     )
     assert code == 0, err
-    assert "learned" not in stdout and load_patch(tmp_path / "again.safetensors").meta.concepts == [TOKEN]
+    assert "learned" not in stdout and load_patch(tmp_path / "again.safetensors").meta.concepts == [
+        TOKEN
+    ]
 
 
 def test_photo_errors_are_one_line(model_dir, photos, tmp_path, capsys):
     code, _, err = _run(
-        ["forget-photos", str(model_dir), "--images", str(tmp_path / "nope"), "--out",
-         str(tmp_path / "p.safetensors")],
+        [
+            "forget-photos",
+            str(model_dir),
+            "--images",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ],
         capsys,
     )
     assert code == 1 and "does not exist" in err and "Traceback" not in err
     wide = save_embedding(LearnedTokens(TOKEN, torch.zeros(2, 64)), tmp_path / "wide.safetensors")
     code, _, err = _run(
-        ["forget-photos", str(model_dir), "--images", str(photos), "--tokens", str(wide),
-         "--out", str(tmp_path / "p.safetensors")],
+        [
+            "forget-photos",
+            str(model_dir),
+            "--images",
+            str(photos),
+            "--tokens",
+            str(wide),
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ],
         capsys,
     )
     assert code == 1 and "width" in err and not (tmp_path / "p.safetensors").exists()
