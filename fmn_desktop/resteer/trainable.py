@@ -108,6 +108,8 @@ class TrainableDeltas:
     ):
         self.unet = unet
         self.deltas: dict[str, nn.Module] = {}
+        # Only the deltas train; the caller's flags come back on `remove()`.
+        self._grad_flags = {n: p.requires_grad for n, p in unet.named_parameters()}
         for p in unet.parameters():
             p.requires_grad_(False)
         modules = dict(unet.named_modules())
@@ -141,6 +143,8 @@ class TrainableDeltas:
                 modules[module_name], leaf, leave_parametrized=False
             )
         self.deltas.clear()
+        for n, p in self.unet.named_parameters():
+            p.requires_grad_(self._grad_flags.get(n, p.requires_grad))
 
 
 def _reads_text(name: str) -> bool:

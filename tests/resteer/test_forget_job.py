@@ -26,6 +26,15 @@ def test_job_leaves_model_unchanged_and_patch_holds_only_kv(tiny_pipe):
     assert len(result.history) == 3 and result.history[-1].step == 3
 
 
+def test_job_restores_requires_grad_flags(tiny_pipe):
+    # A caller fine-tuning part of the UNet keeps its flags across a forget job.
+    flags = {n: i % 2 == 0 for i, (n, _) in enumerate(tiny_pipe.unet.named_parameters())}
+    for n, p in tiny_pipe.unet.named_parameters():
+        p.requires_grad_(flags[n])
+    forget(tiny_pipe, ForgetConfig(concepts=["castle"], steps=1, **FAST))
+    assert {n: p.requires_grad for n, p in tiny_pipe.unet.named_parameters()} == flags
+
+
 def test_same_seed_same_patch(tiny_pipe):
     cfg = ForgetConfig(concepts=["castle"], steps=3, seed=7, **FAST)
     a = forget(tiny_pipe, cfg).patch
