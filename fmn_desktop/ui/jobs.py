@@ -561,3 +561,105 @@ def attack_job(ctx, model, req: AttackRequest):
         with open_registry(req.registry_root) as reg:
             rows = record_in_registry(reg, req.record_id, report, strength=req.patch.strength)
     return AttackDone(report, format_table(report), grid, rows, paths)
+
+
+# ------------------------------------------------------------------- forget from photos
+@dataclass
+class PhotosRequest:
+    """`fmn forget-photos`: learn a token from a folder of photos, find the names the model
+    uses for the same subject, forget them all; the patch is registered."""
+
+    images: str
+    token: str
+    inversion: Any  # inversion.InversionConfig (its placeholder is replaced by `token`)
+    config: Any  # ForgetConfig: every other forget setting
+    names: list[str] = field(default_factory=list)
+    discover: bool = True
+    fmt: str = "lora"
+    registry_root: str | None = None  # None: keep the files only
+    out: str | None = None  # None: a temporary patch (registered, then removed)
+    tokens_dir: str | None = None  # where the learned tokens go when `out` is None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PhotosDone:
+    path: Path | None  # the patch file kept outside the registry, if any
+    record: Any  # PatchRecord when registered
+    seconds: float
+    tokens_path: Path  # the learned tokens file (always kept)
+    learned: str  # the placeholder
+    num_vectors: int
+    loss_before: float
+    loss_after: float
+    concepts: list[str]  # what was forgotten: the placeholder, then names
+    names_found: list[str]  # the names discovery accepted
+    files: list[Path] = field(default_factory=list)  # the files written (and kept)
+
+
+def tokens_file_for(folder: str, token: str) -> Path:
+    """A new file name in `folder` for the learned tokens of `token`."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "", token) or "tokens"
+    path = Path(folder) / f"{stem}.tokens.safetensors"
+    i = 2
+    while path.exists():
+        path = Path(folder) / f"{stem}-{i}.tokens.safetensors"
+        i += 1
+    return path
+
+
+def photos_job(ctx, model, req: PhotosRequest):
+    """`workflows.forget_from_photos` (what `fmn forget-photos` runs, reporting each
+    PhotoProgress), then register the patch."""
+    from fmn_desktop.workflows import forget_from_photos
+
+    tmp = None
+    out = req.out
+    embedding_out = None
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fmn-photos-")
+        out = str(Path(tmp.name) / "patch.safetensors")
+        folder = req.tokens_dir or str(Path.cwd())
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        embedding_out = tokens_file_for(folder, req.token)
+    try:
+        yield Phase("inversion", f"learning {req.token} from the photos", 0, req.inversion.steps)
+        outcome = forget_from_photos(
+            model,
+            req.images,
+            out,
+            placeholder=req.token,
+            inversion=req.inversion,
+            embedding_out=embedding_out,
+            names=list(req.names),
+            discover=req.discover,
+            config=req.config,
+            fmt=req.fmt,
+            progress=ctx.progress,
+            should_cancel=ctx.should_cancel,
+        )
+        record = None
+        if req.registry_root is not None:
+            yield Phase("register", "adding the patch to the registry")
+            record = register_file(req.registry_root, model, out, req.tags)
+        inv = outcome.inversion
+        found = list(outcome.discovery.accepted) if outcome.discovery is not None else []
+        kept = None if tmp else Path(out)
+        return PhotosDone(
+            kept,
+            record,
+            outcome.seconds,
+            outcome.embedding_path,
+            req.token,
+            inv.learned.num_vectors if inv is not None else 0,
+            inv.loss_before if inv is not None else float("nan"),
+            inv.loss_after if inv is not None else float("nan"),
+            list(outcome.concepts),
+            found,
+            [p for p in (kept, outcome.embedding_path) if p is not None],
+        )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

@@ -13,6 +13,7 @@ from fmn_desktop.ui.models.correct import CorrectModel
 from fmn_desktop.ui.models.forget import ForgetModel
 from fmn_desktop.ui.models.library import LibraryModel
 from fmn_desktop.ui.models.model_picker import ModelPickerModel
+from fmn_desktop.ui.models.photos import PhotosModel
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.models.settings import SettingsModel
 from fmn_desktop.ui.models.stack import StackModel
@@ -32,6 +33,7 @@ class AppModel(QObject):
         self.stack = StackModel(self.session, self)
         self.correct = CorrectModel(self.session, self)
         self.attack = AttackModel(self.session, self)
+        self.photos = PhotosModel(self.session, self)
 
     def close(self) -> None:
         self.session.close()
@@ -45,6 +47,7 @@ __all__ = [
     "ForgetModel",
     "LibraryModel",
     "ModelPickerModel",
+    "PhotosModel",
     "Session",
     "SettingsModel",
     "StackModel",

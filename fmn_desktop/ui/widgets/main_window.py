@@ -25,14 +25,16 @@ from fmn_desktop.ui.widgets.correct_page import CorrectPage
 from fmn_desktop.ui.widgets.forget_page import ForgetPage
 from fmn_desktop.ui.widgets.library_page import LibraryPage
 from fmn_desktop.ui.widgets.model_page import ModelPage
+from fmn_desktop.ui.widgets.photos_page import PhotosPage
 from fmn_desktop.ui.widgets.settings_page import SettingsPage
 from fmn_desktop.ui.widgets.stack_page import StackPage
 
-VIEWS = ("model", "library", "forget", "correct", "attack", "compare", "stack", "settings")
+VIEWS = ("model", "library", "forget", "photos", "correct", "attack", "compare", "stack", "settings")
 LABELS = {
     "model": "Model",
     "library": "Library",
     "forget": "Forget",
+    "photos": "Forget from photos",
     "correct": "Correct",
     "attack": "Attack check",
     "compare": "Compare",
@@ -98,12 +100,14 @@ class MainWindow(QMainWindow):
         self.model_page = ModelPage(app.picker)
         self.library_page = LibraryPage(app.library)
         self.forget_page = ForgetPage(app.forget)
+        self.photos_page = PhotosPage(app.photos)
         self.correct_page = CorrectPage(app.correct)
         self.attack_page = AttackPage(app.attack)
         self.compare_page = ComparePage(app.compare)
         self.stack_page = StackPage(app.stack)
         self.settings_page = SettingsPage(app.settings)
-        for page in (self.model_page, self.library_page, self.forget_page, self.correct_page,
+        for page in (self.model_page, self.library_page, self.forget_page, self.photos_page,
+                     self.correct_page,
                      self.attack_page, self.compare_page, self.stack_page, self.settings_page):
             self.pages.addWidget(page)
         bl.addWidget(self.pages, 1)
@@ -135,10 +139,12 @@ class MainWindow(QMainWindow):
         self.library_page.stack_requested.connect(self._stack_patch)
         self.forget_page.compare_requested.connect(self._compare_patch)
         self.correct_page.compare_requested.connect(self._compare_patch)
+        self.photos_page.compare_requested.connect(self._compare_patch)
         self.library_page.attack_requested.connect(self._attack_patch)
         self.stack_page.preview_requested.connect(self._preview_stack)
         app.forget.finished.connect(self._forgot)
         app.correct.finished.connect(self._forgot)
+        app.photos.finished.connect(self._forgot)
         app.picker.loaded.connect(lambda _: self.show_view("forget"))
         self.status_text.setText(s.status)
         self._model(s.model)
