@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from diffusers import DDPMScheduler
 
-from fmn_desktop.errors import CancelledError, TrainingError
+from fmn_desktop.errors import TrainingError
 from fmn_desktop.patch.format import Patch, PatchMeta
 from fmn_desktop.resteer.encode import encode_prompts
 from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
+from fmn_desktop.stepping import run_to_end
 
 DEFAULT_BROAD_TEMPLATES = [  # none is an evaluation prompt of the toy world (concepts.py)
     "a {} circle",
@@ -229,14 +230,9 @@ def erase_broad(
     should_cancel: Callable[[], bool] | None = None,
 ) -> BroadResult:
     """Run `broad_steps` to the end; `should_cancel()` returning True raises CancelledError."""
-    job = broad_steps(pipe, config, fingerprint, family)
-    while True:
-        try:
-            prog = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if progress:
-            progress(prog)
-        if should_cancel and should_cancel():
-            job.close()
-            raise CancelledError("broad removal cancelled; no patch was written")
+    return run_to_end(
+        broad_steps(pipe, config, fingerprint, family),
+        progress,
+        should_cancel,
+        "broad removal cancelled; no patch was written",
+    )

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fmn_desktop.errors import CancelledError, FmnError, TrainingError
+from fmn_desktop.errors import FmnError, TrainingError
 from fmn_desktop.inversion.embedding import LearnedTokens, _text_encoder, installed_tokens
 from fmn_desktop.resteer.tokens import expand_placeholders
+from fmn_desktop.stepping import run_to_end
 
 # The identity templates of `fmn_desktop.resteer.templates` ("a photo of {}", ...), which are
 # also the prompts the forget job then re-steers.
@@ -314,14 +315,9 @@ def learn_tokens(
             seed=seed,
             **options,
         )
-    job = learn_tokens_steps(pipe, images, config)
-    while True:
-        try:
-            prog = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if progress:
-            progress(prog)
-        if should_cancel and should_cancel():
-            job.close()  # runs the job's cleanup: the pipeline is left as it was
-            raise CancelledError("textual inversion cancelled; nothing was written")
+    return run_to_end(
+        learn_tokens_steps(pipe, images, config),
+        progress,
+        should_cancel,
+        "textual inversion cancelled; nothing was written",
+    )

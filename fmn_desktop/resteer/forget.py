@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from fmn_desktop.errors import CancelledError, TrainingError
+from fmn_desktop.errors import TrainingError
 from fmn_desktop.patch.format import Patch, PatchMeta
 from fmn_desktop.resteer.encode import encode_prompts, reference_latents
 from fmn_desktop.resteer.processor import (
@@ -37,6 +37,7 @@ from fmn_desktop.resteer.processor import (
 from fmn_desktop.resteer.templates import prompts_for
 from fmn_desktop.resteer.tokens import POSITION_MODES, concept_mask
 from fmn_desktop.resteer.trainable import TrainableDeltas, protect_projector, target_parameters
+from fmn_desktop.stepping import run_to_end
 
 DEFAULT_RETAIN_PROMPTS = [
     "a photo of a dog",
@@ -345,17 +346,12 @@ def forget(
     should_cancel: Callable[[], bool] | None = None,
 ) -> ForgetResult:
     """Run `forget_steps` to the end; `should_cancel()` returning True stops it (CancelledError)."""
-    job = forget_steps(pipe, config, fingerprint, family)
-    while True:
-        try:
-            prog = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if progress:
-            progress(prog)
-        if should_cancel and should_cancel():
-            job.close()  # runs the job's cleanup: the model is left as it was
-            raise CancelledError("forget job cancelled; no patch was written")
+    return run_to_end(
+        forget_steps(pipe, config, fingerprint, family),
+        progress,
+        should_cancel,
+        "forget job cancelled; no patch was written",
+    )
 
 
 def _prompts_for_latents(
