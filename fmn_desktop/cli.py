@@ -556,9 +556,25 @@ class _status:
         return False
 
 
-def cmd_forget(args) -> int:
+def step_bar(total: int, verb: str):
+    """A progress bar on stderr and the callback that feeds it from a training job's progress
+    items (`phase` "references" while reference images are drawn, then one per step)."""
     from tqdm import tqdm
 
+    bar = tqdm(total=total, desc=verb, unit="step", file=sys.stderr)
+
+    def progress(p):
+        if p.phase == "references":
+            bar.set_description("reference images")
+            return
+        bar.set_description(verb)
+        bar.update(1)
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+
+    return bar, progress
+
+
+def cmd_forget(args) -> int:
     from fmn_desktop.resteer import ForgetConfig
     from fmn_desktop.workflows import forget_to_file
 
@@ -582,15 +598,7 @@ def cmd_forget(args) -> int:
         seed=args.seed,
     )
     model = _load(args)
-    bar = tqdm(total=config.steps, desc="re-steering", unit="step", file=sys.stderr)
-
-    def progress(p):
-        if p.phase == "references":
-            bar.set_description("reference images")
-            return
-        bar.set_description("re-steering")
-        bar.update(1)
-        bar.set_postfix(loss=f"{p.loss:.4f}")
+    bar, progress = step_bar(config.steps, "re-steering")
 
     try:
         outcome = forget_to_file(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 DEFAULTS_NOTE = "defaults measured on the embedded model: docs/CORRECTION_AND_BROAD.md"
 
 
@@ -94,9 +92,8 @@ def cmd_correct(args) -> int:
 
 
 def cmd_erase_broad(args) -> int:
-    from tqdm import tqdm
 
-    from fmn_desktop.cli import _load
+    from fmn_desktop.cli import _load, step_bar
     from fmn_desktop.correct.broad import BroadConfig
     from fmn_desktop.correct.workflow import erase_broad_to_file
 
@@ -114,15 +111,7 @@ def cmd_erase_broad(args) -> int:
         seed=args.seed,
     )
     model = _load(args)
-    bar = tqdm(total=config.steps, desc="erasing", unit="step", file=sys.stderr)
-
-    def progress(p):
-        if p.phase == "references":
-            bar.set_description("reference images")
-            return
-        bar.set_description("erasing")
-        bar.update(1)
-        bar.set_postfix(loss=f"{p.loss:.4f}")
+    bar, progress = step_bar(config.steps, "erasing")
 
     try:
         outcome = erase_broad_to_file(
