@@ -26,3 +26,13 @@ def tiny_pipe():
     from tiny import tiny_sd_pipeline
 
     return tiny_sd_pipeline()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny pipeline saved as a diffusers folder, for commands that load a model path."""
+    from tiny import tiny_sd_pipeline
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_sd_pipeline().save_pretrained(path)
+    return path

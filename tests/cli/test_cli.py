@@ -15,15 +15,6 @@ FAST = ["--steps", "3", "--num-references", "2", "--batch-size", "2", "--threads
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tiny import tiny_sd_pipeline
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_sd_pipeline().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def single_file(model_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("single") / "tiny.safetensors"
     export_single_file(load_pipeline(model_dir).pipe, path)

@@ -13,15 +13,6 @@ TOKEN = "<cat-toy>"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tiny import tiny_sd_pipeline
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_sd_pipeline().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
