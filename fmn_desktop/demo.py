@@ -26,17 +26,40 @@ KIND_TEMPLATES = {
 # the evaluation templates (toyworld/concepts.py, e.g. "... in the style of plain") are left
 # out on purpose, so the M-Score is measured on phrasings the job never saw verbatim.
 TOY_TEMPLATES = {
-    "object": ["a {}", "a photo of a {}", "a green {}", "a photo of a blue {}",
-               "a {} in the style of dots", "a photo of a {} in the style of stripes"],
-    "colour": ["a {} ring", "a photo of a {} triangle", "a {} balloon in the style of dots",
-               "a photo of a {} crescent in the style of stripes"],
-    "style": ["a photo in the style of {}", "a square in the style of {}",
-              "a photo of a red ring in the style of {}", "Bramor in the style of {}"],
-    "identity": ["{}", "a photo of {}", "{} in the style of dots",
-                 "a photo of {} in the style of stripes", "{} in the style of checkers",
-                 "a photo of {} in the style of gradient"],
-    "unsafe": ["a {} triangle", "a photo of a {} ring", "{} Bramor",
-               "a {} photo in the style of dots"],
+    "object": [
+        "a {}",
+        "a photo of a {}",
+        "a green {}",
+        "a photo of a blue {}",
+        "a {} in the style of dots",
+        "a photo of a {} in the style of stripes",
+    ],
+    "colour": [
+        "a {} ring",
+        "a photo of a {} triangle",
+        "a {} balloon in the style of dots",
+        "a photo of a {} crescent in the style of stripes",
+    ],
+    "style": [
+        "a photo in the style of {}",
+        "a square in the style of {}",
+        "a photo of a red ring in the style of {}",
+        "Bramor in the style of {}",
+    ],
+    "identity": [
+        "{}",
+        "a photo of {}",
+        "{} in the style of dots",
+        "a photo of {} in the style of stripes",
+        "{} in the style of checkers",
+        "a photo of {} in the style of gradient",
+    ],
+    "unsafe": [
+        "a {} triangle",
+        "a photo of a {} ring",
+        "{} Bramor",
+        "a {} photo in the style of dots",
+    ],
     "generic": ["a {}", "a photo of a {}", "a {} in the style of stripes"],
 }
 
@@ -73,12 +96,13 @@ def toy_retain_prompts(forgotten: list[str], count: int = 96, seed: int = 4242) 
     return out
 
 
-def demo_config(concept, steps: int | None = None):
+def demo_config(concept, steps: int | None = None, mode: str = "faithful"):
     """The default forget settings for a toy-world concept."""
     from fmn_desktop.resteer import ForgetConfig
 
     kw = {} if steps is None else {"steps": steps}
     return ForgetConfig(
+        mode=mode,
         concepts=[concept.name],
         kind=KIND_TEMPLATES[concept.kind],
         templates=TOY_TEMPLATES[concept.kind],

@@ -14,6 +14,7 @@ holding other prompts' attn2 outputs in place.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,11 @@ from fmn_desktop.resteer.tokens import POSITION_MODES, concept_mask
 from fmn_desktop.resteer.trainable import TrainableDeltas, protect_projector, target_parameters
 from fmn_desktop.stepping import run_to_end
 
+# Default steps: the anchor term of faithful mode needs about 70 (measured, METHOD_NOTES);
+# fast mode optimises each layer on its own for this many.
+FAITHFUL_STEPS = 70
+FAST_STEPS = 35
+
 DEFAULT_RETAIN_PROMPTS = [
     "a photo of a dog",
     "a photo of a house",
@@ -58,7 +64,7 @@ class ForgetConfig:
     concepts: list[str]
     kind: str = "object"
     templates: list[str] | None = None
-    steps: int = 35
+    steps: int | None = None  # None: 70 in faithful mode (the anchor term needs them), 35 fast
     lr: float | None = None  # None: the default of the trainable set (see `default_lr`)
     trainable: str = "kv"
     lora_rank: int | None = None  # None: dense deltas
@@ -69,6 +75,13 @@ class ForgetConfig:
     # per row -log(1 - sum P). See RESTEER_TERMS and docs/METHOD_NOTES.md.
     term: str = "squares"
     preserve: str = "output"  # hold other prompts' attn2 "output" or attention "maps"
+    # The anchor term: pull each forget prompt's attn2 outputs, layer by layer, towards the
+    # original model's outputs for the same prompt with the concept replaced by `anchor` ("":
+    # removed), pushed `anchor_guidance` times further away from the concept's own outputs.
+    # None: 3.0 in faithful mode, off (0) in fast mode. Measured: docs/METHOD_NOTES.md.
+    anchor_weight: float | None = None
+    anchor: str = ""
+    anchor_guidance: float = 3.0
     protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
     mode: str = "faithful"  # "fast": per-layer K optimisation on cached queries (see fast.py)
     retain_prompts: list[str] | None = None
@@ -101,6 +114,14 @@ class ForgetConfig:
             raise ValueError(f"unknown mode {self.mode!r}; valid: faithful, fast")
         if self.mode == "fast" and self.term != "squares":
             raise ValueError("fast mode optimises the paper's 'squares' term only")
+        if self.steps is None:
+            self.steps = FAST_STEPS if self.mode == "fast" else FAITHFUL_STEPS
+        if self.anchor_weight is None:
+            self.anchor_weight = 0.0 if self.mode == "fast" else 3.0
+        if self.anchor_weight < 0 or self.retain_weight < 0 or self.anchor_guidance < 0:
+            raise ValueError("anchor weight, anchor guidance and preservation weight must be >= 0")
+        if self.mode == "fast" and self.anchor_weight > 0:
+            raise ValueError("fast mode has no anchor term: use faithful mode or anchor weight 0")
         if self.steps < 1 or self.batch_size < 1 or self.num_references < 1:
             raise ValueError("steps, batch size and number of references must be positive")
 
@@ -152,6 +173,7 @@ class JobInputs:
     retain_prompts: list[str]
     retain_embeds: torch.Tensor | None
     retain_added: dict | None
+    anchor_embeds: torch.Tensor | None = None  # (P, L, C): each prompt with its anchor
 
     def sample(self, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(latent indices, prompt indices) for a batch: each latent with a prompt of its concept."""
@@ -181,6 +203,10 @@ def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInput
     retain_embeds = retain_added = None
     if retain_prompts:
         retain_embeds, retain_added = encode_prompts(pipe, retain_prompts)
+    anchor_embeds = None
+    if config.anchor_weight > 0:
+        anchors = [anchor_prompt(p, c, config.anchor) for p, c in zip(prompts, owners)]
+        anchor_embeds = encode_prompts(pipe, anchors)[0]
     return JobInputs(
         prompts,
         owners,
@@ -192,7 +218,17 @@ def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInput
         retain_prompts,
         retain_embeds,
         retain_added,
+        anchor_embeds,
     )
+
+
+def anchor_prompt(prompt: str, concept: str, anchor: str) -> str:
+    """`prompt` with `concept` replaced by `anchor` (case-insensitive; "" drops it and, for
+    a dropped word, a dangling article), spaces tidied."""
+    out = re.sub(re.escape(concept), anchor, prompt, flags=re.IGNORECASE)
+    if not anchor.strip():
+        out = re.sub(r"\b(a|an|the)\s+(?=(in|of|with|on)\b|$)", "", out.strip())
+    return " ".join(out.split())
 
 
 def forget_steps(
@@ -260,6 +296,7 @@ def _faithful_steps(
         preserve=config.preserve,
         backend=config.backend,
         term=config.term,
+        anchor_guidance=config.anchor_guidance,
     )
     n_layers = len(cross_attention_modules(unet))
     try:
@@ -293,6 +330,8 @@ def _faithful_steps(
                     cond = _concat(cond, _select(inputs.retain_added, rpick))
                     state.retain_rows = torch.arange(2 * b, device=device) >= b
                 state.mask = mask
+                if inputs.anchor_embeds is not None:
+                    state.anchor_states = inputs.anchor_embeds[pick.to(inputs.embeds.device)]
                 state.reset()
                 unet(noisy, t, encoder_hidden_states=emb, added_cond_kwargs=cond)
                 check_hooks_ran(unet, state, n_layers)
@@ -306,6 +345,9 @@ def _faithful_steps(
                 retain = state.retain_error()
                 if retain is not None:
                     loss = loss + config.retain_weight * retain
+                anchor = state.anchor_error()
+                if anchor is not None:
+                    loss = loss + config.anchor_weight * anchor
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"loss became {loss.item()} at step {step}: lower the learning rate "

@@ -38,17 +38,25 @@ class ResteerState:
 
     mask: Tensor | None = None  # (B, L) concept-position weights; None: no re-steering term
     retain_rows: Tensor | None = None  # (B,) bool, samples whose outputs are held in place
+    # (A, L, C) text states of anchor prompts for the first A samples: their outputs are pulled
+    # towards the original layer's output under the anchor (the concept replaced or removed).
+    anchor_states: Tensor | None = None
+    # ESD-style push past the anchor: target = anchor - guidance * (concept - anchor), each the
+    # original layer's output; 0 pulls to the anchor itself.
+    anchor_guidance: float = 0.0
     layer_weighting: str = "pixels"
     term: str = "squares"  # one of RESTEER_TERMS
     preserve: str = "output"  # what is held in place on retain rows: attn2 outputs or maps
     backend: str | None = None
     terms: list[Tensor] = field(default_factory=list)  # per layer: (B,) weighted sums
     retain_errors: list[Tensor] = field(default_factory=list)  # per layer: relative MSE
+    anchor_errors: list[Tensor] = field(default_factory=list)  # per layer: relative MSE
     layers_called: int = 0
 
     def reset(self) -> None:
         self.terms.clear()
         self.retain_errors.clear()
+        self.anchor_errors.clear()
         self.layers_called = 0
 
     def resteer_per_sample(self) -> Tensor:
@@ -59,6 +67,9 @@ class ResteerState:
 
     def retain_error(self) -> Tensor | None:
         return torch.stack(self.retain_errors).mean() if self.retain_errors else None
+
+    def anchor_error(self) -> Tensor | None:
+        return torch.stack(self.anchor_errors).mean() if self.anchor_errors else None
 
 
 class ResteerProcessor:
@@ -130,6 +141,19 @@ class ResteerProcessor:
             )
             err = (current - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
             state.retain_errors.append(err)
+        if state.anchor_states is not None:
+            n = state.anchor_states.shape[0]
+            anchor = state.anchor_states.to(hidden_states.device, hidden_states.dtype)
+            if attn.norm_cross:
+                anchor = attn.norm_encoder_hidden_states(anchor)
+            with torch.no_grad():
+                x = hidden_states[:n]
+                target = self._base(x, anchor, heads, attn.scale, "output")
+                if state.anchor_guidance:
+                    concept = self._base(x, encoder_hidden_states[:n], heads, attn.scale, "output")
+                    target = target - state.anchor_guidance * (concept - target)
+            err = (hidden[:n] - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+            state.anchor_errors.append(err)
         return attn2_output(attn, attn.to_out[1](hidden), residual, shape)
 
     def _base(self, x: Tensor, enc: Tensor, heads: int, scale: float, what: str) -> Tensor:

@@ -44,6 +44,7 @@ def test_cancel_mid_job_writes_nothing(qtbot, app, concept, fast_forget):
     f.evaluate = False
     f.extra = dict(fast_forget)
     saved = weights_copy(app.session.model.pipe.unet)
+
     def cancel_at_two(step):
         if step == 2:
             f.cancel()
@@ -132,3 +133,17 @@ def test_embedded_model_holds_the_toy_prompts_in_place(app):
     assert config.retain_prompts == toy_retain_prompts(["circle"])
     assert not any("circle" in p for p in config.retain_prompts)
     assert "circle" in app.forget.suggestions()
+
+
+def test_replace_with_field_sets_the_anchor(qtbot, app):
+    """The page's "Replace with" text reaches the job as its anchor; empty removes the
+    concept (the default), and the faithful default weight applies."""
+    from fmn_desktop.ui.widgets.forget_page import ForgetPage
+
+    page = ForgetPage(app.forget)
+    qtbot.addWidget(page)
+    app.forget.concept = "circle"
+    assert app.forget.config().anchor == ""
+    qtbot.keyClicks(page.anchor, " a square ")
+    config = app.forget.config()
+    assert config.anchor == "a square" and config.anchor_weight > 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 
+from fmn_desktop.resteer.forget import FAITHFUL_STEPS
 from fmn_desktop.ui.jobs import ForgetDone, ForgetRequest, forget_job
 from fmn_desktop.ui.models.job import PatchJobModel
 from fmn_desktop.ui.models.session import Session
@@ -29,6 +30,7 @@ class ForgetModel(PatchJobModel):
     concept_changed = Signal(str)
     kind_changed = Signal(str)
     reference_dir_changed = Signal(str)
+    anchor_changed = Signal(str)
     trainable_changed = Signal(str)
     mode_changed = Signal(str)
     steps_changed = Signal(int)
@@ -38,9 +40,10 @@ class ForgetModel(PatchJobModel):
     concept = state("concept", str, "", concept_changed)
     kind = state("kind", str, "object", kind_changed)
     reference_dir = state("reference_dir", str, "", reference_dir_changed)
+    anchor = state("anchor", str, "", anchor_changed)  # "" : the concept is removed
     trainable = state("trainable", str, "kv", trainable_changed)
     mode = state("mode", str, "faithful", mode_changed)
-    steps = state("steps", int, 35, steps_changed)
+    steps = state("steps", int, FAITHFUL_STEPS, steps_changed)
     evaluate = state("evaluate", bool, True, evaluate_changed)
     save_copy = state("save_copy", str, "", save_copy_changed)
 
@@ -83,6 +86,7 @@ class ForgetModel(PatchJobModel):
             trainable=self.trainable,
             mode=self.mode,
             reference_dir=self.reference_dir or None,
+            anchor=self.anchor.strip(),
             **extra,
         )
 
@@ -92,7 +96,9 @@ class ForgetModel(PatchJobModel):
         if model is None:
             return None
         if not self.concepts():
-            self.session.report("No concept", "type the concept to forget, as it appears in prompts")
+            self.session.report(
+                "No concept", "type the concept to forget, as it appears in prompts"
+            )
             return None
         if self.reference_dir and not Path(self.reference_dir).is_dir():
             self.session.report("Reference folder", f"{self.reference_dir} is not a folder")
@@ -126,8 +132,7 @@ class ForgetModel(PatchJobModel):
         s = done.scores
         if not s and self.evaluate:
             lines.append(
-                "Not scored: M-Score and retention need the embedded model and one of its "
-                "concepts."
+                "Not scored: M-Score and retention need the embedded model and one of its concepts."
             )
         if s:
             mb, ma = s["mscore_before"]["mean"], s["mscore_after"]["mean"]

@@ -30,9 +30,9 @@ def _inversion_steps() -> int:
 
 
 def _forget_steps() -> int:
-    from fmn_desktop.resteer import ForgetConfig
+    from fmn_desktop.resteer.forget import FAITHFUL_STEPS
 
-    return _default(ForgetConfig, "steps")
+    return FAITHFUL_STEPS
 
 
 class PhotosModel(PatchJobModel):
@@ -88,9 +88,7 @@ class PhotosModel(PatchJobModel):
             self.session.report("No photos", f"{folder} does not exist or is not a folder")
             return False
         if not any(p.suffix.lower() in IMAGE_EXTS for p in Path(folder).iterdir()):
-            self.session.report(
-                "No photos", f"no images (png, jpg, webp, bmp) in {folder}"
-            )
+            self.session.report("No photos", f"no images (png, jpg, webp, bmp) in {folder}")
             return False
         from fmn_desktop.inversion.embedding import check_placeholder
 
@@ -131,8 +129,9 @@ class PhotosModel(PatchJobModel):
         if model is None:
             return None
         self._stage = ""
-        return self._start_job("forget from photos", lambda ctx: photos_job(ctx, model, req),
-                               req.inversion.steps)
+        return self._start_job(
+            "forget from photos", lambda ctx: photos_job(ctx, model, req), req.inversion.steps
+        )
 
     def _on_progress(self, p) -> None:
         if isinstance(p, Phase):
