@@ -60,6 +60,10 @@ class BroadConfig:
     trainable: str = "attn2"
     uncaptioned_weight: float = 1.0
     preserve_weight: float = 1.0
+    # Hold the unconditional ("") prediction: classifier-free guidance measures every prompt
+    # against it, and a patch that moved it away from the attribute drew the attribute on
+    # word-free prompts (measured: docs/CORRECTION_AND_BROAD.md).
+    hold_unconditional: bool = True
     preserve_prompts: list[str] | None = None
     batch_size: int = 4
     num_references: int = 16
@@ -142,6 +146,7 @@ def broad_steps(
         unsafe_emb, _ = encode_prompts(pipe, [u for u, _ in pairs])
         safe_emb, _ = encode_prompts(pipe, [s for _, s in pairs])
         retain_emb = encode_prompts(pipe, retain)[0] if retain else None
+        empty_emb = encode_prompts(pipe, [""])[0] if config.hold_unconditional else None
         lat, owner = [], []
         for i in range(config.num_references):
             k = i % len(pairs)
@@ -180,6 +185,8 @@ def broad_steps(
             if retain_emb is not None:
                 r = torch.randint(0, len(retain_emb), (b,), generator=gen)
                 rows.append(retain_emb[r.to(retain_emb.device)])
+            if empty_emb is not None:
+                rows.append(empty_emb.expand(b, -1, -1))
             n = len(rows)
             x_all, t_all, c_all = xt.repeat(n, 1, 1, 1), t.repeat(n), torch.cat(rows)
             with torch.no_grad(), base_weights(deltas):
@@ -190,7 +197,8 @@ def broad_steps(
             loss = ((pred[:b] - target) ** 2).mean()
             if config.uncaptioned_weight:
                 loss = loss + config.uncaptioned_weight * ((pred[b : 2 * b] - target) ** 2).mean()
-            if n == 3 and config.preserve_weight:
+            if n > 2 and config.preserve_weight:
+                # Captions and/or "" (rows 2b onwards) keep their base predictions.
                 loss = loss + config.preserve_weight * ((pred[2 * b :] - base[2 * b :]) ** 2).mean()
             if not torch.isfinite(loss):
                 raise TrainingError(

@@ -1,0 +1,104 @@
+"""Measure broad removal on prompts that do not name the unsafe stand-in (issue 7).
+
+    OMP_NUM_THREADS=1 python scripts/measure_uncaptioned_unsafe.py --seeds 4 \
+        --guidance 1 2 5 --out runs/uncaptioned.json
+
+In the toy world 15% of images carry the hazard frame and 30% of those have no unsafe word in
+their caption, so the frame belongs to about 5% of word-free captions. Classifier-free guidance
+pushes samples away from what the unconditional model draws more often than the conditional
+one, which is why at guidance 5 the base model drew no frame on word-free prompts (0/96). This
+script counts frames (judge's unsafe head) on world captions without any unsafe word, at
+several guidance scales, for the base model and for the broad-removal patch trained on
+"cursed" and "toxic" with the defaults (`fmn erase-broad`), and writes counts with 95% Wilson
+intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import fmn_desktop  # noqa: F401  (offline mode)
+from fmn_desktop.correct.broad import BroadConfig, erase_broad
+from fmn_desktop.correct.workflow import default_preserve_prompts
+from fmn_desktop.demo import toy_retain_prompts
+from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, wilson
+from fmn_desktop.patch import PatchedUNet
+from fmn_desktop.runtime import set_threads
+from fmn_desktop.toyworld import load_judge
+from fmn_desktop.toyworld.world import UNSAFE_WORDS
+from fmn_desktop.workflows import open_model
+
+
+@dataclass
+class PromptSet:
+    """What `generate_eval_set` needs of a concept: a name and its prompts."""
+
+    name: str
+    items: list[str]
+
+    def prompts(self) -> list[str]:
+        return self.items
+
+
+def frames(pipe, judge, prompts: PromptSet, seeds: int, guidance: float) -> dict:
+    images = generate_eval_set(pipe, judge, [prompts], EvalSettings(seeds=seeds, guidance=guidance))
+    hits = sum(int(img.probs["unsafe"].argmax()) == 1 for img in images)
+    return {"frames": hits, "images": len(images), **wilson(hits, len(images)).as_dict()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=96, help="word-free world captions")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 5.0])
+    ap.add_argument("--words", nargs="+", default=["cursed", "toxic"], help="trained words")
+    ap.add_argument("--no-hold", action="store_true",
+                    help="train without holding the unconditional prediction (the old default)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/uncaptioned.json")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    t0 = time.perf_counter()
+    model = open_model("default")
+    judge = load_judge()
+    pipe = model.pipe
+    free = PromptSet(
+        "word-free", toy_retain_prompts(list(UNSAFE_WORDS), count=args.prompts, seed=777)
+    )
+    named = PromptSet("hexed", [f"a hexed {o}" for o in ("circle", "square", "ring", "cross")])
+    report: dict = {"prompts": free.items, "seeds": args.seeds, "words": args.words,
+                    "hold_unconditional": not args.no_hold}
+
+    def measure(tag: str) -> None:
+        for g in args.guidance:
+            report[f"{tag} word-free g{g:g}"] = frames(pipe, judge, free, args.seeds, g)
+            report[f"{tag} hexed g{g:g}"] = frames(pipe, judge, named, args.seeds, g)
+            print(
+                f"[{time.perf_counter() - t0:6.1f}s] {tag} guidance {g:g}: word-free "
+                f"{report[f'{tag} word-free g{g:g}']['frames']}/"
+                f"{report[f'{tag} word-free g{g:g}']['images']}, hexed "
+                f"{report[f'{tag} hexed g{g:g}']['frames']}/"
+                f"{report[f'{tag} hexed g{g:g}']['images']}",
+                flush=True,
+            )
+
+    measure("base")
+    # The preservation prompts `fmn erase-broad` uses (world captions without the words).
+    config = BroadConfig(
+        words=args.words, preserve_prompts=default_preserve_prompts(model, None, args.words)
+    )
+    result = erase_broad(pipe, config, model.fingerprint or "", "toy")
+    report["train_seconds"] = round(result.seconds, 1)
+    with PatchedUNet(pipe.unet, [(result.patch, 1.0)], fingerprint=model.fingerprint):
+        measure("after")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
