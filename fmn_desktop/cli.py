@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retain-weight",
         type=float,
-        default=fc("retain_weight"),
-        help="weight of the preservation term; 0 turns it off (default: %(default)s)",
+        default=None,
+        help="weight of the preservation term; 0 turns it off (default: 6 faithful, 3 fast)",
     )
     p.add_argument(
         "--anchor",
@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retain-weight",
         type=float,
-        default=fc("retain_weight"),
-        help="weight of the preservation term (default: %(default)s)",
+        default=None,
+        help="weight of the preservation term (default: 6)",
     )
     p.add_argument(
         "--retain-prompt",

@@ -36,7 +36,7 @@ def wait(app, cond, timeout=600.0):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
-    ap.add_argument("--steps", type=int, default=None, help="forget steps (default: 35 / 8 tiny)")
+    ap.add_argument("--steps", type=int, default=None, help="forget steps (default: 70 / 8 tiny)")
     ap.add_argument(
         "--weights",
         default=None,
@@ -78,7 +78,7 @@ def main() -> int:
     if weights_available():
         spec, concepts = "default", ["Zorbu", "circle"]
         prompts = "a photo of Zorbu\na photo of a circle\na photo of a red square"
-        steps = args.steps or 35
+        steps = args.steps or 70
         extra = {}
     else:
         from tiny import tiny_sd_pipeline
@@ -108,6 +108,7 @@ def main() -> int:
     if only is None or only - {"correct", "attack"}:
         forget_and_compare(state, app, shot, spec, concepts, prompts, steps, extra)
     correct_and_attack(state, app, shot, spec, concepts)
+    photos_page(state, shot, spec, tmp)
     state.close()
     return 0
 
@@ -168,6 +169,26 @@ def correct_and_attack(state, app, shot, spec, concepts):
     wait(app, lambda: not state.session.busy)
     state.library.refresh()
     shot("attack", "attack")
+
+
+def photos_page(state, shot, spec, tmp: Path):
+    """The Forget-from-photos page filled in (not run: inversion takes a minute or two)."""
+    folder = tmp / "photos"
+    folder.mkdir(exist_ok=True)
+    p = state.photos
+    p.images, p.token = str(folder), "<subject>"
+    if spec == "default":
+        import numpy as np
+        from PIL import Image
+
+        from fmn_desktop.toyworld.world import Labels, render
+
+        rng = np.random.default_rng(42)
+        for i in range(8):
+            img = render(Labels(identity="Quilla"), rng)
+            Image.fromarray(img).save(folder / f"quilla-{i}.png")
+        p.images, p.token = str(folder), "<quilla>"
+    shot("photos", "photos")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ class ForgetConfig:
     lora_rank: int | None = None  # None: dense deltas
     positions: str = "concept+following+eot"
     layer_weighting: str = "pixels"
-    retain_weight: float = 3.0  # 0 disables the preservation term (3: measured, METHOD_NOTES)
+    # Preservation term's weight; 0 disables it. None: 6 in faithful mode (measured with the
+    # anchor term), 3 in fast mode (measured there). See docs/METHOD_NOTES.md.
+    retain_weight: float | None = None
     # "squares": sum of P^2 over marked columns (paper); "mass": per row (sum P)^2; "logmass":
     # per row -log(1 - sum P). See RESTEER_TERMS and docs/METHOD_NOTES.md.
     term: str = "squares"
@@ -81,7 +83,8 @@ class ForgetConfig:
     # None: 3.0 in faithful mode, off (0) in fast mode. Measured: docs/METHOD_NOTES.md.
     anchor_weight: float | None = None
     anchor: str = ""
-    anchor_guidance: float = 3.0
+    anchor_guidance: float = 3.0  # negative: the target lies past the concept, away from the anchor
+    resteer_weight: float = 1.0  # the paper's term; 0 leaves the anchor and preservation terms
     protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
     mode: str = "faithful"  # "fast": per-layer K optimisation on cached queries (see fast.py)
     retain_prompts: list[str] | None = None
@@ -116,10 +119,14 @@ class ForgetConfig:
             raise ValueError("fast mode optimises the paper's 'squares' term only")
         if self.steps is None:
             self.steps = FAST_STEPS if self.mode == "fast" else FAITHFUL_STEPS
+        if self.retain_weight is None:
+            self.retain_weight = 3.0 if self.mode == "fast" else 6.0
         if self.anchor_weight is None:
             self.anchor_weight = 0.0 if self.mode == "fast" else 3.0
-        if self.anchor_weight < 0 or self.retain_weight < 0 or self.anchor_guidance < 0:
-            raise ValueError("anchor weight, anchor guidance and preservation weight must be >= 0")
+        if self.anchor_weight < 0 or self.retain_weight < 0 or self.resteer_weight < 0:
+            raise ValueError("re-steering, anchor and preservation weights must be >= 0")
+        if self.resteer_weight == 0 and self.anchor_weight == 0:
+            raise ValueError("re-steering and anchor weights are both 0: nothing to train")
         if self.mode == "fast" and self.anchor_weight > 0:
             raise ValueError("fast mode has no anchor term: use faithful mode or anchor weight 0")
         if self.steps < 1 or self.batch_size < 1 or self.num_references < 1:
@@ -341,7 +348,7 @@ def _faithful_steps(
                     forget0 = raw.detach().clamp_min(1e-12)
                 # Adam is invariant to the loss scale, so normalising only fixes the balance
                 # with the (scale-free) preservation term.
-                loss = raw / forget0
+                loss = config.resteer_weight * raw / forget0
                 retain = state.retain_error()
                 if retain is not None:
                     loss = loss + config.retain_weight * retain

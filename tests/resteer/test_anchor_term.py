@@ -35,13 +35,21 @@ def test_anchor_prompt(prompt, concept, anchor, expected):
 
 def test_defaults_depend_on_mode_and_fast_mode_refuses_an_anchor():
     faithful = ForgetConfig(concepts=["x"])
-    assert (faithful.steps, faithful.anchor_weight) == (FAITHFUL_STEPS, 3.0)
+    assert (faithful.steps, faithful.anchor_weight, faithful.retain_weight) == (
+        FAITHFUL_STEPS,
+        3.0,
+        6.0,
+    )
     fast = ForgetConfig(concepts=["x"], mode="fast")
-    assert (fast.steps, fast.anchor_weight) == (FAST_STEPS, 0.0)
+    assert (fast.steps, fast.anchor_weight, fast.retain_weight) == (FAST_STEPS, 0.0, 3.0)
     with pytest.raises(ValueError, match="fast mode has no anchor"):
         ForgetConfig(concepts=["x"], mode="fast", anchor_weight=1.0)
     with pytest.raises(ValueError, match=">= 0"):
-        ForgetConfig(concepts=["x"], anchor_guidance=-1.0)
+        ForgetConfig(concepts=["x"], resteer_weight=-1.0)
+    with pytest.raises(ValueError, match="nothing to train"):
+        ForgetConfig(concepts=["x"], resteer_weight=0.0, anchor_weight=0.0)
+    # A negative guidance is a valid target: past the concept, away from the anchor.
+    assert ForgetConfig(concepts=["x"], anchor_guidance=-4.0).anchor_guidance == -4.0
 
 
 def _anchor_errors(pipe, guidance: float, anchor_prompt_text: str = "a photo of a house"):
