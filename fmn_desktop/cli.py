@@ -245,8 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--anchor-guidance",
         type=float,
         default=fc("anchor_guidance"),
-        help="how far past the anchor, away from the concept, the target lies "
-        "(default: %(default)s)",
+        help="how far past the anchor, away from the concept, the target lies; negative: "
+        "past the concept, away from the anchor (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resteer-weight",
+        type=float,
+        default=fc("resteer_weight"),
+        help="weight of the paper's re-steering term; 0 trains the anchor term alone, e.g. to "
+        "push 'knight' away from 'Gorvak' (default: %(default)s)",
     )
     p.add_argument(
         "--retain-prompt",
@@ -597,7 +604,7 @@ def step_bar(total: int, verb: str):
 
 def cmd_forget(args) -> int:
     from fmn_desktop.resteer import ForgetConfig
-    from fmn_desktop.workflows import forget_to_file
+    from fmn_desktop.workflows import forget_to_file, with_model_defaults
 
     config = ForgetConfig(
         concepts=args.concept,
@@ -614,6 +621,7 @@ def cmd_forget(args) -> int:
         anchor=args.anchor,
         anchor_weight=args.anchor_weight,
         anchor_guidance=args.anchor_guidance,
+        resteer_weight=args.resteer_weight,
         retain_prompts=args.retain_prompt,
         batch_size=args.batch_size,
         mode=args.mode,
@@ -622,6 +630,7 @@ def cmd_forget(args) -> int:
         seed=args.seed,
     )
     model = _load(args)
+    config = with_model_defaults(model, config)
     bar, progress = step_bar(config.steps, "re-steering")
 
     try:

@@ -69,17 +69,12 @@ class ForgetModel(PatchJobModel):
         return [c.strip() for c in self.concept.split(",") if c.strip()]
 
     def config(self):
-        """The ForgetConfig of the wizard's fields; on the embedded model the preservation
-        term holds the toy world's own prompts, as `fmn demo` does."""
+        """The ForgetConfig of the wizard's fields; on the embedded model the unset fields take
+        the toy world's defaults (`with_model_defaults`), as `fmn forget` and `fmn demo` do."""
         from fmn_desktop.resteer import ForgetConfig
+        from fmn_desktop.workflows import with_model_defaults
 
-        extra = dict(self.extra)
-        m = self.session.model
-        if m is not None and m.family == "toy" and "retain_prompts" not in extra:
-            from fmn_desktop.demo import toy_retain_prompts
-
-            extra["retain_prompts"] = toy_retain_prompts(self.concepts())
-        return ForgetConfig(
+        config = ForgetConfig(
             concepts=self.concepts(),
             kind=self.kind,
             steps=self.steps,
@@ -87,8 +82,9 @@ class ForgetModel(PatchJobModel):
             mode=self.mode,
             reference_dir=self.reference_dir or None,
             anchor=self.anchor.strip(),
-            **extra,
+            **self.extra,
         )
+        return with_model_defaults(self.session.model, config)
 
     def start(self):
         """Start the forget job (train, evaluate on the embedded model, register)."""
