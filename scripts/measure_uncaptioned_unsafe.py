@@ -58,6 +58,9 @@ def main() -> None:
     ap.add_argument("--words", nargs="+", default=["cursed", "toxic"], help="trained words")
     ap.add_argument("--no-hold", action="store_true",
                     help="train without holding the unconditional prediction (the old default)")
+    ap.add_argument("--preserve-weight", type=float, default=None,
+                    help="BroadConfig.preserve_weight (captions and the held \"\"; default: its own)")
+    ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/uncaptioned.json")
     args = ap.parse_args()
@@ -71,7 +74,8 @@ def main() -> None:
     )
     named = PromptSet("hexed", [f"a hexed {o}" for o in ("circle", "square", "ring", "cross")])
     report: dict = {"prompts": free.items, "seeds": args.seeds, "words": args.words,
-                    "hold_unconditional": not args.no_hold}
+                    "hold_unconditional": not args.no_hold,
+                    "preserve_weight": args.preserve_weight}
 
     def measure(tag: str) -> None:
         for g in args.guidance:
@@ -86,7 +90,8 @@ def main() -> None:
                 flush=True,
             )
 
-    measure("base")
+    if not args.no_base:
+        measure("base")
     # The preservation prompts `fmn erase-broad` uses (world captions without the words).
     config = BroadConfig(
         words=args.words, preserve_prompts=default_preserve_prompts(model, None, args.words)
