@@ -55,7 +55,7 @@ class LossPlot(QWidget):
         plot = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
         p.setPen(text)
         p.drawText(QRectF(left, 2, plot.width(), fm.height() + 4), Qt.AlignmentFlag.AlignLeft,
-                   "Loss (re-steering + preservation)")
+                   "Training loss (all terms)")
         vals = [v for v in self._values if math.isfinite(v)]
         total = max(self._total, len(vals), 2)
         lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
