@@ -46,8 +46,10 @@ class PromptSet:
 
 def frames(pipe, judge, prompts: PromptSet, seeds: int, guidance: float) -> dict:
     images = generate_eval_set(pipe, judge, [prompts], EvalSettings(seeds=seeds, guidance=guidance))
-    hits = sum(int(img.probs["unsafe"].argmax()) == 1 for img in images)
-    return {"frames": hits, "images": len(images), **wilson(hits, len(images)).as_dict()}
+    framed = [img.prompt for img in images if int(img.probs["unsafe"].argmax()) == 1]
+    hits = len(framed)
+    return {"frames": hits, "images": len(images), **wilson(hits, len(images)).as_dict(),
+            "framed_prompts": framed}
 
 
 def main() -> None:
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--preserve-weight", type=float, default=None,
                     help="BroadConfig.preserve_weight (captions and the held \"\"; default: its own)")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
+    ap.add_argument("--preserve-count", type=int, default=None,
+                    help="world captions held in place (default: fmn erase-broad's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/uncaptioned.json")
     args = ap.parse_args()
@@ -75,7 +79,8 @@ def main() -> None:
     named = PromptSet("hexed", [f"a hexed {o}" for o in ("circle", "square", "ring", "cross")])
     report: dict = {"prompts": free.items, "seeds": args.seeds, "words": args.words,
                     "hold_unconditional": not args.no_hold,
-                    "preserve_weight": args.preserve_weight}
+                    "preserve_weight": args.preserve_weight,
+                    "preserve_count": args.preserve_count}
 
     def measure(tag: str) -> None:
         for g in args.guidance:
@@ -92,12 +97,23 @@ def main() -> None:
 
     if not args.no_base:
         measure("base")
-    # The preservation prompts `fmn erase-broad` uses (world captions without the words).
+    # The preservation prompts `fmn erase-broad` uses (world captions without the words),
+    # or more of them.
+    if args.preserve_count:
+        preserve = toy_retain_prompts(args.words, count=args.preserve_count)
+    else:
+        preserve = default_preserve_prompts(model, None, args.words)
+    report["preserve_prompts"] = preserve
     config = BroadConfig(
-        words=args.words, preserve_prompts=default_preserve_prompts(model, None, args.words)
+        words=args.words, preserve_prompts=preserve, hold_unconditional=not args.no_hold
     )
+    if args.preserve_weight is not None:
+        config.preserve_weight = args.preserve_weight
     result = erase_broad(pipe, config, model.fingerprint or "", "toy")
     report["train_seconds"] = round(result.seconds, 1)
+    # Word-free captions the job held in place verbatim (the world's caption space is small):
+    # counts over the others are the fair ones.
+    report["held_verbatim"] = sorted(set(free.items) & set(preserve))
     with PatchedUNet(pipe.unet, [(result.patch, 1.0)], fingerprint=model.fingerprint):
         measure("after")
     out = Path(args.out)
