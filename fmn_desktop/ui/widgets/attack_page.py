@@ -11,7 +11,6 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QPlainTextEdit,
     QSpinBox,
     QTableWidget,
@@ -23,7 +22,7 @@ from fmn_desktop.ui.widgets.common import (
     ImageView,
     bind_check,
     bind_spin,
-    bind_text,
+    bound_edit,
     section_label,
 )
 from fmn_desktop.ui.widgets.job_page import JobPage
@@ -45,8 +44,7 @@ class AttackPage(JobPage):
         self.patch_label.setWordWrap(True)
         ll.addWidget(self.patch_label)
         form = QFormLayout()
-        self.concept = QLineEdit()
-        bind_text(self.concept, model, "concept")
+        self.concept = bound_edit(model, "concept")
         form.addRow("Concept:", self.concept)
         ll.addLayout(form)
         ll.addWidget(section_label("2 · Search"))

@@ -41,6 +41,17 @@ def _quiet(widget, fn):
     return run
 
 
+def bound_edit(
+    model: QObject, prop: str, placeholder: str = "", on_finish: bool = False
+) -> QLineEdit:
+    """A line edit bound both ways to `model.prop` (see `bind_text`), with a placeholder."""
+    edit = QLineEdit()
+    if placeholder:
+        edit.setPlaceholderText(placeholder)
+    bind_text(edit, model, prop, on_finish)
+    return edit
+
+
 def bind_text(edit: QLineEdit, model: QObject, prop: str, on_finish: bool = False) -> None:
     """Two-way text binding; `on_finish` writes only when editing ends (Enter or focus out),
     for values whose change has effects (a folder that gets opened)."""

@@ -8,7 +8,6 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QLineEdit,
     QSpinBox,
     QStackedWidget,
     QWidget,
@@ -18,7 +17,7 @@ from fmn_desktop.ui.models.correct import FORMAT_LABELS, MODE_LABELS, MODES, Cor
 from fmn_desktop.ui.widgets.common import (
     bind_combo,
     bind_spin,
-    bind_text,
+    bound_edit,
     path_row,
     section_label,
 )
@@ -45,17 +44,11 @@ class CorrectPage(PatchJobPage):
         redirect = QWidget()
         f1 = QFormLayout(redirect)
         f1.setContentsMargins(0, 6, 0, 0)
-        self.concept = QLineEdit()
-        self.concept.setPlaceholderText("e.g. balloon")
-        bind_text(self.concept, model, "concept")
+        self.concept = bound_edit(model, "concept", "e.g. balloon")
         f1.addRow("Concept:", self.concept)
-        self.guide = QLineEdit()
-        self.guide.setPlaceholderText("what it should read as, e.g. blue balloon")
-        bind_text(self.guide, model, "guide")
+        self.guide = bound_edit(model, "guide", "what it should read as, e.g. blue balloon")
         f1.addRow("Guide:", self.guide)
-        self.negative = QLineEdit()
-        self.negative.setPlaceholderText("optional: push away from, e.g. red balloon")
-        bind_text(self.negative, model, "negative")
+        self.negative = bound_edit(model, "negative", "optional: push away from, e.g. red balloon")
         f1.addRow("Negative:", self.negative)
         self.strength = QDoubleSpinBox()
         self.strength.setRange(0.0, 20.0)
@@ -68,9 +61,7 @@ class CorrectPage(PatchJobPage):
         broad = QWidget()
         f2 = QFormLayout(broad)
         f2.setContentsMargins(0, 6, 0, 0)
-        self.words = QLineEdit()
-        self.words.setPlaceholderText("e.g. cursed, toxic (comma-separated)")
-        bind_text(self.words, model, "words")
+        self.words = bound_edit(model, "words", "e.g. cursed, toxic (comma-separated)")
         f2.addRow("Words:", self.words)
         self.steps = QSpinBox()
         self.steps.setRange(1, 5000)
@@ -84,9 +75,7 @@ class CorrectPage(PatchJobPage):
         self.fmt = QComboBox()
         bind_combo(self.fmt, model, "fmt", FORMAT_LABELS)
         f3.addRow("Format:", self.fmt)
-        self.save_copy = QLineEdit()
-        self.save_copy.setPlaceholderText("optional: also save the file here")
-        bind_text(self.save_copy, model, "save_copy")
+        self.save_copy = bound_edit(model, "save_copy", "optional: also save the file here")
         f3.addRow("Copy to:", path_row(self.save_copy, self._browse))
         ll.addLayout(f3)
         self.tips = self.add_tips()  # worded per mode

@@ -8,7 +8,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QLineEdit,
     QSpinBox,
 )
 
@@ -17,7 +16,7 @@ from fmn_desktop.ui.widgets.common import (
     bind_check,
     bind_combo,
     bind_spin,
-    bind_text,
+    bound_edit,
     path_row,
     section_label,
 )
@@ -37,17 +36,11 @@ class PhotosPage(PatchJobPage):
         ll = self.settings_column
         ll.addWidget(section_label("1 · Who"))
         form = QFormLayout()
-        self.images = QLineEdit()
-        self.images.setPlaceholderText("a folder of photos of the subject")
-        bind_text(self.images, model, "images")
+        self.images = bound_edit(model, "images", "a folder of photos of the subject")
         form.addRow("Photos:", path_row(self.images, self._browse_images))
-        self.token = QLineEdit()
-        self.token.setPlaceholderText("e.g. <jane>")
-        bind_text(self.token, model, "token")
+        self.token = bound_edit(model, "token", "e.g. <jane>")
         form.addRow("Token:", self.token)
-        self.names = QLineEdit()
-        self.names.setPlaceholderText("optional: names to forget too, comma-separated")
-        bind_text(self.names, model, "names")
+        self.names = bound_edit(model, "names", "optional: names to forget too, comma-separated")
         form.addRow("Also forget:", self.names)
         self.discover = QCheckBox("Find the names the model uses for the subject")
         bind_check(self.discover, model, "discover")
@@ -68,9 +61,7 @@ class PhotosPage(PatchJobPage):
         self.fmt = QComboBox()
         bind_combo(self.fmt, model, "fmt", FORMAT_LABELS)
         form2.addRow("Format:", self.fmt)
-        self.save_copy = QLineEdit()
-        self.save_copy.setPlaceholderText("optional: also save the patch (and tokens) here")
-        bind_text(self.save_copy, model, "save_copy")
+        self.save_copy = bound_edit(model, "save_copy", "optional: also save the patch (and tokens) here")
         form2.addRow("Copy to:", path_row(self.save_copy, self._browse_out))
         ll.addLayout(form2)
         self.add_tips(

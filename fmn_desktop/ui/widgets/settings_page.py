@@ -9,7 +9,6 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -20,7 +19,7 @@ from fmn_desktop.ui.models.settings import SettingsModel
 from fmn_desktop.ui.widgets.common import (
     bind_combo,
     bind_spin,
-    bind_text,
+    bound_edit,
     card,
     page_header,
     section_label,
@@ -39,8 +38,7 @@ class SettingsPage(QWidget):
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         form.addRow(section_label("Storage"))
         folder = QHBoxLayout()
-        self.data_folder = QLineEdit()
-        bind_text(self.data_folder, model, "data_folder", on_finish=True)
+        self.data_folder = bound_edit(model, "data_folder", on_finish=True)
         browse = QToolButton()
         browse.setText("…")
         browse.clicked.connect(self._browse)

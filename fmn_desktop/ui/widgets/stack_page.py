@@ -10,7 +10,6 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QPushButton,
     QRadioButton,
@@ -25,7 +24,7 @@ from fmn_desktop.ui.jobs import EXPORT_FORMATS
 from fmn_desktop.ui.models.stack import StackModel
 from fmn_desktop.ui.widgets.common import (
     bind_check,
-    bind_text,
+    bound_edit,
     card,
     page_header,
     section_label,
@@ -164,9 +163,7 @@ class StackPage(QWidget):
         bind_check(self.force, model, "force")
         ml.addWidget(self.force)
         actions = QHBoxLayout()
-        self.name = QLineEdit()
-        self.name.setPlaceholderText("Stack name")
-        bind_text(self.name, model, "name")
+        self.name = bound_edit(model, "name", "Stack name")
         self.save_button = QPushButton("Save")
         self.save_button.clicked.connect(lambda: model.save())
         self.preview_button = QPushButton("Preview")
