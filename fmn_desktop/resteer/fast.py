@@ -4,7 +4,8 @@ One forward pass of the UNet over the noised reference latents (and the same lat
 the retain prompts) records every cross-attention layer's queries. Each layer's `to_k` then
 gets its own small optimisation: the re-steering term of the concept prompts on those cached
 queries, plus the preservation term (the layer's output, or maps, on the retain prompts with
-the original values), computed by the fused kernel where it runs. A forget then costs about
+the original values), computed by the fused kernel where it runs; with an anchor weight, also
+the anchor term on the concept rows (see ForgetConfig), with V fixed. A forget then costs about
 one UNet forward per cached sample plus cheap per-layer steps.
 
 What it ignores: a change in layer l alters the inputs of later layers, so their cached
@@ -103,6 +104,9 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Gen
         rpick = inputs.sample_retain(n, gen)
         emb_r = inputs.retain_embeds[rpick.to(inputs.retain_embeds.device)]
         q_r = cache_queries(unet, noisy, t, emb_r, _select(inputs.retain_added, rpick))
+    use_anchor = config.anchor_weight > 0 and inputs.anchor_embeds is not None
+    if use_anchor:
+        emb_a = inputs.anchor_embeds[pick.to(inputs.anchor_embeds.device)]
     projector = None
     if config.protect_energy > 0 and inputs.retain_embeds is not None:
         projector = protect_projector(inputs.retain_embeds, config.protect_energy).to(device)
@@ -126,6 +130,19 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Gen
                     ref_r = _probs(q_r[name], k_r0, scale)
                 else:
                     ref_r = F.scaled_dot_product_attention(q_r[name], k_r0, v_r, scale=scale)
+        if use_anchor:
+            # The anchor target on the cached queries (attention outputs before to_out, which
+            # is fixed here): anchor - g (concept - anchor), both with the original weights.
+            enc_a = attn.norm_encoder_hidden_states(emb_a) if attn.norm_cross else emb_a
+            with torch.no_grad():
+                k_a0 = _split_heads(F.linear(enc_a, w0), heads)
+                v_a = _split_heads(attn.to_v(enc_a), heads)
+                target = F.scaled_dot_product_attention(q_c[name], k_a0, v_a, scale=scale)
+                if config.anchor_guidance:
+                    k_c0 = _split_heads(F.linear(enc_c, w0), heads)
+                    own = F.scaled_dot_product_attention(q_c[name], k_c0, v_c, scale=scale)
+                    target = target - config.anchor_guidance * (own - target)
+                target = target.float()
         delta = (
             LoraDelta(w0, config.lora_rank, None, projector)
             if config.lora_rank
@@ -138,7 +155,7 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Gen
         for step in range(1, config.steps + 1):
             w = delta(w0.float()).to(dtype)
             k_c = _split_heads(F.linear(enc_c, w), heads)
-            _, term = resteer_attention(
+            out_c, term = resteer_attention(
                 q_c[name],
                 k_c,
                 v_c,
@@ -149,7 +166,10 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Gen
             raw = term.sum(1).mean().clamp_min(1e-20).sqrt()
             if forget0 is None:
                 forget0 = raw.detach().clamp_min(1e-12)
-            loss = raw / forget0
+            loss = config.resteer_weight * raw / forget0
+            if use_anchor:
+                anchor = (out_c.float() - target).pow(2).mean() / target.pow(2).mean()
+                loss = loss + config.anchor_weight * anchor.clamp_min(0)
             retain = None
             if use_retain:
                 k_r = _split_heads(F.linear(enc_r, w), heads)

@@ -42,8 +42,7 @@ def test_defaults_depend_on_mode_and_fast_mode_refuses_an_anchor():
     )
     fast = ForgetConfig(concepts=["x"], mode="fast")
     assert (fast.steps, fast.anchor_weight, fast.retain_weight) == (FAST_STEPS, 0.0, 3.0)
-    with pytest.raises(ValueError, match="fast mode has no anchor"):
-        ForgetConfig(concepts=["x"], mode="fast", anchor_weight=1.0)
+    assert ForgetConfig(concepts=["x"], mode="fast", anchor_weight=1.0).anchor_weight == 1.0
     with pytest.raises(ValueError, match=">= 0"):
         ForgetConfig(concepts=["x"], resteer_weight=-1.0)
     with pytest.raises(ValueError, match="nothing to train"):
@@ -106,3 +105,13 @@ def test_forget_job_uses_the_anchor_term(tiny_pipe):
     assert with_anchor.patch.meta.hyperparameters["anchor_weight"] == 10.0
     assert with_anchor.patch.meta.hyperparameters["anchor"] == "house"
     assert with_anchor.history[0].loss > without.history[0].loss  # the term is in the loss
+
+
+def test_fast_mode_uses_the_anchor_term_when_asked(tiny_pipe):
+    cfg = dict(concepts=["castle"], mode="fast", steps=3, seed=1, **FAST)
+    plain = forget(tiny_pipe, ForgetConfig(**cfg)).patch
+    anchored = forget(tiny_pipe, ForgetConfig(anchor_weight=10.0, anchor="house", **cfg)).patch
+    assert set(plain.deltas) == set(anchored.deltas)
+    assert any(
+        not torch.allclose(plain.deltas[n].dense, anchored.deltas[n].dense) for n in plain.deltas
+    )
