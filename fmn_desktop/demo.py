@@ -96,18 +96,28 @@ def toy_retain_prompts(forgotten: list[str], count: int = 96, seed: int = 4242) 
     return out
 
 
+def toy_defaults(config):
+    """Fill what `config` (a ForgetConfig) leaves unset with the toy world's measured defaults:
+    its captions as preservation prompts and, when every concept is one of the world's and of
+    one kind, forget templates in its grammar (`TOY_TEMPLATES`)."""
+    from fmn_desktop.toyworld import CONCEPTS
+
+    if config.retain_prompts is None:
+        config.retain_prompts = toy_retain_prompts(list(config.concepts))
+    if config.templates is None and all(c in CONCEPTS for c in config.concepts):
+        kinds = {CONCEPTS[c].kind for c in config.concepts}
+        if len(kinds) == 1:
+            config.templates = list(TOY_TEMPLATES[kinds.pop()])
+    return config
+
+
 def demo_config(concept, steps: int | None = None, mode: str = "faithful"):
     """The default forget settings for a toy-world concept."""
     from fmn_desktop.resteer import ForgetConfig
 
     kw = {} if steps is None else {"steps": steps}
-    return ForgetConfig(
-        mode=mode,
-        concepts=[concept.name],
-        kind=KIND_TEMPLATES[concept.kind],
-        templates=TOY_TEMPLATES[concept.kind],
-        retain_prompts=toy_retain_prompts([concept.name]),
-        **kw,
+    return toy_defaults(
+        ForgetConfig(mode=mode, concepts=[concept.name], kind=KIND_TEMPLATES[concept.kind], **kw)
     )
 
 

@@ -155,20 +155,13 @@ class PhotoForgetOutcome:
 
 def with_model_defaults(model, config: ForgetConfig) -> ForgetConfig:
     """On the embedded model, what the user left unset takes the toy world's measured
-    defaults, as `fmn demo` and ConceptBench use them: its captions as preservation prompts
-    (the built-in real-world prompts mean nothing to its encoder) and, for its own concepts,
-    forget templates in its grammar (`demo.TOY_TEMPLATES`). Other models are left alone."""
+    defaults (`demo.toy_defaults`), as `fmn demo` and ConceptBench use them; the built-in
+    real-world preservation prompts mean nothing to its encoder. Other models are left alone."""
     if getattr(model, "family", None) != "toy":
         return config
-    from fmn_desktop.demo import TOY_TEMPLATES, toy_retain_prompts
-    from fmn_desktop.toyworld import CONCEPTS
+    from fmn_desktop.demo import toy_defaults
 
-    if config.retain_prompts is None:
-        config.retain_prompts = toy_retain_prompts(list(config.concepts))
-    kinds = {CONCEPTS[c].kind for c in config.concepts if c in CONCEPTS}
-    if config.templates is None and len(kinds) == 1 and all(c in CONCEPTS for c in config.concepts):
-        config.templates = list(TOY_TEMPLATES[kinds.pop()])
-    return config
+    return toy_defaults(config)
 
 
 def photo_preservation_prompts(model) -> list[str]:

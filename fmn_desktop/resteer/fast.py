@@ -34,6 +34,7 @@ from fmn_desktop.resteer.processor import (
     attn2_inputs,
     attn2_output,
     cross_attention_modules,
+    relative_mse,
 )
 from fmn_desktop.resteer.trainable import DenseDelta, LoraDelta, protect_projector
 from fmn_kernels import resteer_attention
@@ -168,8 +169,7 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Gen
                 forget0 = raw.detach().clamp_min(1e-12)
             loss = config.resteer_weight * raw / forget0
             if use_anchor:
-                anchor = (out_c.float() - target).pow(2).mean() / target.pow(2).mean()
-                loss = loss + config.anchor_weight * anchor.clamp_min(0)
+                loss = loss + config.anchor_weight * relative_mse(out_c.float(), target)
             retain = None
             if use_retain:
                 k_r = _split_heads(F.linear(enc_r, w), heads)

@@ -139,8 +139,7 @@ class ResteerProcessor:
             current = (
                 hidden[rows] if state.preserve == "output" else _probs(q[rows], k[rows], attn.scale)
             )
-            err = (current - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
-            state.retain_errors.append(err)
+            state.retain_errors.append(relative_mse(current, reference))
         if state.anchor_states is not None:
             n = state.anchor_states.shape[0]
             anchor = state.anchor_states.to(hidden_states.device, hidden_states.dtype)
@@ -152,8 +151,7 @@ class ResteerProcessor:
                 if state.anchor_guidance:
                     concept = self._base(x, encoder_hidden_states[:n], heads, attn.scale, "output")
                     target = target - state.anchor_guidance * (concept - target)
-            err = (hidden[:n] - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
-            state.anchor_errors.append(err)
+            state.anchor_errors.append(relative_mse(hidden[:n], target))
         return attn2_output(attn, attn.to_out[1](hidden), residual, shape)
 
     def _base(self, x: Tensor, enc: Tensor, heads: int, scale: float, what: str) -> Tensor:
@@ -171,6 +169,12 @@ class ResteerProcessor:
             base["to_out"].to(x.dtype),
             None if bias is None else bias.to(x.dtype),
         )
+
+
+def relative_mse(current: Tensor, reference: Tensor) -> Tensor:
+    """Mean squared error relative to the reference's mean square: scale-free, so terms of
+    layers of different widths can be averaged."""
+    return (current - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
 
 
 def attn2_inputs(attn, hidden: Tensor, enc: Tensor, temb: Tensor | None):
