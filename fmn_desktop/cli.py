@@ -266,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=fc("batch_size"),
         help="samples per step (default: %(default)s)",
     )
+    p.add_argument(
+        "--harden",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="adversarial hardening: after forgetting, attack the patch (white-box K/V token "
+        "search, no judge needed), forget the word sequences found too, ROUNDS times; each "
+        "round costs one more forget job (default: 0, off; docs/ATTACK.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--format",
@@ -531,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="apply patches made for another base")
     add_registry_commands(sub)
-    add_correct_commands(sub, _model_args)  # fmn correct, fmn erase-broad
+    add_correct_commands(sub, _model_args)  # fmn correct, disentangle, erase-broad
 
     p = sub.add_parser(
         "gui",
@@ -592,8 +601,8 @@ def step_bar(total: int, verb: str):
     bar = tqdm(total=total, desc=verb, unit="step", file=sys.stderr)
 
     def progress(p):
-        if p.phase == "references":
-            bar.set_description("reference images")
+        if p.phase != "train":  # "references", "attack": no step of its own
+            bar.set_description("reference images" if p.phase == "references" else p.phase)
             return
         bar.set_description(verb)
         bar.update(1)
@@ -629,9 +638,14 @@ def cmd_forget(args) -> int:
         reference_dir=args.references,
         seed=args.seed,
     )
+    harden = None
+    if args.harden:
+        from fmn_desktop.attack.harden import HardenSettings
+
+        harden = HardenSettings(rounds=args.harden, seed=args.seed)
     model = _load(args)
     config = with_model_defaults(model, config)
-    bar, progress = step_bar(config.steps, "re-steering")
+    bar, progress = step_bar(config.steps * (1 + args.harden), "re-steering")
 
     try:
         outcome = forget_to_file(
@@ -641,6 +655,7 @@ def cmd_forget(args) -> int:
             fmt=args.format,
             export_rank=args.export_rank,
             progress=progress,
+            harden=harden,
         )
     finally:
         bar.close()
@@ -1006,7 +1021,7 @@ COMMANDS = {
 }
 COMMANDS["gui"] = lambda args: gui_main(threads=args.threads)
 COMMANDS.update(REGISTRY_COMMANDS)  # fmn patches ..., fmn stack ...
-COMMANDS.update(CORRECT_COMMANDS)  # fmn correct, fmn erase-broad
+COMMANDS.update(CORRECT_COMMANDS)  # fmn correct, disentangle, erase-broad
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,8 +99,12 @@ def forget_to_file(
     progress: Callable[[ForgetProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     extra: dict[str, str] | None = None,
+    harden=None,
 ) -> ForgetOutcome:
     """Run a forget job on `model` and write the patch to `out` (LoRA or .diff).
+
+    `harden` (attack.harden.HardenSettings) makes it an adversarially hardened job: forget,
+    attack the patch, forget the prompts found too, for its rounds.
 
     Dense deltas written as LoRA go through truncated SVD: rank `export_rank`, or the smallest
     rank within `max_rel_error`; the error achieved is returned and stored in the metadata.
@@ -111,14 +115,22 @@ def forget_to_file(
         raise FmnError(f"unknown patch format {fmt!r}; valid: lora, diff")
     if out.exists() and out.is_dir():
         raise FmnError(f"{out} is a folder; give a file name ending in .safetensors")
-    result = forget(
-        model.pipe,
-        config,
-        fingerprint=model.fingerprint or "",
-        family=model.family,
-        progress=progress,
-        should_cancel=should_cancel,
-    )
+    if harden is not None:
+        from fmn_desktop.attack.harden import harden as run_harden
+
+        result = run_harden(
+            model.pipe, config, harden, model.fingerprint or "", model.family, progress,
+            should_cancel,
+        ).result
+    else:
+        result = forget(
+            model.pipe,
+            config,
+            fingerprint=model.fingerprint or "",
+            family=model.family,
+            progress=progress,
+            should_cancel=should_cancel,
+        )
     patch, err = result.patch, None
     if fmt == "lora" and not patch.is_lora:
         patch, err = to_lora(

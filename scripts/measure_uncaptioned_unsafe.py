@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
     ap.add_argument("--preserve-count", type=int, default=None,
                     help="world captions held in place (default: fmn erase-broad's)")
+    ap.add_argument("--ordinary-references", type=int, default=None,
+                    help="BroadConfig.ordinary_references (0: hold only on the attribute's "
+                    "references, the second-session behaviour; default: its own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/uncaptioned.json")
     args = ap.parse_args()
@@ -80,7 +83,8 @@ def main() -> None:
     report: dict = {"prompts": free.items, "seeds": args.seeds, "words": args.words,
                     "hold_unconditional": not args.no_hold,
                     "preserve_weight": args.preserve_weight,
-                    "preserve_count": args.preserve_count}
+                    "preserve_count": args.preserve_count,
+                    "ordinary_references": args.ordinary_references}
 
     def measure(tag: str) -> None:
         for g in args.guidance:
@@ -109,6 +113,8 @@ def main() -> None:
     )
     if args.preserve_weight is not None:
         config.preserve_weight = args.preserve_weight
+    if args.ordinary_references is not None:
+        config.ordinary_references = args.ordinary_references
     result = erase_broad(pipe, config, model.fingerprint or "", "toy")
     report["train_seconds"] = round(result.seconds, 1)
     # Word-free captions the job held in place verbatim (the world's caption space is small):

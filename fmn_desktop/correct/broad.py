@@ -16,8 +16,11 @@ target of both prompts is
 Training c_u towards eps* removes the attribute under the word; training c_s towards it (weight
 `uncaptioned_weight`) pushes plain prompts away from the attribute too, which is what reaches
 the uncaptioned case and words never trained on, if anything does. Preservation: ordinary
-prompts (none naming a word) on the same noised latents keep the base model's prediction
-(weight `preserve_weight`). Loss: mean squared error of each term. AdamW on the deltas.
+prompts (none naming a word), and the empty prompt that classifier-free guidance measures
+every prompt against, keep the base model's prediction (weight `preserve_weight`), both on the
+same noised references and on latents the base model draws from the ordinary prompts
+themselves (`ordinary_references`): held only where the attribute is, the patch drew it on
+word-free prompts elsewhere. Loss: mean squared error of each term. AdamW on the deltas.
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ class BroadConfig:
     # against it, and a patch that moved it away from the attribute drew the attribute on
     # word-free prompts (measured: docs/CORRECTION_AND_BROAD.md).
     hold_unconditional: bool = True
+    # Latents drawn from the preservation prompts, on which those prompts and "" also keep
+    # their base predictions: the references above all show the attribute, and a patch held
+    # only there was free to move where ordinary prompts' samples go.
+    ordinary_references: int = 16
     preserve_prompts: list[str] | None = None
     batch_size: int = 4
     num_references: int = 16
@@ -77,6 +84,8 @@ class BroadConfig:
             raise ValueError("give at least one non-empty word (--words)")
         if self.steps < 1 or self.batch_size < 1 or self.num_references < 1:
             raise ValueError("steps, batch size and number of references must be positive")
+        if self.ordinary_references < 0:
+            raise ValueError("the number of ordinary references cannot be negative")
         if self.lr <= 0 or self.eta < 0:
             raise ValueError("lr must be > 0 and eta >= 0")
         if self.trainable not in ("kv", "attn2"):
@@ -127,6 +136,22 @@ def _identity(base: torch.Tensor) -> torch.Tensor:
     return base
 
 
+def draw_latents(pipe, prompts: list[str], n: int, config: BroadConfig, first_seed: int):
+    """`n` latents the base model draws, the i-th from prompts[i mod len] at seed first_seed +
+    i; returns them (on the UNet's device) and each one's prompt index."""
+    lat = [
+        pipe(
+            prompts[i % len(prompts)],
+            num_inference_steps=config.reference_steps,
+            guidance_scale=config.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(first_seed + i),
+            output_type="latent",
+        ).images.float()
+        for i in range(n)
+    ]
+    return torch.cat(lat).to(pipe.unet.device), torch.arange(n) % len(prompts)
+
+
 def broad_steps(
     pipe, config: BroadConfig, fingerprint: str = "", family: str = "sd1"
 ) -> Generator[BroadProgress, None, BroadResult]:
@@ -147,21 +172,14 @@ def broad_steps(
         safe_emb, _ = encode_prompts(pipe, [s for _, s in pairs])
         retain_emb = encode_prompts(pipe, retain)[0] if retain else None
         empty_emb = encode_prompts(pipe, [""])[0] if config.hold_unconditional else None
-        lat, owner = [], []
-        for i in range(config.num_references):
-            k = i % len(pairs)
-            g = torch.Generator("cpu").manual_seed(config.seed * 100003 + i)
-            out = pipe(
-                pairs[k][0],
-                num_inference_steps=config.reference_steps,
-                guidance_scale=config.guidance_scale,
-                generator=g,
-                output_type="latent",
+        latents, owner_t = draw_latents(
+            pipe, [u for u, _ in pairs], config.num_references, config, config.seed * 100003
+        )
+        ordinary = ordinary_owner = None
+        if retain and config.ordinary_references:
+            ordinary, ordinary_owner = draw_latents(
+                pipe, retain, config.ordinary_references, config, config.seed * 100003 + 50021
             )
-            lat.append(out.images.float())
-            owner.append(k)
-        latents = torch.cat(lat).to(device)
-        owner_t = torch.tensor(owner)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     names = target_parameters(unet, config.trainable, False)
     names = [n for n in names if n.endswith(".weight")] or names
@@ -189,6 +207,19 @@ def broad_steps(
                 rows.append(empty_emb.expand(b, -1, -1))
             n = len(rows)
             x_all, t_all, c_all = xt.repeat(n, 1, 1, 1), t.repeat(n), torch.cat(rows)
+            if ordinary is not None:
+                # Ordinary latents: their own caption and "" (when held) keep the base.
+                j = torch.randint(0, len(ordinary), (b,), generator=gen)
+                o0 = ordinary[j.to(device)].to(unet.dtype)
+                o_noise = torch.randn(o0.shape, generator=gen).to(device, o0.dtype)
+                ot = sched.add_noise(o0, o_noise, t)
+                o_rows = [retain_emb[ordinary_owner[j].to(retain_emb.device)]]
+                if empty_emb is not None:
+                    o_rows.append(empty_emb.expand(b, -1, -1))
+                x_all = torch.cat([x_all, ot.repeat(len(o_rows), 1, 1, 1)])
+                t_all = torch.cat([t_all, t.repeat(len(o_rows))])
+                c_all = torch.cat([c_all, *o_rows])
+                n += len(o_rows)
             with torch.no_grad(), base_weights(deltas):
                 base = unet(x_all, t_all, encoder_hidden_states=c_all).sample.float()
             eps_u, eps_s = base[:b], base[b : 2 * b]

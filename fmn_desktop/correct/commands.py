@@ -8,9 +8,11 @@ DEFAULTS_NOTE = "defaults measured on the embedded model: docs/CORRECTION_AND_BR
 def add_correct_commands(sub, model_args) -> None:
     from fmn_desktop.correct.broad import BroadConfig
     from fmn_desktop.correct.closed_form import TARGET_SETS, CorrectConfig
+    from fmn_desktop.correct.disentangle import DisentangleConfig
     from fmn_desktop.resteer.tokens import POSITION_MODES
 
     cf = CorrectConfig.__dataclass_fields__
+    df = DisentangleConfig.__dataclass_fields__
     bf = BroadConfig.__dataclass_fields__
     p = sub.add_parser(
         "correct",
@@ -40,6 +42,39 @@ def add_correct_commands(sub, model_args) -> None:
     p.add_argument("--targets", choices=TARGET_SETS, default=cf["targets"].default)
     p.add_argument("--format", choices=["diff", "lora"], default="diff",
                    help="diff: exact dense deltas (default); lora: SVD to low rank")
+    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+
+    p = sub.add_parser(
+        "disentangle",
+        help="let a generic concept come through where it draws one identity (fine-tune)",
+        description="For a generic concept that draws one particular identity (on the "
+        "embedded model 'knight' draws Gorvak), train every attn2 layer's output for the "
+        "concept's prompts away from the same prompts naming DOMINANT (the re-steering job's "
+        "anchor term, negative guidance), while ordinary prompts and DOMINANT's own prompts "
+        "keep theirs. Stronger settings let more of the generic concept through and cost more "
+        "of DOMINANT's own prompts. " + DEFAULTS_NOTE,
+        epilog="example: fmn disentangle --concept knight --dominant Gorvak --out knight.safetensors",
+    )
+    model_args(p)
+    p.add_argument("--concept", required=True, help="the generic concept (e.g. knight)")
+    p.add_argument("--dominant", required=True,
+                   help="the identity it collapses onto (e.g. Gorvak)")
+    p.add_argument("--strength", type=float, default=df["strength"].default,
+                   help="target = concept + strength * (concept - dominant), per layer "
+                   "(default: %(default)s)")
+    p.add_argument("--template", action="append",
+                   help="prompt template with {} for the concept (repeatable)")
+    p.add_argument("--no-hold-dominant", action="store_true",
+                   help="do not hold the dominant identity's own prompts in place")
+    p.add_argument("--dominant-template", action="append",
+                   help="template with {} for the dominant's prompts held in place "
+                   "(repeatable; default: four style variants)")
+    p.add_argument("--preserve-prompt", action="append",
+                   help="prompt to keep unchanged (repeatable; default: the model's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps (default: the re-steering job's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["diff", "lora"], default="diff")
     p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
 
     p = sub.add_parser(
@@ -91,6 +126,34 @@ def cmd_correct(args) -> int:
     return 0
 
 
+def cmd_disentangle(args) -> int:
+    from fmn_desktop.cli import _load, step_bar
+    from fmn_desktop.correct.disentangle import DisentangleConfig
+    from fmn_desktop.correct.workflow import disentangle_to_file
+
+    given = {"dominant_templates": list(args.dominant_template)} if args.dominant_template else {}
+    config = DisentangleConfig(
+        concept=args.concept,
+        dominant=args.dominant,
+        strength=args.strength,
+        templates=args.template,
+        hold_dominant=not args.no_hold_dominant,
+        steps=args.steps,
+        seed=args.seed,
+        **given,
+    )
+    model = _load(args)
+    bar, progress = step_bar(config.forget_config([]).steps, "disentangling")
+    try:
+        outcome = disentangle_to_file(
+            model, config, args.out, args.format, args.preserve_prompt, progress
+        )
+    finally:
+        bar.close()
+    print(outcome.message)
+    return 0
+
+
 def cmd_erase_broad(args) -> int:
 
     from fmn_desktop.cli import _load, step_bar
@@ -123,4 +186,8 @@ def cmd_erase_broad(args) -> int:
     return 0
 
 
-CORRECT_COMMANDS = {"correct": cmd_correct, "erase-broad": cmd_erase_broad}
+CORRECT_COMMANDS = {
+    "correct": cmd_correct,
+    "disentangle": cmd_disentangle,
+    "erase-broad": cmd_erase_broad,
+}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fmn_desktop.correct.broad import BroadConfig, BroadProgress, BroadResult, erase_broad
 from fmn_desktop.correct.closed_form import CorrectConfig, CorrectResult, correct
+from fmn_desktop.correct.disentangle import DisentangleConfig
 
 PATCH_FORMATS = ("diff", "lora")
 
@@ -51,7 +52,7 @@ def write_correction(patch, out, fmt: str = "diff") -> str:
 @dataclass
 class CorrectionOutcome:
     path: Path
-    result: CorrectResult | BroadResult
+    result: CorrectResult | BroadResult | object  # or a resteer ForgetResult (disentangle)
     message: str  # what the CLI prints
 
     @property
@@ -98,5 +99,34 @@ def erase_broad_to_file(
         model.pipe, config, model.fingerprint or "", model.family, progress, should_cancel
     )
     result.patch.meta.hyperparameters["seconds"] = round(result.seconds, 3)
+    message = f"{write_correction(result.patch, out, fmt)}, {result.seconds:.1f} s"
+    return CorrectionOutcome(Path(out), result, message)
+
+
+def disentangle_to_file(
+    model,
+    config: DisentangleConfig,
+    out,
+    fmt: str = "diff",
+    preserve_prompts: Sequence[str] | None = None,
+    progress: Callable | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> CorrectionOutcome:
+    """Disentangle `config.concept` from `config.dominant` on `model` (left unchanged), written
+    to `out` as a ``correct`` patch; cancelling raises CancelledError and writes nothing."""
+    from fmn_desktop.resteer import forget
+    from fmn_desktop.workflows import with_model_defaults
+
+    given = preserve_prompts or config.preserve_prompts
+    preserve = default_preserve_prompts(model, given, [config.concept, config.dominant])
+    job = with_model_defaults(model, config.forget_config(preserve))
+    result = forget(
+        model.pipe, job, model.fingerprint or "", model.family, progress, should_cancel
+    )
+    meta = result.patch.meta
+    meta.kind, meta.method = "correct", "resteer-disentangle"
+    meta.hyperparameters.update(
+        dominant=config.dominant, strength=config.strength, seconds=round(result.seconds, 3)
+    )
     message = f"{write_correction(result.patch, out, fmt)}, {result.seconds:.1f} s"
     return CorrectionOutcome(Path(out), result, message)

@@ -383,8 +383,9 @@ def import_job(ctx, registry_root: str, path: str, model=None):
 # ------------------------------------------------------------ correction and broad removal
 @dataclass
 class CorrectRequest:
-    """A closed-form correction (`config` a CorrectConfig: `fmn correct`) or a broad removal
-    (a BroadConfig: `fmn erase-broad`), written as `fmt` and registered."""
+    """A closed-form correction (`config` a CorrectConfig: `fmn correct`), a broad removal
+    (a BroadConfig: `fmn erase-broad`) or a disentangling (a DisentangleConfig: `fmn
+    disentangle`), written as `fmt` and registered."""
 
     config: Any
     fmt: str = "diff"
@@ -444,16 +445,14 @@ def correct_job(ctx, model, req: CorrectRequest):
     )
 
 
-def broad_job(ctx, model, req: CorrectRequest):
-    """`correct.workflow.erase_broad_to_file` (what `fmn erase-broad` runs), reporting each
-    BroadProgress, then register."""
-    from fmn_desktop.correct.workflow import erase_broad_to_file
-
+def _trained_correction_job(ctx, model, req: CorrectRequest, to_file, what: str):
+    """A correction that trains (`to_file`: a `correct.workflow` function), reporting each
+    step and honouring cancel, then register."""
     return _correction_job(
         ctx,
         model,
         req,
-        lambda out: erase_broad_to_file(
+        lambda out: to_file(
             model,
             req.config,
             out,
@@ -462,8 +461,25 @@ def broad_job(ctx, model, req: CorrectRequest):
             progress=ctx.progress,
             should_cancel=ctx.should_cancel,
         ),
-        f"removing {', '.join(req.config.words)}",
+        what,
     )
+
+
+def broad_job(ctx, model, req: CorrectRequest):
+    """`correct.workflow.erase_broad_to_file` (what `fmn erase-broad` runs)."""
+    from fmn_desktop.correct.workflow import erase_broad_to_file
+
+    what = f"removing {', '.join(req.config.words)}"
+    return _trained_correction_job(ctx, model, req, erase_broad_to_file, what)
+
+
+def disentangle_job(ctx, model, req: CorrectRequest):
+    """`correct.workflow.disentangle_to_file` (what `fmn disentangle` runs)."""
+    from fmn_desktop.correct.workflow import disentangle_to_file
+
+    c = req.config
+    what = f"letting {c.concept!r} come through without {c.dominant!r}"
+    return _trained_correction_job(ctx, model, req, disentangle_to_file, what)
 
 
 # ------------------------------------------------------------------------- attack check

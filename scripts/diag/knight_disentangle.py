@@ -1,9 +1,9 @@
-"""Disentangle the dominant/overshadowed pair with the anchor term: push "knight" prompts'
-attn2 outputs past themselves, away from the same prompts with "Gorvak" in place of
-"knight" (anchor "Gorvak", negative guidance, no re-steering), and count which identity the
-judge sees on the knight and Gorvak prompts (16 seeds each) before and after, with retention.
+"""Measure `fmn disentangle` on the dominant/overshadowed pair: "knight" prompts draw Gorvak.
+For each strength, train the disentangle patch (knight away from Gorvak, the product's job
+and defaults) and count which identity the judge sees on the knight and Gorvak evaluation
+prompts (16 seeds each) before and after, with retention of every other concept.
 
-    OMP_NUM_THREADS=1 python scripts/diag/knight_disentangle.py --guidance -4 -7
+    OMP_NUM_THREADS=1 python scripts/diag/knight_disentangle.py --strength 3 4
 """
 
 import argparse
@@ -11,13 +11,14 @@ import time
 from collections import Counter
 
 import fmn_desktop  # noqa: F401  (offline mode)
-from fmn_desktop.demo import TOY_TEMPLATES, toy_retain_prompts
+from fmn_desktop.correct.disentangle import DisentangleConfig
+from fmn_desktop.correct.workflow import default_preserve_prompts
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, retention
 from fmn_desktop.patch import PatchedUNet
-from fmn_desktop.resteer import ForgetConfig, forget
+from fmn_desktop.resteer import forget
 from fmn_desktop.runtime import set_threads
 from fmn_desktop.toyworld import CONCEPTS, HEADS, load_judge
-from fmn_desktop.workflows import open_model
+from fmn_desktop.workflows import open_model, with_model_defaults
 
 
 def identities(images, concept):
@@ -27,9 +28,13 @@ def identities(images, concept):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--guidance", type=float, nargs="+", default=[-4.0])
+    ap.add_argument("--strength", type=float, nargs="+", default=[3.0])
     ap.add_argument("--seeds", type=int, default=16)
-    ap.add_argument("--anchor-weight", type=float, default=3.0)
+    ap.add_argument("--no-hold-dominant", action="store_true",
+                    help="do not hold Gorvak's own prompts (the third session's runs)")
+    ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
+    ap.add_argument("--anchor-weight", type=float, default=None, help="ForgetConfig's")
+    ap.add_argument("--steps", type=int, default=None)
     args = ap.parse_args()
     set_threads(1)
     t0 = time.perf_counter()
@@ -45,16 +50,20 @@ def main():
               f"{dict(identities(pairs, 'Gorvak'))}; retention {retention(rest, ['knight'])}",
               flush=True)
 
-    measure("base")
-    for g in args.guidance:
-        config = ForgetConfig(
-            concepts=["knight"], kind="object", templates=TOY_TEMPLATES["generic"],
-            anchor="Gorvak", anchor_guidance=g, anchor_weight=args.anchor_weight,
-            resteer_weight=0.0, retain_prompts=toy_retain_prompts(["knight", "Gorvak"]),
-        )
-        result = forget(model.pipe, config, fingerprint=model.fingerprint or "", family="toy")
+    if not args.no_base:
+        measure("base")
+    preserve = default_preserve_prompts(model, None, ["knight", "Gorvak"])
+    for s in args.strength:
+        options = {} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}
+        config = DisentangleConfig("knight", "Gorvak", strength=s, steps=args.steps,
+                                   hold_dominant=not args.no_hold_dominant, job_options=options)
+        job = with_model_defaults(model, config.forget_config(preserve))
+        held = sorted(set(job.retain_prompts) & {p for c in pair for p in c.prompts()})
+        result = forget(model.pipe, job, model.fingerprint or "", "toy")
         with PatchedUNet(model.pipe.unet, [(result.patch, 1.0)]):
-            measure(f"guidance {g:g} ({result.seconds:.0f} s)")
+            measure(f"strength {s:g}, hold {config.hold_dominant}, anchor weight "
+                    f"{job.anchor_weight:g}, {job.steps} steps ({result.seconds:.0f} s; "
+                    f"evaluation prompts held verbatim: {held})")
 
 
 if __name__ == "__main__":

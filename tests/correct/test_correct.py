@@ -149,6 +149,31 @@ def test_broad_removal_holds_the_unconditional_prediction(tiny_pipe):
     assert moved[True] < 0.9 * moved[False]
 
 
+def test_broad_removal_draws_ordinary_references(tiny_pipe, monkeypatch):
+    # Preservation (and the "" hold) also apply on latents the preservation prompts draw, not
+    # only on the attribute's references: held there alone, the patch drew the attribute on
+    # word-free prompts at CFG 2 and 5 (4 and 6 of 384; with these, 1 and 0: the doc).
+    drawn = []
+    call = type(tiny_pipe).__call__
+
+    def recording(self, prompt, *a, **kw):
+        drawn.append(prompt)
+        return call(self, prompt, *a, **kw)
+
+    monkeypatch.setattr(type(tiny_pipe), "__call__", recording)
+    cfg = BroadConfig(words=["cursed"], templates=["a {} castle"], steps=2, batch_size=2,
+                      num_references=1, reference_steps=2, preserve_prompts=KEEP,
+                      ordinary_references=4)
+    erase_broad(tiny_pipe, cfg)
+    assert drawn == ["a cursed castle", *KEEP, KEEP[0]]
+    drawn.clear()
+    cfg.ordinary_references = 0
+    erase_broad(tiny_pipe, cfg)
+    assert drawn == ["a cursed castle"]
+    with pytest.raises(ValueError):
+        BroadConfig(words=["cursed"], ordinary_references=-1)
+
+
 def test_cli_correct_and_erase_broad(tmp_path):
     from tiny import tiny_sd_pipeline
 

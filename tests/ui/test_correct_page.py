@@ -71,6 +71,30 @@ def test_broad_removal_reports_steps_and_registers(qtbot, app, concept, tmp_path
     assert not app.errors
 
 
+def test_disentangle_from_the_page_trains_and_registers(qtbot, app, concept):
+    win = _window(qtbot, app)
+    page = win.correct_page
+    page.mode.setCurrentIndex(page.mode.findData("disentangle"))
+    assert app.correct.mode == "disentangle" and page.dominant.isVisible()
+    assert not page.guide.isVisible() and page.plot.isVisible()
+    qtbot.keyClicks(page.generic, concept)
+    qtbot.keyClicks(page.dominant, "Gorvak" if concept == "circle" else "tree")
+    assert app.correct.concept == concept and page.concept.text() == concept  # one field
+    page.away.setValue(2.0)
+    app.correct.extra = dict(steps=2, job_options=dict(FAST_BROAD))
+    steps = []
+    app.correct.step_changed.connect(steps.append)
+    with qtbot.waitSignal(app.correct.finished, timeout=120000) as blocker:
+        assert app.correct.start() is not None
+    wait_idle(qtbot, app.session)
+    done = blocker.args[0]
+    assert steps == [1, 2] and len(done.losses) == 2
+    patch = load_patch(done.record.path)
+    assert done.record.kind == "correct" and patch.meta.method == "resteer-disentangle"
+    assert patch.meta.hyperparameters["strength"] == 2.0
+    assert not app.errors
+
+
 def test_bad_input_shows_an_error_and_starts_nothing(qtbot, app, concept):
     win = _window(qtbot, app)
     c = app.correct
@@ -83,8 +107,13 @@ def test_bad_input_shows_an_error_and_starts_nothing(qtbot, app, concept):
     assert app.errors[-1][0] == "Invalid settings" and "negative" in app.errors[-1][1]
     c.mode = "broad"
     assert c.start() is None and app.errors[-1][0] == "No words"
+    c.mode = "disentangle"
+    assert c.start() is None and app.errors[-1][0] == "No concept"  # no identity
+    c.dominant = concept
+    assert c.start() is None
+    assert app.errors[-1][0] == "Invalid settings" and "differ" in app.errors[-1][1]
     assert not app.session.busy and app.library.patches == []
-    assert len(win.dialogs) == 3
+    assert len(win.dialogs) == 5
 
 
 def test_cancel_broad_removal_writes_nothing(qtbot, app, concept):

@@ -1,19 +1,27 @@
 """The correction page's state: a closed-form correction (concept -> guide, away from a
-negative) or a broad removal (words, steps), its progress, cancel, and the result."""
+negative), a disentangling (a generic concept away from the identity it draws) or a broad
+removal (words, steps), its progress, cancel, and the result."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
 
-from fmn_desktop.ui.jobs import CorrectDone, CorrectRequest, broad_job, correct_job
+from fmn_desktop.ui.jobs import (
+    CorrectDone,
+    CorrectRequest,
+    broad_job,
+    correct_job,
+    disentangle_job,
+)
 from fmn_desktop.ui.models.job import PatchJobModel
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
-MODES = ("correct", "broad")
+MODES = ("correct", "broad", "disentangle")
 MODE_LABELS = {
     "correct": "Redirect a concept (closed form)",
     "broad": "Remove an attribute broadly (fine-tune)",
+    "disentangle": "Free a generic concept from one identity (fine-tune)",
 }
 FORMAT_LABELS = {"diff": "Exact deltas (.diff)", "lora": "Low-rank (LoRA)"}
 
@@ -25,6 +33,8 @@ class CorrectModel(PatchJobModel):
     negative_changed = Signal(str)
     strength_changed = Signal(float)
     words_changed = Signal(str)
+    dominant_changed = Signal(str)
+    away_changed = Signal(float)
     steps_changed = Signal(int)
     fmt_changed = Signal(str)
     save_copy_changed = Signal(str)
@@ -35,6 +45,8 @@ class CorrectModel(PatchJobModel):
     negative = state("negative", str, "", negative_changed)
     strength = state("strength", float, 0.0, strength_changed)
     words = state("words", str, "", words_changed)
+    dominant = state("dominant", str, "", dominant_changed)
+    away = state("away", float, 4.0, away_changed)  # DisentangleConfig.strength
     steps = state("steps", int, 150, steps_changed)
     fmt = state("fmt", str, "diff", fmt_changed)
     save_copy = state("save_copy", str, "", save_copy_changed)
@@ -50,7 +62,14 @@ class CorrectModel(PatchJobModel):
         return [w.strip() for w in self.words.split(",") if w.strip()]
 
     def config(self):
-        """The CorrectConfig or BroadConfig of the page's fields (raises ValueError)."""
+        """The CorrectConfig, BroadConfig or DisentangleConfig of the page's fields (raises
+        ValueError)."""
+        if self.mode == "disentangle":
+            from fmn_desktop.correct.disentangle import DisentangleConfig
+
+            return DisentangleConfig(
+                concept=self.concept, dominant=self.dominant, strength=self.away, **self.extra
+            )
         if self.mode == "broad":
             from fmn_desktop.correct.broad import BroadConfig
 
@@ -77,6 +96,10 @@ class CorrectModel(PatchJobModel):
         if self.mode == "correct" and not (self.concept.strip() and self.guide.strip()):
             self.session.report("No concept", "type the concept and the guide it should read as")
             return None
+        if self.mode == "disentangle" and not (self.concept.strip() and self.dominant.strip()):
+            self.session.report("No concept", "type the generic concept and the identity it "
+                                "draws instead")
+            return None
         config = self.session.attempt("Invalid settings", self.config)
         if config is None:
             return None
@@ -93,13 +116,16 @@ class CorrectModel(PatchJobModel):
         model = self.session.require_model()
         if model is None:
             return None
-        broad = not hasattr(req.config, "guide")
-        run = broad_job if broad else correct_job
-        return self._start_job(
-            "broad removal" if broad else "correct",
-            lambda ctx: run(ctx, model, req),
-            req.config.steps if broad else 1,
-        )
+        from fmn_desktop.correct.broad import BroadConfig
+        from fmn_desktop.correct.disentangle import DisentangleConfig
+
+        if isinstance(req.config, DisentangleConfig):
+            what, run, total = "disentangle", disentangle_job, req.config.forget_config([]).steps
+        elif isinstance(req.config, BroadConfig):
+            what, run, total = "broad removal", broad_job, req.config.steps
+        else:
+            what, run, total = "correct", correct_job, 1
+        return self._start_job(what, lambda ctx: run(ctx, model, req), total)
 
     def _on_finished(self, done: CorrectDone) -> None:
         if not done.losses:  # closed form: one solve

@@ -1,5 +1,6 @@
-"""The correction page: redirect a concept towards a guide (closed form), or remove an
-attribute drawn under several words (broad fine-tune); progress, cancel, the result."""
+"""The correction page: redirect a concept towards a guide (closed form), remove an
+attribute drawn under several words (broad fine-tune), or free a generic concept from the
+identity it draws (disentangle fine-tune); progress, cancel, the result."""
 
 from __future__ import annotations
 
@@ -68,6 +69,21 @@ class CorrectPage(PatchJobPage):
         bind_spin(self.steps, model, "steps")
         f2.addRow("Steps:", self.steps)
         self.forms.addWidget(broad)
+
+        free = QWidget()
+        f4 = QFormLayout(free)
+        f4.setContentsMargins(0, 6, 0, 0)
+        self.generic = bound_edit(model, "concept", "the generic concept, e.g. knight")
+        f4.addRow("Concept:", self.generic)
+        self.dominant = bound_edit(model, "dominant", "the identity it draws, e.g. Gorvak")
+        f4.addRow("Draws instead:", self.dominant)
+        self.away = QDoubleSpinBox()
+        self.away.setRange(0.5, 20.0)
+        self.away.setSingleStep(0.5)
+        self.away.setToolTip("per layer: target = concept + strength × (concept − identity)")
+        bind_spin(self.away, model, "away")
+        f4.addRow("Strength:", self.away)
+        self.forms.addWidget(free)
         ll.addWidget(self.forms)
 
         ll.addWidget(section_label("2 · Output"))
@@ -81,7 +97,8 @@ class CorrectPage(PatchJobPage):
         self.tips = self.add_tips()  # worded per mode
         self.add_run_buttons("Correct")
         self.inputs = [self.mode, self.concept, self.guide, self.negative, self.strength,
-                       self.words, self.steps, self.fmt, self.save_copy]
+                       self.words, self.steps, self.generic, self.dominant, self.away,
+                       self.fmt, self.save_copy]
 
         rl = self.result_column
         self.add_progress("3 · Progress")  # the bar's format follows the mode
@@ -97,12 +114,21 @@ class CorrectPage(PatchJobPage):
 
     def _mode(self, mode: str):
         broad = mode == "broad"
+        trained = mode in ("broad", "disentangle")  # a fine-tune: steps and a loss curve
         self.forms.setCurrentIndex(MODES.index(mode) if mode in MODES else 0)
         self.start_button.setText("Remove" if broad else "Correct")
-        self.plot.setVisible(broad)
-        self.result_column.setStretch(self._filler, 0 if broad else 1)
-        self.bar.setFormat("%v / %m steps" if broad else "%v / %m solve")
-        if broad:
+        self.plot.setVisible(trained)
+        self.result_column.setStretch(self._filler, 0 if trained else 1)
+        self.bar.setFormat("%v / %m steps" if trained else "%v / %m solve")
+        if mode == "disentangle":
+            self.tips.setText(
+                "<b>Tips</b><br>• For a generic word that always draws one identity (on the "
+                "embedded model 'knight' draws Gorvak).<br>• The identity's own prompts are "
+                "held in place; stronger settings let more of the generic concept through "
+                "and cost more of the identity's own prompts.<br>• Strength 4 is the measured "
+                "default on the embedded model."
+            )
+        elif broad:
             self.tips.setText(
                 "<b>Tips</b><br>• Every word and the same prompts without it are pushed away "
                 "from what the words draw; other prompts keep the base model's prediction.<br>"

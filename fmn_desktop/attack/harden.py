@@ -1,0 +1,136 @@
+"""Adversarial hardening of a forget job: forget, attack the patch with the white-box step, add
+the word sequences it found to what is forgotten, forget again (AdvUnlearn's loop, with our
+attack as the inner step).
+
+Round r trains a fresh patch on the concept plus every alias found in rounds < r, with the same
+settings. The inner attack is `whitebox.token_search`: `slots` whole-word tokens in place of
+the concept whose *patched* attn2 K/V match the *base* K/V of the concept's prompt. It needs no
+judge and no image (one text-encoder pass per candidate), so hardening works on any SD1/SD2
+checkpoint, not only the embedded model. Aliases are the slot words themselves (e.g.
+"gaye cautious tactical"): re-steered and anchored in every template like the concept.
+
+What it does not cover: the attack's misspellings and its black-box word edits are not used
+here, so `fmn attack` measures the hardened patch against search sources it never trained on
+(docs/ATTACK.md). Words the search picks are ordinary vocabulary; prompts that use them are
+not held in place any more (they name an alias), which the retention figure must show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field, replace
+
+from fmn_desktop.attack import whitebox as wb
+from fmn_desktop.attack.candidates import word_pool_ids
+from fmn_desktop.errors import FmnError
+from fmn_desktop.resteer import ForgetConfig, ForgetProgress, ForgetResult, forget_steps
+from fmn_desktop.resteer.templates import prompts_for
+from fmn_desktop.stepping import run_to_end
+
+
+@dataclass
+class HardenSettings:
+    rounds: int = 2  # attack-and-retrain rounds after the first forget
+    prompts: int = 3  # the first N prompts of the concept's templates are attacked
+    aliases_per_prompt: int = 2  # best distinct prompts kept from each search
+    slots: int = 3
+    iters: int = 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.prompts < 1 or self.aliases_per_prompt < 1:
+            raise ValueError("rounds, prompts and aliases per prompt must be at least 1")
+
+
+@dataclass
+class HardenRound:
+    round: int
+    aliases: list[str]  # new this round
+    plain_loss: float  # mean K/V loss of the concept's own prompts under the patch
+    best_loss: float  # mean K/V loss of the best attack prompt (lower: closer to the base)
+    seconds: float
+
+
+@dataclass
+class HardenResult:
+    result: ForgetResult  # the final round's job
+    aliases: list[str]
+    rounds: list[HardenRound] = field(default_factory=list)
+
+
+def _attack(pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv, pool, r):
+    from fmn_desktop.patch import PatchedUNet
+
+    concept = config.concepts[0]
+    found: list[str] = []
+    plain, best = [], []
+    t0 = time.perf_counter()
+    with PatchedUNet(pipe.unet, [(patch, 1.0)]):
+        for prompt, targets in base_kv.items():
+            res = wb.token_search(
+                pipe, prompt, concept, targets, pool, slots=settings.slots,
+                iters=settings.iters, keep=settings.aliases_per_prompt,
+                seed=settings.seed + 7919 * r,
+            )
+            tpl = wb.template_for(pipe.tokenizer, prompt, concept, settings.slots)
+            plain.append(res.plain_loss)
+            best.append(res.prompts[0][1])
+            for text, _ in res.prompts:
+                alias = text.removeprefix(tpl.prefix).removesuffix(tpl.suffix).strip()
+                if alias and alias not in found:
+                    found.append(alias)
+    return found, sum(plain) / len(plain), sum(best) / len(best), time.perf_counter() - t0
+
+
+def harden_steps(
+    pipe, config: ForgetConfig, settings: HardenSettings, fingerprint: str = "",
+    family: str = "sd1",
+) -> Generator[ForgetProgress, None, HardenResult]:
+    """Forget, then `settings.rounds` times: attack the patch, add the aliases, forget again.
+    Yields every round's progress (phase "attack" between rounds); the model is left as is."""
+    if not wb.supported(pipe):
+        raise FmnError("hardening needs an SD1.x/SD2.x pipeline (one text encoder)")
+    if len(config.concepts) != 1:
+        raise FmnError("hardening takes one concept at a time")
+    concept = config.concepts[0]
+    attacked = prompts_for(concept, config.kind, config.templates)[: settings.prompts]
+    base_kv = {p: wb.kv_targets(pipe, p) for p in attacked}  # before any patch
+    pool = word_pool_ids(pipe.tokenizer)
+    aliases: list[str] = []
+    rounds: list[HardenRound] = []
+    for r in range(settings.rounds + 1):
+        job = replace(config, concepts=[concept, *aliases])
+        result = yield from forget_steps(pipe, job, fingerprint, family)
+        if r == settings.rounds:
+            break
+        yield ForgetProgress(0, 0, float("nan"), float("nan"), None, phase="attack")
+        found, plain, best, seconds = _attack(
+            pipe, result.patch, config, settings, base_kv, pool, r
+        )
+        new = [a for a in found if a.lower() not in {x.lower() for x in [concept, *aliases]}]
+        rounds.append(HardenRound(r + 1, new, plain, best, seconds))
+        aliases += new
+    meta = result.patch.meta
+    meta.concepts = [concept]  # the patch is for the concept; the aliases are how it was made
+    meta.hyperparameters["hardened_aliases"] = list(aliases)
+    meta.hyperparameters["harden_rounds"] = settings.rounds
+    return HardenResult(result, aliases, rounds)
+
+
+def harden(
+    pipe,
+    config: ForgetConfig,
+    settings: HardenSettings,
+    fingerprint: str = "",
+    family: str = "sd1",
+    progress: Callable[[ForgetProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> HardenResult:
+    """Run `harden_steps` to the end; `should_cancel()` returning True raises CancelledError."""
+    return run_to_end(
+        harden_steps(pipe, config, settings, fingerprint, family),
+        progress,
+        should_cancel,
+        "hardening cancelled; no patch was written",
+    )
