@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fmn_desktop.correct.commands import CORRECT_COMMANDS, add_correct_commands
 from fmn_desktop.errors import FmnError
+from fmn_desktop.evaluate.commands import EVALUATE_COMMANDS, add_evaluate_command
 from fmn_desktop.registry_cli import REGISTRY_COMMANDS, add_registry_commands
 
 MODEL_HELP = (
@@ -541,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="apply patches made for another base")
     add_registry_commands(sub)
     add_correct_commands(sub, _model_args)  # fmn correct, disentangle, erase-broad
+    add_evaluate_command(sub, _model_args)  # fmn evaluate
 
     p = sub.add_parser(
         "gui",
@@ -927,11 +929,34 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def patches_and_record(args):
+    """The patch specs of `--patch` and the registry record of `--record` (figures belong to
+    one patch: with --record, --patch may only name that patch's file, or be left out)."""
+    from fmn_desktop.workflows import PatchSpec, parse_patch_spec
+
+    specs = [parse_patch_spec(s) for s in args.patch]
+    record = None
+    if args.record:
+        from fmn_desktop.registry import open_registry
+        from fmn_desktop.registry.store import sha256_file
+
+        with open_registry(args.registry) as reg:
+            record = reg.get_patch(args.record)
+        if not specs:
+            specs = [PatchSpec(record.path, 1.0)]
+        elif len(specs) != 1 or sha256_file(specs[0].path) != record.sha256:
+            raise UsageError(
+                f"--record {args.record}: the figures belong to one patch; give that patch "
+                f"alone (or no --patch to use the registry's copy)"
+            )
+    return specs, record
+
+
 def cmd_attack(args) -> int:
     from fmn_desktop.attack import AttackSettings, format_table, run_attack, write_report
     from fmn_desktop.attack.candidates import prompt_words
     from fmn_desktop.toyworld import CONCEPTS, load_judge
-    from fmn_desktop.workflows import DEFAULT_MODEL, PatchSpec, parse_patch_spec, read_patches
+    from fmn_desktop.workflows import DEFAULT_MODEL, read_patches
 
     if args.concept not in CONCEPTS:
         raise UsageError(
@@ -951,21 +976,7 @@ def cmd_attack(args) -> int:
         raise UsageError(
             "give --patch FILE[:STRENGTH], or --record NAME to attack a registry patch"
         )
-    specs = [parse_patch_spec(s) for s in args.patch]
-    record = None
-    if args.record:
-        from fmn_desktop.registry import open_registry
-        from fmn_desktop.registry.store import sha256_file
-
-        with open_registry(args.registry) as reg:
-            record = reg.get_patch(args.record)
-        if not specs:
-            specs = [PatchSpec(record.path, 1.0)]
-        elif len(specs) != 1 or sha256_file(specs[0].path) != record.sha256:
-            raise UsageError(
-                f"--record {args.record}: the figures belong to one patch; give that patch "
-                f"alone (or no --patch to use the registry's copy)"
-            )
+    specs, record = patches_and_record(args)
     concept = CONCEPTS[args.concept]
     settings = AttackSettings(
         budget=args.budget,
@@ -1022,6 +1033,7 @@ COMMANDS = {
 COMMANDS["gui"] = lambda args: gui_main(threads=args.threads)
 COMMANDS.update(REGISTRY_COMMANDS)  # fmn patches ..., fmn stack ...
 COMMANDS.update(CORRECT_COMMANDS)  # fmn correct, disentangle, erase-broad
+COMMANDS.update(EVALUATE_COMMANDS)  # fmn evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

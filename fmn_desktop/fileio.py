@@ -24,6 +24,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded then): os.umask can only be read by setting it.
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, tmp_prefix: str | None = None) -> None:
     """Write `data` to `path` atomically (see the module docstring)."""
     path = Path(path)
@@ -31,6 +41,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, tmp_prefix: str | N
     prefix = tmp_prefix or f".{path.name}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file private (0600); a written file gets the usual mode.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -89,6 +89,7 @@ def harden_steps(
 ) -> Generator[ForgetProgress, None, HardenResult]:
     """Forget, then `settings.rounds` times: attack the patch, add the aliases, forget again.
     Yields every round's progress (phase "attack" between rounds); the model is left as is."""
+    started = time.perf_counter()
     if not wb.supported(pipe):
         raise FmnError("hardening needs an SD1.x/SD2.x pipeline (one text encoder)")
     if len(config.concepts) != 1:
@@ -100,7 +101,9 @@ def harden_steps(
     aliases: list[str] = []
     rounds: list[HardenRound] = []
     for r in range(settings.rounds + 1):
-        job = replace(config, concepts=[concept, *aliases])
+        # One more reference image per alias: the job draws them for the concepts in turn.
+        job = replace(config, concepts=[concept, *aliases],
+                      num_references=config.num_references + len(aliases))
         result = yield from forget_steps(pipe, job, fingerprint, family)
         if r == settings.rounds:
             break
@@ -115,6 +118,7 @@ def harden_steps(
     meta.concepts = [concept]  # the patch is for the concept; the aliases are how it was made
     meta.hyperparameters["hardened_aliases"] = list(aliases)
     meta.hyperparameters["harden_rounds"] = settings.rounds
+    result.seconds = time.perf_counter() - started  # every round, not the last job alone
     return HardenResult(result, aliases, rounds)
 
 

@@ -197,9 +197,14 @@ def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInput
             owners.append(concept)
     mask = concept_mask(pipe.tokenizer, prompts, owners, config.positions)
     embeds, added = encode_prompts(pipe, prompts)
-    latents = reference_latents(pipe, prompts, config, generator=gen)
-    # Generated latent i comes from prompt i mod P; a folder's images fit any prompt.
-    latent_prompt = None if config.reference_dir else torch.arange(len(latents)) % len(prompts)
+    # Generated latent i comes from prompt order[i mod P], the concepts taken in turn so that
+    # each has references even when there are fewer references than prompts (a hardened job
+    # has dozens of aliases); a folder's images fit any prompt.
+    order = reference_order(owners)
+    latents = reference_latents(pipe, [prompts[j] for j in order], config, generator=gen)
+    latent_prompt = None
+    if not config.reference_dir:
+        latent_prompt = torch.tensor(order)[torch.arange(len(latents)) % len(prompts)]
     retain_prompts = [
         p
         for p in (config.retain_prompts or DEFAULT_RETAIN_PROMPTS)
@@ -225,6 +230,16 @@ def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInput
         retain_added,
         anchor_embeds,
     )
+
+
+def reference_order(owners: list[str]) -> list[int]:
+    """Prompt indices with the concepts in turn (first prompt of each concept, then the second
+    of each, ...); for one concept, the prompts in order."""
+    groups: dict[str, list[int]] = {}
+    for i, owner in enumerate(owners):
+        groups.setdefault(owner, []).append(i)
+    width = max(len(g) for g in groups.values())
+    return [g[k] for k in range(width) for g in groups.values() if k < len(g)]
 
 
 def anchor_prompt(prompt: str, concept: str, anchor: str) -> str:

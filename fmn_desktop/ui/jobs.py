@@ -56,52 +56,13 @@ def toy_concept(model, concepts: Sequence[str]):
     return CONCEPTS.get(concepts[0])
 
 
-def evaluate_patch(
-    model,
-    patch,
-    concept,
-    seeds: int = 2,
-    steps: int = 20,
-    should_cancel=None,
-    other_seeds: int = 1,
-    others_limit: int | None = None,
-):
-    """M-Score of `concept` and retention of the others, before and after `patch` (toy model).
+def evaluate_patch(model, patch, concept, seeds: int = 2, steps: int = 20, should_cancel=None,
+                   other_seeds: int = 1, others_limit: int | None = None):
+    """`evaluate.patch_scores.evaluate_patches` for one patch at strength 1."""
+    from fmn_desktop.evaluate.patch_scores import evaluate_patches
 
-    Same measures and split as `fmn demo`: `seeds` per prompt of the concept, `other_seeds`
-    per prompt of every other concept (or the first `others_limit`); returns the dict stored
-    as patch scores.
-    """
-    from fmn_desktop.errors import CancelledError
-    from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
-    from fmn_desktop.patch import PatchedUNet
-    from fmn_desktop.toyworld import CONCEPTS, load_judge
-
-    judge = load_judge()
-    others = [c for c in CONCEPTS.values() if c.name != concept.name][:others_limit]
-
-    def check(done, total):
-        if should_cancel and should_cancel():
-            raise CancelledError("evaluation cancelled")
-
-    def measure():
-        target = EvalSettings(seeds=seeds, steps=steps)
-        rest = EvalSettings(seeds=other_seeds, steps=steps)
-        return generate_eval_set(model.pipe, judge, [concept], target, progress=check) + (
-            generate_eval_set(model.pipe, judge, others, rest, progress=check)
-        )
-
-    base = measure()
-    with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint):
-        after = measure()
-    return {
-        "mscore_before": mscore(base, concept).as_dict(),
-        "mscore_after": mscore(after, concept).as_dict(),
-        "retention_before": retention(base, [concept.name]).as_dict(),
-        "retention_after": retention(after, [concept.name]).as_dict(),
-        "eval_seeds": seeds,
-        "retention_seeds": other_seeds,
-    }
+    return evaluate_patches(model, [(patch, 1.0)], concept, seeds, steps, should_cancel,
+                            other_seeds, others_limit)
 
 
 def register_file(registry_root: str, model, path, tags=(), source: str = "desktop app"):
@@ -180,22 +141,15 @@ def forget_job(ctx, model, req: ForgetRequest):
         if req.registry_root is not None:
             yield Phase("register", "adding the patch to the registry")
             record = register_file(req.registry_root, model, out, req.tags)
+            from fmn_desktop.evaluate.patch_scores import registry_rows
             from fmn_desktop.registry import open_registry
 
-            with open_registry(req.registry_root) as reg:
-                for key, metric in (("mscore_after", "mscore"), ("retention_after", "retention")):
-                    if key in scores:
-                        e = scores[key]
-                        reg.add_evaluation(
-                            metric,
-                            e["mean"],
-                            patch=record.id,
-                            concept=concept.name,
-                            low=e["low"],
-                            high=e["high"],
-                            n=e["n"],
-                            settings={"seeds": req.eval_seeds, "steps": req.eval_steps},
-                        )
+            if scores:
+                settings = {"seeds": req.eval_seeds, "steps": req.eval_steps}
+                with open_registry(req.registry_root) as reg:
+                    reg.add_evaluations(
+                        registry_rows(scores, concept.name, settings), patch=record.id
+                    )
         return ForgetDone(
             None if tmp else Path(out), record, outcome.seconds, outcome.final_loss, scores
         )

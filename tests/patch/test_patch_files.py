@@ -195,3 +195,15 @@ def test_forget_records_concept_embeddings(tiny_pipe):
     # 3 object templates ("a photo of {}", "a picture of {}", "{}"): castle at positions 4, 4
     # and 1, re-steered with every later position (default), text width 32
     assert emb.shape == ((77 - 4) + (77 - 4) + (77 - 1), 32)
+
+
+def test_written_files_get_the_usual_mode_not_the_temporary_files(tmp_path):
+    # Atomic writes go through a private temporary file (mkstemp: 0600); the file the user
+    # gets has the mode of any file they create: 0666 minus the umask (0644 under umask 022).
+    from fmn_desktop import fileio
+
+    path = tmp_path / "p.safetensors"
+    fileio.atomic_write_bytes(path, b"data")
+    assert path.read_bytes() == b"data"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~fileio._UMASK
+    assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temporary left

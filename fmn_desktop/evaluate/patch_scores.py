@@ -1,0 +1,84 @@
+"""A patch's honest scores on the embedded model: M-Score of its concept and retention of every
+other concept, before and after, as the app stores them with a patch and `fmn evaluate` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+SCORE_METRICS = (("mscore_after", "mscore"), ("retention_after", "retention"))
+
+
+def evaluate_patches(
+    model,
+    patches: Sequence[tuple[object, float]],
+    concept,
+    seeds: int = 2,
+    steps: int = 20,
+    should_cancel: Callable[[], bool] | None = None,
+    other_seeds: int = 1,
+    others_limit: int | None = None,
+    judge=None,
+    force: bool = False,
+) -> dict:
+    """M-Score of `concept` (a toy-world Concept) and retention of the others, before and
+    after `patches` (patch, strength) on `model`, with 95% intervals.
+
+    Same measures and split as `fmn demo`: `seeds` per prompt of the concept, `other_seeds`
+    per prompt of every other concept (or the first `others_limit`); returns the dict stored
+    as patch scores (`PatchMeta.scores`). `force` applies patches made for another base."""
+    from fmn_desktop.errors import CancelledError
+    from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
+    from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+
+    judge = judge or load_judge()
+    others = [c for c in CONCEPTS.values() if c.name != concept.name][:others_limit]
+
+    def check(done, total):
+        if should_cancel and should_cancel():
+            raise CancelledError("evaluation cancelled")
+
+    def measure():
+        target = EvalSettings(seeds=seeds, steps=steps)
+        rest = EvalSettings(seeds=other_seeds, steps=steps)
+        return generate_eval_set(model.pipe, judge, [concept], target, progress=check) + (
+            generate_eval_set(model.pipe, judge, others, rest, progress=check)
+        )
+
+    base = measure()
+    with PatchedUNet(model.pipe.unet, list(patches), fingerprint=model.fingerprint, force=force):
+        after = measure()
+    return {
+        "mscore_before": mscore(base, concept).as_dict(),
+        "mscore_after": mscore(after, concept).as_dict(),
+        "retention_before": retention(base, [concept.name]).as_dict(),
+        "retention_after": retention(after, [concept.name]).as_dict(),
+        "eval_seeds": seeds,
+        "retention_seeds": other_seeds,
+    }
+
+
+def registry_rows(scores: dict, concept: str, settings: dict) -> list[dict]:
+    """`Registry.add_evaluations` rows for the after-patch scores in `scores`."""
+    rows = []
+    for key, metric in SCORE_METRICS:
+        if key in scores:
+            e = scores[key]
+            rows.append(dict(metric=metric, value=e["mean"], concept=concept, low=e["low"],
+                             high=e["high"], n=e["n"], settings=dict(settings)))
+    return rows
+
+
+def format_scores(scores: dict, concept: str) -> str:
+    """Two lines: the concept's M-Score and the others' retention, before -> after."""
+
+    def est(e: dict) -> str:
+        return f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+    return (
+        f"M-Score of {concept}: {est(scores['mscore_before'])} -> {est(scores['mscore_after'])} "
+        f"({scores['eval_seeds']} seeds per prompt)\n"
+        f"retention of the others: {est(scores['retention_before'])} -> "
+        f"{est(scores['retention_after'])} ({scores['retention_seeds']} seeds per prompt)"
+    )

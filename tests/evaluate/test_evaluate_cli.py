@@ -1,0 +1,60 @@
+"""`fmn evaluate`: a patch's M-Score and retention before and after, from the CLI, into the
+patch file's metadata and into the registry; usage errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fmn_desktop.cli import main
+from fmn_desktop.patch import load_patch
+from fmn_desktop.toyworld import weights_available
+
+READY = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--concept", "Nobody", "--patch", "p.safetensors"], "unknown concept"),
+        (["./some-sd15", "--concept", "Zorbu", "--patch", "p.safetensors"], "need a judge"),
+        (["--concept", "Zorbu"], "give --patch"),
+        (["--concept", "Zorbu", "--patch", "p.safetensors", "--seeds", "0"], "at least 1"),
+        (["--concept", "Zorbu", "--patch", "a.safetensors", "--patch", "b.safetensors",
+          "--write-scores"], "one --patch"),
+        (["--concept", "Zorbu", "--record", "zorbu", "--write-scores"], "name it with --patch"),
+    ],
+)
+def test_usage_errors(argv, message, capsys):
+    assert main(["evaluate", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not weights_available(), reason="no embedded model weights")
+def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys):
+    from fmn_desktop.registry import open_registry
+
+    patch = tmp_path / "zorbu.safetensors"
+    shutil.copy(READY, patch)
+    with open_registry(tmp_path / "reg") as reg:
+        reg.add_patch(patch, name="zorbu")
+    out = tmp_path / "scores.json"
+    code = main(["--threads", "1", "evaluate", "--concept", "Zorbu", "--patch", str(patch),
+                 "--seeds", "1", "--other-seeds", "1", "--steps", "10", "--json", str(out),
+                 "--write-scores", "--record", "zorbu", "--registry", str(tmp_path / "reg")])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert "M-Score of Zorbu" in stdout and "recorded mscore, retention" in stdout
+    scores = json.loads(out.read_text())
+    # the embedded model draws Zorbu from its prompts; the shipped patch removes it
+    assert scores["mscore_before"]["mean"] > 0.9 > 0.1 > scores["mscore_after"]["mean"]
+    assert scores["retention_after"]["mean"] > 0.9
+    assert load_patch(patch).meta.scores == scores  # stored in the file
+    with open_registry(tmp_path / "reg") as reg:
+        stored = {e.metric: e for e in reg.evaluations(patch="zorbu")}
+    assert stored["mscore"].value == scores["mscore_after"]["mean"]
+    assert stored["retention"].settings == {"seeds": 1, "other_seeds": 1, "steps": 10,
+                                            "strength": 1.0}
