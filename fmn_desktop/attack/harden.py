@@ -83,6 +83,16 @@ def _attack(pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv
     return found, sum(plain) / len(plain), sum(best) / len(best), time.perf_counter() - t0
 
 
+def _numbered(job, before: int, total: int):
+    """`job`'s progress with its steps counted on from `before`, out of `total` (all rounds)."""
+    while True:
+        try:
+            p = next(job)
+        except StopIteration as stop:
+            return stop.value
+        yield replace(p, step=before + p.step, total=total) if p.phase == "train" else p
+
+
 def harden_steps(
     pipe, config: ForgetConfig, settings: HardenSettings, fingerprint: str = "",
     family: str = "sd1",
@@ -104,7 +114,8 @@ def harden_steps(
         # One more reference image per alias: the job draws them for the concepts in turn.
         job = replace(config, concepts=[concept, *aliases],
                       num_references=config.num_references + len(aliases))
-        result = yield from forget_steps(pipe, job, fingerprint, family)
+        result = yield from _numbered(forget_steps(pipe, job, fingerprint, family),
+                                      r * config.steps, config.steps * (settings.rounds + 1))
         if r == settings.rounds:
             break
         yield ForgetProgress(0, 0, float("nan"), float("nan"), None, phase="attack")

@@ -91,6 +91,7 @@ class ForgetRequest:
     out: str | None = None  # None: a temporary file (registered, then removed)
     tags: list[str] = field(default_factory=list)
     fmt: str = "lora"
+    harden: int = 0  # adversarial hardening rounds (attack.harden; `fmn forget --harden`)
 
 
 @dataclass
@@ -113,7 +114,13 @@ def forget_job(ctx, model, req: ForgetRequest):
         tmp = tempfile.TemporaryDirectory(prefix="fmn-forget-")
         out = str(Path(tmp.name) / "patch.safetensors")
     try:
-        yield Phase("train", "re-steering attention", 0, req.config.steps)
+        harden = None
+        if req.harden:
+            from fmn_desktop.attack.harden import HardenSettings
+
+            harden = HardenSettings(rounds=req.harden, seed=req.config.seed)
+        total = req.config.steps * (1 + req.harden)
+        yield Phase("train", "re-steering attention", 0, total)
         outcome = forget_to_file(
             model,
             req.config,
@@ -121,6 +128,7 @@ def forget_job(ctx, model, req: ForgetRequest):
             fmt=req.fmt,
             progress=ctx.progress,
             should_cancel=ctx.should_cancel,
+            harden=harden,
         )
         scores: dict = {}
         concept = toy_concept(model, req.config.concepts) if req.evaluate else None

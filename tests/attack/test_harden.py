@@ -25,11 +25,18 @@ def test_harden_rounds_add_what_the_attack_found(tiny_pipe):
     before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
     config = ForgetConfig(concepts=["castle"], steps=12, **FAST)
     settings = HardenSettings(rounds=1, prompts=1, aliases_per_prompt=2, iters=4)
-    phases = []
-    out = harden(tiny_pipe, config, settings, progress=lambda p: phases.append(p.phase))
+    phases, steps = [], []
+
+    def progress(p):
+        phases.append(p.phase)
+        if p.phase == "train":
+            steps.append((p.step, p.total))
+
+    out = harden(tiny_pipe, config, settings, progress=progress)
     for n, p in tiny_pipe.unet.named_parameters():
         assert torch.equal(p, before[n])  # the model is left as it was
     assert phases.count("train") == 2 * 12 and phases.count("attack") == 1
+    assert steps == [(k, 24) for k in range(1, 25)]  # counted over both rounds
     assert len(out.rounds) == 1 and out.aliases == out.rounds[0].aliases
     assert 1 <= len(out.aliases) <= 2 and all("castle" not in a for a in out.aliases)
     meta = out.result.patch.meta

@@ -147,3 +147,24 @@ def test_replace_with_field_sets_the_anchor(qtbot, app):
     qtbot.keyClicks(page.anchor, " a square ")
     config = app.forget.config()
     assert config.anchor == "a square" and config.anchor_weight > 0
+
+
+def test_hardened_forget_counts_every_round(qtbot, app, concept, fast_forget):
+    # One hardening round: train, attack the patch, train again with what the attack found;
+    # the bar counts both trainings, the phase says when the attack runs.
+    from fmn_desktop.ui.widgets.main_window import MainWindow
+
+    win = MainWindow(app)
+    qtbot.addWidget(win)
+    win.forget_page.harden.setValue(1)
+    assert app.forget.harden == 1
+    f = app.forget
+    steps_seen, phases = [], []
+    f.step_changed.connect(steps_seen.append)
+    f.phase_text_changed.connect(phases.append)
+    done = forget_patch(qtbot, app, concept, fast_forget, steps=2)
+    assert steps_seen == [1, 2, 3, 4] and f.total == 4
+    assert "Attacking the patch (hardening)" in phases
+    meta = load_patch(done.record.path).meta
+    assert meta.concepts == [concept] and meta.hyperparameters["hardened_aliases"]
+    assert not app.errors

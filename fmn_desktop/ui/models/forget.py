@@ -35,6 +35,7 @@ class ForgetModel(PatchJobModel):
     mode_changed = Signal(str)
     steps_changed = Signal(int)
     evaluate_changed = Signal(bool)
+    harden_changed = Signal(int)
     save_copy_changed = Signal(str)
 
     concept = state("concept", str, "", concept_changed)
@@ -45,6 +46,7 @@ class ForgetModel(PatchJobModel):
     mode = state("mode", str, "faithful", mode_changed)
     steps = state("steps", int, FAITHFUL_STEPS, steps_changed)
     evaluate = state("evaluate", bool, True, evaluate_changed)
+    harden = state("harden", int, 0, harden_changed)  # adversarial rounds (fmn forget --harden)
     save_copy = state("save_copy", str, "", save_copy_changed)
 
     training_verb = "Re-steering"
@@ -110,6 +112,7 @@ class ForgetModel(PatchJobModel):
             eval_others=self.eval_others,
             registry_root=self.session.settings.data_folder,
             out=self.save_copy or None,
+            harden=self.harden,
         )
         return self.start_request(req)
 
@@ -117,7 +120,8 @@ class ForgetModel(PatchJobModel):
         model = self.session.require_model()
         if model is None:
             return None
-        return self._start_job("forget", lambda ctx: forget_job(ctx, model, req), req.config.steps)
+        total = req.config.steps * (1 + req.harden)
+        return self._start_job("forget", lambda ctx: forget_job(ctx, model, req), total)
 
     def _result_lines(self, done: ForgetDone) -> list[str]:
         lines = [f"Finished in {done.seconds:.1f} s, final loss {done.final_loss:.4f}."]

@@ -107,8 +107,12 @@ class PatchJobModel(JobModel):
         if isinstance(p, Phase):
             self.phase_text = capitalized(p.text)
             return
-        if getattr(p, "phase", "train") == "references":
+        phase = getattr(p, "phase", "train")
+        if phase == "references":
             self.phase_text = "Preparing reference images"
+            return
+        if phase == "attack":  # a hardening round between two trainings
+            self.phase_text = "Attacking the patch (hardening)"
             return
         self.phase_text = f"{self.training_verb}: step {p.step} of {p.total}"
         self.total = p.total

@@ -75,6 +75,15 @@ class ForgetPage(PatchJobPage):
         self.steps.setRange(1, 2000)
         bind_spin(self.steps, model, "steps")
         form2.addRow("Steps:", self.steps)
+        self.harden = QSpinBox()
+        self.harden.setRange(0, 10)
+        self.harden.setSpecialValueText("Off")
+        self.harden.setToolTip(
+            "Rounds of: attack the patch (prompts whose cross-attention brings the concept "
+            "back), forget what the attack found too. Each round costs one more training."
+        )
+        bind_spin(self.harden, model, "harden")
+        form2.addRow("Harden (rounds):", self.harden)
         self.evaluate = QCheckBox("Measure M-Score and retention (embedded model)")
         bind_check(self.evaluate, model, "evaluate")
         form2.addRow("", self.evaluate)
@@ -96,6 +105,7 @@ class ForgetPage(PatchJobPage):
             self.trainable,
             self.mode,
             self.steps,
+            self.harden,
             self.evaluate,
         ]
 
