@@ -1049,7 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
     except UsageError as exc:
         print(f"fmn {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -1059,6 +1061,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fmn inspect ... | head`): not an error of ours. Point stdout
+        # at /dev/null so that the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def gui_main(threads: int | None = None) -> int:

@@ -243,3 +243,20 @@ def test_every_subcommand_has_a_handler():
     assert set(sub.choices) == set(COMMANDS)
     for name in ("forget", "apply", "generate", "inspect", "demo", "bench"):
         assert name in COMMANDS
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    # `fmn ... | head -1`: the reader leaves early; exit quietly with status 0. A command with
+    # more output than the pipe holds, so that writing really fails.
+    import subprocess
+    import sys
+
+    code = ("import sys; from fmn_desktop import cli; "
+            "cli.COMMANDS['inspect'] = lambda a: [print('x' * 99) for _ in range(20000)] and 0; "
+            "sys.exit(cli.main(['inspect', 'p.safetensors']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"x" * 99
+    proc.stdout.close()  # the reader goes away with output still to come
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "Broken" not in err, err
