@@ -95,6 +95,11 @@ def add_correct_commands(sub, model_args) -> None:
     p.add_argument("--trainable", choices=["kv", "attn2"], default=bf["trainable"].default)
     p.add_argument("--uncaptioned-weight", type=float, default=bf["uncaptioned_weight"].default)
     p.add_argument("--preserve-weight", type=float, default=bf["preserve_weight"].default)
+    p.add_argument("--ordinary-references", type=int,
+                   default=bf["ordinary_references"].default,
+                   help="latents drawn from the preservation prompts, on which they and \"\" "
+                   "keep the base prediction (default: %(default)s; 0: only on the "
+                   "attribute's references)")
     p.add_argument("--preserve-prompt", action="append")
     p.add_argument("--batch-size", type=int, default=bf["batch_size"].default)
     p.add_argument("--num-references", type=int, default=bf["num_references"].default)
@@ -169,6 +174,7 @@ def cmd_erase_broad(args) -> int:
         trainable=args.trainable,
         uncaptioned_weight=args.uncaptioned_weight,
         preserve_weight=args.preserve_weight,
+        ordinary_references=args.ordinary_references,
         batch_size=args.batch_size,
         num_references=args.num_references,
         seed=args.seed,

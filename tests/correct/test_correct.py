@@ -188,9 +188,11 @@ def test_cli_correct_and_erase_broad(tmp_path):
     assert main([*base, "--guide", "x", "--strength", "2", "--out", str(out)]) == 1
     out2 = tmp_path / "broad.safetensors"
     args = ["--threads", "1", "erase-broad", str(model), "--device", "cpu", "--words", "cursed",
-            "--steps", "1", "--batch-size", "1", "--num-references", "1", "--out", str(out2)]
+            "--steps", "1", "--batch-size", "1", "--num-references", "1",
+            "--ordinary-references", "2", "--out", str(out2)]
     assert main(args) == 0
-    assert load_patch(out2).meta.method == "esd-broad"
+    meta = load_patch(out2).meta
+    assert meta.method == "esd-broad" and meta.hyperparameters["ordinary_references"] == 2
 
 
 @pytest.mark.skipif(
