@@ -444,6 +444,34 @@ def disentangle_job(ctx, model, req: CorrectRequest):
     return _trained_correction_job(ctx, model, req, disentangle_to_file, what)
 
 
+# ------------------------------------------------------------------------- measure
+def measure_job(ctx, model, registry_root: str, item: PatchItem, concept: str,
+                seeds: int = 2, steps: int = 20):
+    """Score a library patch on the embedded model and store the figures with it (what
+    `fmn evaluate --record` runs); returns the scores dict."""
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.evaluate.patch_scores import evaluate_patches, registry_rows
+    from fmn_desktop.registry import open_registry
+    from fmn_desktop.toyworld import CONCEPTS
+    from fmn_desktop.workflows import PatchSpec, read_patches
+
+    if getattr(model, "family", None) != "toy":
+        raise FmnError("M-Score and retention are scored by the embedded model's judge: load "
+                       "the embedded model on the Model page (no judge exists for others)")
+    if concept not in CONCEPTS:
+        raise FmnError(f"the judge does not know {concept!r}; it knows the toy world's "
+                       f"concepts only ({', '.join(CONCEPTS)})")
+    yield Phase("evaluate", f"measuring M-Score and retention ({concept})")
+    patches = read_patches(model, [PatchSpec(Path(item.path), item.strength)])
+    scores = evaluate_patches(model, patches, CONCEPTS[concept], seeds, steps,
+                              ctx.should_cancel)
+    yield Phase("register", "storing the scores with the patch")
+    settings = {"seeds": seeds, "other_seeds": 1, "steps": steps, "strength": item.strength}
+    with open_registry(registry_root) as reg:
+        reg.add_evaluations(registry_rows(scores, concept, settings), patch=item.name)
+    return scores
+
+
 # ------------------------------------------------------------------------- attack check
 @dataclass
 class AttackRequest:

@@ -137,3 +137,34 @@ def _odd_header_file(patch, out):
     raise AssertionError("could not reach a header length ending in 0x80")
 
 
+
+
+def test_measure_an_imported_patch_stores_its_scores(qtbot, app, tmp_path):
+    # A patch made elsewhere has no scores; Measure scores it on the embedded model and the
+    # details list the stored figures (what `fmn evaluate --record` does).
+    import shutil
+    from pathlib import Path
+
+    import pytest
+    from ui_helpers import EMBEDDED
+
+    from fmn_desktop.ui.widgets.main_window import MainWindow
+
+    if not EMBEDDED:
+        pytest.skip("scores need the embedded model and its judge")
+    ready = Path(__file__).parents[2] / "patches" / "forget-circle.safetensors"
+    shutil.copy(ready, tmp_path / "circle.safetensors")
+    win = MainWindow(app)
+    qtbot.addWidget(win)
+    _import(qtbot, app, tmp_path / "circle.safetensors")
+    lib = app.library
+    lib.select(lib.patches[0])
+    assert win.library_page.measure_button.isEnabled()
+    app.settings.eval_seeds = 1
+    assert lib.measure_selected(steps=6) is not None
+    wait_idle(qtbot, app.session)
+    stored = {e.metric: e for e in lib.evaluations()}
+    assert set(stored) == {"mscore", "retention"} and stored["mscore"].concept == "circle"
+    assert stored["mscore"].value < 0.5 and stored["retention"].value > 0.8
+    assert "M-Score (stored) (circle)" in dict(lib.details())
+    assert "Measured" in app.session.status and not app.errors

@@ -175,8 +175,9 @@ class LibraryModel(QObject):
                 rows.append((label, f"{hp[key]:g}" if isinstance(hp[key], float) else str(hp[key])))
         reg = self.session.registry()
         for e in self.evaluations(r):
-            if e.metric in ("mscore", "retention") and f"{e.metric}_after" in (r.scores or {}):
-                continue  # shown above, from the file
+            in_file = (r.scores or {}).get(f"{e.metric}_after")
+            if isinstance(in_file, dict) and in_file.get("mean") == e.value:
+                continue  # the same figure as the file's, shown above
             rows.append((evaluation_label(e), evaluation_text(e)))
         used = self.session.attempt("Registry", lambda: reg.stacks_using(r.id)) if reg else None
         rows.append(("Used by stacks", ", ".join(used or []) or "none"))
@@ -253,6 +254,32 @@ class LibraryModel(QObject):
         if r is None or reg is None:
             return []
         return self.session.attempt("Registry", lambda: reg.stacks_using(r.id)) or []
+
+    def measure_selected(self, seeds: int | None = None, steps: int = 20):
+        """M-Score and retention of the selected patch on the embedded model, stored with it
+        in the registry (background; `fmn evaluate --record`)."""
+        from fmn_desktop.ui.jobs import PatchItem, measure_job
+
+        r = self.selected
+        model = self.session.require_model()
+        if r is None or model is None:
+            return None
+        if not r.concepts:
+            self.session.report("No concept", f"{r.name} names no concept to measure")
+            return None
+        root, item = self.session.settings.data_folder, PatchItem.from_record(r)
+        seeds = seeds or self.session.settings.eval_seeds
+
+        def finished(scores):
+            a, b = scores["mscore_after"]["mean"], scores["retention_after"]["mean"]
+            self.session.status = f"Measured {r.name}: M-Score {a:.3f}, retention {b:.3f}"
+            self.session.registry_changed.emit()
+
+        return self.session.run_job(
+            f"measure {r.name}",
+            lambda ctx: measure_job(ctx, model, root, item, r.concepts[0], seeds, steps),
+            on_finished=finished,
+        )
 
     def make_preview(self, seeds: int = 3, steps: int = 20):
         """Before/after thumbnails of the selected patch on the loaded model (background)."""

@@ -120,6 +120,12 @@ class LibraryPage(QWidget):
         self.attack_button = QPushButton("Attack check…")
         self.attack_button.setToolTip("Search for prompts that bring the concept back")
         self.attack_button.clicked.connect(lambda: self.attack_requested.emit(model.selected))
+        self.measure_button = QPushButton("Measure")
+        self.measure_button.setToolTip(
+            "M-Score of its concept and retention of the others, before and after, on the "
+            "embedded model; stored with the patch"
+        )
+        self.measure_button.clicked.connect(lambda: model.measure_selected())
         self.export_button = QPushButton("Export…")
         self.export_button.clicked.connect(self._export)
         self.delete_button = QPushButton("Delete")
@@ -130,6 +136,7 @@ class LibraryPage(QWidget):
         files = QHBoxLayout()
         files.addWidget(self.export_button)
         files.addWidget(self.attack_button)
+        files.addWidget(self.measure_button)
         files.addStretch(1)
         files.addWidget(self.delete_button)
         dl.addLayout(actions)
@@ -193,7 +200,8 @@ class LibraryPage(QWidget):
             self.form.removeRow(0)
         has = self.model.selected is not None
         for b in (self.preview_button, self.compare_button, self.stack_button,
-                  self.export_button, self.attack_button, self.delete_button):
+                  self.export_button, self.attack_button, self.measure_button,
+                  self.delete_button):
             b.setEnabled(has)
         if not has:
             hint = QLabel(
