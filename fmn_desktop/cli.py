@@ -276,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         "search, no judge needed), forget the word sequences found too, ROUNDS times; each "
         "round costs one more forget job (default: 0, off; docs/ATTACK.md)",
     )
+    p.add_argument(
+        "--harden-spellings",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --harden: also forget, each round, the N spelling variants of the name "
+        "('Z-orbu', 'Zorbuu', ...) that the patch holds least (default: 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--format",
@@ -522,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="black-box only: no K/V-matching token search and no soft-prompt bound",
     )
     p.add_argument(
+        "--no-misspellings",
+        action="store_true",
+        help="try no spelling variants of the name (e.g. to attack a patch hardened on them "
+        "with sources it never saw)",
+    )
+    p.add_argument(
         "--judge",
         default=None,
         help="judge weights (default: the embedded model's); required for any other model, "
@@ -644,7 +658,8 @@ def cmd_forget(args) -> int:
     if args.harden:
         from fmn_desktop.attack.harden import HardenSettings
 
-        harden = HardenSettings(rounds=args.harden, seed=args.seed)
+        harden = HardenSettings(rounds=args.harden, spellings=args.harden_spellings,
+                                seed=args.seed)
     model = _load(args)
     config = with_model_defaults(model, config)
     bar, progress = step_bar(config.steps * (1 + args.harden), "re-steering")
@@ -986,6 +1001,7 @@ def cmd_attack(args) -> int:
         guidance=args.cfg,
         threshold=args.threshold,
         whitebox=not args.no_whitebox,
+        misspellings=0 if args.no_misspellings else AttackSettings.misspellings,
         chance=args.chance,
     )
     model = _load(args)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from fmn_desktop.attack import whitebox as wb
 from fmn_desktop.attack.candidates import word_pool_ids
 from fmn_desktop.errors import FmnError
@@ -36,11 +38,18 @@ class HardenSettings:
     aliases_per_prompt: int = 2  # best distinct prompts kept from each search
     slots: int = 3
     iters: int = 30
+    # Spelling variants of the name ("Z-orbu", "Zorbuu", ...; `candidates.misspellings`) added
+    # per round: those whose patched K/V come nearest the base K/V of the concept's prompts.
+    # The attack check tries the same list, so with this on its misspelling figures are no
+    # longer held out (`fmn attack --no-misspellings` keeps the rest honest).
+    spellings: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.prompts < 1 or self.aliases_per_prompt < 1:
             raise ValueError("rounds, prompts and aliases per prompt must be at least 1")
+        if self.spellings < 0:
+            raise ValueError("spellings cannot be negative")
 
 
 @dataclass
@@ -59,7 +68,8 @@ class HardenResult:
     rounds: list[HardenRound] = field(default_factory=list)
 
 
-def _attack(pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv, pool, r):
+def _attack(pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv, pool, r,
+            exclude=()):
     from fmn_desktop.patch import PatchedUNet
 
     concept = config.concepts[0]
@@ -80,7 +90,27 @@ def _attack(pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv
                 alias = text.removeprefix(tpl.prefix).removesuffix(tpl.suffix).strip()
                 if alias and alias not in found:
                     found.append(alias)
+        if settings.spellings:
+            found += nearest_spellings(pipe, concept, base_kv, settings.spellings, exclude)
     return found, sum(plain) / len(plain), sum(best) / len(best), time.perf_counter() - t0
+
+
+def nearest_spellings(pipe, concept: str, base_kv, n: int, exclude=()) -> list[str]:
+    """The `n` spelling variants of `concept` whose K/V (under whatever patch is applied) come
+    nearest the base K/V of the attacked prompts, mean relative error over those prompts."""
+    from fmn_desktop.attack.candidates import misspellings, replace_concept
+
+    taken = {e.lower() for e in exclude}
+    variants = [m for m in misspellings(concept) if m.lower() not in taken]
+    if not variants:
+        return []
+    loss = torch.zeros(len(variants))
+    for prompt, targets in base_kv.items():
+        texts = [replace_concept(prompt, concept, m) for m in variants]
+        ids = wb._ids(pipe.tokenizer, texts, pipe.text_encoder.device)
+        with torch.no_grad():
+            loss += wb.kv_loss(pipe, wb.encode(pipe, ids), targets).float().cpu()
+    return [variants[i] for i in loss.argsort()[:n].tolist()]
 
 
 def _numbered(job, before: int, total: int):
@@ -120,7 +150,7 @@ def harden_steps(
             break
         yield ForgetProgress(0, 0, float("nan"), float("nan"), None, phase="attack")
         found, plain, best, seconds = _attack(
-            pipe, result.patch, config, settings, base_kv, pool, r
+            pipe, result.patch, config, settings, base_kv, pool, r, [concept, *aliases]
         )
         new = [a for a in found if a.lower() not in {x.lower() for x in [concept, *aliases]}]
         rounds.append(HardenRound(r + 1, new, plain, best, seconds))

@@ -57,6 +57,18 @@ def test_harden_rounds_add_what_the_attack_found(tiny_pipe):
         assert loss(out.result.patch, alias) > loss(first, alias)
 
 
+def test_spelling_variants_nearest_the_base_are_added(tiny_pipe):
+    from fmn_desktop.attack.candidates import misspellings
+
+    config = ForgetConfig(concepts=["castle"], steps=2, **FAST)
+    settings = HardenSettings(rounds=1, prompts=1, aliases_per_prompt=1, iters=2, spellings=3)
+    out = harden(tiny_pipe, config, settings)
+    spelled = [a for a in out.aliases if a in misspellings("castle")]
+    assert len(spelled) == 3 and len(out.aliases) == 4
+    with pytest.raises(ValueError):
+        HardenSettings(spellings=-1)
+
+
 def test_harden_needs_one_concept(tiny_pipe):
     from fmn_desktop.errors import FmnError
 
