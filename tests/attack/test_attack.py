@@ -309,3 +309,31 @@ def test_attack_measurement_on_forgotten_zorbu(tmp_path):
     assert report.before.no_attack().mean == 1.0
     assert report.after.no_attack().mean <= 0.5  # forgetting works on the plain prompts
     assert report.after.asr().mean >= report.after.no_attack().mean
+
+
+@needs_weights
+def test_attack_cli_settings_reach_the_search(tmp_path, monkeypatch, capsys):
+    # --no-misspellings (a held-out check of a patch hardened on spellings) and --no-whitebox
+    # become the AttackSettings the search runs with.
+    import fmn_desktop.attack as attack
+
+    seen = {}
+
+    def fake_run_attack(pipe, judge, concept, patches, settings, **kw):
+        seen["settings"] = settings
+        raise attack_stop
+
+    attack_stop = KeyboardInterrupt()  # ends the command once the settings are seen
+    monkeypatch.setattr(attack, "run_attack", fake_run_attack)
+    patch = tmp_path / "p.safetensors"
+    from fmn_desktop.patch.format import save_patch
+    from fmn_desktop.workflows import open_model
+
+    model = open_model("default")
+    save_patch(attn2_patch(model.pipe, scale=0.0), patch)
+    assert main(["attack", "--concept", "Zorbu", "--patch", str(patch), "--force",
+                 "--no-misspellings", "--no-whitebox"]) == 130
+    s = seen["settings"]
+    assert s.misspellings == 0 and not s.whitebox
+    assert main(["attack", "--concept", "Zorbu", "--patch", str(patch), "--force"]) == 130
+    assert seen["settings"].misspellings == AttackSettings().misspellings > 0
