@@ -119,6 +119,7 @@ def _inversion_config(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fmn_desktop.attack.harden import HardenSettings
     from fmn_desktop.resteer import POSITION_MODES
     from fmn_desktop.resteer.templates import KINDS
 
@@ -279,10 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--harden-spellings",
         type=int,
-        default=0,
+        default=HardenSettings.spellings,
         metavar="N",
         help="with --harden: also forget, each round, the N spelling variants of the name "
-        "('Z-orbu', 'Zorbuu', ...) that the patch holds least (default: 0)",
+        "('Z-orbu', 'Zorbuu', ...) that the patch holds least (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--ordinary-references", type=int, default=None,
                     help="BroadConfig.ordinary_references (0: hold only on the attribute's "
                     "references, the second-session behaviour; default: its own)")
+    ap.add_argument("--uncaptioned-weight", type=float, default=None,
+                    help="BroadConfig.uncaptioned_weight (the word-less prompts' term)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/uncaptioned.json")
     args = ap.parse_args()
@@ -115,6 +117,9 @@ def main() -> None:
         config.preserve_weight = args.preserve_weight
     if args.ordinary_references is not None:
         config.ordinary_references = args.ordinary_references
+    if args.uncaptioned_weight is not None:
+        config.uncaptioned_weight = args.uncaptioned_weight
+    report["uncaptioned_weight"] = config.uncaptioned_weight
     result = erase_broad(pipe, config, model.fingerprint or "", "toy")
     report["train_seconds"] = round(result.seconds, 1)
     # Word-free captions the job held in place verbatim (the world's caption space is small):

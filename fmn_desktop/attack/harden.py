@@ -42,7 +42,7 @@ class HardenSettings:
     # per round: those whose patched K/V come nearest the base K/V of the concept's prompts.
     # The attack check tries the same list, so with this on its misspelling figures are no
     # longer held out (`fmn attack --no-misspellings` keeps the rest honest).
-    spellings: int = 0
+    spellings: int = 4  # measured: docs/ATTACK.md (ASR 0.500 -> 0.250 with them, held out)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -159,6 +159,7 @@ def harden_steps(
     meta.concepts = [concept]  # the patch is for the concept; the aliases are how it was made
     meta.hyperparameters["hardened_aliases"] = list(aliases)
     meta.hyperparameters["harden_rounds"] = settings.rounds
+    meta.hyperparameters["harden_spellings"] = settings.spellings
     result.seconds = time.perf_counter() - started  # every round, not the last job alone
     return HardenResult(result, aliases, rounds)
 

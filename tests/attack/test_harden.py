@@ -24,7 +24,7 @@ def test_settings_are_checked():
 def test_harden_rounds_add_what_the_attack_found(tiny_pipe):
     before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
     config = ForgetConfig(concepts=["castle"], steps=12, **FAST)
-    settings = HardenSettings(rounds=1, prompts=1, aliases_per_prompt=2, iters=4)
+    settings = HardenSettings(rounds=1, prompts=1, aliases_per_prompt=2, iters=4, spellings=0)
     phases, steps = [], []
 
     def progress(p):

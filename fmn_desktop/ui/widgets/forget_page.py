@@ -80,7 +80,8 @@ class ForgetPage(PatchJobPage):
         self.harden.setSpecialValueText("Off")
         self.harden.setToolTip(
             "Rounds of: attack the patch (prompts whose cross-attention brings the concept "
-            "back), forget what the attack found too. Each round costs one more training."
+            "back), forget what the attack found and the spelling variants it holds least "
+            "too. Each round costs one more training."
         )
         bind_spin(self.harden, model, "harden")
         form2.addRow("Harden (rounds):", self.harden)
