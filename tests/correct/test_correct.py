@@ -139,7 +139,8 @@ def test_broad_removal_holds_the_unconditional_prediction(tiny_pipe):
     for hold in (False, True):
         cfg = BroadConfig(words=["cursed"], templates=["a {} castle", "{}"], steps=25,
                           batch_size=2, num_references=2, reference_steps=2, lr=1e-3,
-                          preserve_prompts=KEEP, hold_unconditional=hold)
+                          preserve_prompts=KEEP, hold_unconditional=hold,
+                          uncaptioned_weight=1.0)  # the weight this was measured at
         patch = erase_broad(tiny_pipe, cfg).patch
         with PatchedUNet(tiny_pipe.unet, [(patch, 1.0)]):
             moved[hold] = float((uncond() - base).norm() / base.norm())
