@@ -132,7 +132,7 @@ def cmd_correct(args) -> int:
 
 
 def cmd_disentangle(args) -> int:
-    from fmn_desktop.cli import _load, step_bar
+    from fmn_desktop.cli import _load
     from fmn_desktop.correct.disentangle import DisentangleConfig
     from fmn_desktop.correct.workflow import disentangle_to_file
 
@@ -148,20 +148,13 @@ def cmd_disentangle(args) -> int:
         **given,
     )
     model = _load(args)
-    bar, progress = step_bar(config.forget_config([]).steps, "disentangling")
-    try:
-        outcome = disentangle_to_file(
-            model, config, args.out, args.format, args.preserve_prompt, progress
-        )
-    finally:
-        bar.close()
-    print(outcome.message)
-    return 0
+    return _trained(config.forget_config([]).steps, "disentangling", lambda progress: (
+        disentangle_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
+    ))
 
 
 def cmd_erase_broad(args) -> int:
-
-    from fmn_desktop.cli import _load, step_bar
+    from fmn_desktop.cli import _load
     from fmn_desktop.correct.broad import BroadConfig
     from fmn_desktop.correct.workflow import erase_broad_to_file
 
@@ -180,12 +173,18 @@ def cmd_erase_broad(args) -> int:
         seed=args.seed,
     )
     model = _load(args)
-    bar, progress = step_bar(config.steps, "erasing")
+    return _trained(config.steps, "erasing", lambda progress: (
+        erase_broad_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
+    ))
 
+
+def _trained(total: int, verb: str, run) -> int:
+    """Run a training workflow (`run(progress)`) under a progress bar; print what it wrote."""
+    from fmn_desktop.cli import step_bar
+
+    bar, progress = step_bar(total, verb)
     try:
-        outcome = erase_broad_to_file(
-            model, config, args.out, args.format, args.preserve_prompt, progress
-        )
+        outcome = run(progress)
     finally:
         bar.close()
     print(outcome.message)
