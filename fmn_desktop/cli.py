@@ -945,6 +945,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def judged_concept(args, needs: str):
+    """The toy-world concept of `--concept`, checked: scores need the toy world's judge (the
+    embedded model's, or `--judge FILE` for a toy-world checkpoint). `needs` words the error,
+    e.g. "scoring an attack needs"."""
+    from fmn_desktop.toyworld import CONCEPTS
+    from fmn_desktop.workflows import DEFAULT_MODEL
+
+    if args.concept not in CONCEPTS:
+        raise UsageError(
+            f"unknown concept {args.concept!r}: the judge knows the toy world's "
+            f"concepts only ({', '.join(CONCEPTS)})"
+        )
+    if args.model not in (None, "", DEFAULT_MODEL) and args.judge is None:
+        raise UsageError(
+            f"{needs} a judge, and only the embedded model has one; give "
+            "--judge FILE for a toy-world checkpoint (no judge exists for other models)"
+        )
+    return CONCEPTS[args.concept]
+
+
 def patches_and_record(args):
     """The patch specs of `--patch` and the registry record of `--record` (figures belong to
     one patch: with --record, --patch may only name that patch's file, or be left out)."""
@@ -972,18 +992,9 @@ def cmd_attack(args) -> int:
     from fmn_desktop.attack import AttackSettings, format_table, run_attack, write_report
     from fmn_desktop.attack.candidates import prompt_words
     from fmn_desktop.toyworld import CONCEPTS, load_judge
-    from fmn_desktop.workflows import DEFAULT_MODEL, read_patches
+    from fmn_desktop.workflows import read_patches
 
-    if args.concept not in CONCEPTS:
-        raise UsageError(
-            f"unknown concept {args.concept!r}: the judge knows the toy world's "
-            f"concepts only ({', '.join(CONCEPTS)})"
-        )
-    if args.model not in (None, "", DEFAULT_MODEL) and args.judge is None:
-        raise UsageError(
-            "scoring an attack needs a judge, and only the embedded model has one; give "
-            "--judge FILE for a toy-world checkpoint (no judge exists for other models)"
-        )
+    concept = judged_concept(args, "scoring an attack needs")
     if args.budget < 1 or args.seeds < 1 or args.chance < 0:
         raise UsageError("--budget and --seeds must be at least 1, --chance at least 0")
     if not 0.0 < args.threshold < 1.0:
@@ -993,7 +1004,6 @@ def cmd_attack(args) -> int:
             "give --patch FILE[:STRENGTH], or --record NAME to attack a registry patch"
         )
     specs, record = patches_and_record(args)
-    concept = CONCEPTS[args.concept]
     settings = AttackSettings(
         budget=args.budget,
         seeds=args.seeds,

@@ -41,20 +41,15 @@ def add_evaluate_command(sub, model_args) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from fmn_desktop.cli import UsageError, _load, patches_and_record
+    from fmn_desktop.cli import UsageError, _load, judged_concept, patches_and_record
     from fmn_desktop.errors import FmnError
     from fmn_desktop.evaluate.patch_scores import evaluate_patches, format_scores, registry_rows
     from fmn_desktop.fileio import atomic_write_bytes
     from fmn_desktop.patch.format import load_patch, save_patch
-    from fmn_desktop.toyworld import CONCEPTS, load_judge
-    from fmn_desktop.workflows import DEFAULT_MODEL, read_patches
+    from fmn_desktop.toyworld import load_judge
+    from fmn_desktop.workflows import read_patches
 
-    if args.concept not in CONCEPTS:
-        raise UsageError(f"unknown concept {args.concept!r}: the judge knows the toy world's "
-                         f"concepts only ({', '.join(CONCEPTS)})")
-    if args.model not in (None, "", DEFAULT_MODEL) and args.judge is None:
-        raise UsageError("scores need a judge, and only the embedded model has one; give "
-                         "--judge FILE for a toy-world checkpoint")
+    concept = judged_concept(args, "scores need")
     if args.seeds < 1 or args.other_seeds < 1 or args.steps < 1:
         raise UsageError("--seeds, --other-seeds and --steps must be at least 1")
     if not args.patch and not args.record:
@@ -67,7 +62,6 @@ def cmd_evaluate(args) -> int:
         raise UsageError("--write-scores stores the figures in one patch file: give one --patch")
     model = _load(args)
     patches = read_patches(model, specs)
-    concept = CONCEPTS[args.concept]
     scores = evaluate_patches(model, patches, concept, args.seeds, args.steps,
                               other_seeds=args.other_seeds, judge=load_judge(args.judge),
                               force=args.force)

@@ -445,26 +445,37 @@ def disentangle_job(ctx, model, req: CorrectRequest):
 
 
 # ------------------------------------------------------------------------- measure
+def judged_concept(model, name: str, what: str):
+    """The toy-world concept `name` when `model` has a judge (the embedded model); else a
+    clear error. `what` words it, e.g. "an attack check scores images"."""
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.toyworld import CONCEPTS
+
+    if getattr(model, "family", None) != "toy":
+        raise FmnError(
+            f"{what} with the embedded model's judge: load the embedded model on the Model "
+            "page (no judge exists for other models)"
+        )
+    if name not in CONCEPTS:
+        raise FmnError(
+            f"unknown concept {name!r}: the judge knows the toy world's concepts only "
+            f"({', '.join(CONCEPTS)})"
+        )
+    return CONCEPTS[name]
+
+
 def measure_job(ctx, model, registry_root: str, item: PatchItem, concept: str,
                 seeds: int = 2, steps: int = 20):
     """Score a library patch on the embedded model and store the figures with it (what
     `fmn evaluate --record` runs); returns the scores dict."""
-    from fmn_desktop.errors import FmnError
     from fmn_desktop.evaluate.patch_scores import evaluate_patches, registry_rows
     from fmn_desktop.registry import open_registry
-    from fmn_desktop.toyworld import CONCEPTS
     from fmn_desktop.workflows import PatchSpec, read_patches
 
-    if getattr(model, "family", None) != "toy":
-        raise FmnError("M-Score and retention are scored by the embedded model's judge: load "
-                       "the embedded model on the Model page (no judge exists for others)")
-    if concept not in CONCEPTS:
-        raise FmnError(f"the judge does not know {concept!r}; it knows the toy world's "
-                       f"concepts only ({', '.join(CONCEPTS)})")
+    judged = judged_concept(model, concept, "M-Score and retention are scored")
     yield Phase("evaluate", f"measuring M-Score and retention ({concept})")
     patches = read_patches(model, [PatchSpec(Path(item.path), item.strength)])
-    scores = evaluate_patches(model, patches, CONCEPTS[concept], seeds, steps,
-                              ctx.should_cancel)
+    scores = evaluate_patches(model, patches, judged, seeds, steps, ctx.should_cancel)
     yield Phase("register", "storing the scores with the patch")
     settings = {"seeds": seeds, "other_seeds": 1, "steps": steps, "strength": item.strength}
     with open_registry(registry_root) as reg:
@@ -512,22 +523,12 @@ def attack_job(ctx, model, req: AttackRequest):
     from fmn_desktop.toyworld import CONCEPTS, load_judge
     from fmn_desktop.workflows import PatchSpec, read_patches
 
-    if getattr(model, "family", None) != "toy":
-        raise FmnError(
-            "an attack check scores images with the embedded model's judge: load the embedded "
-            "model on the Model page (no judge exists for other models)"
-        )
-    if req.concept not in CONCEPTS:
-        raise FmnError(
-            f"unknown concept {req.concept!r}: the judge knows the toy world's concepts only "
-            f"({', '.join(CONCEPTS)})"
-        )
+    concept = judged_concept(model, req.concept, "an attack check scores images")
     s = req.settings
     if s.budget < 1 or s.seeds < 1 or s.chance < 0:
         raise FmnError("budget and seeds must be at least 1, chance at least 0")
     if not 0.0 < s.threshold < 1.0:
         raise FmnError("the threshold must be between 0 and 1")
-    concept = CONCEPTS[req.concept]
     total = 2 * attack_targets(req.concept, s)
     yield Phase("attack", "loading the judge and the patch", 0, total)
     judge = load_judge(None)
