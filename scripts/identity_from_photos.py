@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     import torch
 
-    from fmn_desktop.demo import demo_config, toy_retain_prompts
     from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
     from fmn_desktop.inversion import (
         InversionConfig,
@@ -87,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     from fmn_desktop.inversion.names import discover_names
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.resteer import forget
+    from fmn_desktop.services.defaults import demo_config, toy_retain_prompts
+    from fmn_desktop.services.model import open_model
+    from fmn_desktop.services.photos import forget_from_photos
     from fmn_desktop.toyworld import CONCEPTS, load_judge
     from fmn_desktop.toyworld.concepts import IDENTITY_TEMPLATES, Concept
-    from fmn_desktop.workflows import forget_from_photos, open_model
 
     t0 = time.perf_counter()
     out_dir = Path(args.out_dir)

@@ -19,12 +19,13 @@ from datetime import date
 from pathlib import Path
 
 import fmn_desktop  # noqa: F401  (offline mode)
-from fmn_desktop.demo import demo_config, toy_retain_prompts
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
 from fmn_desktop.patch import PatchedUNet, save_patch
 from fmn_desktop.runtime import set_threads
+from fmn_desktop.services.defaults import demo_config, toy_retain_prompts
+from fmn_desktop.services.forget import forget_to_file
+from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import CONCEPTS, load_judge
-from fmn_desktop.workflows import forget_to_file, open_model
 
 READY = [("Zorbu", "identity"), ("circle", "object"), ("stripes", "style")]
 

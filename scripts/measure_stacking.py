@@ -63,11 +63,11 @@ def measure(
 ) -> tuple[list, dict]:
     """Forget each concept, stack additively and fused, and score every state.
     Returns the stack entries (the five patches) and the results."""
-    from fmn_desktop.demo import demo_config
     from fmn_desktop.evaluate.scores import generate_eval_set, mscore, retention
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.patch.stack import ComposeSettings, StackEntry, applied_stack, find_conflicts
     from fmn_desktop.resteer import forget
+    from fmn_desktop.services.defaults import demo_config
     from fmn_desktop.toyworld import CONCEPTS
 
     pipe = model.pipe
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     import fmn_desktop  # noqa: F401  (offline mode)
     from fmn_desktop.evaluate.scores import EvalSettings
     from fmn_desktop.runtime import set_threads
+    from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld import CONCEPTS, load_judge, weights_available
-    from fmn_desktop.workflows import open_model
 
     set_threads(args.threads)
     if not weights_available():

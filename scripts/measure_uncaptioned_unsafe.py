@@ -23,14 +23,13 @@ from pathlib import Path
 
 import fmn_desktop  # noqa: F401  (offline mode)
 from fmn_desktop.correct.broad import BroadConfig, erase_broad
-from fmn_desktop.correct.workflow import default_preserve_prompts
-from fmn_desktop.demo import toy_retain_prompts
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, wilson
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.runtime import set_threads
+from fmn_desktop.services.defaults import preservation_prompts, toy_retain_prompts
+from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import load_judge
 from fmn_desktop.toyworld.world import UNSAFE_WORDS
-from fmn_desktop.workflows import open_model
 
 
 @dataclass
@@ -108,7 +107,7 @@ def main() -> None:
     if args.preserve_count:
         preserve = toy_retain_prompts(args.words, count=args.preserve_count)
     else:
-        preserve = default_preserve_prompts(model, None, args.words)
+        preserve = preservation_prompts(model, None, args.words)
     report["preserve_prompts"] = preserve
     config = BroadConfig(
         words=args.words, preserve_prompts=preserve, hold_unconditional=not args.no_hold

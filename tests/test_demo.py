@@ -10,8 +10,8 @@ pytestmark = pytest.mark.skipif(not weights_available(), reason="embedded model 
 
 
 def test_demo_runs_end_to_end_small(tmp_path):
-    from fmn_desktop.demo import run_demo
     from fmn_desktop.patch import load_patch
+    from fmn_desktop.services.demo import run_demo
 
     out = io.StringIO()
     assert run_demo(out_dir=tmp_path, steps=3, seeds=1, other_seeds=1, others_limit=3, out=out) == 0
@@ -27,8 +27,8 @@ def test_demo_runs_end_to_end_small(tmp_path):
 @pytest.mark.slow
 def test_demo_default_settings_forget_the_concept(tmp_path):
     """The README's main job with its defaults: the concept goes, the rest stays."""
-    from fmn_desktop.demo import run_demo
     from fmn_desktop.patch import load_patch
+    from fmn_desktop.services.demo import run_demo
 
     assert run_demo(out_dir=tmp_path, out=io.StringIO()) == 0
     scores = load_patch(tmp_path / "forget-Zorbu.safetensors").meta.scores
@@ -40,12 +40,12 @@ def test_demo_default_settings_forget_the_concept(tmp_path):
 def test_default_settings_forget_the_identity_that_resisted_re_steering(tmp_path):
     """Tessik stayed at M-Score 0.998 under the paper's term with preservation; with the
     anchor term on by default it goes, and the other concepts stay (ConceptBench, issue 3)."""
-    from fmn_desktop.demo import demo_config
     from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.resteer import forget
+    from fmn_desktop.services.defaults import demo_config
+    from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld import CONCEPTS, load_judge
-    from fmn_desktop.workflows import open_model
 
     model, judge = open_model("default"), load_judge()
     concepts, target = list(CONCEPTS.values()), CONCEPTS["Tessik"]

@@ -26,8 +26,8 @@ import torch
 from fmn_desktop.attack import whitebox as wb
 from fmn_desktop.attack.candidates import word_pool_ids
 from fmn_desktop.errors import FmnError
+from fmn_desktop.prompts.templates import prompts_for
 from fmn_desktop.resteer import ForgetConfig, ForgetProgress, ForgetResult, forget_steps
-from fmn_desktop.resteer.templates import prompts_for
 from fmn_desktop.stepping import run_to_end
 
 

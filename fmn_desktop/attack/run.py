@@ -316,7 +316,7 @@ def report_grid(report: AttackReport):
     found), and the soft prompt's image after when it was run."""
     from PIL import Image
 
-    from fmn_desktop.workflows import grid_image
+    from fmn_desktop.imaging import grid_image
 
     rows, labels = [], []
     blank = None
@@ -340,7 +340,7 @@ def report_grid(report: AttackReport):
 
 def write_report(report: AttackReport, out_dir: str | os.PathLike) -> dict[str, Path]:
     from fmn_desktop.fileio import atomic_write_bytes
-    from fmn_desktop.workflows import save_png
+    from fmn_desktop.imaging import save_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fmn_desktop.attack.candidates import replace_concept, token_word
-from fmn_desktop.resteer.encode import is_sdxl
+from fmn_desktop.prompts.encode import is_sdxl
 from fmn_desktop.resteer.processor import cross_attention_modules
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]

@@ -37,7 +37,7 @@ from diffusers import DDPMScheduler
 
 from fmn_desktop.errors import TrainingError
 from fmn_desktop.patch.format import Patch, PatchMeta
-from fmn_desktop.resteer.encode import encode_prompts
+from fmn_desktop.prompts.encode import encode_prompts
 from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
 from fmn_desktop.stepping import run_to_end
 

@@ -40,8 +40,8 @@ import torch
 
 from fmn_desktop.errors import ConceptNotFoundError, TrainingError
 from fmn_desktop.patch.format import Delta, Patch, PatchMeta
-from fmn_desktop.resteer.encode import encode_prompts
-from fmn_desktop.resteer.tokens import (
+from fmn_desktop.prompts.encode import encode_prompts
+from fmn_desktop.prompts.tokens import (
     POSITION_MODES,
     concept_mask,
     expand_placeholders,

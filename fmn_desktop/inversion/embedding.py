@@ -2,7 +2,7 @@
 
 A placeholder of n vectors is n new tokenizer entries named as diffusers names them ("<zorbu>",
 "<zorbu>_1", ..., "<zorbu>_{n-1}"), so a prompt that says "<zorbu>" is written out to all n
-by the pipeline (`maybe_convert_prompt`) and by `fmn_desktop.resteer.tokens.concept_mask`.
+by the pipeline (`maybe_convert_prompt`) and by `fmn_desktop.prompts.tokens.concept_mask`.
 
 Files are one-tensor safetensors, (n, width) under the key of the placeholder: diffusers'
 `load_textual_inversion` takes the key as the token, A1111 takes any single key (its own files

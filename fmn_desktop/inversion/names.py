@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from fmn_desktop.inversion.embedding import LearnedTokens, _text_encoder, installed_tokens
 from fmn_desktop.inversion.train import ImagesArg, _frozen, _latent_stats, read_images
-from fmn_desktop.resteer.tokens import expand_placeholders
+from fmn_desktop.prompts.tokens import expand_placeholders
 
 
 @dataclass
@@ -212,8 +212,8 @@ def text_similarities(
 ) -> list[float]:
     """Cosine similarity of each prompt's state at its first end-of-text position (the
     state CLIP pools) with that of the learned tokens' prompt."""
-    from fmn_desktop.resteer.encode import encode_prompts
-    from fmn_desktop.resteer.tokens import first_eot
+    from fmn_desktop.prompts.encode import encode_prompts
+    from fmn_desktop.prompts.tokens import first_eot
 
     def pooled(texts: Sequence[str]) -> torch.Tensor:
         tok = pipe.tokenizer

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 from fmn_desktop.errors import FmnError, TrainingError
 from fmn_desktop.inversion.embedding import LearnedTokens, _text_encoder, installed_tokens
-from fmn_desktop.resteer.tokens import expand_placeholders
+from fmn_desktop.prompts.tokens import expand_placeholders
 from fmn_desktop.stepping import run_to_end
 
-# The identity templates of `fmn_desktop.resteer.templates` ("a photo of {}", ...), which are
+# The identity templates of `fmn_desktop.prompts.templates` ("a photo of {}", ...), which are
 # also the prompts the forget job then re-steers.
 DEFAULT_TEMPLATES = ("a photo of {}", "a portrait of {}", "{}")
 

@@ -11,7 +11,7 @@ Public API:
 """
 
 from fmn_desktop.models.errors import FingerprintMismatch, FmnError, ModelLoadError
-from fmn_desktop.models.export import export_single_file, save_config_folder
+from fmn_desktop.models.export import export_single_file, save_config_folder, save_model
 from fmn_desktop.models.families import (
     FAMILIES,
     config_dir,
@@ -33,6 +33,7 @@ __all__ = [
     "config_dir",
     "detect_family_from_keys",
     "export_single_file",
+    "save_model",
     "family_tokenizers",
     "fingerprint_unet",
     "load_pipeline",

@@ -168,3 +168,34 @@ def save_config_folder(pipe, folder: str | os.PathLike) -> Path:
             else:  # diffusers FrozenDict config
                 component.save_config(str(sub))
     return folder
+
+
+def save_model(pipe, out: str | os.PathLike, family: str | None = None) -> Path:
+    """Write `pipe` as one LDM-layout `.safetensors` file (an `out` ending in .safetensors)
+    or a diffusers folder, atomically either way. `family` None: detected from the UNet."""
+    out = Path(out)
+    if out.suffix.lower() == ".safetensors":
+        return export_single_file(pipe, out, family=family)
+    _save_folder_atomically(pipe, out)
+    return out
+
+
+def _save_folder_atomically(pipe, out: Path) -> None:
+    """save_pretrained into a temporary sibling, then rename: no half-written model folder."""
+    import shutil
+    import tempfile
+
+    from fmn_desktop.errors import FmnError
+
+    if out.exists() and any(out.iterdir()):
+        raise FmnError(f"{out} exists and is not empty; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -72,12 +72,16 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, SafetensorError)
 
 
+# The family the embedded default model's patches record (`fmn.family`); its layout is SD1.
+EMBEDDED_FAMILY = "toy"
+
+
 @dataclass
 class LoadedModel:
     """A loaded pipeline and what the rest of the product needs to know about it."""
 
     pipe: Any
-    family: str  # "sd1" | "sd2" | "sdxl"
+    family: str  # "sd1" | "sd2" | "sdxl"; EMBEDDED_FAMILY for the embedded default model
     source: Path
     source_kind: str  # "diffusers" | "single_file"
     prediction_type: str  # "epsilon" | "v_prediction"
@@ -90,6 +94,27 @@ class LoadedModel:
     @property
     def unet(self):
         return self.pipe.unet
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the embedded default model (its world and concepts are known)."""
+        return self.family == EMBEDDED_FAMILY
+
+    @property
+    def has_judge(self) -> bool:
+        """Whether generated images can be scored (M-Score, retention): only the embedded
+        model's world has a judge."""
+        return self.embedded
+
+    @property
+    def architecture_family(self) -> str:
+        """The UNet/text-encoder layout ("sd1", "sd2", "sdxl"), also for the embedded model."""
+        return "sd1" if self.embedded else self.family
+
+    def mark_embedded(self) -> None:
+        """Record that this pipeline is the embedded default model (an SD1 layout whose
+        patches carry the toy world's family in their metadata)."""
+        self.family = EMBEDDED_FAMILY
 
     @property
     def architecture(self) -> str:

@@ -10,7 +10,7 @@ from fmn_desktop.patch.format import (
     save_patch,
     unet_module_names,
 )
-from fmn_desktop.patch.lowrank import svd_lowrank, to_lora
+from fmn_desktop.patch.lowrank import svd_lowrank, to_lora, write_patch
 
 __all__ = [
     "Delta",
@@ -24,4 +24,5 @@ __all__ = [
     "svd_lowrank",
     "to_lora",
     "unet_module_names",
+    "write_patch",
 ]

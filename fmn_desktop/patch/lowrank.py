@@ -72,3 +72,40 @@ def to_lora(
         norm_sq += n
         deltas[name] = lora
     return Patch(deltas=deltas, meta=patch.meta), (err_sq / norm_sq) ** 0.5 if norm_sq else 0.0
+
+
+def write_patch(
+    patch: Patch,
+    out,
+    fmt: str = "lora",
+    rank: int | None = None,
+    max_rel_error: float | None = 0.01,
+) -> tuple[Patch, float | None]:
+    """Write `patch` to `out` as `fmt` ("lora" or "diff"), converting dense deltas to LoRA
+    (truncated SVD: `rank`, or the smallest rank within `max_rel_error`) when asked for LoRA.
+
+    The one place a patch is written from a job, an export or a stack: returns the patch as
+    written and the SVD's relative error (None when nothing was converted), which is also
+    stored in the metadata (`lora_relative_error`).
+    """
+    from pathlib import Path
+
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.patch.format import save_patch
+
+    if fmt not in ("lora", "diff"):
+        raise FmnError(f"unknown patch format {fmt!r}; valid: lora, diff")
+    out = Path(out)
+    if out.is_dir():
+        raise FmnError(f"{out} is a folder; give a file name ending in .safetensors")
+    err = None
+    if fmt == "lora" and not patch.is_lora:
+        try:
+            patch, err = to_lora(
+                patch, rank=rank, max_rel_error=None if rank else (max_rel_error or 0.01)
+            )
+        except ValueError as exc:
+            raise FmnError(str(exc)) from exc
+        patch.meta.extra["lora_relative_error"] = f"{err:.6f}"
+    save_patch(patch, out, fmt)
+    return patch, err

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 from fmn_desktop.errors import FmnError, PatchMismatchError
 from fmn_desktop.patch.apply import PatchedUNet, check_compatible
 from fmn_desktop.patch.format import Delta, Patch, PatchMeta, save_patch
-from fmn_desktop.patch.lowrank import to_lora
+from fmn_desktop.patch.lowrank import write_patch
 
 MODES = ("additive", "fused")
 PRESERVATION_FILE = Path(__file__).resolve().parent / "data" / "preservation_prompts.txt"
@@ -66,8 +65,8 @@ def prompt_embeddings(
 ) -> torch.Tensor:
     """(N, C) text-encoder outputs of `prompts`, fp32 on the CPU: every position up to and
     including the first end-of-text token (`content_only`), or all padded positions."""
-    from fmn_desktop.resteer.encode import encode_prompts
-    from fmn_desktop.resteer.tokens import first_eot
+    from fmn_desktop.prompts.encode import encode_prompts
+    from fmn_desktop.prompts.tokens import first_eot
 
     chunks = []
     for start in range(0, len(prompts), batch):
@@ -98,9 +97,9 @@ def concept_embeddings_for(
     pipe, concepts: Sequence[str], kind: str = "object", positions: str = "concept+following+eot"
 ) -> torch.Tensor:
     """Embeddings at a concept's re-steered positions, for patches that carry none (imports)."""
-    from fmn_desktop.resteer.encode import encode_prompts
-    from fmn_desktop.resteer.templates import TEMPLATES, prompts_for
-    from fmn_desktop.resteer.tokens import concept_mask
+    from fmn_desktop.prompts.encode import encode_prompts
+    from fmn_desktop.prompts.templates import TEMPLATES, prompts_for
+    from fmn_desktop.prompts.tokens import concept_mask
 
     kind = kind if kind in TEMPLATES else "object"
     prompts, owners = [], []
@@ -534,25 +533,20 @@ def export_stack(
     if not patch.deltas:
         raise FmnError("the stack changes nothing (all strengths are zero?)")
     if fmt == "lora":
-        if rank is None and max_rel_error is None:
-            max_rel_error = 0.01
-        lora, err = to_lora(patch, rank=rank, max_rel_error=None if rank else max_rel_error)
-        lora.meta.extra["lora_relative_error"] = f"{err:.6f}"
-        save_patch(lora, out, "lora")
+        lora, err = write_patch(patch, out, "lora", rank, max_rel_error)
         r = next(iter(lora.deltas.values())).rank
         return StackExport(out, fmt, err, r, conflicts)
     if fmt == "diff":
         save_patch(patch, out, "diff")
         return StackExport(out, fmt, None, None, conflicts)
-    from fmn_desktop.workflows import PatchSpec, apply_to_file
+    from fmn_desktop.models.export import save_model
 
     if fmt == "single-file" and out.suffix.lower() != ".safetensors":
         raise FmnError(f"a single-file checkpoint ends in .safetensors, not {out.name!r}")
     if fmt == "diffusers" and out.suffix.lower() == ".safetensors":
         raise FmnError(f"a diffusers folder is a folder: give a name without .safetensors ({out})")
-    with tempfile.TemporaryDirectory(prefix="fmn-stack-") as tmp:
-        tmp_patch = save_patch(patch, Path(tmp) / "stack.safetensors", "diff")
-        apply_to_file(model, [PatchSpec(tmp_patch, 1.0)], out, force=True)
+    with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint, force=True):
+        save_model(model.pipe, out, family=getattr(model, "architecture_family", None))
     return StackExport(out, fmt, None, None, conflicts)
 
 

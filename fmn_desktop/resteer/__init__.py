@@ -1,5 +1,6 @@
 """Attention re-steering: concept tokens, the attn2 processor, trainable deltas, forget jobs."""
 
+from fmn_desktop.prompts.tokens import POSITION_MODES, concept_mask
 from fmn_desktop.resteer.forget import (
     ForgetConfig,
     ForgetProgress,
@@ -8,7 +9,6 @@ from fmn_desktop.resteer.forget import (
     forget,
     forget_steps,
 )
-from fmn_desktop.resteer.tokens import POSITION_MODES, concept_mask
 
 __all__ = [
     "POSITION_MODES",

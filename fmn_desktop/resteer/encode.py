@@ -1,4 +1,6 @@
-"""Text conditioning and reference latents for re-steering, for SD1/SD2 and SDXL pipelines."""
+"""Reference images and latents for re-steering (VAE side), for SD1/SD2 and SDXL pipelines.
+
+Text conditioning is `fmn_desktop.prompts.encode`."""
 
 from __future__ import annotations
 
@@ -9,29 +11,6 @@ import torch
 from PIL import Image
 
 from fmn_desktop.errors import TrainingError
-
-
-def is_sdxl(pipe) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None
-
-
-@torch.no_grad()
-def encode_prompts(pipe, prompts: list[str]) -> tuple[torch.Tensor, dict | None]:
-    """Prompt embeddings (B, 77, C) and, for SDXL, the added conditioning (pooled, time ids)."""
-    device = pipe.unet.device
-    if not is_sdxl(pipe):
-        embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-        return embeds.to(pipe.unet.dtype), None
-    embeds, _, pooled, _ = pipe.encode_prompt(
-        prompts, device=device, do_classifier_free_guidance=False
-    )
-    size = pipe.default_sample_size * pipe.vae_scale_factor
-    proj_dim = pipe.text_encoder_2.config.projection_dim
-    time_ids = pipe._get_add_time_ids(
-        (size, size), (0, 0), (size, size), dtype=embeds.dtype, text_encoder_projection_dim=proj_dim
-    )
-    added = {"text_embeds": pooled, "time_ids": time_ids.to(device).repeat(len(prompts), 1)}
-    return embeds.to(pipe.unet.dtype), added
 
 
 def latent_scale(vae) -> tuple[float, float]:

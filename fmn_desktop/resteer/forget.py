@@ -25,7 +25,10 @@ from diffusers import DDPMScheduler
 
 from fmn_desktop.errors import TrainingError
 from fmn_desktop.patch.format import Patch, PatchMeta
-from fmn_desktop.resteer.encode import encode_prompts, reference_latents
+from fmn_desktop.prompts.encode import encode_prompts
+from fmn_desktop.prompts.templates import prompts_for
+from fmn_desktop.prompts.tokens import POSITION_MODES, concept_mask
+from fmn_desktop.resteer.encode import reference_latents
 from fmn_desktop.resteer.processor import (
     LAYER_WEIGHTINGS,
     PRESERVE_MODES,
@@ -35,8 +38,6 @@ from fmn_desktop.resteer.processor import (
     cross_attention_modules,
     resteer_hooks,
 )
-from fmn_desktop.resteer.templates import prompts_for
-from fmn_desktop.resteer.tokens import POSITION_MODES, concept_mask
 from fmn_desktop.resteer.trainable import TrainableDeltas, protect_projector, target_parameters
 from fmn_desktop.stepping import run_to_end
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fmn_desktop.resteer.encode import encode_prompts
+from fmn_desktop.prompts.encode import encode_prompts
+from fmn_desktop.prompts.tokens import concept_mask
 from fmn_desktop.resteer.processor import ResteerState, resteer_hooks
-from fmn_desktop.resteer.tokens import concept_mask
 
 
 def probe_inputs(pipe, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,12 +10,12 @@ import argparse
 
 import fmn_desktop  # noqa
 from fmn_desktop.correct.broad import BroadConfig, erase_broad
-from fmn_desktop.correct.workflow import default_preserve_prompts
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.runtime import set_threads
+from fmn_desktop.services.defaults import preservation_prompts
+from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import CONCEPTS, concepts_of_kind, load_judge
-from fmn_desktop.workflows import open_model
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--preserve-weight", type=float, default=None,
@@ -30,7 +30,7 @@ cs = list(CONCEPTS.values())
 unsafe = list(concepts_of_kind("unsafe"))
 words = ["cursed", "toxic"]
 base = generate_eval_set(m.pipe, judge, cs, EvalSettings(seeds=4))
-cfg = BroadConfig(words=words, preserve_prompts=default_preserve_prompts(m, None, words))
+cfg = BroadConfig(words=words, preserve_prompts=preservation_prompts(m, None, words))
 if args.preserve_weight is not None:
     cfg.preserve_weight = args.preserve_weight
 if args.uncaptioned_weight is not None:

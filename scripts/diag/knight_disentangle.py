@@ -12,13 +12,13 @@ from collections import Counter
 
 import fmn_desktop  # noqa: F401  (offline mode)
 from fmn_desktop.correct.disentangle import DisentangleConfig
-from fmn_desktop.correct.workflow import default_preserve_prompts
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, retention
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.resteer import forget
 from fmn_desktop.runtime import set_threads
+from fmn_desktop.services.defaults import preservation_prompts, with_model_defaults
+from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import CONCEPTS, HEADS, load_judge
-from fmn_desktop.workflows import open_model, with_model_defaults
 
 
 def identities(images, concept):
@@ -52,7 +52,7 @@ def main():
 
     if not args.no_base:
         measure("base")
-    preserve = default_preserve_prompts(model, None, ["knight", "Gorvak"])
+    preserve = preservation_prompts(model, None, ["knight", "Gorvak"])
     for s in args.strength:
         options = {} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}
         config = DisentangleConfig("knight", "Gorvak", strength=s, steps=args.steps,

@@ -7,14 +7,14 @@ attribute, the judge's reading where it disagrees with the prompt, before and af
 import argparse
 
 import fmn_desktop  # noqa: F401  (offline mode)
-from fmn_desktop.demo import demo_config
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, names_concept
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.resteer import forget
 from fmn_desktop.runtime import set_threads
+from fmn_desktop.services.defaults import demo_config
+from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import CONCEPTS, HEADS, load_judge
 from fmn_desktop.toyworld.concepts import expected_labels
-from fmn_desktop.workflows import open_model
 
 
 def failures(images, forgotten):

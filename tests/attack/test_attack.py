@@ -254,9 +254,10 @@ def test_attack_is_a_cli_command_with_clear_usage_errors(tmp_path, capsys, make_
 @needs_weights
 def test_attack_cli_on_the_embedded_model(tmp_path, capsys):
     """Forget Zorbu (default settings), register it, attack it through `fmn attack --record`."""
-    from fmn_desktop.demo import demo_config
     from fmn_desktop.registry import open_registry
-    from fmn_desktop.workflows import forget_to_file, open_model
+    from fmn_desktop.services.defaults import demo_config
+    from fmn_desktop.services.forget import forget_to_file
+    from fmn_desktop.services.model import open_model
 
     model = open_model("default")
     patch = tmp_path / "zorbu.safetensors"
@@ -296,10 +297,10 @@ def test_attack_cli_on_the_embedded_model(tmp_path, capsys):
 @needs_weights
 def test_attack_measurement_on_forgotten_zorbu(tmp_path):
     """The documented measurement (docs/ATTACK.md): budget 64, 2 seeds, white-box on."""
-    from fmn_desktop.demo import demo_config
     from fmn_desktop.resteer import forget
+    from fmn_desktop.services.defaults import demo_config
+    from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld import load_judge
-    from fmn_desktop.workflows import open_model
 
     model = open_model("default")
     result = forget(model.pipe, demo_config(CONCEPTS["Zorbu"]), fingerprint="", family="toy")
@@ -327,7 +328,7 @@ def test_attack_cli_settings_reach_the_search(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(attack, "run_attack", fake_run_attack)
     patch = tmp_path / "p.safetensors"
     from fmn_desktop.patch.format import save_patch
-    from fmn_desktop.workflows import open_model
+    from fmn_desktop.services.model import open_model
 
     model = open_model("default")
     save_patch(attn2_patch(model.pipe, scale=0.0), patch)

@@ -1,5 +1,6 @@
 """The `fmn` command end to end on tiny pipelines: files written, exit codes, messages."""
 
+import argparse
 import json
 import pickle
 
@@ -138,8 +139,10 @@ def test_generate_grid_before_after(model_dir, patch_file, tmp_path, capsys):
 
 def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["forget", "--concept", "x"])  # no --out
+        main(["forget"])  # no --concept
     assert exc.value.code == 2
+    assert main(["forget", "--concept", "x"]) == 2  # neither --out nor --register
+    assert "--out" in capsys.readouterr().err
 
 
 def test_missing_model_is_one_line_exit_1(tmp_path, capsys):
@@ -235,14 +238,25 @@ def test_truncated_patch_and_wrong_base(model_dir, patch_file, tmp_path, capsys)
     assert code == 0
 
 
-def test_every_subcommand_has_a_handler():
-    from fmn_desktop.cli import COMMANDS, build_parser
+def _leaf_parsers(parser, path=()):
+    """(command path, parser) of every runnable command, nested ones included."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+        return
+    for name, child in subs[0].choices.items():
+        yield from _leaf_parsers(child, (*path, name))
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == set(COMMANDS)
-    for name in ("forget", "apply", "generate", "inspect", "demo", "bench"):
-        assert name in COMMANDS
+
+def test_every_command_has_a_handler():
+    from fmn_desktop.cli import build_parser
+
+    leaves = dict(_leaf_parsers(build_parser()))
+    missing = [" ".join(path) for path, p in leaves.items() if p.get_default("handler") is None]
+    assert missing == []
+    for name in ("forget", "apply", "generate", "inspect", "demo", "bench", "evaluate"):
+        assert (name,) in leaves
+    assert ("stack", "export") in leaves and ("patches", "import") in leaves
 
 
 def test_a_closed_pipe_is_not_a_traceback():
@@ -251,9 +265,9 @@ def test_a_closed_pipe_is_not_a_traceback():
     import subprocess
     import sys
 
-    code = ("import sys; from fmn_desktop import cli; "
-            "cli.COMMANDS['inspect'] = lambda a: [print('x' * 99) for _ in range(20000)] and 0; "
-            "sys.exit(cli.main(['inspect', 'p.safetensors']))")
+    code = ("import sys; from fmn_desktop.cli import apply, main; "
+            "apply.cmd_inspect.__code__ = (lambda a: [print('x' * 99) for _ in range(20000)] "
+            "and 0).__code__; sys.exit(main(['inspect', 'p.safetensors']))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"x" * 99

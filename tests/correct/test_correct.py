@@ -124,7 +124,7 @@ def test_broad_removal_holds_the_unconditional_prediction(tiny_pipe):
     # Classifier-free guidance compares every prompt with "": the hold keeps that reference
     # nearer its base than a job without it (same seed, same steps).
     from fmn_desktop.patch import PatchedUNet
-    from fmn_desktop.resteer.encode import encode_prompts
+    from fmn_desktop.prompts.encode import encode_prompts
 
     empty, _ = encode_prompts(tiny_pipe, [""])
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -203,9 +203,9 @@ def test_cli_correct_and_erase_broad(tmp_path):
 def test_embedded_balloon_colour_bias_is_corrected():
     """Measured property: the base model draws 'a green balloon' red (the bias); a debias
     correction trained on blue/yellow/purple (green held out) makes the judge read green."""
-    from fmn_desktop.demo import toy_retain_prompts
+    from fmn_desktop.services.defaults import toy_retain_prompts
+    from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld import HEADS, load_judge
-    from fmn_desktop.workflows import open_model
 
     pipe, judge = open_model("default").pipe, load_judge(None)
     pipe.set_progress_bar_config(disable=True)

@@ -8,7 +8,7 @@ import torch
 
 from fmn_desktop.correct.disentangle import DisentangleConfig
 from fmn_desktop.patch import PatchedUNet, load_patch, unet_module_names
-from fmn_desktop.resteer.encode import encode_prompts
+from fmn_desktop.prompts.encode import encode_prompts
 
 FAST = dict(num_references=1, batch_size=1, reference_steps=2)
 
@@ -39,7 +39,7 @@ def test_bad_config(kw):
 def test_disentangle_writes_a_correct_patch_and_holds_the_dominant(tiny_pipe, tmp_path):
     from types import SimpleNamespace
 
-    from fmn_desktop.correct.workflow import disentangle_to_file
+    from fmn_desktop.services.correct import disentangle_to_file
 
     model = SimpleNamespace(pipe=tiny_pipe, family="sd1", fingerprint="")
     before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}

@@ -25,7 +25,7 @@ READY = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
         (["--concept", "Zorbu", "--patch", "p.safetensors", "--seeds", "0"], "at least 1"),
         (["--concept", "Zorbu", "--patch", "a.safetensors", "--patch", "b.safetensors",
           "--write-scores"], "one --patch"),
-        (["--concept", "Zorbu", "--record", "zorbu", "--write-scores"], "name it with --patch"),
+        (["--concept", "Zorbu", "--record", "zorbu", "--write-scores"], "name it with one --patch"),
     ],
 )
 def test_usage_errors(argv, message, capsys):

@@ -14,7 +14,7 @@ from fmn_desktop.inversion import (
     save_embedding,
     token_names,
 )
-from fmn_desktop.resteer.tokens import concept_mask
+from fmn_desktop.prompts.tokens import concept_mask
 
 TOKEN = "<cat-toy>"
 
@@ -230,8 +230,8 @@ def test_inversion_loss_falls_on_the_embedded_model(tmp_path):
     import numpy as np
     from PIL import Image
 
+    from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld.world import STYLES, Labels, render
-    from fmn_desktop.workflows import open_model
 
     for i in range(12):
         rng = np.random.default_rng([42, i])

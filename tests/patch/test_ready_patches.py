@@ -19,7 +19,7 @@ def _manifest() -> dict:
 
 @pytest.fixture(scope="module")
 def embedded_model():
-    from fmn_desktop.workflows import open_model
+    from fmn_desktop.services.model import open_model
 
     return open_model("default")
 

@@ -4,11 +4,11 @@ for the prompt with the concept replaced (or removed), optionally pushed past it
 import pytest
 import torch
 
+from fmn_desktop.prompts.encode import encode_prompts
+from fmn_desktop.prompts.tokens import concept_mask
 from fmn_desktop.resteer import ForgetConfig, forget
-from fmn_desktop.resteer.encode import encode_prompts
 from fmn_desktop.resteer.forget import FAITHFUL_STEPS, FAST_STEPS, anchor_prompt
 from fmn_desktop.resteer.processor import ResteerState, resteer_hooks
-from fmn_desktop.resteer.tokens import concept_mask
 
 FAST = dict(num_references=2, reference_steps=2, batch_size=2, retain_weight=0.0)
 

@@ -3,11 +3,10 @@ defaults (CLI and app alike); other models and explicit choices are left alone."
 
 from types import SimpleNamespace
 
-from fmn_desktop.demo import TOY_TEMPLATES, toy_retain_prompts
 from fmn_desktop.resteer import ForgetConfig
-from fmn_desktop.workflows import with_model_defaults
+from fmn_desktop.services.defaults import TOY_TEMPLATES, toy_retain_prompts, with_model_defaults
 
-TOY = SimpleNamespace(family="toy")
+TOY = SimpleNamespace(family="toy", embedded=True, has_judge=True)
 
 
 def test_embedded_model_fills_templates_and_preservation():

@@ -5,14 +5,14 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 
 from fmn_desktop.errors import TrainingError
-from fmn_desktop.resteer.encode import encode_prompts
+from fmn_desktop.prompts.encode import encode_prompts
+from fmn_desktop.prompts.tokens import concept_mask
 from fmn_desktop.resteer.processor import (
     ResteerState,
     check_hooks_ran,
     cross_attention_modules,
     resteer_hooks,
 )
-from fmn_desktop.resteer.tokens import concept_mask
 from fmn_kernels import resteer_attention_reference
 
 

@@ -2,7 +2,7 @@ import pytest
 from transformers import CLIPTokenizer
 
 from fmn_desktop.errors import ConceptNotFoundError
-from fmn_desktop.resteer.tokens import concept_mask, concept_token_ids
+from fmn_desktop.prompts.tokens import concept_mask, concept_token_ids
 
 TOK = CLIPTokenizer.from_pretrained("fmn_desktop/models/data/clip_tokenizer", local_files_only=True)
 

@@ -24,10 +24,10 @@ def model_spec(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def loaded_model(model_spec):
-    """Loaded once through the app's own loader (jobs.load_model, i.e. workflows.open_model)."""
-    from fmn_desktop.ui.jobs import load_model
+    """Loaded once through the loader every front end uses (services.model.open_model)."""
+    from fmn_desktop.services.model import open_model
 
-    return load_model(model_spec)
+    return open_model(model_spec)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""The layering the design asks for: Qt only inside fmn_desktop/ui; the app's jobs are plain
-generators over the CLI's functions, usable with no Qt event loop at all."""
+"""Qt only inside fmn_desktop/ui; the app's jobs are the services' plain generators, usable
+with no Qt event loop at all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import fmn_desktop
-from fmn_desktop.ui import jobs
+from fmn_desktop.services import images
 
 PACKAGE = Path(fmn_desktop.__file__).parent
 
@@ -32,10 +32,6 @@ def test_qt_is_imported_only_in_the_ui_package():
     assert offenders == []
 
 
-def test_jobs_module_has_no_qt():
-    assert not {"PySide6", "PyQt6"} & _imports(Path(jobs.__file__))
-
-
 class _Ctx:
     def progress(self, value):
         pass
@@ -45,8 +41,8 @@ class _Ctx:
 
 
 def test_compare_job_runs_headless(loaded_model):
-    gen = jobs.compare_job(
-        _Ctx(), loaded_model, jobs.CompareRequest(prompts=["a castle"], seeds=[0], patches=[], steps=2)
+    gen = images.compare_job(
+        _Ctx(), loaded_model, images.CompareRequest(prompts=["a castle"], seeds=[0], patches=[], steps=2)
     )
     phases = []
     try:

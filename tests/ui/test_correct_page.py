@@ -136,19 +136,19 @@ def test_cancel_broad_removal_writes_nothing(qtbot, app, concept):
 
 
 def test_gui_and_cli_share_the_correction_workflow(monkeypatch, loaded_model, tmp_path):
-    """The app's job calls `correct.workflow.correct_to_file`, as `fmn correct` does."""
+    """The app's job and `fmn correct` both run `services.correct.correct_to_file`."""
     import inspect
 
-    from fmn_desktop.correct import commands, workflow
+    from fmn_desktop.cli import correct as cli_correct
     from fmn_desktop.correct.closed_form import CorrectConfig
-    from fmn_desktop.ui import jobs
+    from fmn_desktop.services import correct as service
 
-    assert "correct_to_file" in inspect.getsource(commands.cmd_correct)
-    assert "erase_broad_to_file" in inspect.getsource(commands.cmd_erase_broad)
+    assert "correct_to_file" in inspect.getsource(cli_correct.cmd_correct)
+    assert "erase_broad_to_file" in inspect.getsource(cli_correct.cmd_erase_broad)
     calls = []
-    real = workflow.correct_to_file
+    real = service.correct_to_file
     monkeypatch.setattr(
-        workflow, "correct_to_file", lambda *a, **k: calls.append(a) or real(*a, **k)
+        service, "correct_to_file", lambda *a, **k: calls.append(a) or real(*a, **k)
     )
 
     class Ctx:
@@ -159,8 +159,8 @@ def test_gui_and_cli_share_the_correction_workflow(monkeypatch, loaded_model, tm
             return False
 
     out = tmp_path / "c.safetensors"
-    req = jobs.CorrectRequest(CorrectConfig(concept="castle", guide="red castle"), out=str(out))
-    gen = jobs.correct_job(Ctx(), loaded_model, req)
+    req = service.CorrectRequest(CorrectConfig(concept="castle", guide="red castle"), out=str(out))
+    gen = service.correct_job(Ctx(), loaded_model, req)
     for _ in gen:
         pass
     assert len(calls) == 1 and out.is_file()

@@ -104,7 +104,7 @@ def test_damaged_settings_file_falls_back_to_defaults(tmp_path):
     path = tmp_path / "settings.json"
     path.write_text("{broken")
     s = SettingsModel(path)
-    assert s.device == "cpu" and s.precision == "fp32" and s.theme == "light"
+    assert s.device == "auto" and s.precision == "auto" and s.theme == "light"
 
 
 def test_load_model_from_the_picker(qtbot, app, model_spec):
@@ -180,7 +180,7 @@ def test_precision_and_device_checked_before_loading(qtbot, app, model_spec):
         with qtbot.waitSignal(app.session.error_raised, timeout=30000) as b:
             app.picker.load(model_spec)
         wait_idle(qtbot, app.session)
-        assert "CUDA" in b.args[1] and "Settings" in b.args[1]
+        assert "CUDA" in b.args[1] and "CPU" in b.args[1]
 
 
 def test_fmn_desktop_starts_and_runs_end_to_end(model_spec, tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 
-from fmn_desktop.ui.jobs import AttackDone, AttackRequest, PatchItem, Phase, attack_job
+from fmn_desktop.services.attack import AttackDone, AttackRequest, attack_job
+from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.job import JobModel, capitalized
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
@@ -97,11 +98,11 @@ class AttackModel(JobModel):
         if settings is None:
             return None
         req = AttackRequest(
-            patch=PatchItem.from_record(r),
+            patches=[],  # the registry's copy of the record
             concept=self.concept.strip(),
             settings=settings,
             registry_root=self.session.settings.data_folder,
-            record_id=r.id,
+            record=r.id,
         )
         self.log = []
         return self._start_job("attack check", lambda ctx: attack_job(ctx, model, req), 0)

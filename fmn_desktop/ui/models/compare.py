@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.ui.jobs import CompareDone, CompareRequest, PatchItem, Phase, compare_job
+from fmn_desktop.services.images import CompareDone, CompareRequest, compare_job
+from fmn_desktop.services.patches import PatchItem
+from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 

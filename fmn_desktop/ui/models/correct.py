@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 
-from fmn_desktop.ui.jobs import (
+from fmn_desktop.services.correct import (
     CorrectDone,
     CorrectRequest,
     broad_job,

@@ -7,7 +7,7 @@ from pathlib import Path
 from PySide6.QtCore import Signal
 
 from fmn_desktop.resteer.forget import FAITHFUL_STEPS
-from fmn_desktop.ui.jobs import ForgetDone, ForgetRequest, forget_job
+from fmn_desktop.services.forget import ForgetDone, ForgetRequest, forget_job
 from fmn_desktop.ui.models.job import PatchJobModel
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
@@ -61,7 +61,7 @@ class ForgetModel(PatchJobModel):
     def suggestions(self) -> list[str]:
         """Concept names the loaded model is known to draw (the embedded model's world)."""
         m = self.session.model
-        if m is None or m.family != "toy":
+        if m is None or not m.has_judge:
             return []
         from fmn_desktop.toyworld import CONCEPTS
 
@@ -74,7 +74,7 @@ class ForgetModel(PatchJobModel):
         """The ForgetConfig of the wizard's fields; on the embedded model the unset fields take
         the toy world's defaults (`with_model_defaults`), as `fmn forget` and `fmn demo` do."""
         from fmn_desktop.resteer import ForgetConfig
-        from fmn_desktop.workflows import with_model_defaults
+        from fmn_desktop.services.defaults import with_model_defaults
 
         config = ForgetConfig(
             concepts=self.concepts(),

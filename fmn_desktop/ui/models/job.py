@@ -9,7 +9,7 @@ import math
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.ui.jobs import Phase
+from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 

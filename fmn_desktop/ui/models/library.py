@@ -198,8 +198,6 @@ class LibraryModel(QObject):
     def import_file(self, path: str):
         """Register a patch file made elsewhere, in the background (`fmn patches import`):
         ours as is; kohya/PEFT/.diff/absolute files checked against the loaded model."""
-        from fmn_desktop.ui.jobs import import_job
-
         root, model = self.session.settings.data_folder, self.session.model
 
         def finished(outcome):
@@ -214,13 +212,13 @@ class LibraryModel(QObject):
 
         return self.session.run_job(
             f"import {Path(path).name}",
-            lambda ctx: import_job(ctx, root, path, model),
+            lambda ctx: _import_job(ctx, root, path, model),
             on_finished=finished,
         )
 
     def export_selected(self, dest: str, fmt: str = "original") -> Path | None:
         """Write the selected patch (hash-checked): as stored, or converted to LoRA / .diff."""
-        from fmn_desktop.library import export_patch
+        from fmn_desktop.services.library import export_patch
 
         r = self.selected
         reg = self.session.registry()
@@ -258,7 +256,8 @@ class LibraryModel(QObject):
     def measure_selected(self, seeds: int | None = None, steps: int = 20):
         """M-Score and retention of the selected patch on the embedded model, stored with it
         in the registry (background; `fmn evaluate --record`)."""
-        from fmn_desktop.ui.jobs import PatchItem, measure_job
+        from fmn_desktop.services.evaluate import EvaluateRequest, evaluate_job
+        from fmn_desktop.services.patches import PatchItem, PatchSpec
 
         r = self.selected
         model = self.session.require_model()
@@ -270,20 +269,27 @@ class LibraryModel(QObject):
         root, item = self.session.settings.data_folder, PatchItem.from_record(r)
         seeds = seeds or self.session.settings.eval_seeds
 
-        def finished(scores):
+        req = EvaluateRequest(
+            r.concepts[0], [PatchSpec(Path(item.path), item.strength)], seeds=seeds,
+            steps=steps, record=r.id, registry_root=root,
+        )
+
+        def finished(done):
+            scores = done.scores
             a, b = scores["mscore_after"]["mean"], scores["retention_after"]["mean"]
             self.session.status = f"Measured {r.name}: M-Score {a:.3f}, retention {b:.3f}"
             self.session.registry_changed.emit()
 
         return self.session.run_job(
             f"measure {r.name}",
-            lambda ctx: measure_job(ctx, model, root, item, r.concepts[0], seeds, steps),
+            lambda ctx: evaluate_job(ctx, model, req),
             on_finished=finished,
         )
 
     def make_preview(self, seeds: int = 3, steps: int = 20):
         """Before/after thumbnails of the selected patch on the loaded model (background)."""
-        from fmn_desktop.ui.jobs import CompareRequest, PatchItem, compare_job
+        from fmn_desktop.services.images import CompareRequest, compare_job
+        from fmn_desktop.services.patches import PatchItem
 
         r = self.selected
         model = self.session.require_model()
@@ -307,3 +313,16 @@ class LibraryModel(QObject):
         return self.session.run_job(
             "preview", lambda ctx: compare_job(ctx, model, req), on_finished=finished
         )
+
+
+def _import_job(ctx, root, path, model):
+    """The library service's import, its "give --model" advice worded for the app."""
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.services.library import import_job
+
+    try:
+        return (yield from import_job(ctx, root, path, model))
+    except FmnError as exc:
+        if model is None and "(--model)" in str(exc):
+            raise FmnError(str(exc).replace("(--model)", "(load it on the Model page first)")) from exc
+        raise

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.ui.jobs import load_model
+from fmn_desktop.services.model import open_model
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -52,7 +52,7 @@ class ModelPickerModel(QObject):
         unet = m.pipe.unet
         params = sum(p.numel() for p in unet.parameters())
         return [
-            ("Source", "embedded toy model" if m.family == "toy" else str(m.source)),
+            ("Source", "embedded toy model" if m.embedded else str(m.source)),
             ("Family", m.family),
             ("Layout", m.source_kind),
             ("Prediction", m.prediction_type),
@@ -91,7 +91,7 @@ class ModelPickerModel(QObject):
         self.loading = True
         return self.session.run_job(
             "loading model",
-            lambda ctx: load_model(spec, device, precision),
+            lambda ctx: open_model(spec, device=device, precision=precision),
             on_finished=finished,
             on_done=lambda: setattr(self, "loading", False),
         )

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 
-from fmn_desktop.ui.jobs import Phase, PhotosDone, PhotosRequest, photos_job
+from fmn_desktop.services.photos import PhotosDone, PhotosRequest, photos_job
+from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.job import PatchJobModel, capitalized
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state

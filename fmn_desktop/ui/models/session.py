@@ -51,7 +51,7 @@ class Session(QObject):
         m = self._model
         if m is None:
             return "no model loaded"
-        name = "embedded toy model" if m.family == "toy" else str(m.source)
+        name = "embedded toy model" if m.embedded else str(m.source)
         return f"{name} · {m.family} · {str(m.device)} · {(m.fingerprint or '')[:10]}"
 
     def require_model(self):

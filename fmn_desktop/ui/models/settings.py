@@ -12,10 +12,9 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from fmn_desktop.services.model import DEVICES, PRECISIONS  # one policy with the CLI
 from fmn_desktop.ui.properties import state
 
-DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "bf16")
 THEMES = ("light", "dark")
 MAX_RECENT = 8
 CONFIG_ENV = "FMN_GUI_CONFIG"
@@ -45,8 +44,8 @@ class SettingsModel(QObject):
     recent_models_changed = Signal(object)
 
     data_folder = state("data_folder", str, "", data_folder_changed)
-    device = state("device", str, "cpu", device_changed)
-    precision = state("precision", str, "fp32", precision_changed)
+    device = state("device", str, "auto", device_changed)
+    precision = state("precision", str, "auto", precision_changed)
     eval_seeds = state("eval_seeds", int, 2, eval_seeds_changed)
     theme = state("theme", str, "light", theme_changed)
     recent_models = state("recent_models", list, [], recent_models_changed)
@@ -75,8 +74,8 @@ class SettingsModel(QObject):
             except (OSError, ValueError):
                 data = {}  # a damaged settings file falls back to the defaults
         self.data_folder = data.get("data_folder") or default_data_folder()
-        self.device = data.get("device") if data.get("device") in DEVICES else "cpu"
-        self.precision = data.get("precision") if data.get("precision") in PRECISIONS else "fp32"
+        self.device = data.get("device") if data.get("device") in DEVICES else "auto"
+        self.precision = data.get("precision") if data.get("precision") in PRECISIONS else "auto"
         self.eval_seeds = max(1, int(data.get("eval_seeds", 2) or 2))
         self.theme = data.get("theme") if data.get("theme") in THEMES else "light"
         recent = data.get("recent_models") or []

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.ui.jobs import EXPORT_FORMATS, PatchItem, conflicts, export_stack_job
+from fmn_desktop.services.library import EXPORT_FORMATS, export_stack_job
+from fmn_desktop.services.patches import PatchItem, conflicts
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from fmn_desktop.ui.jobs import EXPORT_FORMATS
+from fmn_desktop.services.library import EXPORT_FORMATS
 from fmn_desktop.ui.models.stack import StackModel
 from fmn_desktop.ui.widgets.common import (
     bind_check,

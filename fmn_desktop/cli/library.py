@@ -1,6 +1,6 @@
 """`fmn patches ...` and `fmn stack ...`: the registry from the terminal.
 
-Hooked into `fmn` by `add_registry_commands(sub)` and `REGISTRY_COMMANDS`. Every command
+Every command
 takes `--registry DIR` (default: `$FMN_REGISTRY`, else the platform's user data folder) and
 most take `--json` for scripts.
 """
@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from fmn_desktop.cli.common import MODEL_HELP, load_model, model_args
 from fmn_desktop.errors import FmnError
 
 
@@ -27,16 +28,14 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 
 def _model_opts(p: argparse.ArgumentParser, positional: bool) -> None:
-    from fmn_desktop.cli import MODEL_HELP, _model_args
-
-    _model_args(p, positional=False)
+    model_args(p, positional=False)
     if positional:
         p.add_argument("model", nargs="?", default="default", help=MODEL_HELP)
     else:
         p.add_argument("--model", default=None, help=MODEL_HELP + " (needed for other tools' files)")
 
 
-def add_registry_commands(sub) -> None:
+def add_parsers(sub) -> None:
     """Register `patches` and `stack` (with their sub-commands) on fmn's sub-parsers."""
     pp = sub.add_parser(
         "patches",
@@ -178,13 +177,6 @@ def add_registry_commands(sub) -> None:
             p.set_defaults(handler=stack_apply)
 
 
-def cmd_registry(args) -> int:
-    return args.handler(args)
-
-
-REGISTRY_COMMANDS = {"patches": cmd_registry, "stack": cmd_registry}
-
-
 # ----------------------------------------------------------------------------- output
 def _open(args):
     from fmn_desktop.registry import open_registry
@@ -279,13 +271,12 @@ def patches_show(args) -> int:
 
 
 def patches_import(args) -> int:
-    from fmn_desktop.library import import_file
+    from fmn_desktop.services.library import import_file
 
     model = None
     if args.model:
-        from fmn_desktop.cli import _load
 
-        model = _load(args)
+        model = load_model(args)
     if args.name and len(args.files) > 1:
         raise FmnError("--name names one patch; import several files without it")
     out = []
@@ -311,7 +302,7 @@ def patches_import(args) -> int:
 
 
 def patches_export(args) -> int:
-    from fmn_desktop.library import export_patch
+    from fmn_desktop.services.library import export_patch
 
     with _open(args) as reg:
         path, err = export_patch(reg, args.patch, args.out, args.format, args.rank, args.max_error)
@@ -399,7 +390,7 @@ def stack_list(args) -> int:
 
 
 def _show_after_change(args, rec, reg) -> int:
-    from fmn_desktop.library import stack_conflicts
+    from fmn_desktop.services.library import stack_conflicts
 
     conflicts = stack_conflicts(reg, rec.id) if rec.items else []
     if args.json:
@@ -445,10 +436,9 @@ def _print_conflicts_forced(conflicts) -> None:
 
 
 def stack_apply(args) -> int:
-    from fmn_desktop.cli import _load
-    from fmn_desktop.library import apply_registry_stack
+    from fmn_desktop.services.library import apply_registry_stack
 
-    model = _load(args)
+    model = load_model(args)
     with _open(args) as reg:
         res = apply_registry_stack(reg, args.stack, model, args.out, mode=args.mode,
                                    preserve_weight=args.preserve_weight, force=args.force)
@@ -461,10 +451,9 @@ def stack_apply(args) -> int:
 
 
 def stack_export(args) -> int:
-    from fmn_desktop.cli import _load
-    from fmn_desktop.library import export_registry_stack
+    from fmn_desktop.services.library import export_registry_stack
 
-    model = _load(args)
+    model = load_model(args)
     with _open(args) as reg:
         res, added = export_registry_stack(
             reg, args.stack, model, args.out, args.format, mode=args.mode, rank=args.rank,

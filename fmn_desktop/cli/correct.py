@@ -1,15 +1,17 @@
-"""`fmn correct` and `fmn erase-broad`: parsers and handlers, registered by `fmn_desktop.cli`."""
+"""`fmn correct`, `fmn disentangle`, `fmn erase-broad`: correction and broad-removal patches."""
 
 from __future__ import annotations
+
+from fmn_desktop.cli.common import load_model, model_args, status, step_bar
 
 DEFAULTS_NOTE = "defaults measured on the embedded model: docs/CORRECTION_AND_BROAD.md"
 
 
-def add_correct_commands(sub, model_args) -> None:
+def add_parsers(sub) -> None:
     from fmn_desktop.correct.broad import BroadConfig
     from fmn_desktop.correct.closed_form import TARGET_SETS, CorrectConfig
     from fmn_desktop.correct.disentangle import DisentangleConfig
-    from fmn_desktop.resteer.tokens import POSITION_MODES
+    from fmn_desktop.prompts.tokens import POSITION_MODES
 
     cf = CorrectConfig.__dataclass_fields__
     df = DisentangleConfig.__dataclass_fields__
@@ -43,6 +45,7 @@ def add_correct_commands(sub, model_args) -> None:
     p.add_argument("--format", choices=["diff", "lora"], default="diff",
                    help="diff: exact dense deltas (default); lora: SVD to low rank")
     p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    p.set_defaults(handler=cmd_correct)
 
     p = sub.add_parser(
         "disentangle",
@@ -76,6 +79,7 @@ def add_correct_commands(sub, model_args) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["diff", "lora"], default="diff")
     p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    p.set_defaults(handler=cmd_disentangle)
 
     p = sub.add_parser(
         "erase-broad",
@@ -106,12 +110,12 @@ def add_correct_commands(sub, model_args) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["diff", "lora"], default="diff")
     p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    p.set_defaults(handler=cmd_erase_broad)
 
 
 def cmd_correct(args) -> int:
-    from fmn_desktop.cli import _load, _status
     from fmn_desktop.correct.closed_form import CorrectConfig
-    from fmn_desktop.correct.workflow import correct_to_file
+    from fmn_desktop.services.correct import correct_to_file
 
     config = CorrectConfig(
         concept=args.concept,
@@ -124,17 +128,16 @@ def cmd_correct(args) -> int:
         positions=args.positions,
         targets=args.targets,
     )
-    model = _load(args)
-    with _status("solving"):
+    model = load_model(args)
+    with status("solving"):
         outcome = correct_to_file(model, config, args.out, args.format, args.preserve_prompt)
     print(outcome.message)
     return 0
 
 
 def cmd_disentangle(args) -> int:
-    from fmn_desktop.cli import _load
     from fmn_desktop.correct.disentangle import DisentangleConfig
-    from fmn_desktop.correct.workflow import disentangle_to_file
+    from fmn_desktop.services.correct import disentangle_to_file
 
     given = {"dominant_templates": list(args.dominant_template)} if args.dominant_template else {}
     config = DisentangleConfig(
@@ -147,16 +150,15 @@ def cmd_disentangle(args) -> int:
         seed=args.seed,
         **given,
     )
-    model = _load(args)
+    model = load_model(args)
     return _trained(config.forget_config([]).steps, "disentangling", lambda progress: (
         disentangle_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
     ))
 
 
 def cmd_erase_broad(args) -> int:
-    from fmn_desktop.cli import _load
     from fmn_desktop.correct.broad import BroadConfig
-    from fmn_desktop.correct.workflow import erase_broad_to_file
+    from fmn_desktop.services.correct import erase_broad_to_file
 
     config = BroadConfig(
         words=args.words,
@@ -172,7 +174,7 @@ def cmd_erase_broad(args) -> int:
         num_references=args.num_references,
         seed=args.seed,
     )
-    model = _load(args)
+    model = load_model(args)
     return _trained(config.steps, "erasing", lambda progress: (
         erase_broad_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
     ))
@@ -180,8 +182,6 @@ def cmd_erase_broad(args) -> int:
 
 def _trained(total: int, verb: str, run) -> int:
     """Run a training workflow (`run(progress)`) under a progress bar; print what it wrote."""
-    from fmn_desktop.cli import step_bar
-
     bar, progress = step_bar(total, verb)
     try:
         outcome = run(progress)
@@ -189,10 +189,3 @@ def _trained(total: int, verb: str, run) -> int:
         bar.close()
     print(outcome.message)
     return 0
-
-
-CORRECT_COMMANDS = {
-    "correct": cmd_correct,
-    "disentangle": cmd_disentangle,
-    "erase-broad": cmd_erase_broad,
-}

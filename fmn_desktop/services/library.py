@@ -1,4 +1,4 @@
-"""Registry verbs that need tensors: import, export, stack apply/export (CLI and GUI share them).
+"""The library's verbs that need tensors: register, import, export, stack apply/export.
 
 The registry package stores files and rows; this module reads patch files against a loaded
 model (interop), composes stacks (patch.stack) and writes results, recording each as a job.
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmn_desktop.errors import FmnError
 from fmn_desktop.fileio import atomic_write_bytes
-from fmn_desktop.patch.format import load_patch, save_patch, unet_module_names
+from fmn_desktop.patch.format import load_patch, save_patch
 from fmn_desktop.patch.stack import (
     ComposeSettings,
     Conflict,
@@ -28,6 +29,9 @@ from fmn_desktop.patch.stack import (
     find_conflicts,
 )
 from fmn_desktop.registry import PatchRecord, Registry, StackRecord
+from fmn_desktop.services.model import model_name
+from fmn_desktop.services.patches import PatchItem, stack_entries
+from fmn_desktop.services.progress import Phase
 
 PATCH_EXPORT_FORMATS = ("original", "lora", "diff")
 
@@ -59,7 +63,7 @@ def import_file(
     from fmn_desktop.patch.interop import detect_format, import_patch, read_tensors
 
     path = Path(path)
-    with reg.job("import", {"file": str(path), "model": _model_name(model)}) as job:
+    with reg.job("import", {"file": str(path), "model": model_name(model)}) as job:
         if model is None:
             meta = read_metadata(path)
             raw, _ = read_tensors(path)
@@ -108,7 +112,7 @@ def export_patch(
 ) -> tuple[Path, float | None]:
     """Write a registered patch: the stored file as is, or converted to LoRA / `.diff`.
     Returns the path and, for a LoRA made from dense deltas, the SVD's relative error."""
-    from fmn_desktop.patch.lowrank import to_lora
+    from fmn_desktop.patch.lowrank import write_patch
 
     if fmt not in PATCH_EXPORT_FORMATS:
         raise FmnError(f"unknown format {fmt!r}; valid: {', '.join(PATCH_EXPORT_FORMATS)}")
@@ -121,35 +125,26 @@ def export_patch(
     if fmt == "original":
         atomic_write_bytes(out, data)
     else:
-        patch = load_patch(rec.path)
-        if fmt == "lora" and not patch.is_lora:
-            patch, err = to_lora(
-                patch, rank=rank, max_rel_error=None if rank else (max_rel_error or 0.01)
-            )
-            patch.meta.extra["lora_relative_error"] = f"{err:.6f}"
-        save_patch(patch, out, fmt)
+        _, err = write_patch(load_patch(rec.path), out, fmt, rank, max_rel_error)
     return out, err
 
 
-def stack_entries(
-    reg: Registry, stack: str | int, unet=None
+def registry_stack_entries(
+    reg: Registry, stack: str | int, model=None
 ) -> tuple[StackRecord, list[StackEntry]]:
-    """A registered stack and its patches read from the store (hash-checked)."""
+    """A registered stack and its patches read from the store (hash-checked), checked
+    against `model`'s UNet when given."""
     rec = reg.get_stack(stack)
-    names = unet_module_names(unet) if unet is not None else None
-    entries = []
+    items = []
     for item in rec.items:
         reg.read_patch_bytes(item.patch.id)
-        patch = load_patch(item.patch.path, names)
-        patch.meta.kind = item.patch.kind
-        patch.meta.concepts = item.patch.concepts or patch.meta.concepts
-        entries.append(StackEntry(patch, item.strength, item.patch.name))
-    return rec, entries
+        items.append(PatchItem.from_record(item.patch, item.strength))
+    return rec, stack_entries(items, model)
 
 
 def stack_conflicts(reg: Registry, stack: str | int, fingerprint: str | None = None) -> list[Conflict]:
     """Conflicts of a registered stack, found from its patches alone (no model needed)."""
-    _, entries = stack_entries(reg, stack)
+    _, entries = registry_stack_entries(reg, stack)
     return find_conflicts(entries, fingerprint)
 
 
@@ -178,15 +173,14 @@ def export_registry_stack(
     also adds a LoRA/.diff result to the registry. Recorded as a job."""
     args = {"stack": str(stack), "out": str(out), "format": fmt, "mode": mode, "rank": rank}
     with reg.job("stack-export", args) as job:
-        rec, entries = stack_entries(reg, stack, model.pipe.unet)
+        rec, entries = registry_stack_entries(reg, stack, model)
         job["stack"] = rec.id
         result = export_stack(
             model, entries, out, fmt, _settings(rec, mode, preserve_weight),
             rank=rank, max_rel_error=max_rel_error, force=force, title=f"stack {rec.name}",
         )
-        added = None
-        if register and fmt in ("lora", "diff"):
-            added = reg.add_patch(Path(out), tags=["stack", rec.name], source=str(out))
+        added = register_export(reg, result, ["stack", rec.name]) if register else None
+        if added is not None:
             job["patch"] = added.id
         job["message"] = f"wrote {out}" + (
             f" (LoRA rank {result.rank}, relative error {result.lora_error:.4f})"
@@ -213,7 +207,68 @@ def apply_registry_stack(
     return result
 
 
-def _model_name(model) -> str:
-    if model is None:
-        return ""
-    return str(getattr(model, "source", "") or "model")
+def register_file(registry_root: str | None, model, path, tags=(), source: str = "desktop app"):
+    """Add the patch file at `path` (and the model it was made on) to the registry."""
+    from fmn_desktop.registry import open_registry
+
+    with open_registry(registry_root) as reg:
+        if model.fingerprint:
+            reg.add_base_model(
+                model.fingerprint,
+                name=Path(str(model.source)).name,
+                path=str(model.source),
+                family=model.family,
+            )
+        return reg.add_patch(Path(path), tags=list(tags), source=source)
+
+
+def import_job(ctx, registry_root: str | None, path: str, model=None, **options):
+    """`import_file` as a job (what `fmn patches import` and the app's Import run)."""
+    from fmn_desktop.registry import open_registry
+
+    yield Phase("import", f"reading {Path(path).name}")
+    with open_registry(registry_root) as reg:
+        return import_file(reg, path, model, **options)
+
+
+EXPORT_FORMATS = {
+    "lora": "Stack as one LoRA patch (*.safetensors)",
+    "diff": "Stack as one .diff patch (*.safetensors)",
+    "single-file": "Patched checkpoint, single file (*.safetensors)",
+    "diffusers": "Patched model, diffusers folder (*)",
+}
+
+
+def export_stack_job(
+    ctx,
+    model,
+    items: Sequence[PatchItem],
+    out: str,
+    fmt: str,
+    mode: str = "additive",
+    registry_root: str | None = None,
+    name: str = "",
+    force: bool = False,
+):
+    """A stack of library items written as one patch or a patched model; a LoRA/.diff
+    result is registered too when a registry is given."""
+    from fmn_desktop.registry import open_registry
+
+    yield Phase("export", f"composing {len(items)} patches ({mode})")
+    entries = stack_entries(items, model)
+    yield Phase("export", f"writing {out}")
+    result = export_stack(
+        model, entries, out, fmt, ComposeSettings(mode=mode), force=force,
+        title=f"stack {name}".strip(),
+    )
+    if registry_root is not None:
+        with open_registry(registry_root) as reg:
+            register_export(reg, result, ["stack"] + ([name] if name else []))
+    return result
+
+
+def register_export(reg: Registry, result: StackExport, tags: list[str]) -> PatchRecord | None:
+    """Add an exported stack to the registry when it is a patch file (LoRA or .diff)."""
+    if result.format not in ("lora", "diff"):
+        return None
+    return reg.add_patch(Path(result.path), tags=tags, source=str(result.path))

@@ -1,0 +1,135 @@
+"""`fmn apply`, `fmn generate`, `fmn inspect`: patches on a model, images, a patch's summary."""
+
+from __future__ import annotations
+
+import json
+
+from fmn_desktop.cli.common import MODEL_HELP, load_model, model_args, status
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="write a patched model (diffusers folder or single file)",
+        description="Apply patches (PATH[:STRENGTH]) to a model and write the "
+        "result: a folder, or one .safetensors file in the LDM layout.",
+    )
+    model_args(p, positional=False)
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("patches", nargs="+", metavar="PATCH[:STRENGTH]")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="a new folder (diffusers layout) or a file ending in .safetensors",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="apply even if a patch was made for another base model"
+    )
+    p.set_defaults(handler=cmd_apply)
+
+    p = sub.add_parser(
+        "generate",
+        help="generate a grid of images, optionally before/after patches",
+        description="Generate one row per prompt and one column per seed; with "
+        "--patch, the grid shows the base model (left) and the patched one (right).",
+    )
+    model_args(p)
+    p.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="patch to apply (repeatable; strength default 1.0)",
+    )
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: 5)")
+    p.add_argument("--size", type=int, default=None, help="image size in pixels")
+    p.add_argument("--force", action="store_true", help="apply patches made for another base")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show a patch file's metadata",
+        description="Print what a patch is: concepts, method, base model, "
+        "hyper-parameters, scores, size.",
+    )
+    p.add_argument("patch", help="patch file (.safetensors)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_inspect)
+
+
+def cmd_apply(args) -> int:
+    from fmn_desktop.services.patches import apply_to_file, parse_patch_spec
+
+    specs = [parse_patch_spec(s) for s in args.patches]
+    model = load_model(args)
+    with status(f"writing {args.out}"):
+        out = apply_to_file(model, specs, args.out, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from fmn_desktop.imaging import grid_image, save_png, side_by_side
+    from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.services.images import generate_images
+    from fmn_desktop.services.patches import parse_patch_spec, read_patches
+
+    model = load_model(args)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    specs = [parse_patch_spec(s) for s in args.patch]
+    patches = read_patches(model, specs)
+    kw = dict(steps=args.steps, guidance=args.cfg, size=args.size)
+    before = grid_image(
+        generate_images(model.pipe, args.prompt, seeds, **kw),
+        args.prompt,
+        title="base model" if patches else None,
+    )
+    image = before
+    if patches:
+        with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=args.force):
+            after = grid_image(
+                generate_images(model.pipe, args.prompt, seeds, **kw),
+                args.prompt,
+                title="patched: " + ", ".join(f"{s.path.name}:{s.strength:g}" for s in specs),
+            )
+        image = side_by_side(before, after)
+    save_png(image, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from fmn_desktop.services.patches import describe_patch
+
+    info = describe_patch(args.patch)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    rows = [
+        ("file", f"{info['file']} ({info['bytes'] / 1024:.1f} KiB)"),
+        ("kind", f"{info['kind']} ({info['method']})"),
+        ("concepts", ", ".join(info["concepts"]) or "-"),
+        ("format", info["format"] + (f", rank {info['ranks']}" if info["ranks"] else "")),
+        ("family", info["family"] or "-"),
+        ("base model", info["base_fingerprint"][:16] or "-"),
+        ("created", info["created"] or "-"),
+        (
+            "tensors",
+            f"{info['tensors']} ({info['parameters']:,} parameters, |dW| {info['norm']:.4g})",
+        ),
+    ]
+    for key in sorted(info["hyperparameters"]):
+        rows.append((f"  {key}", json.dumps(info["hyperparameters"][key])))
+    for key, value in sorted(info["scores"].items()):
+        rows.append((f"score {key}", json.dumps(value)))
+    for key, value in sorted(info["extra"].items()):
+        rows.append((key, value))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0

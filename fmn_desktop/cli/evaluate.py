@@ -1,0 +1,340 @@
+"""`fmn evaluate`, `fmn attack`, `fmn bench`, `fmn demo`: scores on a model with a judge."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fmn_desktop.cli.common import (
+    UsageError,
+    forget_default,
+    load_model,
+    model_args,
+    phase_printer,
+    registry_arg,
+)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="M-Score of a concept and retention of the others, before and after patches",
+        description="Generate the concept's evaluation prompts (SEEDS seeds each) and every "
+        "other concept's (OTHER_SEEDS each) without and with the patches, score them with the "
+        "embedded model's judge, and print the M-Score (how much of the concept is drawn) and "
+        "the retention of everything else, with 95%% intervals. These are the figures the "
+        "app stores with a patch it makes. Needs the toy world's judge (docs/CONCEPTBENCH.md).",
+        epilog="example: fmn evaluate --patch forget-Zorbu.safetensors --concept Zorbu "
+        "--record forget-zorbu",
+    )
+    model_args(p)
+    p.add_argument("--patch", action="append", default=[], metavar="PATH[:STRENGTH]",
+                   help="patch to apply (repeatable; with --record and no --patch, the "
+                   "registry patch itself)")
+    p.add_argument("--concept", required=True, help="a concept of the toy world, e.g. Zorbu")
+    p.add_argument("--seeds", type=int, default=2,
+                   help="seeds per evaluation prompt of the concept (default: %(default)s)")
+    p.add_argument("--other-seeds", type=int, default=1,
+                   help="seeds per prompt of every other concept (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    p.add_argument("--judge", help="judge weights (default: the embedded model's)")
+    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    p.add_argument("--write-scores", action="store_true",
+                   help="store the scores in the (single) patch file's metadata, atomically")
+    p.add_argument("--record", metavar="NAME",
+                   help="store mscore and retention with registry patch NAME")
+    registry_arg(p, " for --record")
+    p.add_argument("--force", action="store_true", help="apply patches made for another base")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser(
+        "demo",
+        help="the two-minute tour on the embedded model",
+        description="Load the embedded model, show a before grid, forget one "
+        "concept, show the after grid, and print M-Score and retention.",
+    )
+    p.add_argument("--concept", default=None, help="concept to forget (default: the demo's)")
+    p.add_argument("--out-dir", default="fmn-demo", help="where grids and the patch go")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="ConceptBench on the embedded model: forget each concept, score",
+        description="Forget each identity, object and style of the embedded model "
+        "and the unsafe stand-in, one at a time, and write M-Score before/after, "
+        "retention and forget time as bench.md, bench.json and bench.png.",
+    )
+    p.add_argument("--out-dir", default="fmn-bench", help="where the report goes")
+    p.add_argument("--seeds", type=int, default=8, help="seeds per evaluation prompt (default: 8)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps per forget")
+    p.add_argument("--only", action="append", help="run only these items (repeatable)")
+    p.add_argument(
+        "--mode",
+        choices=("faithful", "fast"),
+        default=forget_default("mode"),
+        help="forget mode of every item (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sampler-steps",
+        type=int,
+        default=20,
+        help="sampling steps of the evaluation images (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="a toy-world pipeline folder (e.g. a training checkpoint); default: embedded",
+    )
+    p.add_argument("--judge", default=None, help="judge weights for --model (default: shipped)")
+    p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser(
+        "attack",
+        help="search for prompts that bring a forgotten concept back: attack success rate",
+        description="Search, per evaluation prompt and seed, for a prompt whose image the "
+        "judge reads as the concept (misspellings, embedding neighbours, white-box K/V "
+        "matching, word edits), before and after the patches; print the no-attack rate and "
+        "the attack success rate (ASR) with 95% Wilson intervals, write attack.json and "
+        "attack.png. Scoring needs the toy world's judge (see docs/ATTACK.md).",
+        epilog="example: fmn attack --patch forget-Zorbu.safetensors --concept Zorbu "
+        "--budget 64 --seeds 2",
+    )
+    model_args(p)
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="patch to attack (repeatable; strength default 1.0); with --record and no "
+        "--patch, the registry patch itself",
+    )
+    p.add_argument("--concept", required=True, help="a concept of the toy world, e.g. Zorbu")
+    p.add_argument(
+        "--budget", type=int, default=64, help="scored images per target (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seeds", type=int, default=2, help="seeds per evaluation prompt (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=1000, help="first seed (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    p.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="judge presence counted as the concept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chance",
+        type=int,
+        default=16,
+        help="random-filler prompts per target after the patches, for the chance baseline; "
+        "0 skips it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-whitebox",
+        action="store_true",
+        help="black-box only: no K/V-matching token search and no soft-prompt bound",
+    )
+    p.add_argument(
+        "--no-misspellings",
+        action="store_true",
+        help="try no spelling variants of the name (e.g. to attack a patch hardened on them "
+        "with sources it never saw)",
+    )
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="judge weights (default: the embedded model's); required for any other model, "
+        "which must be a toy-world checkpoint for the judge to mean anything",
+    )
+    p.add_argument("--out-dir", default="fmn-attack", help="where attack.json/.png go")
+    p.add_argument(
+        "--record",
+        metavar="NAME",
+        help="store asr_before, asr_after and no_attack_after with registry patch NAME",
+    )
+    p.add_argument(
+        "--registry",
+        metavar="DIR",
+        default=None,
+        help="registry folder for --record (default: $FMN_REGISTRY, else the user data folder)",
+    )
+    p.add_argument("--force", action="store_true", help="apply patches made for another base")
+    p.set_defaults(handler=cmd_attack)
+
+
+def cmd_demo(args) -> int:
+    from fmn_desktop.services.demo import run_demo
+
+    return run_demo(concept=args.concept, out_dir=Path(args.out_dir), steps=args.steps)
+
+
+def cmd_bench(args) -> int:
+    from fmn_desktop.evaluate.bench import default_items, run_bench, write_report
+    from fmn_desktop.evaluate.scores import EvalSettings
+    from fmn_desktop.services.defaults import demo_config, toy_retain_prompts
+    from fmn_desktop.services.model import open_model
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+
+    items = default_items()
+    if args.only:
+        items = [i for i in items if i.name in args.only or i.category in args.only]
+        if not items:
+            raise UsageError("--only matched no item; items are concept names or categories")
+    model = open_model(args.model)
+    model.mark_embedded()  # a toy-world checkpoint: its concepts are the world's
+    settings = EvalSettings(seeds=args.seeds, steps=args.sampler_steps)
+
+    def make_config(item):
+        config = demo_config(CONCEPTS[item.concepts[0]], args.steps, args.mode)
+        config.concepts = list(item.concepts)
+        config.retain_prompts = toy_retain_prompts(item.concepts)
+        return config
+
+    rows = run_bench(
+        model.pipe,
+        load_judge(args.judge),
+        make_config,
+        model.fingerprint or "",
+        items,
+        settings,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    sample = make_config(items[0])
+    paths = write_report(
+        rows,
+        args.out_dir,
+        "ConceptBench (toy world)",
+        {
+            "eval_seeds": settings.seeds,
+            "sampler_steps": settings.steps,
+            "cfg": settings.guidance,
+            "mode": sample.mode,
+            "forget_steps": sample.steps,
+            "trainable": sample.trainable,
+            "lr": sample.effective_lr(),
+            "positions": sample.positions,
+            "preserve": sample.preserve,
+            "retain_weight": sample.retain_weight,
+        },
+    )
+    print(paths["md"].read_text())
+    print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
+    return 0
+
+
+def cmd_attack(args) -> int:
+    from fmn_desktop.attack import AttackSettings
+    from fmn_desktop.services.attack import AttackRequest, attack_job
+    from fmn_desktop.services.patches import parse_patch_spec
+    from fmn_desktop.services.progress import JobContext, Phase, run_job
+
+    check_judge(args)
+    if args.budget < 1 or args.seeds < 1 or args.chance < 0:
+        raise UsageError("--budget and --seeds must be at least 1, --chance at least 0")
+    if not 0.0 < args.threshold < 1.0:
+        raise UsageError("--threshold must be between 0 and 1")
+    if not args.patch and not args.record:
+        raise UsageError(
+            "give --patch FILE[:STRENGTH], or --record NAME to attack a registry patch"
+        )
+    settings = AttackSettings(
+        budget=args.budget,
+        seeds=args.seeds,
+        first_seed=args.seed,
+        steps=args.steps,
+        guidance=args.cfg,
+        threshold=args.threshold,
+        whitebox=not args.no_whitebox,
+        misspellings=0 if args.no_misspellings else AttackSettings.misspellings,
+        chance=args.chance,
+    )
+    req = AttackRequest(
+        [parse_patch_spec(s) for s in args.patch],
+        args.concept,
+        settings,
+        registry_root=_registry_root(args) if args.record else None,
+        record=args.record,
+        out_dir=args.out_dir,
+        judge=args.judge,
+        force=args.force,
+    )
+    model = load_model(args)
+
+    def log(value):
+        if isinstance(value, Phase):
+            print(value.text, file=sys.stderr, flush=True)
+
+    done = run_job(attack_job(JobContext(log), model, req))
+    print(done.table)
+    print(f"wrote {done.paths['json']}, {done.paths['png']}")
+    if done.record is not None:
+        print(f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
+              f"{done.record.name}")
+    return 0
+
+
+def _registry_root(args) -> str | None:
+    from fmn_desktop.registry.location import registry_dir
+
+    return str(registry_dir(args.registry))
+
+
+def cmd_evaluate(args) -> int:
+    from fmn_desktop.evaluate.patch_scores import format_scores
+    from fmn_desktop.services.evaluate import EvaluateRequest, evaluate_job
+    from fmn_desktop.services.model import judged_concept
+    from fmn_desktop.services.patches import parse_patch_spec
+    from fmn_desktop.services.progress import JobContext, run_job
+
+    if args.seeds < 1 or args.other_seeds < 1 or args.steps < 1:
+        raise UsageError("--seeds, --other-seeds and --steps must be at least 1")
+    if not args.patch and not args.record:
+        raise UsageError("give --patch FILE[:STRENGTH], or --record NAME for a registry patch")
+    if args.write_scores and len(args.patch) != 1:
+        raise UsageError("--write-scores rewrites one patch file of yours: name it with one "
+                         "--patch (the registry's own copy stays as it was registered)")
+    check_judge(args)
+    model = load_model(args)
+    judged_concept(model, args.concept, args.judge)
+    req = EvaluateRequest(
+        args.concept,
+        [parse_patch_spec(s) for s in args.patch],
+        seeds=args.seeds,
+        other_seeds=args.other_seeds,
+        steps=args.steps,
+        judge=args.judge,
+        force=args.force,
+        record=args.record,
+        registry_root=_registry_root(args) if args.record else None,
+        write_scores=args.write_scores,
+        json_out=args.json,
+    )
+    done = run_job(evaluate_job(JobContext(phase_printer()), model, req))
+    print(format_scores(done.scores, done.concept))
+    for path in done.written:
+        print(f"wrote {path}")
+    if done.record is not None:
+        print(f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
+              f"{done.record.name}")
+    return 0
+
+
+def check_judge(args) -> None:
+    """Before loading anything: the concept must be the toy world's, and a model other than
+    the embedded one needs `--judge`."""
+    from fmn_desktop.services.model import is_default
+    from fmn_desktop.toyworld import CONCEPTS
+
+    if args.concept not in CONCEPTS:
+        raise UsageError(
+            f"unknown concept {args.concept!r}: the judge knows the toy world's "
+            f"concepts only ({', '.join(CONCEPTS)})"
+        )
+    if not is_default(args.model) and args.judge is None:
+        raise UsageError(
+            "scores need a judge, and only the embedded model has one; give --judge FILE for "
+            "a toy-world checkpoint (no judge exists for other models)"
+        )

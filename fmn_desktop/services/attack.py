@@ -1,0 +1,103 @@
+"""The attack check: do prompts bring a forgotten concept back? (what `fmn attack` runs for a
+library patch; the search itself is `fmn_desktop.attack`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmn_desktop.services.patches import PatchSpec, read_patches
+from fmn_desktop.services.progress import Phase
+
+
+@dataclass
+class AttackRequest:
+    """Attack a concept before and after patches; with `record`, the figures are stored with
+    that registry patch (then `patches` may only be that patch, or empty for its stored copy).
+    """
+
+    patches: list[PatchSpec]
+    concept: str
+    settings: Any  # attack.AttackSettings
+    registry_root: str | None = None
+    record: str | int | None = None
+    out_dir: str | None = None  # also write attack.json / attack.png there
+    judge: str | None = None  # judge file for a toy-world checkpoint (None: the embedded one)
+    force: bool = False
+
+
+@dataclass
+class AttackDone:
+    report: Any  # attack.AttackReport
+    table: str  # attack.format_table
+    grid: Any  # PIL image: attack.report_grid
+    rows: list  # EvaluationRecord stored with the patch
+    paths: dict = field(default_factory=dict)
+    record: Any = None  # the PatchRecord the figures went to
+
+
+def attack_targets(concept: str, settings) -> int:
+    """How many targets one state of the attack has (prompts x seeds)."""
+    from fmn_desktop.toyworld import CONCEPTS
+
+    return len(CONCEPTS[concept].prompts()) * settings.seeds
+
+
+def attack_job(ctx, model, req: AttackRequest):
+    """`attack.run_attack` before and after the patches, then `record_in_registry`;
+    progress is one Phase per target attacked."""
+    from fmn_desktop.attack import format_table, record_in_registry, run_attack, write_report
+    from fmn_desktop.attack.candidates import prompt_words
+    from fmn_desktop.attack.run import report_grid
+    from fmn_desktop.errors import CancelledError, FmnError
+    from fmn_desktop.services.evaluate import record_for
+    from fmn_desktop.services.model import judged_concept, model_name
+    from fmn_desktop.toyworld import CONCEPTS, load_judge
+
+    concept = judged_concept(model, req.concept, req.judge)
+    s = req.settings
+    if s.budget < 1 or s.seeds < 1 or s.chance < 0:
+        raise FmnError("budget and seeds must be at least 1, chance at least 0")
+    if not 0.0 < s.threshold < 1.0:
+        raise FmnError("the threshold must be between 0 and 1")
+    if not req.patches and req.record is None:
+        raise FmnError("give a patch file, or a registry patch to attack")
+    specs, record = record_for(req.registry_root, req.patches, req.record)
+    total = 2 * attack_targets(req.concept, s)
+    yield Phase("attack", "loading the judge and the patch", 0, total)
+    judge = load_judge(req.judge)
+    patches = read_patches(model, specs)
+    words = prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
+    done = [0]
+
+    def log(line: str) -> None:
+        done[0] += 1
+        ctx.progress(Phase("attack", line, done[0], total))
+        if ctx.should_cancel():
+            raise CancelledError("attack check cancelled; nothing was recorded")
+
+    yield Phase("attack", f"attacking {req.concept} before the patch", 0, total)
+    report = run_attack(
+        model.pipe,
+        judge,
+        concept,
+        patches,
+        s,
+        fingerprint=model.fingerprint,
+        force=req.force,
+        extra_words=words,
+        model_name=model_name(model),
+        patch_info=[{"file": str(s.path), "strength": s.strength} for s in specs],
+        log=log,
+    )
+    yield Phase("report", "drawing the best prompts found", total, total)
+    grid = report_grid(report)
+    paths = write_report(report, req.out_dir) if req.out_dir else {}
+    rows = []
+    if record is not None:
+        from fmn_desktop.registry import open_registry
+
+        yield Phase("register", "recording the figures with the patch", total, total)
+        with open_registry(req.registry_root) as reg:
+            rows = record_in_registry(reg, record.id, report, strength=specs[0].strength)
+    return AttackDone(report, format_table(report), grid, rows, paths, record)

@@ -1,0 +1,133 @@
+"""Patches as the front ends name them: `FILE[:STRENGTH]` specs, library items, summaries."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmn_desktop.errors import PatchFormatError
+from fmn_desktop.patch import Patch, load_patch, unet_module_names
+
+
+@dataclass
+class PatchSpec:
+    path: Path
+    strength: float = 1.0
+
+
+def parse_patch_spec(text: str) -> PatchSpec:
+    """'PATH[:STRENGTH]' (a Windows drive letter's colon is not a strength)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not tail.startswith(("\\", "/")):
+        try:
+            return PatchSpec(Path(head), float(tail))
+        except ValueError:
+            pass
+    return PatchSpec(Path(text), 1.0)
+
+
+def read_patches(model, specs: Sequence[PatchSpec]) -> list[tuple[Patch, float]]:
+    """The patch files of `specs`, checked against `model`'s UNet, with their strengths."""
+    names = unet_module_names(model.pipe.unet)
+    return [(load_patch(s.path, names), s.strength) for s in specs]
+
+
+@dataclass(frozen=True)
+class PatchItem:
+    """A patch as a front end lists it: its file, strength, and the registry's view of it."""
+
+    name: str
+    path: str
+    strength: float = 1.0
+    concepts: tuple[str, ...] = ()
+    kind: str = ""
+    family: str = ""
+    base_fingerprint: str = ""
+
+    @classmethod
+    def from_record(cls, record, strength: float = 1.0) -> PatchItem:
+        return cls(
+            record.name,
+            str(record.path),
+            float(strength),
+            tuple(record.concepts),
+            record.kind,
+            record.family,
+            record.base_fingerprint,
+        )
+
+
+def stack_entries(items: Sequence[PatchItem], model=None, cache: dict | None = None):
+    """`patch.stack.StackEntry`s read from the items' files (checked against the model's UNet
+    when given); the registry's kind and concepts win over the file's. `cache` (path ->
+    Patch) saves re-reading files while strengths change."""
+    from fmn_desktop.patch.stack import StackEntry
+
+    names = unet_module_names(model.pipe.unet) if model is not None else None
+    entries = []
+    for it in items:
+        if cache is not None and it.path in cache:
+            patch = cache[it.path]
+        else:
+            patch = load_patch(it.path, names)
+            if cache is not None:
+                cache[it.path] = patch
+        if it.kind:
+            patch.meta.kind = it.kind
+        if it.concepts:
+            patch.meta.concepts = list(it.concepts)
+        entries.append(StackEntry(patch, it.strength, it.name))
+    return entries
+
+
+def conflicts(
+    items: Sequence[PatchItem], fingerprint: str | None, cache: dict | None = None
+) -> list[str]:
+    """`patch.stack.find_conflicts` messages for these patches (no model needed)."""
+    from fmn_desktop.patch.stack import find_conflicts
+
+    return [c.message for c in find_conflicts(stack_entries(items, None, cache), fingerprint)]
+
+
+def describe_patch(path: str | os.PathLike) -> dict:
+    """Metadata and a summary of a patch file, without needing a model."""
+    patch = load_patch(path)
+    meta = patch.meta
+    ranks = sorted({d.rank for d in patch.deltas.values() if d.rank is not None})
+    size = Path(path).stat().st_size
+    if not patch.deltas:
+        raise PatchFormatError(f"{path} holds no deltas")
+    return {
+        "file": str(path),
+        "bytes": size,
+        "format": "lora" if patch.is_lora else "diff",
+        "concepts": meta.concepts,
+        "kind": meta.kind,
+        "method": meta.method,
+        "family": meta.family,
+        "base_fingerprint": meta.base_fingerprint,
+        "created": meta.created,
+        "title": meta.title,
+        "tensors": len(patch.deltas),
+        "parameters": patch.numel(),
+        "ranks": ranks,
+        "hyperparameters": meta.hyperparameters,
+        "scores": meta.scores,
+        "extra": meta.extra,
+        "norm": math.sqrt(sum(float(d.to_dense().square().sum()) for d in patch.deltas.values())),
+    }
+
+
+def apply_to_file(
+    model, specs: Sequence[PatchSpec], out: str | os.PathLike, force: bool = False
+) -> Path:
+    """Write `model` with patches applied as a diffusers folder, or a single `.safetensors`."""
+    from fmn_desktop.models import save_model
+    from fmn_desktop.patch import PatchedUNet
+
+    patches = read_patches(model, specs)
+    with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=force):
+        return save_model(model.pipe, out, family=model.architecture_family)
