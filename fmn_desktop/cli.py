@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROUNDS",
         help="adversarial hardening: after forgetting, attack the patch (white-box K/V token "
         "search, no judge needed), forget the word sequences found too, ROUNDS times; each "
-        "round costs one more forget job (default: 0, off; docs/ATTACK.md)",
+        "round costs one more forget job (default: 0, off; docs/research/ATTACK.md)",
     )
     p.add_argument(
         "--harden-spellings",
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         "judge reads as the concept (misspellings, embedding neighbours, white-box K/V "
         "matching, word edits), before and after the patches; print the no-attack rate and "
         "the attack success rate (ASR) with 95% Wilson intervals, write attack.json and "
-        "attack.png. Scoring needs the toy world's judge (see docs/ATTACK.md).",
+        "attack.png. Scoring needs the toy world's judge (see docs/research/ATTACK.md).",
         epilog="example: fmn attack --patch forget-Zorbu.safetensors --concept Zorbu "
         "--budget 64 --seeds 2",
     )

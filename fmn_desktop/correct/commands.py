@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-DEFAULTS_NOTE = "defaults measured on the embedded model: docs/CORRECTION_AND_BROAD.md"
+DEFAULTS_NOTE = "defaults measured on the embedded model: docs/research/CORRECTION_AND_BROAD.md"
 
 
 def add_correct_commands(sub, model_args) -> None:

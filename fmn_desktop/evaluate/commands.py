@@ -14,7 +14,8 @@ def add_evaluate_command(sub, model_args) -> None:
         "other concept's (OTHER_SEEDS each) without and with the patches, score them with the "
         "embedded model's judge, and print the M-Score (how much of the concept is drawn) and "
         "the retention of everything else, with 95%% intervals. These are the figures the "
-        "app stores with a patch it makes. Needs the toy world's judge (docs/CONCEPTBENCH.md).",
+        "app stores with a patch it makes. Needs the toy world's judge "
+        "(docs/research/CONCEPTBENCH.md).",
         epilog="example: fmn evaluate --patch forget-Zorbu.safetensors --concept Zorbu "
         "--record forget-zorbu",
     )
