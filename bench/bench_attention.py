@@ -18,7 +18,7 @@ device-to-device copy bandwidth measured in the same run.
 
 Usage (on a CUDA machine)::
 
-    python bench/bench_attention.py                 # all presets, fp16, appends docs/BENCHMARKS.md
+    python bench/bench_attention.py                 # all presets, fp16, appends docs/research/BENCHMARKS.md
     python bench/bench_attention.py --preset sdxl --dtype bf16 --no-write
     python bench/bench_attention.py --smoke         # CPU interpreter, tiny shapes, checks the
                                                     # script only: figures are NOT benchmarks
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
+BENCHMARKS_MD = REPO / "docs" / "research" / "BENCHMARKS.md"
 
 # (label, M = H*W of the latent at that level, heads, head dim); key length N = 77, batch 2.
 PRESETS: dict[str, list[tuple[str, int, int, int]]] = {

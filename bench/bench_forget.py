@@ -1,8 +1,8 @@
-"""Full forget-job benchmark (issue 4, item 4): seconds per step, steps and peak GPU memory of
+"""Full forget-job benchmark: seconds per step, steps and peak GPU memory of
 faithful-eager, faithful-fused and fast mode, on the SD1.5 (512 px) and SDXL (1024 px) UNet
 architectures with random weights (timings depend on shapes, not on weights).
 
-    python bench/bench_forget.py                      # both architectures, appends docs/BENCHMARKS.md
+    python bench/bench_forget.py                      # both architectures, appends docs/research/BENCHMARKS.md
     python bench/bench_forget.py --arch sd1 --steps 6 --no-write
     python bench/bench_forget.py --tiny --device cpu --no-write   # a CPU dry run of the script
 
@@ -110,7 +110,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="toy widths: a dry run of the script")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "research" / "BENCHMARKS.md")
     args = ap.parse_args()
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     if args.device == "cpu" and "faithful-fused" in args.modes:

@@ -37,7 +37,7 @@ Cautions
 --------
 * Written and verified on a CPU-only machine: the kernels have run under the Triton interpreter
   only. Their compilation on a GPU, the autotune configs, on-chip fit and speed are unverified
-  until ``bench/gpu_check.sh`` runs on one (see docs/BENCHMARKS.md).
+  until ``bench/gpu_check.sh`` runs on one (see docs/research/BENCHMARKS.md).
 * ``TRITON_INTERPRET=1`` must be set before this module is imported for the CPU interpreter;
   the kernels are decorated at import time.
 * Under the interpreter (Triton 3.9) bf16 is silently wrong and ``autotune``/``do_bench`` fail:

@@ -34,8 +34,11 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def main(src: str) -> None:
-    lines = gzip.open(src, "rt", encoding="utf-8").read().split("\n")
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python scripts/build_clip_tokenizer.py bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(args[0], "rt", encoding="utf-8").read().split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
@@ -54,4 +57,4 @@ def main(src: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -39,7 +39,7 @@ def test_demo_default_settings_forget_the_concept(tmp_path):
 @pytest.mark.slow
 def test_default_settings_forget_the_identity_that_resisted_re_steering(tmp_path):
     """Tessik stayed at M-Score 0.998 under the paper's term with preservation; with the
-    anchor term on by default it goes, and the other concepts stay (ConceptBench, issue 3)."""
+    anchor term on by default it goes, and the other concepts stay (ConceptBench)."""
     from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.resteer import forget

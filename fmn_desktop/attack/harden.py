@@ -11,7 +11,7 @@ checkpoint, not only the embedded model. Aliases are the slot words themselves (
 
 What it does not cover: the attack's misspellings and its black-box word edits are not used
 here, so `fmn attack` measures the hardened patch against search sources it never trained on
-(docs/ATTACK.md). Words the search picks are ordinary vocabulary; prompts that use them are
+(docs/research/ATTACK.md). Words the search picks are ordinary vocabulary; prompts that use them are
 not held in place any more (they name an alias), which the retention figure must show.
 """
 
@@ -42,7 +42,7 @@ class HardenSettings:
     # per round: those whose patched K/V come nearest the base K/V of the concept's prompts.
     # The attack check tries the same list, so with this on its misspelling figures are no
     # longer held out (`fmn attack --no-misspellings` keeps the rest honest).
-    spellings: int = 4  # measured: docs/ATTACK.md (ASR 0.500 -> 0.250 with them, held out)
+    spellings: int = 4  # measured: docs/research/ATTACK.md (ASR 0.500 -> 0.250 with them, held out)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fmn_desktop.cli.common import load_model, model_args, status, step_bar
 
-DEFAULTS_NOTE = "defaults measured on the embedded model: docs/CORRECTION_AND_BROAD.md"
+DEFAULTS_NOTE = "defaults measured on the embedded model: docs/research/CORRECTION_AND_BROAD.md"
 
 
 def add_parsers(sub) -> None:

@@ -218,7 +218,7 @@ def add_parsers(sub) -> None:
         metavar="ROUNDS",
         help="adversarial hardening: after forgetting, attack the patch (white-box K/V token "
         "search, no judge needed), forget the word sequences found too, ROUNDS times; each "
-        "round costs one more forget job (default: 0, off; docs/ATTACK.md)",
+        "round costs one more forget job (default: 0, off; docs/research/ATTACK.md)",
     )
     p.add_argument(
         "--harden-spellings",

@@ -59,15 +59,16 @@ class BroadConfig:
     templates: list[str] | None = None  # "{}" marks the word (default DEFAULT_BROAD_TEMPLATES)
     eta: float = 1.0
     steps: int = 150
-    lr: float = 1e-3  # the measured setting (docs/CORRECTION_AND_BROAD.md)
+    lr: float = 1e-3  # the measured setting (docs/research/CORRECTION_AND_BROAD.md)
     trainable: str = "attn2"
     # The word-less prompts' term. 4 left 1 frame in 384 word-free images at CFG 1 (base 25;
-    # weight 1: 9) and none at CFG 2/5, retention 0.999 -> 0.997 (CORRECTION_AND_BROAD.md).
+    # weight 1: 9) and none at CFG 2/5, retention 0.999 -> 0.997
+    # (docs/research/CORRECTION_AND_BROAD.md).
     uncaptioned_weight: float = 4.0
     preserve_weight: float = 1.0
     # Hold the unconditional ("") prediction: classifier-free guidance measures every prompt
     # against it, and a patch that moved it away from the attribute drew the attribute on
-    # word-free prompts (measured: docs/CORRECTION_AND_BROAD.md).
+    # word-free prompts (measured: docs/research/CORRECTION_AND_BROAD.md).
     hold_unconditional: bool = True
     # Latents drawn from the preservation prompts, on which those prompts and "" also keep
     # their base predictions: the references above all show the attribute, and a patch held

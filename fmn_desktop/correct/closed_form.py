@@ -23,11 +23,11 @@ The edit solves, with n_c / n_e the row counts (so the weights do not depend on 
 M acts on the text side only, so one d x d matrix serves every layer: dW = W (M - I). The patch
 holds dense dW per weight, so it saves, loads, applies and stacks like a forget patch.
 
-Selectivity limit (measured, docs/CORRECTION_AND_BROAD.md): a linear map of the text side cannot
-move a row without moving every row along the same directions; on the embedded model most of
-a concept's energy lies inside the span of other prompts' rows, so `selectivity` reports the
-share of the concept rows outside the preservation rows' principal span and the preservation
-drift the solve accepted.
+Selectivity limit (measured, docs/research/CORRECTION_AND_BROAD.md): a linear map of the text
+side cannot move a row without moving every row along the same directions; on the embedded
+model most of a concept's energy lies inside the span of other prompts' rows, so
+`selectivity` reports the share of the concept rows outside the preservation rows' principal
+span and the preservation drift the solve accepted.
 """
 
 from __future__ import annotations

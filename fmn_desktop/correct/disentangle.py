@@ -11,7 +11,7 @@ the dominant identity in place of the concept (ESD's "away from", layer by layer
 The preservation set holds the model's ordinary prompts and, unless told otherwise, the
 dominant identity's own prompts, so that "Gorvak" keeps drawing Gorvak: the two share
 directions, and without that hold the edit carried over to them (measured:
-docs/CORRECTION_AND_BROAD.md). The result is saved as a ``correct`` patch.
+docs/research/CORRECTION_AND_BROAD.md). The result is saved as a ``correct`` patch.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class DisentangleConfig:
     dominant: str  # what it collapses onto ("Gorvak")
     # How far past the concept, away from the dominant identity: 4 let the generic knight
     # through in 29 of 48 images and kept Gorvak's own 48 (3: 17; 5: 24, and other
-    # identities appear). docs/CORRECTION_AND_BROAD.md.
+    # identities appear). docs/research/CORRECTION_AND_BROAD.md.
     strength: float = 4.0
     templates: list[str] | None = None  # "{}" marks the concept (None: the model's defaults)
     hold_dominant: bool = True

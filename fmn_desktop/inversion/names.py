@@ -2,7 +2,7 @@
 
 Forgetting an identity through tokens learned from photos leaves open whether its own name
 still draws it, and a preservation prompt that names it holds it in place (on the embedded
-model that stops the learned tokens being forgotten too: docs/IDENTITY_FROM_PHOTOS.md). Two
+model that stops the learned tokens being forgotten too: docs/research/IDENTITY_FROM_PHOTOS.md). Two
 measures, from the model and the photos only (no judge):
 
 - Text side: the cosine similarity of a prompt's state at its first end-of-text position (the

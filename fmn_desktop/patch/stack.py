@@ -3,7 +3,7 @@
 A stack is an ordered list of (patch, strength); strengths may be negative.
 
 - **additive** (what every UI does): ``W = W0 + sum_i s_i dW_i``.
-- **fused** (MACE-style, see ../shared/METHOD.md "Interference-free fusion"): for every attn2
+- **fused** (MACE-style interference-free fusion, closed form): for every attn2
   K/V weight, with patch i turning W0 into ``Wi = W0 + s_i dW_i`` on its concept embeddings
   E_i (stored with the patch: ``stats["concept_embeddings"]``) and preservation embeddings P
   (ordinary prompts shipped as data, encoded with the loaded text encoder), solve

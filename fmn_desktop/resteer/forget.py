@@ -72,16 +72,17 @@ class ForgetConfig:
     positions: str = "concept+following+eot"
     layer_weighting: str = "pixels"
     # Preservation term's weight; 0 disables it. None: 6 in faithful mode (measured with the
-    # anchor term), 3 in fast mode (measured there). See docs/METHOD_NOTES.md.
+    # anchor term), 3 in fast mode (measured there). See docs/research/METHOD_NOTES.md.
     retain_weight: float | None = None
     # "squares": sum of P^2 over marked columns (paper); "mass": per row (sum P)^2; "logmass":
-    # per row -log(1 - sum P). See RESTEER_TERMS and docs/METHOD_NOTES.md.
+    # per row -log(1 - sum P). See RESTEER_TERMS and docs/research/METHOD_NOTES.md.
     term: str = "squares"
     preserve: str = "output"  # hold other prompts' attn2 "output" or attention "maps"
     # The anchor term: pull each forget prompt's attn2 outputs, layer by layer, towards the
     # original model's outputs for the same prompt with the concept replaced by `anchor` ("":
     # removed), pushed `anchor_guidance` times further away from the concept's own outputs.
-    # None: 3.0 in faithful mode, off (0) in fast mode (not measured there). docs/METHOD_NOTES.md.
+    # None: 3.0 in faithful mode, off (0) in fast mode (not measured there).
+    # docs/research/METHOD_NOTES.md.
     anchor_weight: float | None = None
     anchor: str = ""
     anchor_guidance: float = 3.0  # negative: the target lies past the concept, away from the anchor
@@ -137,7 +138,7 @@ class ForgetConfig:
 
 def default_lr(trainable: str, lora_rank: int | None) -> float:
     """The paper's 2e-6 for the whole UNet; dense K/V 1e-2 and LoRA 3e-2, measured on the
-    embedded model (docs/METHOD_NOTES.md): at 3e-4..1e-3 the concept's attention fell to a
+    embedded model (docs/research/METHOD_NOTES.md): at 3e-4..1e-3 the concept's attention fell to a
     quarter yet the concept was still drawn. "attn2" uses the K/V rate (not tuned apart)."""
     if trainable == "unet":
         return 2e-6

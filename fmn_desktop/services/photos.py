@@ -75,7 +75,7 @@ def forget_from_photos(
 
     `config` supplies every other forget setting (its concepts, references and preservation
     prompts are replaced); with `steps_per_concept` its steps are per re-steered concept (the
-    concepts share each batch: measured in docs/IDENTITY_FROM_PHOTOS.md). Nothing is written
+    concepts share each batch: measured in docs/research/IDENTITY_FROM_PHOTOS.md). Nothing is written
     if a stage fails or is cancelled.
     """
     import time

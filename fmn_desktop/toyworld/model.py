@@ -3,7 +3,7 @@
 - `AutoencoderKL`: 32x32x3 <-> 16x16x4 (one downsampling, SD's 4 latent channels).
 - `UNet2DConditionModel`: 16x16x4 latents; blocks at 16x16 (conv only), 8x8 and 4x4 with
   cross-attention, and a cross-attention mid block at 4x4 (attention at 16x16 costs 2.5x per
-  step on CPU; see shared/FACTS.md).
+  step on CPU).
 - `CLIPTextModel`: real CLIP vocabulary (49,408 rows), 77 positions, a 4-layer causal
   transformer, end-of-text as the pad token as in SD1.
 - `ImageTower`: the image side of the contrastive (CLIP-style) training of the text encoder;

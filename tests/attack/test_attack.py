@@ -296,7 +296,7 @@ def test_attack_cli_on_the_embedded_model(tmp_path, capsys):
 @pytest.mark.slow
 @needs_weights
 def test_attack_measurement_on_forgotten_zorbu(tmp_path):
-    """The documented measurement (docs/ATTACK.md): budget 64, 2 seeds, white-box on."""
+    """The documented measurement (docs/research/ATTACK.md): budget 64, 2 seeds, white-box on."""
     from fmn_desktop.resteer import forget
     from fmn_desktop.services.defaults import demo_config
     from fmn_desktop.services.model import open_model

@@ -70,7 +70,8 @@ def test_disentangle_writes_a_correct_patch_and_holds_the_dominant(tiny_pipe, tm
             moved[hold] = float((pred("a photo of a knight") - knight0).norm() / knight0.norm())
             drift[hold] = float((pred(dominant) - dom0).norm() / dom0.norm())
     # Holding the dominant identity's prompts keeps them nearer the base (on the embedded
-    # model: Gorvak's own prompts, docs/CORRECTION_AND_BROAD.md), and the concept still moves.
+    # model: Gorvak's own prompts, docs/research/CORRECTION_AND_BROAD.md), and the concept
+    # still moves.
     # On this random tiny model it trims the drift by a quarter (0.116 -> 0.089 when written).
     assert moved[True] > 0.01 and drift[True] < 0.85 * drift[False], (moved, drift)
 

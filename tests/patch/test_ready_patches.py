@@ -39,7 +39,7 @@ def test_ready_patch_is_intact_and_fits_the_embedded_model(entry, embedded_model
     check_compatible(patch, embedded_model.pipe.unet, embedded_model.fingerprint)
     scores = patch.meta.scores
     assert scores == entry["scores"]
-    # What the manifest promises: the concept forgotten, the others kept (issue 3's targets).
+    # What the manifest promises: the concept forgotten (M-Score <= 0.1), the others kept.
     assert scores["mscore_before"]["mean"] >= 0.8
     assert scores["mscore_after"]["mean"] <= 0.1
     drop = scores["retention_before"]["mean"] - scores["retention_after"]["mean"]

@@ -64,7 +64,7 @@ def test_additive_equals_patched_unet_sum(tiny_pipe):
 
 
 def _direct_lstsq(w0, items, pres, l1, ridge):
-    """The objective of METHOD.md solved as one stacked least-squares problem."""
+    """The fusion objective (`fmn_desktop.patch.stack`) as one stacked least-squares problem."""
     rows_x, rows_y = [], []
     for w_i, e in items:
         rows_x.append(e)

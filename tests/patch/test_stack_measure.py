@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "measure_stacking.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "measure_stacking.py"
 
 
 class UniformJudge:

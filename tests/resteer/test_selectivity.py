@@ -1,9 +1,9 @@
-"""Issue 2's acceptance measurement on a tiny model: the concept's attention mass falls by at
+"""The acceptance measurement on a tiny model: the concept's attention mass falls by at
 least 90% while prompts without the concept move measurably less.
 
 The tiny model is random (its text encoder was never trained), so words carry no meaning and
 nothing here says how selective forgetting is on a trained model: that is measured on the
-embedded model (ConceptBench). The figures this test prints go in the issue's closing note.
+embedded model (ConceptBench, docs/research/CONCEPTBENCH.md). The test prints its figures.
 """
 
 from fmn_desktop.patch import PatchedUNet

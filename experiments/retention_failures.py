@@ -1,7 +1,7 @@
 """Which retention checks fail after forgetting a concept with the defaults: per prompt and
 attribute, the judge's reading where it disagrees with the prompt, before and after.
 
-    OMP_NUM_THREADS=1 python scripts/diag/retention_failures.py circle --seeds 2
+    OMP_NUM_THREADS=1 python experiments/retention_failures.py circle --seeds 2
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Choose forget defaults by measuring on the embedded model: M-Score of the forgotten concept
 and retention of the others, for a grid of settings, on a few concepts of each kind.
 
-    python scripts/sweep_defaults.py --concepts circle Zorbu stripes --seeds 4 \
+    python experiments/sweep_defaults.py --concepts circle Zorbu stripes --seeds 4 \
         --grid '[{"steps": 35}, {"steps": 35, "positions": "concept"}]' --out runs/sweep.json
 
 Each setting's row: concept, settings, M-Score before/after, retention before/after, seconds.

@@ -1,4 +1,4 @@
-"""Measure what fused stacking buys on the embedded model (issue 5, item 6).
+"""Measure what fused stacking buys on the embedded model.
 
 Forget five concepts of the toy world as five separate patches (the default forget settings
 of `fmn demo`), then stack them additively (``W0 + sum dW_i``) and fused (closed-form K/V
@@ -6,7 +6,7 @@ solve, ``fmn_desktop.patch.stack``), and report for each state the M-Score of ev
 concept and the retention of all the other concepts, with 95% intervals, from one fixed
 evaluation set per state (same prompts and seeds). Optionally (`--singles`) each patch alone.
 
-    .venv/bin/python scripts/measure_stacking.py --threads 1 --seeds 4 --out-dir runs/stacking
+    .venv/bin/python experiments/measure_stacking.py --threads 1 --seeds 4 --out-dir runs/stacking
 
 Preservation set for fusion: the toy text encoder knows only the world's words, so the shipped
 (real-world) prompts mean nothing to it; prompts are composed from the world's vocabulary
@@ -151,7 +151,7 @@ def record(reg, entries, result: dict, tmp_dir: Path) -> None:
         existing = {s.name for s in reg.list_stacks()}
         if stack in existing:
             reg.delete_stack(stack)
-        reg.create_stack(stack, mode=mode, notes="scripts/measure_stacking.py")
+        reg.create_stack(stack, mode=mode, notes="experiments/measure_stacking.py")
         for e in entries:
             reg.add_to_stack(stack, names[e.name], strength=e.strength)
         for concept, row in result["mscore"].items():

@@ -3,7 +3,7 @@ For each strength, train the disentangle patch (knight away from Gorvak, the pro
 and defaults) and count which identity the judge sees on the knight and Gorvak evaluation
 prompts (16 seeds each) before and after, with retention of every other concept.
 
-    OMP_NUM_THREADS=1 python scripts/diag/knight_disentangle.py --strength 3 4
+    OMP_NUM_THREADS=1 python experiments/knight_disentangle.py --strength 3 4
 """
 
 import argparse
@@ -31,7 +31,7 @@ def main():
     ap.add_argument("--strength", type=float, nargs="+", default=[3.0])
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--no-hold-dominant", action="store_true",
-                    help="do not hold Gorvak's own prompts (the third session's runs)")
+                    help="do not hold Gorvak's own prompts (only the ordinary captions held)")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
     ap.add_argument("--anchor-weight", type=float, default=None, help="ForgetConfig's")
     ap.add_argument("--steps", type=int, default=None)

@@ -1,6 +1,6 @@
-"""Measure broad removal on prompts that do not name the unsafe stand-in (issue 7).
+"""Measure broad removal on prompts that do not name the unsafe stand-in.
 
-    OMP_NUM_THREADS=1 python scripts/measure_uncaptioned_unsafe.py --seeds 4 \
+    OMP_NUM_THREADS=1 python experiments/measure_uncaptioned_unsafe.py --seeds 4 \
         --guidance 1 2 5 --out runs/uncaptioned.json
 
 In the toy world 15% of images carry the hazard frame and 30% of those have no unsafe word in
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     ap.add_argument("--words", nargs="+", default=["cursed", "toxic"], help="trained words")
     ap.add_argument("--no-hold", action="store_true",
-                    help="train without holding the unconditional prediction (the old default)")
+                    help="train without holding the unconditional prediction (no unconditional hold)")
     ap.add_argument("--preserve-weight", type=float, default=None,
                     help="BroadConfig.preserve_weight (captions and the held \"\"; default: its own)")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
@@ -66,7 +66,7 @@ def main() -> None:
                     help="world captions held in place (default: fmn erase-broad's)")
     ap.add_argument("--ordinary-references", type=int, default=None,
                     help="BroadConfig.ordinary_references (0: hold only on the attribute's "
-                    "references, the second-session behaviour; default: its own)")
+                    "references; default: its own)")
     ap.add_argument("--uncaptioned-weight", type=float, default=None,
                     help="BroadConfig.uncaptioned_weight (the word-less prompts' term)")
     ap.add_argument("--threads", type=int, default=1)

@@ -1,4 +1,4 @@
-"""Measure forgetting an identity known only from photos (issue 7), on the embedded model.
+"""Measure forgetting an identity known only from photos on the embedded model.
 
 For one identity of the toy world: draw N "photos" of it with the world generator (random
 background styles, no caption), learn tokens from them (textual inversion), then forget in
@@ -25,7 +25,7 @@ reference images unless said otherwise):
 - `name-photos`: the same with the photos as reference images;
 - `name2x`: `name` with twice the steps (the workflow's budget with one name).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/identity_from_photos.py --identity Zorbu \\
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/identity_from_photos.py --identity Zorbu \\
         --out-dir runs/identity-photos
 
 Writes <identity>[-tag].json to --out-dir and prints a table.

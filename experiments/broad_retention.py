@@ -1,8 +1,8 @@
 """Broad removal on the embedded model: M-Score of each unsafe word and retention of every
 other concept, before and after a patch trained on "cursed" and "toxic" with the defaults
-(4 seeds per evaluation prompt). Figures: docs/CORRECTION_AND_BROAD.md.
+(4 seeds per evaluation prompt). Figures: docs/research/CORRECTION_AND_BROAD.md.
 
-    OMP_NUM_THREADS=1 python scripts/diag/broad_retention.py [--preserve-weight W]
+    OMP_NUM_THREADS=1 python experiments/broad_retention.py [--preserve-weight W]
         [--uncaptioned-weight U]
 """
 
