@@ -228,10 +228,9 @@ def cmd_bench(args) -> int:
 def cmd_attack(args) -> int:
     from fmn_desktop.attack import AttackSettings
     from fmn_desktop.services.attack import AttackRequest, attack_job
-    from fmn_desktop.services.patches import parse_patch_spec
     from fmn_desktop.services.progress import JobContext, Phase, run_job
 
-    check_judge(args)
+    check_judge(args, "scoring an attack needs")
     if args.budget < 1 or args.seeds < 1 or args.chance < 0:
         raise UsageError("--budget and --seeds must be at least 1, --chance at least 0")
     if not 0.0 < args.threshold < 1.0:
@@ -252,7 +251,7 @@ def cmd_attack(args) -> int:
         chance=args.chance,
     )
     req = AttackRequest(
-        [parse_patch_spec(s) for s in args.patch],
+        resolve_record(args),
         args.concept,
         settings,
         registry_root=_registry_root(args) if args.record else None,
@@ -286,7 +285,6 @@ def cmd_evaluate(args) -> int:
     from fmn_desktop.evaluate.patch_scores import format_scores
     from fmn_desktop.services.evaluate import EvaluateRequest, evaluate_job
     from fmn_desktop.services.model import judged_concept
-    from fmn_desktop.services.patches import parse_patch_spec
     from fmn_desktop.services.progress import JobContext, run_job
 
     if args.seeds < 1 or args.other_seeds < 1 or args.steps < 1:
@@ -296,12 +294,13 @@ def cmd_evaluate(args) -> int:
     if args.write_scores and len(args.patch) != 1:
         raise UsageError("--write-scores rewrites one patch file of yours: name it with one "
                          "--patch (the registry's own copy stays as it was registered)")
-    check_judge(args)
+    check_judge(args, "scores need")
+    specs = resolve_record(args)
     model = load_model(args)
     judged_concept(model, args.concept, args.judge)
     req = EvaluateRequest(
         args.concept,
-        [parse_patch_spec(s) for s in args.patch],
+        specs,
         seeds=args.seeds,
         other_seeds=args.other_seeds,
         steps=args.steps,
@@ -322,9 +321,9 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def check_judge(args) -> None:
+def check_judge(args, needs: str) -> None:
     """Before loading anything: the concept must be the toy world's, and a model other than
-    the embedded one needs `--judge`."""
+    the embedded one needs `--judge`. `needs` words the error, e.g. "scores need"."""
     from fmn_desktop.services.model import is_default
     from fmn_desktop.toyworld import CONCEPTS
 
@@ -335,6 +334,22 @@ def check_judge(args) -> None:
         )
     if not is_default(args.model) and args.judge is None:
         raise UsageError(
-            "scores need a judge, and only the embedded model has one; give --judge FILE for "
+            f"{needs} a judge, and only the embedded model has one; give --judge FILE for "
             "a toy-world checkpoint (no judge exists for other models)"
         )
+
+
+def resolve_record(args):
+    """`--patch` specs, checked against `--record` before any model is loaded (figures
+    belong to one patch: a mismatch is a usage error)."""
+    from fmn_desktop.services.evaluate import RecordMismatchError, record_for
+    from fmn_desktop.services.patches import parse_patch_spec
+
+    specs = [parse_patch_spec(s) for s in args.patch]
+    if not args.record:
+        return specs
+    try:
+        specs, _ = record_for(_registry_root(args), specs, args.record)
+    except RecordMismatchError as exc:
+        raise UsageError(f"--record {args.record}: {exc}") from exc
+    return specs

@@ -22,6 +22,10 @@ def evaluate_patch(model, patch, concept, seeds: int = 2, steps: int = 20, shoul
                             other_seeds, others_limit)
 
 
+class RecordMismatchError(FmnError):
+    """Patch files given with a registry record are not that record's patch."""
+
+
 def record_for(registry_root: str | None, specs: Sequence[PatchSpec], ref: str | int | None):
     """The patch specs to score and the registry record the figures go to.
 
@@ -38,7 +42,7 @@ def record_for(registry_root: str | None, specs: Sequence[PatchSpec], ref: str |
     if not specs:
         specs = [PatchSpec(record.path, 1.0)]
     elif len(specs) != 1 or sha256_file(specs[0].path) != record.sha256:
-        raise FmnError(
+        raise RecordMismatchError(
             f"the figures of {ref} belong to one patch; give that patch alone (or none, to "
             "use the registry's copy)"
         )

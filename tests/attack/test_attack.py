@@ -226,9 +226,11 @@ def make_registry_patch():
 
 
 def test_attack_is_a_cli_command_with_clear_usage_errors(tmp_path, capsys, make_registry_patch):
-    from fmn_desktop.cli import COMMANDS
+    from fmn_desktop.cli import build_parser
 
-    assert "attack" in COMMANDS
+    assert build_parser().parse_args(["attack", "--concept", "Zorbu"]).handler.__name__ == (
+        "cmd_attack"
+    )
     cases = [
         (["--concept", "Nobody", "--patch", "p.safetensors"], "unknown concept"),
         (["./some-sd15", "--concept", "Zorbu", "--patch", "p.safetensors"], "needs a judge"),
