@@ -622,7 +622,8 @@ def step_bar(total: int, verb: str):
             bar.set_description("reference images" if p.phase == "references" else p.phase)
             return
         bar.set_description(verb)
-        bar.update(1)
+        bar.total = p.total  # fast mode counts (layer, step) pairs
+        bar.update(p.step - bar.n)
         bar.set_postfix(loss=f"{p.loss:.4f}")
 
     return bar, progress
@@ -738,18 +739,18 @@ def cmd_forget_photos(args) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress(p):
-        if p.stage == "names":
-            print(p.message, file=sys.stderr, flush=True)
+        if p.phase == "names":
+            print(p.text, file=sys.stderr, flush=True)
             return
         if p.step == 0:
             return
-        bar = bars.get(p.stage)
+        bar = bars.get(p.phase)
         if bar is None:
             for other in bars.values():
                 other.close()
-            bar = bars[p.stage] = tqdm(
+            bar = bars[p.phase] = tqdm(
                 total=p.total,
-                desc="inversion" if p.stage == "inversion" else "re-steering",
+                desc="inversion" if p.phase == "inversion" else "re-steering",
                 unit="step",
                 file=sys.stderr,
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 
 from fmn_desktop.errors import FmnError, PatchFormatError
 from fmn_desktop.patch import Patch, PatchedUNet, load_patch, save_patch, to_lora, unet_module_names
-from fmn_desktop.resteer import ForgetConfig, ForgetProgress, forget
+from fmn_desktop.resteer import ForgetConfig, forget
+from fmn_desktop.training import Progress
 
 DEFAULT_MODEL = "default"
 
@@ -96,7 +97,7 @@ def forget_to_file(
     fmt: str = "lora",
     export_rank: int | None = None,
     max_rel_error: float = 0.01,
-    progress: Callable[[ForgetProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     extra: dict[str, str] | None = None,
     harden=None,
@@ -141,17 +142,6 @@ def forget_to_file(
     patch.meta.extra.update(extra or {})
     save_patch(patch, out, fmt)
     return ForgetOutcome(out, patch, result.seconds, err, result.history[-1].loss)
-
-
-@dataclass
-class PhotoProgress:
-    """Progress of `forget_from_photos`: `stage` is "inversion", "names" or "forget"."""
-
-    stage: str
-    step: int = 0
-    total: int = 0
-    loss: float = math.nan
-    message: str = ""
 
 
 @dataclass
@@ -204,7 +194,7 @@ def forget_from_photos(
     fmt: str = "lora",
     export_rank: int | None = None,
     steps_per_concept: bool = True,
-    progress: Callable[[PhotoProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> PhotoForgetOutcome:
     """Forget an identity known from a folder of photos (Forget-Me-Not's identity workflow).
@@ -222,8 +212,9 @@ def forget_from_photos(
 
     `config` supplies every other forget setting (its concepts, references and preservation
     prompts are replaced); with `steps_per_concept` its steps are per re-steered concept (the
-    concepts share each batch: measured in docs/IDENTITY_FROM_PHOTOS.md). Nothing is written
-    if a stage fails or is cancelled.
+    concepts share each batch: measured in docs/IDENTITY_FROM_PHOTOS.md). `progress` gets each
+    stage's Progress with the stage as its phase ("inversion", "names" with a text, "forget").
+    Nothing is written if a stage fails or is cancelled.
     """
     import time
 
@@ -246,7 +237,7 @@ def forget_from_photos(
     if embedding_out.resolve() == out.resolve():
         raise FmnError("the patch and the learned tokens need two different files")
     load_reference_dir(images)  # a clear error before any work
-    say = progress or (lambda _p: None)
+    report = progress or (lambda _p: None)
 
     def check_cancel() -> None:
         if should_cancel and should_cancel():
@@ -262,7 +253,7 @@ def forget_from_photos(
             model.pipe,
             images,
             config=inv,
-            progress=lambda p: say(PhotoProgress("inversion", p.step, p.total, p.loss)),
+            progress=lambda p: report(replace(p, phase="inversion")),
             should_cancel=should_cancel,
         )
         learned = inv_result.learned
@@ -283,7 +274,7 @@ def forget_from_photos(
             search=search_vocabulary,
             threshold=threshold,
             seed=base.seed,
-            progress=lambda text: say(PhotoProgress("names", message=text)),
+            log=lambda text: report(Progress("names", text=text)),
         )
         found = discovery.accepted
         preservation = discovery.kept_prompts
@@ -313,7 +304,7 @@ def forget_from_photos(
             out,
             fmt=fmt,
             export_rank=export_rank,
-            progress=lambda p: say(PhotoProgress("forget", p.step, p.total, p.loss)),
+            progress=lambda p: report(replace(p, phase="forget")),
             should_cancel=should_cancel,
             extra=extra,
         )

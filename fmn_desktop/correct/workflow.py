@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmn_desktop.correct.broad import BroadConfig, BroadProgress, BroadResult, erase_broad
+from fmn_desktop.correct.broad import BroadConfig, BroadResult, erase_broad
 from fmn_desktop.correct.closed_form import CorrectConfig, CorrectResult, correct
 from fmn_desktop.correct.disentangle import DisentangleConfig
+from fmn_desktop.training import Progress
 
 PATCH_FORMATS = ("diff", "lora")
 
@@ -88,7 +89,7 @@ def erase_broad_to_file(
     out,
     fmt: str = "diff",
     preserve_prompts: Sequence[str] | None = None,
-    progress: Callable[[BroadProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> CorrectionOutcome:
     """Broad removal of `config.words` (ESD-style fine-tune) on `model` (left unchanged),

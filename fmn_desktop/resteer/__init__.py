@@ -2,7 +2,6 @@
 
 from fmn_desktop.resteer.forget import (
     ForgetConfig,
-    ForgetProgress,
     ForgetResult,
     default_lr,
     forget,
@@ -13,7 +12,6 @@ from fmn_desktop.resteer.tokens import POSITION_MODES, concept_mask
 __all__ = [
     "POSITION_MODES",
     "ForgetConfig",
-    "ForgetProgress",
     "ForgetResult",
     "concept_mask",
     "default_lr",

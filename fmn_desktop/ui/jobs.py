@@ -1,6 +1,6 @@
 """The app's background jobs: the CLI's workflow functions, composed; no Qt, no new logic.
 
-Each job is a generator (progress as `Phase` values between the steps of the work) or calls
+Each job is a generator (progress as `Progress` values between the steps of the work) or calls
 a workflow with `progress`/`should_cancel` callbacks, so `workers.Job` can run it off the UI
 thread and cancel it between steps. Every function here is usable headless.
 """
@@ -13,17 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmn_desktop.training import Progress
+
 DTYPES = ("fp32", "fp16", "bf16")
-
-
-@dataclass
-class Phase:
-    """A coarse progress report: what the job does now, with an optional step count."""
-
-    name: str
-    text: str
-    step: int = 0
-    total: int = 0
 
 
 def torch_dtype(name: str):
@@ -104,7 +96,7 @@ class ForgetDone:
 
 
 def forget_job(ctx, model, req: ForgetRequest):
-    """Forget (`forget_to_file`, reporting each ForgetProgress), evaluate, register."""
+    """Forget (`forget_to_file`, reporting each Progress), evaluate, register."""
     from fmn_desktop.patch import save_patch
     from fmn_desktop.workflows import forget_to_file
 
@@ -120,7 +112,7 @@ def forget_job(ctx, model, req: ForgetRequest):
 
             harden = HardenSettings(rounds=req.harden, seed=req.config.seed)
         total = req.config.steps * (1 + req.harden)
-        yield Phase("train", "re-steering attention", 0, total)
+        yield Progress("train", 0, total, text="re-steering attention")
         outcome = forget_to_file(
             model,
             req.config,
@@ -133,7 +125,7 @@ def forget_job(ctx, model, req: ForgetRequest):
         scores: dict = {}
         concept = toy_concept(model, req.config.concepts) if req.evaluate else None
         if concept is not None:
-            yield Phase("evaluate", f"measuring M-Score and retention ({concept.name})")
+            yield Progress("evaluate", text=f"measuring M-Score and retention ({concept.name})")
             scores = evaluate_patch(
                 model,
                 outcome.patch,
@@ -147,7 +139,7 @@ def forget_job(ctx, model, req: ForgetRequest):
             save_patch(outcome.patch, out)
         record = None
         if req.registry_root is not None:
-            yield Phase("register", "adding the patch to the registry")
+            yield Progress("register", text="adding the patch to the registry")
             record = register_file(req.registry_root, model, out, req.tags)
             from fmn_desktop.evaluate.patch_scores import registry_rows
             from fmn_desktop.registry import open_registry
@@ -257,11 +249,11 @@ def compare_job(ctx, model, req: CompareRequest):
         raise FmnError("give at least one prompt and one seed")
     entries = stack_entries(req.patches, model) if req.patches else []
     total = 2 * len(req.prompts)
-    yield Phase("generate", "base model", 0, total)
+    yield Progress("generate", 0, total, text="base model")
     rows = []
     for i, prompt in enumerate(req.prompts):
         rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
-        yield Phase("generate", "base model", i + 1, total)
+        yield Progress("generate", i + 1, total, text="base model")
     cell = max(96, rows[0][0].width)
     labels = req.prompts if req.labelled else None
     base = grid_image(rows, labels, title="base model" if req.labelled else None, cell=cell)
@@ -274,7 +266,7 @@ def compare_job(ctx, model, req: CompareRequest):
     with applied:
         for i, prompt in enumerate(req.prompts):
             after_rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
-            yield Phase("generate", req.title, len(req.prompts) + i + 1, total)
+            yield Progress("generate", len(req.prompts) + i + 1, total, text=req.title)
     title = (req.title if entries else "no patch") if req.labelled else None
     patched = grid_image(after_rows, labels, title=title, cell=cell)
     return CompareDone(base, patched, list(req.prompts))
@@ -303,9 +295,9 @@ def export_stack_job(
     registered too when a registry is given."""
     from fmn_desktop.patch.stack import ComposeSettings, export_stack
 
-    yield Phase("export", f"composing {len(items)} patches ({mode})")
+    yield Progress("export", text=f"composing {len(items)} patches ({mode})")
     entries = stack_entries(items, model)
-    yield Phase("export", f"writing {out}")
+    yield Progress("export", text=f"writing {out}")
     result = export_stack(
         model,
         entries,
@@ -330,7 +322,7 @@ def import_job(ctx, registry_root: str, path: str, model=None):
     from fmn_desktop.library import import_file
     from fmn_desktop.registry import open_registry
 
-    yield Phase("import", f"reading {Path(path).name}")
+    yield Progress("import", text=f"reading {Path(path).name}")
     with open_registry(registry_root) as reg:
         try:
             return import_file(reg, path, model)
@@ -374,11 +366,11 @@ def _correction_job(ctx, model, req: CorrectRequest, run, what: str):
         tmp = tempfile.TemporaryDirectory(prefix="fmn-correct-")
         out = str(Path(tmp.name) / "patch.safetensors")
     try:
-        yield Phase("solve", what, 0, getattr(req.config, "steps", 0))
+        yield Progress("solve", 0, getattr(req.config, "steps", 0), text=what)
         outcome = run(out)
         record = None
         if req.registry_root is not None:
-            yield Phase("register", "adding the patch to the registry")
+            yield Progress("register", text="adding the patch to the registry")
             record = register_file(req.registry_root, model, out, req.tags)
         result = outcome.result
         return CorrectDone(
@@ -473,10 +465,10 @@ def measure_job(ctx, model, registry_root: str, item: PatchItem, concept: str,
     from fmn_desktop.workflows import PatchSpec, read_patches
 
     judged = judged_concept(model, concept, "M-Score and retention are scored")
-    yield Phase("evaluate", f"measuring M-Score and retention ({concept})")
+    yield Progress("evaluate", text=f"measuring M-Score and retention ({concept})")
     patches = read_patches(model, [PatchSpec(Path(item.path), item.strength)])
     scores = evaluate_patches(model, patches, judged, seeds, steps, ctx.should_cancel)
-    yield Phase("register", "storing the scores with the patch")
+    yield Progress("register", text="storing the scores with the patch")
     settings = {"seeds": seeds, "other_seeds": 1, "steps": steps, "strength": item.strength}
     with open_registry(registry_root) as reg:
         reg.add_evaluations(registry_rows(scores, concept, settings), patch=item.name)
@@ -515,7 +507,7 @@ def attack_targets(concept: str, settings) -> int:
 
 def attack_job(ctx, model, req: AttackRequest):
     """`attack.run_attack` on the library patch (what `fmn attack` runs), then
-    `record_in_registry`; progress is one Phase per target attacked."""
+    `record_in_registry`; progress is one Progress per target attacked."""
     from fmn_desktop.attack import format_table, record_in_registry, run_attack, write_report
     from fmn_desktop.attack.candidates import prompt_words
     from fmn_desktop.attack.run import report_grid
@@ -530,7 +522,7 @@ def attack_job(ctx, model, req: AttackRequest):
     if not 0.0 < s.threshold < 1.0:
         raise FmnError("the threshold must be between 0 and 1")
     total = 2 * attack_targets(req.concept, s)
-    yield Phase("attack", "loading the judge and the patch", 0, total)
+    yield Progress("attack", 0, total, text="loading the judge and the patch")
     judge = load_judge(None)
     patches = read_patches(model, [PatchSpec(Path(req.patch.path), req.patch.strength)])
     words = prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
@@ -538,11 +530,11 @@ def attack_job(ctx, model, req: AttackRequest):
 
     def log(line: str) -> None:
         done[0] += 1
-        ctx.progress(Phase("attack", line, done[0], total))
+        ctx.progress(Progress("attack", done[0], total, text=line))
         if ctx.should_cancel():
             raise CancelledError("attack check cancelled; nothing was recorded")
 
-    yield Phase("attack", f"attacking {req.concept} before the patch", 0, total)
+    yield Progress("attack", 0, total, text=f"attacking {req.concept} before the patch")
     report = run_attack(
         model.pipe,
         judge,
@@ -557,14 +549,14 @@ def attack_job(ctx, model, req: AttackRequest):
                      "name": req.patch.name}],
         log=log,
     )
-    yield Phase("report", "drawing the best prompts found", total, total)
+    yield Progress("report", total, total, text="drawing the best prompts found")
     grid = report_grid(report)
     paths = write_report(report, req.out_dir) if req.out_dir else {}
     rows = []
     if req.registry_root is not None and req.record_id is not None:
         from fmn_desktop.registry import open_registry
 
-        yield Phase("register", "recording the figures with the patch", total, total)
+        yield Progress("register", total, total, text="recording the figures with the patch")
         with open_registry(req.registry_root) as reg:
             rows = record_in_registry(reg, req.record_id, report, strength=req.patch.strength)
     return AttackDone(report, format_table(report), grid, rows, paths)
@@ -619,7 +611,7 @@ def tokens_file_for(folder: str, token: str) -> Path:
 
 def photos_job(ctx, model, req: PhotosRequest):
     """`workflows.forget_from_photos` (what `fmn forget-photos` runs, reporting each
-    PhotoProgress), then register the patch."""
+    Progress), then register the patch."""
     from fmn_desktop.workflows import forget_from_photos
 
     tmp = None
@@ -632,7 +624,9 @@ def photos_job(ctx, model, req: PhotosRequest):
         Path(folder).mkdir(parents=True, exist_ok=True)
         embedding_out = tokens_file_for(folder, req.token)
     try:
-        yield Phase("inversion", f"learning {req.token} from the photos", 0, req.inversion.steps)
+        yield Progress(
+            "inversion", 0, req.inversion.steps, text=f"learning {req.token} from the photos"
+        )
         outcome = forget_from_photos(
             model,
             req.images,
@@ -649,7 +643,7 @@ def photos_job(ctx, model, req: PhotosRequest):
         )
         record = None
         if req.registry_root is not None:
-            yield Phase("register", "adding the patch to the registry")
+            yield Progress("register", text="adding the patch to the registry")
             record = register_file(req.registry_root, model, out, req.tags)
         inv = outcome.inversion
         found = list(outcome.discovery.accepted) if outcome.discovery is not None else []

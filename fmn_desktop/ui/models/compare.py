@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.ui.jobs import CompareDone, CompareRequest, PatchItem, Phase, compare_job
+from fmn_desktop.ui.jobs import CompareDone, CompareRequest, PatchItem, compare_job
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -105,7 +105,7 @@ class CompareModel(QObject):
         self.session.cancel_job()
 
     def _on_progress(self, p) -> None:
-        if isinstance(p, Phase) and p.total:
+        if p.total:
             self.progress = int(100 * p.step / p.total)
 
     def _on_finished(self, done: CompareDone) -> None:
