@@ -14,11 +14,12 @@ Stages (each reads what earlier ones wrote under --out):
 - ``grid``: a PNG of samples, one row per concept;
 - ``eval``:  prompt following of the exported pipeline, judged (16 seeds per prompt).
 
-Example::
+A maintenance tool, not part of the installed package (which holds only what the model needs
+at run time: the world, the architectures, the judge). Example::
 
-    python -m fmn_desktop.toyworld.train --stage all --out runs/toyworld
-    python -m fmn_desktop.toyworld.train --stage unet --out runs/toyworld --minutes 120  # resumes
-    python -m fmn_desktop.toyworld.train --stage eval --out runs/toyworld
+    python scripts/train_toyworld.py --stage all --out runs/toyworld
+    python scripts/train_toyworld.py --stage unet --out runs/toyworld --minutes 120  # resumes
+    python scripts/train_toyworld.py --stage eval --out runs/toyworld
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ import torch
 import torch.nn.functional as F
 
 import fmn_desktop  # noqa: F401  (offline mode before diffusers/transformers load)
+from fmn_desktop.models.families import CLIP_TOKENIZER_DIR as TOKENIZER_DIR
+from fmn_desktop.toyworld import WEIGHTS_DIR
 from fmn_desktop.toyworld import model as M
 from fmn_desktop.toyworld.concepts import CONCEPTS, expected_labels
 from fmn_desktop.toyworld.judge import Judge
 from fmn_desktop.toyworld.world import HEADS, World
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "models" / "data" / "clip_tokenizer"
 BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
              beta_schedule="scaled_linear")
 
@@ -647,7 +649,7 @@ def stage_grid(out: Path, cfg: dict, seeds: int = 8) -> Path:
 
 def stage_package(out: Path, src: Path | None = None, dest: Path | None = None) -> Path:
     """Copy an exported pipeline (+ judge, metrics, latest eval) into the package."""
-    dest = dest or Path(__file__).resolve().parent / "weights"
+    dest = dest or WEIGHTS_DIR
     src = src or out / "pipeline"
     if not (src / "model_index.json").exists():
         raise SystemExit(f"no exported pipeline at {src}: run the unet stage first")
