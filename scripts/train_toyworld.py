@@ -43,6 +43,7 @@ from fmn_desktop.toyworld import model as M
 from fmn_desktop.toyworld.concepts import CONCEPTS, expected_labels
 from fmn_desktop.toyworld.judge import Judge
 from fmn_desktop.toyworld.world import HEADS, World
+from fmn_desktop.training.loop import Optimiser
 
 BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
              beta_schedule="scaled_linear")
@@ -65,6 +66,32 @@ def log(out: Path, msg: str) -> None:
     print(line, flush=True)
     with open(out / "train.log", "a") as f:
         f.write(line + "\n")
+
+
+def cosine_in_budget(lr: float, warmup: int, steps: int, t0: float, budget: float):
+    """A rate schedule: linear warm-up over `warmup` steps, then a cosine to zero over the
+    steps or the time budget (seconds from `t0`), whichever runs out first."""
+
+    def rate(step: int) -> float:
+        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
+        return lr * min(1, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return rate
+
+
+def run_in_budget(out: Path, name: str, opt: Optimiser, loss_fn, steps: int, t0: float,
+                  budget: float) -> int:
+    """Train until `steps` steps or the time budget are spent, logging every 100th step;
+    returns the steps taken."""
+    taken = 0
+    for p in opt.run(loss_fn, steps):
+        if (p.step - 1) % 100 == 0:
+            terms = "".join(f" {k} {v:.3f}" for k, v in p.terms.items())
+            log(out, f"{name} {p.step - 1} loss {p.loss:.4f}{terms} ({time.time() - t0:.0f}s)")
+        taken = p.step
+        if time.time() - t0 >= budget:
+            break
+    return taken
 
 
 def tokenizer():
@@ -150,14 +177,15 @@ def stage_text(out: Path, cfg: dict) -> None:
     tproj = torch.nn.Linear(dim, dim, bias=False)
     scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = list(te.parameters()) + list(tower.parameters()) + list(tproj.parameters()) + [scale]
-    opt = torch.optim.AdamW(params, lr=cfg["text_lr"], weight_decay=0.01)
     steps, B = cfg["text_steps"], cfg["text_batch"]
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+    def rate(s: int) -> float:  # warm-up over 50 steps, then a cosine to zero
+        return cfg["text_lr"] * (
+            min(1, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
     rng = np.random.default_rng(0)
-    t0 = time.time()
-    te.train()
-    for step in range(steps):
+
+    def loss_fn():
         b = rng.choice(len(caps), B, replace=False)
         ci = cap_index[b]
         pos = torch.from_numpy(consistency(cons, labels, ci, b).astype(np.float32))
@@ -167,14 +195,14 @@ def stage_text(out: Path, cfg: dict) -> None:
         loss_t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
         pos_i = pos.T
         loss_i = -(pos_i / pos_i.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
-        loss = (loss_t + loss_i) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(out, f"text {step}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+        return (loss_t + loss_i) / 2
+
+    opt = Optimiser(params, rate, weight_decay=0.01, grad_clip=1.0)
+    t0 = time.time()
+    te.train()
+    for p in opt.run(loss_fn, steps):
+        if (p.step - 1) % 100 == 0 or p.step == steps:
+            log(out, f"text {p.step - 1}/{steps} loss {p.loss:.3f} ({time.time() - t0:.0f}s)")
     te.eval()
     acc = text_retrieval(out, te, tower, tproj, tok)
     te.save_pretrained(out / "text_encoder", safe_serialization=True)
@@ -218,30 +246,22 @@ def stage_vae(out: Path, cfg: dict) -> None:
     data = load_data(out, "train")
     images = images_tensor(data["images"])
     vae = M.build_vae(M.vae_config(**cfg["vae_cfg"]))
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg["vae_lr"], weight_decay=0.0)
     steps, B = cfg["vae_steps"], cfg["vae_batch"]
     budget = cfg["vae_minutes"] * 60
     rng = np.random.default_rng(1)
-    t0 = time.time()
-    step = 0
-    vae.train()
-    while step < steps and time.time() - t0 < budget:
-        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
-        for g in opt.param_groups:
-            g["lr"] = cfg["vae_lr"] * min(1, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def loss_fn():
         x = images[rng.choice(len(images), B, replace=False)] * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        if step % 100 == 0:
-            log(out, f"vae {step} loss {loss.item():.4f} kl {kl.item():.3f} "
-                     f"({time.time() - t0:.0f}s)")
-        step += 1
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl, {"kl": kl}
+
+    t0 = time.time()
+    rate = cosine_in_budget(cfg["vae_lr"], 50, steps, t0, budget)
+    opt = Optimiser(vae.parameters(), rate, grad_clip=1.0)
+    vae.train()
+    step = run_in_budget(out, "vae", opt, loss_fn, steps, t0, budget)
     vae.eval()
     minutes = (time.time() - t0) / 60
     # Cache latent mean/std of the training set; measure the scaling factor (1/std of samples).
@@ -274,27 +294,21 @@ def stage_vaedec(out: Path, cfg: dict) -> None:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg["vaedec_lr"], weight_decay=0.0)
     steps, B, budget = cfg["vaedec_steps"], cfg["vae_batch"], cfg["vaedec_minutes"] * 60
     rng = np.random.default_rng(3)
-    t0, step = time.time(), 0
-    vae.train()
-    while step < steps and time.time() - t0 < budget:
-        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
-        for g in opt.param_groups:
-            g["lr"] = cfg["vaedec_lr"] * min(1, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def loss_fn():
         b = torch.from_numpy(rng.choice(len(images), B, replace=False))
         z = means[b] + stds[b] * torch.randn_like(stds[b])
         x = images[b] * 2 - 1
         rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 100 == 0:
-            log(out, f"vaedec {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-        step += 1
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+
+    t0 = time.time()
+    rate = cosine_in_budget(cfg["vaedec_lr"], 20, steps, t0, budget)
+    opt = Optimiser(params, rate, grad_clip=1.0)
+    vae.train()
+    step = run_in_budget(out, "vaedec", opt, loss_fn, steps, t0, budget)
     vae.eval()
     held = images_tensor(load_data(out, "heldout")["images"])
     psnr = vae_psnr(vae, held)
@@ -357,30 +371,23 @@ def stage_judge(out: Path, cfg: dict) -> None:
         recon = reconstruct(vae, clean[:nr])
         torch.save((recon * 255).round().to(torch.uint8), cache)
     net = M.JudgeNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["judge_lr"], weight_decay=0.01)
     steps, B = cfg["judge_steps"], cfg["judge_batch"]
     budget = cfg["judge_minutes"] * 60
     rng = np.random.default_rng(2)
-    t0 = time.time()
-    step = 0
-    net.train()
-    while step < steps and time.time() - t0 < budget:
-        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
-        for g in opt.param_groups:
-            warm = min(1, (step + 1) / 30)
-            g["lr"] = cfg["judge_lr"] * warm * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def loss_fn():
         b = torch.from_numpy(rng.choice(len(clean), B, replace=False))
         use_rec = torch.from_numpy(rng.random(B) < 0.5) & (b < nr)
         x = torch.where(use_rec[:, None, None, None], recon[b.clamp(max=nr - 1)], clean[b])
         x = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)  # robustness to generation noise
         logits = net(x)
-        loss = sum(F.cross_entropy(logits[h], labels[h][b]) for h in HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 100 == 0:
-            log(out, f"judge {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-        step += 1
+        return sum(F.cross_entropy(logits[h], labels[h][b]) for h in HEADS)
+
+    t0 = time.time()
+    rate = cosine_in_budget(cfg["judge_lr"], 30, steps, t0, budget)
+    opt = Optimiser(net.parameters(), rate, weight_decay=0.01)
+    net.train()
+    step = run_in_budget(out, "judge", opt, loss_fn, steps, t0, budget)
     judge = Judge(net.eval())
     held = load_data(out, "judge_heldout")
     himg = images_tensor(held["images"])
@@ -484,7 +491,9 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
     dim = embs.shape[-1]
     cfg["unet_cfg"] = {"cross_attention_dim": dim, **cfg["unet_cfg"]}
     unet = M.build_unet(M.unet_config(**cfg["unet_cfg"]))
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg["unet_lr"], weight_decay=0.01)
+    opt = Optimiser(unet.parameters(),
+                    lambda s: cfg["unet_lr"] * min(1.0, (s + 1) / cfg["unet_warmup"]),
+                    weight_decay=0.01, grad_clip=1.0)
     ema = EMA(unet, cfg["ema_decay"])
     sched = noise_scheduler()
     acp = sched.alphas_cumprod
@@ -496,7 +505,7 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
         unet.load_state_dict(ck["unet"])
-        opt.load_state_dict(ck["opt"])
+        opt.optimizer.load_state_dict(ck["opt"])
         ema.shadow = ck["ema"]
         step, wall = ck["step"], ck["wall"]
         gen.set_state(ck["gen"])
@@ -511,7 +520,7 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
     end_step = step + max_steps if max_steps else None
 
     def save() -> None:
-        torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow,
+        torch.save({"unet": unet.state_dict(), "opt": opt.optimizer.state_dict(), "ema": ema.shadow,
                     "step": step, "wall": wall, "gen": gen.get_state(), "cfg": cfg},
                    str(ckpt_path) + ".tmp")
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)
@@ -521,8 +530,7 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
                             "unet_batch": B, "unet_params": M.count_params(unet)})
         log(out, f"unet: checkpoint + pipeline at step {step} ({wall / 60:.1f} min)")
 
-    while True:
-        t_step = time.time()
+    def loss_fn():
         b = torch.randint(0, len(caps), (B,), generator=gen)
         z = (means[b] + stds[b] * torch.randn(means[b].shape, generator=gen)) * scaling
         ci = cap_idx[b].clone()
@@ -532,17 +540,14 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
         t = torch.randint(0, 1000, (B,), generator=gen)
         noisy = sched.add_noise(z, noise, t)
         pred = unet(noisy, t, cond).sample
-        loss = (((pred - noise) ** 2).mean((1, 2, 3)) * weight[t]).mean()
-        for g in opt.param_groups:
-            g["lr"] = cfg["unet_lr"] * min(1.0, (step + 1) / cfg["unet_warmup"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet, step)
-        step += 1
+        return (((pred - noise) ** 2).mean((1, 2, 3)) * weight[t]).mean()
+
+    t_step = time.time()
+    for p in opt.run(loss_fn, None, start=step):  # until the budget or --max-steps is spent
+        step = p.step
+        ema.update(unet, step - 1)
         wall += time.time() - t_step
-        losses.append(loss.item())
+        losses.append(p.loss)
         if step % 50 == 0:
             log(out, f"unet {step} loss {np.mean(losses):.4f} "
                      f"({(time.time() - t_start) / 60:.1f} min this run)")
@@ -554,6 +559,7 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
             last_ckpt = time.time()
         if done:
             break
+        t_step = time.time()
 
 
 # ----------------------------------------------------------------------------- evaluation
