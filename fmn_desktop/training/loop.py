@@ -76,8 +76,9 @@ class Optimiser:
         history: list[Progress] = []
         for step in numbers:
             if self.schedule is not None:
+                rate = self.schedule(step - 1)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self.schedule(step - 1)
+                    group["lr"] = rate
             out = loss_fn()
             loss, terms = out if isinstance(out, tuple) else (out, {})
             if not torch.isfinite(loss):
