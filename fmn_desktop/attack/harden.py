@@ -27,8 +27,8 @@ from fmn_desktop.attack import whitebox as wb
 from fmn_desktop.attack.candidates import word_pool_ids
 from fmn_desktop.errors import FmnError
 from fmn_desktop.prompts.templates import prompts_for
-from fmn_desktop.resteer import ForgetConfig, ForgetProgress, ForgetResult, forget_steps
-from fmn_desktop.stepping import run_to_end
+from fmn_desktop.resteer import ForgetConfig, ForgetResult, forget_steps
+from fmn_desktop.training import Progress, run_to_end
 
 
 @dataclass
@@ -113,20 +113,22 @@ def nearest_spellings(pipe, concept: str, base_kv, n: int, exclude=()) -> list[s
     return [variants[i] for i in loss.argsort()[:n].tolist()]
 
 
-def _numbered(job, before: int, total: int):
-    """`job`'s progress with its steps counted on from `before`, out of `total` (all rounds)."""
+def _numbered(job, r: int, rounds: int):
+    """`job`'s progress with its steps counted over all `rounds` jobs, this one the r-th."""
     while True:
         try:
             p = next(job)
         except StopIteration as stop:
             return stop.value
-        yield replace(p, step=before + p.step, total=total) if p.phase == "train" else p
+        if p.phase == "train":
+            p = replace(p, step=r * p.total + p.step, total=rounds * p.total)
+        yield p
 
 
 def harden_steps(
     pipe, config: ForgetConfig, settings: HardenSettings, fingerprint: str = "",
     family: str = "sd1",
-) -> Generator[ForgetProgress, None, HardenResult]:
+) -> Generator[Progress, None, HardenResult]:
     """Forget, then `settings.rounds` times: attack the patch, add the aliases, forget again.
     Yields every round's progress (phase "attack" between rounds); the model is left as is."""
     started = time.perf_counter()
@@ -144,11 +146,11 @@ def harden_steps(
         # One more reference image per alias: the job draws them for the concepts in turn.
         job = replace(config, concepts=[concept, *aliases],
                       num_references=config.num_references + len(aliases))
-        result = yield from _numbered(forget_steps(pipe, job, fingerprint, family),
-                                      r * config.steps, config.steps * (settings.rounds + 1))
+        result = yield from _numbered(forget_steps(pipe, job, fingerprint, family), r,
+                                      settings.rounds + 1)
         if r == settings.rounds:
             break
-        yield ForgetProgress(0, 0, float("nan"), float("nan"), None, phase="attack")
+        yield Progress("attack")
         found, plain, best, seconds = _attack(
             pipe, result.patch, config, settings, base_kv, pool, r, [concept, *aliases]
         )
@@ -170,7 +172,7 @@ def harden(
     settings: HardenSettings,
     fingerprint: str = "",
     family: str = "sd1",
-    progress: Callable[[ForgetProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> HardenResult:
     """Run `harden_steps` to the end; `should_cancel()` returning True raises CancelledError."""

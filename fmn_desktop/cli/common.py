@@ -104,19 +104,20 @@ def step_bar(total: int, verb: str):
             bar.set_description("reference images" if p.phase == "references" else p.phase)
             return
         bar.set_description(verb)
-        bar.update(1)
-        bar.set_postfix(loss=f"{p.loss:.4f}")
+        bar.total = p.total  # fast mode counts (layer, step) pairs
+        bar.update(p.step - bar.n)
+        if p.loss is not None:
+            bar.set_postfix(loss=f"{p.loss:.4f}")
 
     return bar, progress
 
 
 def phase_printer(progress=None):
-    """A progress callback that prints each service `Phase` on stderr and passes anything
-    else (training steps) to `progress`."""
-    from fmn_desktop.services.progress import Phase
+    """A progress callback that prints a job's own reports (a text, no loss) on stderr and
+    passes training steps to `progress`."""
 
     def report(value):
-        if isinstance(value, Phase):
+        if value.text and value.loss is None:
             print(f"{value.text} ...", file=sys.stderr, flush=True)
         elif progress is not None:
             progress(value)

@@ -228,7 +228,7 @@ def cmd_bench(args) -> int:
 def cmd_attack(args) -> int:
     from fmn_desktop.attack import AttackSettings
     from fmn_desktop.services.attack import AttackRequest, attack_job
-    from fmn_desktop.services.progress import JobContext, Phase, run_job
+    from fmn_desktop.services.progress import JobContext, run_job
 
     check_judge(args, "scoring an attack needs")
     if args.budget < 1 or args.seeds < 1 or args.chance < 0:
@@ -263,7 +263,7 @@ def cmd_attack(args) -> int:
     model = load_model(args)
 
     def log(value):
-        if isinstance(value, Phase):
+        if value.text:
             print(value.text, file=sys.stderr, flush=True)
 
     done = run_job(attack_job(JobContext(log), model, req))

@@ -470,18 +470,18 @@ def cmd_forget_photos(args) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress(p):
-        if p.stage == "names":
-            print(p.message, file=sys.stderr, flush=True)
+        if p.phase == "names":
+            print(p.text, file=sys.stderr, flush=True)
             return
         if p.step == 0:
             return
-        bar = bars.get(p.stage)
+        bar = bars.get(p.phase)
         if bar is None:
             for other in bars.values():
                 other.close()
-            bar = bars[p.stage] = tqdm(
+            bar = bars[p.phase] = tqdm(
                 total=p.total,
-                desc="inversion" if p.stage == "inversion" else "re-steering",
+                desc="inversion" if p.phase == "inversion" else "re-steering",
                 unit="step",
                 file=sys.stderr,
             )

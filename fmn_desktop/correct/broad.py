@@ -26,7 +26,6 @@ word-free prompts elsewhere. Loss: mean squared error of each term. AdamW on the
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import time
 from collections.abc import Callable, Generator
@@ -35,11 +34,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from diffusers import DDPMScheduler
 
-from fmn_desktop.errors import TrainingError
 from fmn_desktop.patch.format import Patch, PatchMeta
 from fmn_desktop.prompts.encode import encode_prompts
 from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
-from fmn_desktop.stepping import run_to_end
+from fmn_desktop.training import Progress, run_to_end
+from fmn_desktop.training.loop import Optimiser
 
 DEFAULT_BROAD_TEMPLATES = [  # none is an evaluation prompt of the toy world (concepts.py)
     "a {} circle",
@@ -109,17 +108,9 @@ def strip_word(prompt: str, word: str) -> str:
 
 
 @dataclass
-class BroadProgress:
-    step: int
-    total: int
-    loss: float
-    phase: str = "train"
-
-
-@dataclass
 class BroadResult:
     patch: Patch
-    history: list[BroadProgress] = field(default_factory=list)
+    history: list[Progress] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -157,7 +148,7 @@ def draw_latents(pipe, prompts: list[str], n: int, config: BroadConfig, first_se
 
 def broad_steps(
     pipe, config: BroadConfig, fingerprint: str = "", family: str = "sd1"
-) -> Generator[BroadProgress, None, BroadResult]:
+) -> Generator[Progress, None, BroadResult]:
     started = time.perf_counter()
     unet = pipe.unet
     device = unet.device
@@ -169,7 +160,7 @@ def broad_steps(
         for p in (config.preserve_prompts or [])
         if not any(strip_word(p, w) != p for w in config.words)
     ]
-    yield BroadProgress(0, config.steps, math.nan, phase="references")
+    yield Progress("references", 0, config.steps)
     with torch.no_grad():
         unsafe_emb, _ = encode_prompts(pipe, [u for u, _ in pairs])
         safe_emb, _ = encode_prompts(pipe, [s for _, s in pairs])
@@ -189,64 +180,55 @@ def broad_steps(
     was_training = unet.training
     unet.eval()
     deltas = TrainableDeltas(unet, names)
-    history: list[BroadProgress] = []
-    try:
-        params = deltas.parameters()
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        for step in range(1, config.steps + 1):
-            b = config.batch_size
-            idx = torch.randint(0, len(latents), (b,), generator=gen)
-            x0 = latents[idx.to(device)].to(unet.dtype)
-            noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
-            t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(device)
-            xt = sched.add_noise(x0, noise, t)
-            k = owner_t[idx]
-            cu, cs = unsafe_emb[k.to(unsafe_emb.device)], safe_emb[k.to(safe_emb.device)]
-            rows = [cu, cs]
-            if retain_emb is not None:
-                r = torch.randint(0, len(retain_emb), (b,), generator=gen)
-                rows.append(retain_emb[r.to(retain_emb.device)])
+
+    def loss_fn():
+        b = config.batch_size
+        idx = torch.randint(0, len(latents), (b,), generator=gen)
+        x0 = latents[idx.to(device)].to(unet.dtype)
+        noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(device)
+        xt = sched.add_noise(x0, noise, t)
+        k = owner_t[idx]
+        cu, cs = unsafe_emb[k.to(unsafe_emb.device)], safe_emb[k.to(safe_emb.device)]
+        rows = [cu, cs]
+        if retain_emb is not None:
+            r = torch.randint(0, len(retain_emb), (b,), generator=gen)
+            rows.append(retain_emb[r.to(retain_emb.device)])
+        if empty_emb is not None:
+            rows.append(empty_emb.expand(b, -1, -1))
+        n = len(rows)
+        x_all, t_all, c_all = xt.repeat(n, 1, 1, 1), t.repeat(n), torch.cat(rows)
+        if ordinary is not None:
+            # Ordinary latents: their own caption and "" (when held) keep the base.
+            j = torch.randint(0, len(ordinary), (b,), generator=gen)
+            o0 = ordinary[j.to(device)].to(unet.dtype)
+            o_noise = torch.randn(o0.shape, generator=gen).to(device, o0.dtype)
+            ot = sched.add_noise(o0, o_noise, t)
+            o_rows = [retain_emb[ordinary_owner[j].to(retain_emb.device)]]
             if empty_emb is not None:
-                rows.append(empty_emb.expand(b, -1, -1))
-            n = len(rows)
-            x_all, t_all, c_all = xt.repeat(n, 1, 1, 1), t.repeat(n), torch.cat(rows)
-            if ordinary is not None:
-                # Ordinary latents: their own caption and "" (when held) keep the base.
-                j = torch.randint(0, len(ordinary), (b,), generator=gen)
-                o0 = ordinary[j.to(device)].to(unet.dtype)
-                o_noise = torch.randn(o0.shape, generator=gen).to(device, o0.dtype)
-                ot = sched.add_noise(o0, o_noise, t)
-                o_rows = [retain_emb[ordinary_owner[j].to(retain_emb.device)]]
-                if empty_emb is not None:
-                    o_rows.append(empty_emb.expand(b, -1, -1))
-                x_all = torch.cat([x_all, ot.repeat(len(o_rows), 1, 1, 1)])
-                t_all = torch.cat([t_all, t.repeat(len(o_rows))])
-                c_all = torch.cat([c_all, *o_rows])
-                n += len(o_rows)
-            with torch.no_grad(), base_weights(deltas):
-                base = unet(x_all, t_all, encoder_hidden_states=c_all).sample.float()
-            eps_u, eps_s = base[:b], base[b : 2 * b]
-            target = eps_s - config.eta * (eps_u - eps_s)
-            pred = unet(x_all, t_all, encoder_hidden_states=c_all).sample.float()
-            loss = ((pred[:b] - target) ** 2).mean()
-            if config.uncaptioned_weight:
-                loss = loss + config.uncaptioned_weight * ((pred[b : 2 * b] - target) ** 2).mean()
-            if n > 2 and config.preserve_weight:
-                # Captions and/or "" (rows 2b onwards) keep their base predictions.
-                loss = loss + config.preserve_weight * ((pred[2 * b :] - base[2 * b :]) ** 2).mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at step {step}: lower the learning rate; "
-                    "no patch was written"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            prog = BroadProgress(step, config.steps, loss.item())
-            history.append(prog)
-            yield prog
+                o_rows.append(empty_emb.expand(b, -1, -1))
+            x_all = torch.cat([x_all, ot.repeat(len(o_rows), 1, 1, 1)])
+            t_all = torch.cat([t_all, t.repeat(len(o_rows))])
+            c_all = torch.cat([c_all, *o_rows])
+            n += len(o_rows)
+        with torch.no_grad(), base_weights(deltas):
+            base = unet(x_all, t_all, encoder_hidden_states=c_all).sample.float()
+        eps_u, eps_s = base[:b], base[b : 2 * b]
+        target = eps_s - config.eta * (eps_u - eps_s)
+        pred = unet(x_all, t_all, encoder_hidden_states=c_all).sample.float()
+        loss = ((pred[:b] - target) ** 2).mean()
+        if config.uncaptioned_weight:
+            loss = loss + config.uncaptioned_weight * ((pred[b : 2 * b] - target) ** 2).mean()
+        if n > 2 and config.preserve_weight:
+            # Captions and/or "" (rows 2b onwards) keep their base predictions.
+            loss = loss + config.preserve_weight * ((pred[2 * b :] - base[2 * b :]) ** 2).mean()
+        return loss
+
+    try:
+        opt = Optimiser(
+            deltas.parameters(), config.lr, 0.0, config.grad_clip, "no patch was written"
+        )
+        history = yield from opt.run(loss_fn, config.steps)
         exported = deltas.export()
     finally:
         deltas.remove()
@@ -268,7 +250,7 @@ def erase_broad(
     config: BroadConfig,
     fingerprint: str = "",
     family: str = "sd1",
-    progress: Callable[[BroadProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> BroadResult:
     """Run `broad_steps` to the end; `should_cancel()` returning True raises CancelledError."""

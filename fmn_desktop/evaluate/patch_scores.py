@@ -35,7 +35,7 @@ def evaluate_patches(
     judge = judge or load_judge()
     others = [c for c in CONCEPTS.values() if c.name != concept.name][:others_limit]
 
-    def check(done, total):
+    def check(_progress):
         if should_cancel and should_cancel():
             raise CancelledError("evaluation cancelled")
 

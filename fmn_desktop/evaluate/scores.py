@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from fmn_desktop.training import Progress
+
 Z95 = 1.959964
 
 
@@ -91,9 +93,10 @@ def generate_eval_set(
     judge,
     concepts: Sequence,
     settings: EvalSettings | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> list[EvalImage]:
-    """Generate every concept's evaluation prompts at fixed seeds and judge the images."""
+    """Generate every concept's evaluation prompts at fixed seeds and judge the images
+    (`progress`: images done of all, after each batch)."""
     settings = settings or EvalSettings()
     jobs = [
         (c.name, p, settings.first_seed + s)
@@ -116,7 +119,7 @@ def generate_eval_set(
         for i, (name, prompt, seed) in enumerate(chunk):
             out.append(EvalImage(prompt, name, seed, {h: p[i] for h, p in probs.items()}))
         if progress:
-            progress(min(start + settings.batch, len(jobs)), len(jobs))
+            progress(Progress("generate", min(start + settings.batch, len(jobs)), len(jobs)))
     return out
 
 

@@ -12,7 +12,6 @@ from fmn_desktop.inversion.embedding import (
 from fmn_desktop.inversion.train import (
     DEFAULT_TEMPLATES,
     InversionConfig,
-    InversionProgress,
     InversionResult,
     learn_tokens,
     learn_tokens_steps,
@@ -22,7 +21,6 @@ from fmn_desktop.inversion.train import (
 __all__ = [
     "DEFAULT_TEMPLATES",
     "InversionConfig",
-    "InversionProgress",
     "InversionResult",
     "LearnedTokens",
     "installed_tokens",

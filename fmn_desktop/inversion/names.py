@@ -87,7 +87,7 @@ def search_vocabulary(
     max_tokens: int = 3,
     keep: int = 8,
     given: Sequence[str] = (),
-    progress: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[NameCandidate]:
     """Stage 1: the `keep` best typeable token sequences of the vocabulary (beam search) and
     every `given` name, with their text similarity to the learned tokens' prompt."""
@@ -114,8 +114,8 @@ def search_vocabulary(
         vocab = [i for i in range(len(tok)) if i not in special]
         frontier: list[list[int]] = [[]]
         for depth in range(1, max_tokens + 1):
-            if progress:
-                progress(f"vocabulary search, {depth}-piece names")
+            if log:
+                log(f"vocabulary search, {depth}-piece names")
             expansions = [f + [v] for f in frontier for v in vocab]
             sims = torch.cat(
                 [similarity(expansions[s : s + 8192]) for s in range(0, len(expansions), 8192)]
@@ -287,7 +287,7 @@ def discover_names(
     max_tokens: int = 3,
     keep: int = 8,
     screen: int = 16,
-    progress: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Discovery:
     """Which words and prompts the model reads as what `learned` stands for, judged on the
     photos (score >= `threshold`, see the module docstring):
@@ -302,19 +302,19 @@ def discover_names(
     """
     from fmn_desktop.evaluate.scores import names_concept
 
-    say = progress or (lambda _text: None)
+    log = log or (lambda _text: None)
     flagged: list[tuple[str, float]] = []
     losses: dict[str, float] = {}
     if preservation_prompts:
         sims = text_similarities(pipe, learned, preservation_prompts, template)
         order = sorted(range(len(sims)), key=lambda i: -sims[i])[: max(screen, 0)]
         shortlist = [preservation_prompts[i] for i in order]
-        say(f"scoring {len(shortlist)} preservation prompts on the photos")
+        log(f"scoring {len(shortlist)} preservation prompts on the photos")
         scores, losses = prompt_scores(pipe, learned, images, shortlist, samples, seed, template)
         flagged = [(p, s) for p, s in zip(shortlist, scores) if s >= threshold]
     found: dict[str, NameCandidate] = {}
     if search:
-        for cand in search_vocabulary(pipe, learned, template, beam, max_tokens, keep, (), say):
+        for cand in search_vocabulary(pipe, learned, template, beam, max_tokens, keep, (), log):
             found.setdefault(cand.text.lower(), cand)
     tok = pipe.tokenizer
     for text in list(candidates) + phrases([p for p, _ in flagged]):
@@ -324,7 +324,7 @@ def discover_names(
             found[text.lower()] = NameCandidate(text, ids, math.nan, source=source)
     names = list(found.values())
     if names:
-        say(f"scoring {len(names)} candidate names on the photos")
+        log(f"scoring {len(names)} candidate names on the photos")
         scores, losses = prompt_scores(
             pipe,
             learned,

@@ -8,7 +8,7 @@ the original embedding rows are never written (the new rows are substituted at t
 output, so not even Adam's weight decay can reach the old ones). Forget-Me-Not's first stage
 for identities known only from photos uses 4 vectors, 500 steps, lr 1e-3 (the defaults here).
 
-`learn_tokens_steps` is a generator yielding `InversionProgress` and returning the
+`learn_tokens_steps` is a generator yielding `Progress` and returning the
 `LearnedTokens`; `learn_tokens` runs it with a progress callback and a cancel check. The
 pipeline is left exactly as it was, whatever happens.
 """
@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fmn_desktop.errors import FmnError, TrainingError
+from fmn_desktop.errors import FmnError
 from fmn_desktop.inversion.embedding import LearnedTokens, _text_encoder, installed_tokens
 from fmn_desktop.prompts.tokens import expand_placeholders
-from fmn_desktop.stepping import run_to_end
+from fmn_desktop.training import Progress, run_to_end
+from fmn_desktop.training.loop import Optimiser
 
 # The identity templates of `fmn_desktop.prompts.templates` ("a photo of {}", ...), which are
 # also the prompts the forget job then re-steers.
@@ -64,17 +65,9 @@ class InversionConfig:
 
 
 @dataclass
-class InversionProgress:
-    step: int
-    total: int
-    loss: float
-    phase: str = "train"  # "latents" (encoding the images), "train"
-
-
-@dataclass
 class InversionResult:
     learned: LearnedTokens
-    history: list[InversionProgress] = field(default_factory=list)
+    history: list[Progress] = field(default_factory=list)
     seconds: float = 0.0
     loss_before: float = math.nan  # fixed-draw denoising loss with the initial vectors
     loss_after: float = math.nan  # the same draws with the learned vectors
@@ -166,7 +159,7 @@ def _latent_stats(pipe, images: torch.Tensor, flip: bool) -> tuple[torch.Tensor,
 
 def learn_tokens_steps(
     pipe, images: ImagesArg, config: InversionConfig
-) -> Generator[InversionProgress, None, InversionResult]:
+) -> Generator[Progress, None, InversionResult]:
     """Run textual inversion on `pipe` (left unchanged), yielding progress each step."""
     from diffusers import DDPMScheduler
 
@@ -177,7 +170,7 @@ def learn_tokens_steps(
     unet, vae = pipe.unet, pipe.vae
     device = unet.device
     gen = torch.Generator("cpu").manual_seed(config.seed)
-    yield InversionProgress(0, config.steps, math.nan, phase="latents")
+    yield Progress("latents", 0, config.steps)  # encoding the images
     pixels = read_images(pipe, images)
     n_images = len(pixels)
     means, stds = _latent_stats(pipe, pixels, config.flip_p > 0)
@@ -188,7 +181,6 @@ def learn_tokens_steps(
     prediction = sched.config.prediction_type
     vectors = torch.nn.Parameter(init.clone().to(device))
     placeholder = LearnedTokens(config.placeholder, init)
-    history: list[InversionProgress] = []
 
     def target_for(x0, noise, t):
         if prediction == "v_prediction":
@@ -235,40 +227,23 @@ def learn_tokens_steps(
                 total += float(part) * len(e_idx[sl])
             return total / k
 
+        def loss_fn():
+            b = config.batch_size
+            idx = torch.randint(0, n_images, (b,), generator=gen)
+            if config.flip_p > 0:
+                flip = torch.rand(b, generator=gen) < config.flip_p
+                idx = idx + flip.long() * n_images
+            eps = torch.randn(means[idx].shape, generator=gen)
+            x0 = ((means[idx] + stds[idx] * eps - shift) * scale).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, n_t, (b,), generator=gen).to(device)
+            pick = torch.randint(0, len(prompts), (b,), generator=gen).to(device)
+            return denoise_loss(x0, noise, t, pick)
+
         try:
             loss_before = fixed_loss()
-            opt = torch.optim.AdamW(
-                [vectors],
-                lr=config.lr,
-                betas=(0.9, 0.999),
-                weight_decay=config.weight_decay,
-                eps=1e-8,
-            )
-            b = config.batch_size
-            for step in range(1, config.steps + 1):
-                idx = torch.randint(0, n_images, (b,), generator=gen)
-                if config.flip_p > 0:
-                    flip = torch.rand(b, generator=gen) < config.flip_p
-                    idx = idx + flip.long() * n_images
-                eps = torch.randn(means[idx].shape, generator=gen)
-                x0 = ((means[idx] + stds[idx] * eps - shift) * scale).to(device)
-                noise = torch.randn(x0.shape, generator=gen).to(device)
-                t = torch.randint(0, n_t, (b,), generator=gen).to(device)
-                pick = torch.randint(0, len(prompts), (b,), generator=gen).to(device)
-                loss = denoise_loss(x0, noise, t, pick)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"inversion loss became {loss.item()} at step {step}: lower the "
-                        f"learning rate (now {config.lr:g})"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if not torch.isfinite(vectors).all():
-                    raise TrainingError(f"the learned vectors became NaN/inf at step {step}")
-                prog = InversionProgress(step, config.steps, loss.item())
-                history.append(prog)
-                yield prog
+            opt = Optimiser([vectors], config.lr, config.weight_decay)
+            history = yield from opt.run(loss_fn, config.steps)
             loss_after = fixed_loss()
         finally:
             hook.remove()
@@ -296,7 +271,7 @@ def learn_tokens(
     lr: float = 1e-3,
     init_word: str | None = None,
     seed: int = 0,
-    progress: Callable[[InversionProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     config: InversionConfig | None = None,
     **options,

@@ -17,6 +17,7 @@ import torch
 
 from fmn_desktop.models.checkpoint import fsync_dir
 from fmn_desktop.models.ldm import pipeline_family, pipeline_to_ldm
+from fmn_desktop.training import Progress
 
 MODELSPEC_ARCH = {
     ("sd1", "epsilon"): "stable-diffusion-v1",
@@ -33,7 +34,7 @@ def export_single_file(
     family: str | None = None,
     dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Path:
     """Write `pipe`'s UNet, VAE and text encoder(s) as one LDM-layout safetensors file.
 
@@ -59,7 +60,7 @@ def export_single_file(
             value = value.to(dtype)
         tensors[name] = value.to("cpu").contiguous()
         if progress is not None and (i % 200 == 0 or i == total - 1):
-            progress(i + 1, total)
+            progress(Progress("export", i + 1, total))
     meta = {
         "format": "pt",
         "fmn.family": family,

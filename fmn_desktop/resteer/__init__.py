@@ -3,7 +3,6 @@
 from fmn_desktop.prompts.tokens import POSITION_MODES, concept_mask
 from fmn_desktop.resteer.forget import (
     ForgetConfig,
-    ForgetProgress,
     ForgetResult,
     default_lr,
     forget,
@@ -13,7 +12,6 @@ from fmn_desktop.resteer.forget import (
 __all__ = [
     "POSITION_MODES",
     "ForgetConfig",
-    "ForgetProgress",
     "ForgetResult",
     "concept_mask",
     "default_lr",

@@ -20,6 +20,7 @@ where it acts through later layers). The patch holds `to_k` deltas only.
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from fmn_desktop.resteer.processor import (
     relative_mse,
 )
 from fmn_desktop.resteer.trainable import DenseDelta, LoraDelta, protect_projector
+from fmn_desktop.training.loop import Optimiser
 from fmn_kernels import resteer_attention
 
 
@@ -85,9 +87,24 @@ def cache_queries(unet, noisy, t, embeds, added) -> dict[str, torch.Tensor]:
     return {n: s[0] for n, s in stores.items()}
 
 
-def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Generator:
-    """Yields ForgetProgress per (layer, step); returns {param name: Delta} for every to_k."""
-    from fmn_desktop.resteer.forget import ForgetProgress, _select, _timesteps
+@dataclass
+class _Batch:
+    """What every layer's optimisation reads: the cached batch's text embeddings (concept,
+    retain and anchor prompts; None where the term is off), mask and queries by layer."""
+
+    emb_c: torch.Tensor
+    mask: torch.Tensor
+    q_c: dict[str, torch.Tensor]
+    emb_r: torch.Tensor | None
+    q_r: dict[str, torch.Tensor] | None
+    emb_a: torch.Tensor | None
+    projector: torch.Tensor | None
+
+
+def fast_steps(pipe, config, inputs, gen: torch.Generator) -> Generator:
+    """Yields Progress per (layer, step), the layer as its text; returns {param name: Delta}
+    for every to_k, and the history."""
+    from fmn_desktop.resteer.forget import _select, _timesteps
 
     unet = pipe.unet
     device, dtype = unet.device, unet.dtype
@@ -100,115 +117,100 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator, history: list) -> Gen
     emb_c = inputs.embeds[pick.to(inputs.embeds.device)]
     mask = inputs.mask[pick].to(device)
     q_c = cache_queries(unet, noisy, t, emb_c, _select(inputs.added, pick))
-    use_retain = config.retain_weight > 0 and inputs.retain_embeds is not None
-    if use_retain:
+    emb_r = q_r = emb_a = projector = None
+    if config.retain_weight > 0 and inputs.retain_embeds is not None:
         rpick = inputs.sample_retain(n, gen)
         emb_r = inputs.retain_embeds[rpick.to(inputs.retain_embeds.device)]
         q_r = cache_queries(unet, noisy, t, emb_r, _select(inputs.retain_added, rpick))
-    use_anchor = config.anchor_weight > 0 and inputs.anchor_embeds is not None
-    if use_anchor:
+    if config.anchor_weight > 0 and inputs.anchor_embeds is not None:
         emb_a = inputs.anchor_embeds[pick.to(inputs.anchor_embeds.device)]
-    projector = None
     if config.protect_energy > 0 and inputs.retain_embeds is not None:
         projector = protect_projector(inputs.retain_embeds, config.protect_energy).to(device)
+    batch = _Batch(emb_c, mask, q_c, emb_r, q_r, emb_a, projector)
 
     mods = cross_attention_modules(unet)
     total = len(mods) * config.steps
-    done = 0
     exported: dict[str, Delta] = {}
+    history = []
     for name, attn in mods.items():
-        w0 = attn.to_k.weight.detach()
-        heads, scale = attn.heads, attn.scale
-        enc_c = attn.norm_encoder_hidden_states(emb_c) if attn.norm_cross else emb_c
-        with torch.no_grad():
-            v_c = _split_heads(attn.to_v(enc_c), heads)
-        if use_retain:
-            enc_r = attn.norm_encoder_hidden_states(emb_r) if attn.norm_cross else emb_r
-            with torch.no_grad():
-                k_r0 = _split_heads(F.linear(enc_r, w0), heads)
-                v_r = _split_heads(attn.to_v(enc_r), heads)
-                if config.preserve == "maps":
-                    ref_r = _probs(q_r[name], k_r0, scale)
-                else:
-                    ref_r = F.scaled_dot_product_attention(q_r[name], k_r0, v_r, scale=scale)
-        if use_anchor:
-            # The anchor target on the cached queries (attention outputs before to_out, which
-            # is fixed here): anchor - g (concept - anchor), both with the original weights.
-            enc_a = attn.norm_encoder_hidden_states(emb_a) if attn.norm_cross else emb_a
-            with torch.no_grad():
-                k_a0 = _split_heads(F.linear(enc_a, w0), heads)
-                v_a = _split_heads(attn.to_v(enc_a), heads)
-                target = F.scaled_dot_product_attention(q_c[name], k_a0, v_a, scale=scale)
-                if config.anchor_guidance:
-                    k_c0 = _split_heads(F.linear(enc_c, w0), heads)
-                    own = F.scaled_dot_product_attention(q_c[name], k_c0, v_c, scale=scale)
-                    target = target - config.anchor_guidance * (own - target)
-                target = target.float()
-        delta = (
-            LoraDelta(w0, config.lora_rank, None, projector)
-            if config.lora_rank
-            else DenseDelta(w0, projector)
-        ).to(device)
-        opt = torch.optim.AdamW(
-            delta.parameters(), lr=config.effective_lr(), weight_decay=config.weight_decay
+        delta, loss_fn = _layer_loss(config, name, attn, batch, device, dtype)
+        opt = Optimiser(
+            delta.parameters(),
+            config.effective_lr(),
+            config.weight_decay,
+            config.grad_clip,
+            "no patch was written",
         )
-        forget0 = None
-        for step in range(1, config.steps + 1):
-            w = delta(w0.float()).to(dtype)
-            k_c = _split_heads(F.linear(enc_c, w), heads)
-            out_c, term = resteer_attention(
-                q_c[name],
-                k_c,
-                v_c,
-                mask,
-                scale=scale,
-                backend=_cpu_reference(config.backend, device),
-            )
-            raw = term.sum(1).mean().clamp_min(1e-20).sqrt()
-            if forget0 is None:
-                forget0 = raw.detach().clamp_min(1e-12)
-            loss = config.resteer_weight * raw / forget0
-            if use_anchor:
-                loss = loss + config.anchor_weight * relative_mse(out_c.float(), target)
-            retain = None
-            if use_retain:
-                k_r = _split_heads(F.linear(enc_r, w), heads)
-                if config.preserve == "maps":
-                    cur = _probs(q_r[name], k_r, scale)
-                else:
-                    cur, _ = resteer_attention(
-                        q_r[name],
-                        k_r,
-                        v_r,
-                        None,
-                        scale=scale,
-                        backend=_cpu_reference(config.backend, device),
-                    )
-                retain = (cur.float() - ref_r.float()).pow(2).mean() / ref_r.float().pow(2).mean()
-                loss = loss + config.retain_weight * retain
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} in layer {name} at step {step}: lower the "
-                    f"learning rate (now {config.effective_lr():g}); no patch was written"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip and config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(list(delta.parameters()), config.grad_clip)
-            opt.step()
-            done += 1
-            prog = ForgetProgress(
-                done,
-                total,
-                loss.item(),
-                raw.item(),
-                None if retain is None else retain.item(),
-                phase=name,
-            )
-            history.append(prog)
-            yield prog
+        history += yield from opt.run(
+            loss_fn, config.steps, start=len(history), total=total, text=name
+        )
         exported[f"{name}.to_k.weight"] = delta.export()
-    return exported
+    return exported, history
+
+
+def _layer_loss(config, name: str, attn, batch: _Batch, device, dtype):
+    """A fresh delta on `attn`'s to_k, and the loss of the layer's terms on the cached
+    queries as a function of it."""
+    w0 = attn.to_k.weight.detach()
+    heads, scale = attn.heads, attn.scale
+    backend = _cpu_reference(config.backend, device)
+    q_c, emb_c = batch.q_c[name], batch.emb_c
+    enc_c = attn.norm_encoder_hidden_states(emb_c) if attn.norm_cross else emb_c
+    with torch.no_grad():
+        v_c = _split_heads(attn.to_v(enc_c), heads)
+    if batch.emb_r is not None:
+        q_r = batch.q_r[name]
+        enc_r = attn.norm_encoder_hidden_states(batch.emb_r) if attn.norm_cross else batch.emb_r
+        with torch.no_grad():
+            k_r0 = _split_heads(F.linear(enc_r, w0), heads)
+            v_r = _split_heads(attn.to_v(enc_r), heads)
+            if config.preserve == "maps":
+                ref_r = _probs(q_r, k_r0, scale)
+            else:
+                ref_r = F.scaled_dot_product_attention(q_r, k_r0, v_r, scale=scale)
+    if batch.emb_a is not None:
+        # The anchor target on the cached queries (attention outputs before to_out, which
+        # is fixed here): anchor - g (concept - anchor), both with the original weights.
+        enc_a = attn.norm_encoder_hidden_states(batch.emb_a) if attn.norm_cross else batch.emb_a
+        with torch.no_grad():
+            k_a0 = _split_heads(F.linear(enc_a, w0), heads)
+            v_a = _split_heads(attn.to_v(enc_a), heads)
+            target = F.scaled_dot_product_attention(q_c, k_a0, v_a, scale=scale)
+            if config.anchor_guidance:
+                k_c0 = _split_heads(F.linear(enc_c, w0), heads)
+                own = F.scaled_dot_product_attention(q_c, k_c0, v_c, scale=scale)
+                target = target - config.anchor_guidance * (own - target)
+            target = target.float()
+    delta = (
+        LoraDelta(w0, config.lora_rank, None, batch.projector)
+        if config.lora_rank
+        else DenseDelta(w0, batch.projector)
+    ).to(device)
+    forget0 = None
+
+    def loss_fn():
+        nonlocal forget0
+        w = delta(w0.float()).to(dtype)
+        k_c = _split_heads(F.linear(enc_c, w), heads)
+        out_c, term = resteer_attention(q_c, k_c, v_c, batch.mask, scale=scale, backend=backend)
+        raw = term.sum(1).mean().clamp_min(1e-20).sqrt()
+        if forget0 is None:
+            forget0 = raw.detach().clamp_min(1e-12)
+        loss = config.resteer_weight * raw / forget0
+        if batch.emb_a is not None:
+            loss = loss + config.anchor_weight * relative_mse(out_c.float(), target)
+        retain = None
+        if batch.emb_r is not None:
+            k_r = _split_heads(F.linear(enc_r, w), heads)
+            if config.preserve == "maps":
+                cur = _probs(q_r, k_r, scale)
+            else:
+                cur, _ = resteer_attention(q_r, k_r, v_r, None, scale=scale, backend=backend)
+            retain = (cur.float() - ref_r.float()).pow(2).mean() / ref_r.float().pow(2).mean()
+            loss = loss + config.retain_weight * retain
+        return loss, {"forget": raw, "retain": retain}
+
+    return delta, loss_fn
 
 
 def _cpu_reference(requested: str | None, device: torch.device) -> str | None:

@@ -7,13 +7,12 @@ end-of-text token only, hooks that fail loudly, latent scale from the VAE config
 additions the measurements call for: which positions are re-steered, and a preservation term
 holding other prompts' attn2 outputs in place.
 
-`forget_steps` is a generator yielding `ForgetProgress` each step and returning a
-`ForgetResult`; `forget` runs it with an optional progress callback and cancel check.
+`forget_steps` is a generator yielding `Progress` each step and returning a `ForgetResult`;
+`forget` runs it with an optional progress callback and cancel check.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Callable, Generator
@@ -39,7 +38,8 @@ from fmn_desktop.resteer.processor import (
     resteer_hooks,
 )
 from fmn_desktop.resteer.trainable import TrainableDeltas, protect_projector, target_parameters
-from fmn_desktop.stepping import run_to_end
+from fmn_desktop.training import Progress, run_to_end
+from fmn_desktop.training.loop import Optimiser
 
 # Default steps: the anchor term of faithful mode needs about 70 (measured, METHOD_NOTES);
 # fast mode optimises each layer on its own for this many.
@@ -146,19 +146,9 @@ def default_lr(trainable: str, lora_rank: int | None) -> float:
 
 
 @dataclass
-class ForgetProgress:
-    step: int
-    total: int
-    loss: float
-    forget: float
-    retain: float | None
-    phase: str = "train"
-
-
-@dataclass
 class ForgetResult:
     patch: Patch
-    history: list[ForgetProgress] = field(default_factory=list)
+    history: list[Progress] = field(default_factory=list)  # terms: "forget", "retain"
     seconds: float = 0.0
 
 
@@ -255,20 +245,19 @@ def anchor_prompt(prompt: str, concept: str, anchor: str) -> str:
 
 def forget_steps(
     pipe, config: ForgetConfig, fingerprint: str = "", family: str = "sd1"
-) -> Generator[ForgetProgress, None, ForgetResult]:
+) -> Generator[Progress, None, ForgetResult]:
     """Run a forget job on `pipe` (left unchanged), yielding progress; returns the patch."""
     started = time.perf_counter()
     gen = torch.Generator("cpu").manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    yield ForgetProgress(0, config.steps, math.nan, math.nan, None, phase="references")
+    yield Progress("references", 0, config.steps)
     inputs = prepare_inputs(pipe, config, gen)
-    history: list[ForgetProgress] = []
     if config.mode == "fast":
         from fmn_desktop.resteer.fast import fast_steps
 
-        exported = yield from fast_steps(pipe, config, inputs, gen, history)
+        exported, history = yield from fast_steps(pipe, config, inputs, gen)
     else:
-        exported = yield from _faithful_steps(pipe, config, inputs, gen, history)
+        exported, history = yield from _faithful_steps(pipe, config, inputs, gen)
     hyper = {k: v for k, v in asdict(config).items() if k not in ("concepts", "backend")}
     hyper["lr"] = config.effective_lr()
     # The text embeddings at the re-steered positions: what closed-form stacking needs.
@@ -286,15 +275,9 @@ def forget_steps(
     return ForgetResult(Patch(exported, meta), history, time.perf_counter() - started)
 
 
-def _faithful_steps(
-    pipe,
-    config: ForgetConfig,
-    inputs: JobInputs,
-    gen: torch.Generator,
-    history: list[ForgetProgress],
-):
+def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Generator):
     """Attention re-steering through the whole UNet (the paper's method); yields progress,
-    returns the exported deltas."""
+    returns the exported deltas and the history."""
     unet = pipe.unet
     device = unet.device
     use_retain = config.retain_weight > 0 and inputs.retain_embeds is not None
@@ -321,84 +304,64 @@ def _faithful_steps(
         anchor_guidance=config.anchor_guidance,
     )
     n_layers = len(cross_attention_modules(unet))
+    forget0 = None
+
+    def loss_fn():
+        nonlocal forget0
+        b = config.batch_size
+        idx, pick = inputs.sample(b, gen)
+        x0 = inputs.latents[idx].to(device, unet.dtype)
+        noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
+        t = _timesteps(noise_sched, b, gen).to(device)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        emb = inputs.embeds[pick.to(inputs.embeds.device)]
+        mask = inputs.mask[pick]
+        cond = _select(inputs.added, pick)
+        if use_retain:
+            rpick = inputs.sample_retain(b, gen)
+            noisy = torch.cat([noisy, noisy])
+            t = torch.cat([t, t])
+            remb = inputs.retain_embeds
+            emb = torch.cat([emb, remb[rpick.to(remb.device)]])
+            mask = torch.cat([mask, torch.zeros_like(mask)])
+            cond = _concat(cond, _select(inputs.retain_added, rpick))
+            state.retain_rows = torch.arange(2 * b, device=device) >= b
+        state.mask = mask
+        if inputs.anchor_embeds is not None:
+            state.anchor_states = inputs.anchor_embeds[pick.to(inputs.embeds.device)]
+        state.reset()
+        unet(noisy, t, encoder_hidden_states=emb, added_cond_kwargs=cond)
+        check_hooks_ran(unet, state, n_layers)
+        # The paper's loss: the L2 norm of all selected probabilities (mean over samples).
+        raw = state.resteer_per_sample()[:b].mean().clamp_min(1e-20).sqrt()
+        if forget0 is None:
+            forget0 = raw.detach().clamp_min(1e-12)
+        # Adam is invariant to the loss scale, so normalising only fixes the balance with the
+        # (scale-free) preservation term.
+        loss = config.resteer_weight * raw / forget0
+        retain = state.retain_error()
+        if retain is not None:
+            loss = loss + config.retain_weight * retain
+        anchor = state.anchor_error()
+        if anchor is not None:
+            loss = loss + config.anchor_weight * anchor
+        return loss, {"forget": raw, "retain": retain}
+
     try:
-        params = deltas.parameters()
-        opt = torch.optim.AdamW(
-            params,
-            lr=config.effective_lr(),
-            betas=(0.9, 0.999),
-            weight_decay=config.weight_decay,
-            eps=1e-8,
+        opt = Optimiser(
+            deltas.parameters(),
+            config.effective_lr(),
+            config.weight_decay,
+            config.grad_clip,
+            "no patch was written",
         )
-        forget0 = None
         with resteer_hooks(unet, state):
-            for step in range(1, config.steps + 1):
-                b = config.batch_size
-                idx, pick = inputs.sample(b, gen)
-                x0 = inputs.latents[idx].to(device, unet.dtype)
-                noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
-                t = _timesteps(noise_sched, b, gen).to(device)
-                noisy = noise_sched.add_noise(x0, noise, t)
-                emb = inputs.embeds[pick.to(inputs.embeds.device)]
-                mask = inputs.mask[pick]
-                cond = _select(inputs.added, pick)
-                if use_retain:
-                    rpick = inputs.sample_retain(b, gen)
-                    noisy = torch.cat([noisy, noisy])
-                    t = torch.cat([t, t])
-                    remb = inputs.retain_embeds
-                    emb = torch.cat([emb, remb[rpick.to(remb.device)]])
-                    mask = torch.cat([mask, torch.zeros_like(mask)])
-                    cond = _concat(cond, _select(inputs.retain_added, rpick))
-                    state.retain_rows = torch.arange(2 * b, device=device) >= b
-                state.mask = mask
-                if inputs.anchor_embeds is not None:
-                    state.anchor_states = inputs.anchor_embeds[pick.to(inputs.embeds.device)]
-                state.reset()
-                unet(noisy, t, encoder_hidden_states=emb, added_cond_kwargs=cond)
-                check_hooks_ran(unet, state, n_layers)
-                # The paper's loss: the L2 norm of all selected probabilities (mean over samples).
-                raw = state.resteer_per_sample()[:b].mean().clamp_min(1e-20).sqrt()
-                if forget0 is None:
-                    forget0 = raw.detach().clamp_min(1e-12)
-                # Adam is invariant to the loss scale, so normalising only fixes the balance
-                # with the (scale-free) preservation term.
-                loss = config.resteer_weight * raw / forget0
-                retain = state.retain_error()
-                if retain is not None:
-                    loss = loss + config.retain_weight * retain
-                anchor = state.anchor_error()
-                if anchor is not None:
-                    loss = loss + config.anchor_weight * anchor
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step}: lower the learning rate "
-                        f"(now {config.effective_lr():g}); no patch was written"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip and config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                opt.step()
-                for p in params:
-                    if not torch.isfinite(p).all():
-                        raise TrainingError(
-                            f"weights became NaN/inf at step {step}; no patch written"
-                        )
-                prog = ForgetProgress(
-                    step,
-                    config.steps,
-                    loss.item(),
-                    raw.item(),
-                    None if retain is None else retain.item(),
-                )
-                history.append(prog)
-                yield prog
+            history = yield from opt.run(loss_fn, config.steps)
         exported = deltas.export()
     finally:
         deltas.remove()
         unet.train(was_training)
-    return exported
+    return exported, history
 
 
 def forget(
@@ -406,7 +369,7 @@ def forget(
     config: ForgetConfig,
     fingerprint: str = "",
     family: str = "sd1",
-    progress: Callable[[ForgetProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> ForgetResult:
     """Run `forget_steps` to the end; `should_cancel()` returning True stops it (CancelledError)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fmn_desktop.services.patches import PatchSpec, read_patches
-from fmn_desktop.services.progress import Phase
+from fmn_desktop.training import Progress
 
 
 @dataclass
@@ -45,7 +45,7 @@ def attack_targets(concept: str, settings) -> int:
 
 def attack_job(ctx, model, req: AttackRequest):
     """`attack.run_attack` before and after the patches, then `record_in_registry`;
-    progress is one Phase per target attacked."""
+    progress is one report per target attacked."""
     from fmn_desktop.attack import format_table, record_in_registry, run_attack, write_report
     from fmn_desktop.attack.candidates import prompt_words
     from fmn_desktop.attack.run import report_grid
@@ -64,7 +64,7 @@ def attack_job(ctx, model, req: AttackRequest):
         raise FmnError("give a patch file, or a registry patch to attack")
     specs, record = record_for(req.registry_root, req.patches, req.record)
     total = 2 * attack_targets(req.concept, s)
-    yield Phase("attack", "loading the judge and the patch", 0, total)
+    yield Progress("attack", 0, total, text="loading the judge and the patch")
     judge = load_judge(req.judge)
     patches = read_patches(model, specs)
     words = prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
@@ -72,11 +72,11 @@ def attack_job(ctx, model, req: AttackRequest):
 
     def log(line: str) -> None:
         done[0] += 1
-        ctx.progress(Phase("attack", line, done[0], total))
+        ctx.progress(Progress("attack", done[0], total, text=line))
         if ctx.should_cancel():
             raise CancelledError("attack check cancelled; nothing was recorded")
 
-    yield Phase("attack", f"attacking {req.concept} before the patch", 0, total)
+    yield Progress("attack", 0, total, text=f"attacking {req.concept} before the patch")
     report = run_attack(
         model.pipe,
         judge,
@@ -90,14 +90,14 @@ def attack_job(ctx, model, req: AttackRequest):
         patch_info=[{"file": str(s.path), "strength": s.strength} for s in specs],
         log=log,
     )
-    yield Phase("report", "drawing the best prompts found", total, total)
+    yield Progress("report", total, total, text="drawing the best prompts found")
     grid = report_grid(report)
     paths = write_report(report, req.out_dir) if req.out_dir else {}
     rows = []
     if record is not None:
         from fmn_desktop.registry import open_registry
 
-        yield Phase("register", "recording the figures with the patch", total, total)
+        yield Progress("register", total, total, text="recording the figures with the patch")
         with open_registry(req.registry_root) as reg:
             rows = record_in_registry(reg, record.id, report, strength=specs[0].strength)
     return AttackDone(report, format_table(report), grid, rows, paths, record)

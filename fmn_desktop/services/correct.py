@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmn_desktop.correct.broad import BroadConfig, BroadProgress, BroadResult, erase_broad
+from fmn_desktop.correct.broad import BroadConfig, BroadResult, erase_broad
 from fmn_desktop.correct.closed_form import CorrectConfig, CorrectResult, correct
 from fmn_desktop.correct.disentangle import DisentangleConfig
 from fmn_desktop.services.defaults import preservation_prompts
-from fmn_desktop.services.progress import Phase
+from fmn_desktop.training import Progress
 
 PATCH_FORMATS = ("diff", "lora")
 
@@ -68,7 +68,7 @@ def erase_broad_to_file(
     out,
     fmt: str = "diff",
     preserve_prompts: Sequence[str] | None = None,
-    progress: Callable[[BroadProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> CorrectionOutcome:
     """Broad removal of `config.words` (ESD-style fine-tune) on `model` (left unchanged),
@@ -144,13 +144,13 @@ def _correction_job(ctx, model, req: CorrectRequest, run, what: str):
         tmp = tempfile.TemporaryDirectory(prefix="fmn-correct-")
         out = str(Path(tmp.name) / "patch.safetensors")
     try:
-        yield Phase("solve", what, 0, getattr(req.config, "steps", 0))
+        yield Progress("solve", 0, getattr(req.config, "steps", 0), text=what)
         outcome = run(out)
         record = None
         if req.registry_root is not None:
             from fmn_desktop.services.library import register_file
 
-            yield Phase("register", "adding the patch to the registry")
+            yield Progress("register", text="adding the patch to the registry")
             record = register_file(req.registry_root, model, out, req.tags)
         result = outcome.result
         return CorrectDone(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from fmn_desktop.errors import FmnError
 from fmn_desktop.services.patches import PatchSpec, read_patches
-from fmn_desktop.services.progress import JobContext, Phase
+from fmn_desktop.services.progress import JobContext
+from fmn_desktop.training import Progress
 
 
 def evaluate_patch(model, patch, concept, seeds: int = 2, steps: int = 20, should_cancel=None,
@@ -90,7 +91,7 @@ def evaluate_job(ctx: JobContext, model, req: EvaluateRequest):
         raise FmnError("the scores go into one patch file of yours: give exactly one patch "
                        "file (the registry's own copy stays as it was registered)")
     specs, record = record_for(req.registry_root, req.specs, req.record)
-    yield Phase("evaluate", f"measuring M-Score and retention ({concept.name})")
+    yield Progress("evaluate", text=f"measuring M-Score and retention ({concept.name})")
     patches = read_patches(model, specs)
     scores = evaluate_patches(model, patches, concept, req.seeds, req.steps, ctx.should_cancel,
                               other_seeds=req.other_seeds, judge=load_judge(req.judge),
@@ -111,7 +112,7 @@ def evaluate_job(ctx: JobContext, model, req: EvaluateRequest):
     if record is not None:
         from fmn_desktop.registry import open_registry
 
-        yield Phase("register", "storing the scores with the patch")
+        yield Progress("register", text="storing the scores with the patch")
         settings = {"seeds": req.seeds, "other_seeds": req.other_seeds, "steps": req.steps,
                     "strength": specs[0].strength}
         with open_registry(req.registry_root) as reg:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fmn_desktop.patch import Patch, save_patch, write_patch
-from fmn_desktop.resteer import ForgetConfig, ForgetProgress, forget
-from fmn_desktop.services.progress import JobContext, Phase
+from fmn_desktop.resteer import ForgetConfig, forget
+from fmn_desktop.services.progress import JobContext
+from fmn_desktop.training import Progress
 
 
 @dataclass
@@ -34,7 +35,7 @@ def forget_to_file(
     fmt: str = "lora",
     export_rank: int | None = None,
     max_rel_error: float = 0.01,
-    progress: Callable[[ForgetProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     extra: dict[str, str] | None = None,
     harden=None,
@@ -131,7 +132,7 @@ def forget_job(ctx: JobContext, model, req: ForgetRequest):
             kw = {} if req.harden_spellings is None else {"spellings": req.harden_spellings}
             harden = HardenSettings(rounds=req.harden, seed=config.seed, **kw)
         total = config.steps * (1 + req.harden)
-        yield Phase("train", "re-steering attention", 0, total)
+        yield Progress("train", 0, total, text="re-steering attention")
         outcome = forget_to_file(
             model,
             config,
@@ -145,7 +146,7 @@ def forget_job(ctx: JobContext, model, req: ForgetRequest):
         scores: dict = {}
         concept = scoreable_concept(model, config.concepts) if req.evaluate else None
         if concept is not None:
-            yield Phase("evaluate", f"measuring M-Score and retention ({concept.name})")
+            yield Progress("evaluate", text=f"measuring M-Score and retention ({concept.name})")
             scores = evaluate_patch(
                 model,
                 outcome.patch,
@@ -159,7 +160,7 @@ def forget_job(ctx: JobContext, model, req: ForgetRequest):
             save_patch(outcome.patch, out)
         record = None
         if req.registry_root is not None:
-            yield Phase("register", "adding the patch to the registry")
+            yield Progress("register", text="adding the patch to the registry")
             record = register_file(req.registry_root, model, out, req.tags, req.source)
             if scores:
                 from fmn_desktop.evaluate.patch_scores import registry_rows

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fmn_desktop.imaging import grid_image
 from fmn_desktop.services.patches import PatchItem, stack_entries
-from fmn_desktop.services.progress import Phase
+from fmn_desktop.training import Progress
 
 
 @torch.no_grad()
@@ -75,11 +75,11 @@ def compare_job(ctx, model, req: CompareRequest):
         raise FmnError("give at least one prompt and one seed")
     entries = stack_entries(req.patches, model) if req.patches else []
     total = 2 * len(req.prompts)
-    yield Phase("generate", "base model", 0, total)
+    yield Progress("generate", 0, total, text="base model")
     rows = []
     for i, prompt in enumerate(req.prompts):
         rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
-        yield Phase("generate", "base model", i + 1, total)
+        yield Progress("generate", i + 1, total, text="base model")
     cell = max(96, rows[0][0].width)
     labels = req.prompts if req.labelled else None
     base = grid_image(rows, labels, title="base model" if req.labelled else None, cell=cell)
@@ -92,7 +92,7 @@ def compare_job(ctx, model, req: CompareRequest):
     with applied:
         for i, prompt in enumerate(req.prompts):
             after_rows += generate_images(model.pipe, [prompt], req.seeds, req.steps, req.guidance)
-            yield Phase("generate", req.title, len(req.prompts) + i + 1, total)
+            yield Progress("generate", len(req.prompts) + i + 1, total, text=req.title)
     title = (req.title if entries else "no patch") if req.labelled else None
     patched = grid_image(after_rows, labels, title=title, cell=cell)
     return CompareDone(base, patched, list(req.prompts))

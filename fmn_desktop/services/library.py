@@ -31,7 +31,7 @@ from fmn_desktop.patch.stack import (
 from fmn_desktop.registry import PatchRecord, Registry, StackRecord
 from fmn_desktop.services.model import model_name
 from fmn_desktop.services.patches import PatchItem, stack_entries
-from fmn_desktop.services.progress import Phase
+from fmn_desktop.training import Progress
 
 PATCH_EXPORT_FORMATS = ("original", "lora", "diff")
 
@@ -226,7 +226,7 @@ def import_job(ctx, registry_root: str | None, path: str, model=None, **options)
     """`import_file` as a job (what `fmn patches import` and the app's Import run)."""
     from fmn_desktop.registry import open_registry
 
-    yield Phase("import", f"reading {Path(path).name}")
+    yield Progress("import", text=f"reading {Path(path).name}")
     with open_registry(registry_root) as reg:
         return import_file(reg, path, model, **options)
 
@@ -254,9 +254,9 @@ def export_stack_job(
     result is registered too when a registry is given."""
     from fmn_desktop.registry import open_registry
 
-    yield Phase("export", f"composing {len(items)} patches ({mode})")
+    yield Progress("export", text=f"composing {len(items)} patches ({mode})")
     entries = stack_entries(items, model)
-    yield Phase("export", f"writing {out}")
+    yield Progress("export", text=f"writing {out}")
     result = export_stack(
         model, entries, out, fmt, ComposeSettings(mode=mode), force=force,
         title=f"stack {name}".strip(),

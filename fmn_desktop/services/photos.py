@@ -4,11 +4,10 @@ reads as the same subject, then re-steering of them all.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,7 @@ from fmn_desktop.errors import FmnError
 from fmn_desktop.resteer import ForgetConfig
 from fmn_desktop.services.defaults import preservation_prompts
 from fmn_desktop.services.forget import ForgetOutcome, forget_to_file
-from fmn_desktop.services.progress import Phase
-
-
-@dataclass
-class PhotoProgress:
-    """Progress of `forget_from_photos`: `stage` is "inversion", "names" or "forget"."""
-
-    stage: str
-    step: int = 0
-    total: int = 0
-    loss: float = math.nan
-    message: str = ""
+from fmn_desktop.training import Progress
 
 
 @dataclass
@@ -57,7 +45,7 @@ def forget_from_photos(
     fmt: str = "lora",
     export_rank: int | None = None,
     steps_per_concept: bool = True,
-    progress: Callable[[PhotoProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> PhotoForgetOutcome:
     """Forget an identity known from a folder of photos (Forget-Me-Not's identity workflow).
@@ -75,8 +63,9 @@ def forget_from_photos(
 
     `config` supplies every other forget setting (its concepts, references and preservation
     prompts are replaced); with `steps_per_concept` its steps are per re-steered concept (the
-    concepts share each batch: measured in docs/research/IDENTITY_FROM_PHOTOS.md). Nothing is written
-    if a stage fails or is cancelled.
+    concepts share each batch: measured in docs/research/IDENTITY_FROM_PHOTOS.md). `progress`
+    gets each stage's Progress with the stage as its phase ("inversion", "names" with a text,
+    "forget"). Nothing is written if a stage fails or is cancelled.
     """
     import time
 
@@ -99,7 +88,7 @@ def forget_from_photos(
     if embedding_out.resolve() == out.resolve():
         raise FmnError("the patch and the learned tokens need two different files")
     load_reference_dir(images)  # a clear error before any work
-    say = progress or (lambda _p: None)
+    report = progress or (lambda _p: None)
 
     def check_cancel() -> None:
         if should_cancel and should_cancel():
@@ -115,7 +104,7 @@ def forget_from_photos(
             model.pipe,
             images,
             config=inv,
-            progress=lambda p: say(PhotoProgress("inversion", p.step, p.total, p.loss)),
+            progress=lambda p: report(replace(p, phase="inversion")),
             should_cancel=should_cancel,
         )
         learned = inv_result.learned
@@ -136,7 +125,7 @@ def forget_from_photos(
             search=search_vocabulary,
             threshold=threshold,
             seed=base.seed,
-            progress=lambda text: say(PhotoProgress("names", message=text)),
+            log=lambda text: report(Progress("names", text=text)),
         )
         found = discovery.accepted
         preservation = discovery.kept_prompts
@@ -166,7 +155,7 @@ def forget_from_photos(
             out,
             fmt=fmt,
             export_rank=export_rank,
-            progress=lambda p: say(PhotoProgress("forget", p.step, p.total, p.loss)),
+            progress=lambda p: report(replace(p, phase="forget")),
             should_cancel=should_cancel,
             extra=extra,
         )
@@ -234,7 +223,7 @@ def tokens_file_for(folder: str, token: str) -> Path:
 
 
 def photos_job(ctx, model, req: PhotosRequest):
-    """`forget_from_photos` (reporting each PhotoProgress), then register the patch."""
+    """`forget_from_photos` (reporting each stage's Progress), then register the patch."""
     from fmn_desktop.services.library import register_file
 
     tmp = None
@@ -247,7 +236,7 @@ def photos_job(ctx, model, req: PhotosRequest):
         Path(folder).mkdir(parents=True, exist_ok=True)
         embedding_out = tokens_file_for(folder, req.token)
     try:
-        yield Phase("inversion", f"learning {req.token} from the photos", 0, req.inversion.steps)
+        yield Progress("inversion", 0, req.inversion.steps, text=f"learning {req.token} from the photos")
         outcome = forget_from_photos(
             model,
             req.images,
@@ -264,7 +253,7 @@ def photos_job(ctx, model, req: PhotosRequest):
         )
         record = None
         if req.registry_root is not None:
-            yield Phase("register", "adding the patch to the registry")
+            yield Progress("register", text="adding the patch to the registry")
             record = register_file(req.registry_root, model, out, req.tags)
         inv = outcome.inversion
         found = list(outcome.discovery.accepted) if outcome.discovery is not None else []

@@ -1,7 +1,8 @@
 """What a running action sees: where to report progress, and whether to stop.
 
-Multi-phase actions are generators: each yielded `Phase` is a coarse report, the return value
-is the result; finer progress of a training step goes to `ctx.progress` directly. The CLI and
+Multi-phase actions are generators: each yielded `training.Progress` with a text and no loss
+is a report of the job's own, the return value is the result; training steps go to
+`ctx.progress` directly, as the same `Progress` type. The CLI and
 the app's worker drive them the same way (`run_job`), so cancel behaves the same everywhere.
 """
 
@@ -9,16 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-
-@dataclass
-class Phase:
-    """A coarse progress report: what the job does now, with an optional step count."""
-
-    name: str
-    text: str
-    step: int = 0
-    total: int = 0
 
 
 def _never() -> bool:
@@ -41,7 +32,7 @@ class JobContext:
 def run_job(job, ctx: JobContext | None = None, cancelled: str = "cancelled; nothing was written"):
     """Drive a job generator to its result, reporting each yielded value to `ctx.progress`
     and closing the job (its cleanup runs) with CancelledError when `ctx.should_cancel()`."""
-    from fmn_desktop.stepping import run_to_end
+    from fmn_desktop.training import run_to_end
 
     ctx = ctx or JobContext()
     return run_to_end(job, ctx.progress, ctx.should_cancel, cancelled)

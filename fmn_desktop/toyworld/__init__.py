@@ -49,7 +49,7 @@ def load_default_pipeline(device: str = "cpu", dtype=None, path: str | Path | No
     if not weights_available(p):
         raise WeightsMissingError(
             f"no embedded model weights at {p}: train them with "
-            "`python -m fmn_desktop.toyworld.train --stage all --out runs/toyworld` and copy "
+            "`python scripts/train_toyworld.py --stage all --out runs/toyworld` and copy "
             "runs/toyworld/pipeline to fmn_desktop/toyworld/weights")
     pipe = StableDiffusionPipeline.from_pretrained(
         p, local_files_only=True, dtype=dtype or torch.float32, safety_checker=None,

@@ -142,6 +142,7 @@ def test_fast_mode_trains_each_layers_key_on_cached_queries(tiny_pipe):
     assert len(train) == 3 * len(layers) and train[-1].step == train[-1].total
     assert all(torch.equal(p, before[n]) for n, p in tiny_pipe.unet.named_parameters())
     # each layer's own term went down on its cached queries
-    first = {p.phase: p.forget for p in train if p.loss == 1.0}
-    last = {p.phase: p.forget for p in train}
+    assert {p.phase for p in train} == {"train"} and {p.text for p in train} == set(layers)
+    first = {p.text: p.terms["forget"] for p in train if p.loss == 1.0}
+    last = {p.text: p.terms["forget"] for p in train}
     assert all(last[k] < first[k] for k in first)

@@ -1,12 +1,19 @@
 """Tiny-config smoke test of every training stage, resume, export and evaluation."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from fmn_desktop.toyworld import load_default_pipeline, load_judge
-from fmn_desktop.toyworld.train import main
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_toyworld.py"
+_spec = importlib.util.spec_from_file_location("train_toyworld", SCRIPT)
+train_toyworld = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_toyworld)
+main = train_toyworld.main
 
 TINY = {
     "n_train": 96, "n_heldout": 32, "n_judge": 64, "n_judge_recon": 16,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 
 from fmn_desktop.services.attack import AttackDone, AttackRequest, attack_job
-from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.job import JobModel, capitalized
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
@@ -108,11 +107,9 @@ class AttackModel(JobModel):
         return self._start_job("attack check", lambda ctx: attack_job(ctx, model, req), 0)
 
     def _on_progress(self, p) -> None:
-        if not isinstance(p, Phase):
-            return
         self.total = p.total
         self.step = p.step
-        if p.step and p.name == "attack":
+        if p.step and p.phase == "attack":
             self.log = [*self.log, p.text]
             self.phase_text = f"Attacked {p.step} of {p.total} targets"
         else:

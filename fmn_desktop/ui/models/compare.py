@@ -6,7 +6,6 @@ from PySide6.QtCore import QObject, Signal
 
 from fmn_desktop.services.images import CompareDone, CompareRequest, compare_job
 from fmn_desktop.services.patches import PatchItem
-from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -107,7 +106,7 @@ class CompareModel(QObject):
         self.session.cancel_job()
 
     def _on_progress(self, p) -> None:
-        if isinstance(p, Phase) and p.total:
+        if p.total:
             self.progress = int(100 * p.step / p.total)
 
     def _on_finished(self, done: CompareDone) -> None:

@@ -9,7 +9,6 @@ import math
 
 from PySide6.QtCore import QObject, Signal
 
-from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
@@ -104,15 +103,14 @@ class PatchJobModel(JobModel):
         return super()._start_job(name, work, total)
 
     def _on_progress(self, p) -> None:
-        if isinstance(p, Phase):
-            self.phase_text = capitalized(p.text)
-            return
-        phase = getattr(p, "phase", "train")
-        if phase == "references":
+        if p.phase == "references":
             self.phase_text = "Preparing reference images"
             return
-        if phase == "attack":  # a hardening round between two trainings
+        if p.phase == "attack":  # a hardening round between two trainings
             self.phase_text = "Attacking the patch (hardening)"
+            return
+        if p.loss is None:  # the job's own line between the steps
+            self.phase_text = capitalized(p.text)
             return
         self.phase_text = f"{self.training_verb}: step {p.step} of {p.total}"
         self.total = p.total

@@ -10,7 +10,6 @@ from pathlib import Path
 from PySide6.QtCore import Signal
 
 from fmn_desktop.services.photos import PhotosDone, PhotosRequest, photos_job
-from fmn_desktop.services.progress import Phase
 from fmn_desktop.ui.models.job import PatchJobModel, capitalized
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
@@ -135,12 +134,12 @@ class PhotosModel(PatchJobModel):
         )
 
     def _on_progress(self, p) -> None:
-        if isinstance(p, Phase):
-            self.phase_text = capitalized(p.text)
-            return
-        stage = getattr(p, "stage", "")
+        stage = p.phase
         if stage == "names":
-            self.phase_text = f"Finding names: {p.message}" if p.message else "Finding names"
+            self.phase_text = f"Finding names: {p.text}" if p.text else "Finding names"
+            return
+        if p.text and p.loss is None:  # the job's own line between the stages
+            self.phase_text = capitalized(p.text)
             return
         if stage != self._stage:  # a new curve and bar for each stage
             self._stage = stage

@@ -14,11 +14,12 @@ Stages (each reads what earlier ones wrote under --out):
 - ``grid``: a PNG of samples, one row per concept;
 - ``eval``:  prompt following of the exported pipeline, judged (16 seeds per prompt).
 
-Example::
+A maintenance tool, not part of the installed package (which holds only what the model needs
+at run time: the world, the architectures, the judge). Example::
 
-    python -m fmn_desktop.toyworld.train --stage all --out runs/toyworld
-    python -m fmn_desktop.toyworld.train --stage unet --out runs/toyworld --minutes 120  # resumes
-    python -m fmn_desktop.toyworld.train --stage eval --out runs/toyworld
+    python scripts/train_toyworld.py --stage all --out runs/toyworld
+    python scripts/train_toyworld.py --stage unet --out runs/toyworld --minutes 120  # resumes
+    python scripts/train_toyworld.py --stage eval --out runs/toyworld
 """
 
 from __future__ import annotations
@@ -36,25 +37,51 @@ import torch
 import torch.nn.functional as F
 
 import fmn_desktop  # noqa: F401  (offline mode before diffusers/transformers load)
+from fmn_desktop.models.families import CLIP_TOKENIZER_DIR as TOKENIZER_DIR
+from fmn_desktop.toyworld import WEIGHTS_DIR
 from fmn_desktop.toyworld import model as M
 from fmn_desktop.toyworld.concepts import CONCEPTS, expected_labels
 from fmn_desktop.toyworld.judge import Judge
 from fmn_desktop.toyworld.world import HEADS, World
+from fmn_desktop.training.loop import Optimiser
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "models" / "data" / "clip_tokenizer"
-BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-             beta_schedule="scaled_linear")
+BETAS = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+)
 
 # Default sizes; tests pass a tiny `Config` instead.
 DEFAULTS = dict(
-    n_train=50000, n_heldout=2000, n_judge=24000, n_judge_recon=8000,
-    text_steps=400, text_batch=256, text_lr=1e-3, text_cfg={},
-    vae_steps=1500, vae_batch=32, vae_lr=1e-3, vae_minutes=9.0, vae_cfg={},
-    judge_steps=1500, judge_batch=128, judge_lr=2e-3, judge_minutes=15.0,
-    vaedec_steps=1500, vaedec_lr=5e-4, vaedec_minutes=12.0,
-    unet_batch=64, unet_lr=6e-4, unet_warmup=200, unet_cfg={}, ema_decay=0.999,
-    caption_dropout=0.1, snr_gamma=5.0,
-    eval_seeds=16, eval_steps=20, eval_cfg=5.0, eval_templates=2,
+    n_train=50000,
+    n_heldout=2000,
+    n_judge=24000,
+    n_judge_recon=8000,
+    text_steps=400,
+    text_batch=256,
+    text_lr=1e-3,
+    text_cfg={},
+    vae_steps=1500,
+    vae_batch=32,
+    vae_lr=1e-3,
+    vae_minutes=9.0,
+    vae_cfg={},
+    judge_steps=1500,
+    judge_batch=128,
+    judge_lr=2e-3,
+    judge_minutes=15.0,
+    vaedec_steps=1500,
+    vaedec_lr=5e-4,
+    vaedec_minutes=12.0,
+    unet_batch=64,
+    unet_lr=6e-4,
+    unet_warmup=200,
+    unet_cfg={},
+    ema_decay=0.999,
+    caption_dropout=0.1,
+    snr_gamma=5.0,
+    eval_seeds=16,
+    eval_steps=20,
+    eval_cfg=5.0,
+    eval_templates=2,
 )
 
 
@@ -65,6 +92,33 @@ def log(out: Path, msg: str) -> None:
         f.write(line + "\n")
 
 
+def cosine_in_budget(lr: float, warmup: int, steps: int, t0: float, budget: float):
+    """A rate schedule: linear warm-up over `warmup` steps, then a cosine to zero over the
+    steps or the time budget (seconds from `t0`), whichever runs out first."""
+
+    def rate(step: int) -> float:
+        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
+        return lr * min(1, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return rate
+
+
+def run_in_budget(
+    out: Path, name: str, opt: Optimiser, loss_fn, steps: int, t0: float, budget: float
+) -> int:
+    """Train until `steps` steps or the time budget are spent, logging every 100th step;
+    returns the steps taken."""
+    taken = 0
+    for p in opt.run(loss_fn, steps):
+        if (p.step - 1) % 100 == 0:
+            terms = "".join(f" {k} {v:.3f}" for k, v in p.terms.items())
+            log(out, f"{name} {p.step - 1} loss {p.loss:.4f}{terms} ({time.time() - t0:.0f}s)")
+        taken = p.step
+        if time.time() - t0 >= budget:
+            break
+    return taken
+
+
 def tokenizer():
     from transformers import CLIPTokenizer
 
@@ -72,8 +126,13 @@ def tokenizer():
 
 
 def tokenize(tok, captions: list[str], length: int = M.MAX_LENGTH) -> torch.Tensor:
-    ids = tok(captions, padding="max_length", max_length=M.MAX_LENGTH, truncation=True,
-              return_tensors="pt").input_ids
+    ids = tok(
+        captions,
+        padding="max_length",
+        max_length=M.MAX_LENGTH,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     return ids[:, :length]
 
 
@@ -83,15 +142,24 @@ def tokenize(tok, captions: list[str], length: int = M.MAX_LENGTH) -> torch.Tens
 def stage_data(out: Path, cfg: dict) -> None:
     world = World()
     t0 = time.time()
-    for name, seed, n, judge in (("train", 0, cfg["n_train"], False),
-                                 ("heldout", 1, cfg["n_heldout"], False),
-                                 ("judge", 2, cfg["n_judge"], True),
-                                 ("judge_heldout", 3, cfg["n_heldout"], True)):
+    for name, seed, n, judge in (
+        ("train", 0, cfg["n_train"], False),
+        ("heldout", 1, cfg["n_heldout"], False),
+        ("judge", 2, cfg["n_judge"], True),
+        ("judge_heldout", 3, cfg["n_heldout"], True),
+    ):
         images, captions, idx = world.batch(seed, 0, n, judge=judge)
-        np.savez_compressed(out / f"data_{name}.npz", images=images,
-                            captions=np.array(captions, dtype=object).astype(str), **idx)
-    log(out, f"data: drew {cfg['n_train']} train / {cfg['n_heldout']} held-out / "
-             f"{cfg['n_judge']} judge images in {time.time() - t0:.0f}s")
+        np.savez_compressed(
+            out / f"data_{name}.npz",
+            images=images,
+            captions=np.array(captions, dtype=object).astype(str),
+            **idx,
+        )
+    log(
+        out,
+        f"data: drew {cfg['n_train']} train / {cfg['n_heldout']} held-out / "
+        f"{cfg['n_judge']} judge images in {time.time() - t0:.0f}s",
+    )
 
 
 def load_data(out: Path, name: str) -> dict:
@@ -148,14 +216,16 @@ def stage_text(out: Path, cfg: dict) -> None:
     tproj = torch.nn.Linear(dim, dim, bias=False)
     scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = list(te.parameters()) + list(tower.parameters()) + list(tproj.parameters()) + [scale]
-    opt = torch.optim.AdamW(params, lr=cfg["text_lr"], weight_decay=0.01)
     steps, B = cfg["text_steps"], cfg["text_batch"]
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+    def rate(s: int) -> float:  # warm-up over 50 steps, then a cosine to zero
+        return cfg["text_lr"] * (
+            min(1, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        )
+
     rng = np.random.default_rng(0)
-    t0 = time.time()
-    te.train()
-    for step in range(steps):
+
+    def loss_fn():
         b = rng.choice(len(caps), B, replace=False)
         ci = cap_index[b]
         pos = torch.from_numpy(consistency(cons, labels, ci, b).astype(np.float32))
@@ -165,14 +235,14 @@ def stage_text(out: Path, cfg: dict) -> None:
         loss_t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
         pos_i = pos.T
         loss_i = -(pos_i / pos_i.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
-        loss = (loss_t + loss_i) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            log(out, f"text {step}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+        return (loss_t + loss_i) / 2
+
+    opt = Optimiser(params, rate, weight_decay=0.01, grad_clip=1.0)
+    t0 = time.time()
+    te.train()
+    for p in opt.run(loss_fn, steps):
+        if (p.step - 1) % 100 == 0 or p.step == steps:
+            log(out, f"text {p.step - 1}/{steps} loss {p.loss:.3f} ({time.time() - t0:.0f}s)")
     te.eval()
     acc = text_retrieval(out, te, tower, tproj, tok)
     te.save_pretrained(out / "text_encoder", safe_serialization=True)
@@ -216,30 +286,22 @@ def stage_vae(out: Path, cfg: dict) -> None:
     data = load_data(out, "train")
     images = images_tensor(data["images"])
     vae = M.build_vae(M.vae_config(**cfg["vae_cfg"]))
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg["vae_lr"], weight_decay=0.0)
     steps, B = cfg["vae_steps"], cfg["vae_batch"]
     budget = cfg["vae_minutes"] * 60
     rng = np.random.default_rng(1)
-    t0 = time.time()
-    step = 0
-    vae.train()
-    while step < steps and time.time() - t0 < budget:
-        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
-        for g in opt.param_groups:
-            g["lr"] = cfg["vae_lr"] * min(1, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def loss_fn():
         x = images[rng.choice(len(images), B, replace=False)] * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         kl = post.kl().mean() / x[0].numel()
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        if step % 100 == 0:
-            log(out, f"vae {step} loss {loss.item():.4f} kl {kl.item():.3f} "
-                     f"({time.time() - t0:.0f}s)")
-        step += 1
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl, {"kl": kl}
+
+    t0 = time.time()
+    rate = cosine_in_budget(cfg["vae_lr"], 50, steps, t0, budget)
+    opt = Optimiser(vae.parameters(), rate, grad_clip=1.0)
+    vae.train()
+    step = run_in_budget(out, "vae", opt, loss_fn, steps, t0, budget)
     vae.eval()
     minutes = (time.time() - t0) / 60
     # Cache latent mean/std of the training set; measure the scaling factor (1/std of samples).
@@ -251,8 +313,13 @@ def stage_vae(out: Path, cfg: dict) -> None:
     held = images_tensor(load_data(out, "heldout")["images"])
     psnr = vae_psnr(vae, held)
     vae.save_pretrained(out / "vae", safe_serialization=True)
-    metrics = dict(vae_steps=step, vae_minutes=minutes, vae_psnr_heldout=psnr,
-                   vae_scaling_factor=scaling, vae_params=M.count_params(vae))
+    metrics = dict(
+        vae_steps=step,
+        vae_minutes=minutes,
+        vae_psnr_heldout=psnr,
+        vae_scaling_factor=scaling,
+        vae_params=M.count_params(vae),
+    )
     write_metrics(out, metrics)
     log(out, f"vae: done {metrics}")
 
@@ -272,27 +339,21 @@ def stage_vaedec(out: Path, cfg: dict) -> None:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg["vaedec_lr"], weight_decay=0.0)
     steps, B, budget = cfg["vaedec_steps"], cfg["vae_batch"], cfg["vaedec_minutes"] * 60
     rng = np.random.default_rng(3)
-    t0, step = time.time(), 0
-    vae.train()
-    while step < steps and time.time() - t0 < budget:
-        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
-        for g in opt.param_groups:
-            g["lr"] = cfg["vaedec_lr"] * min(1, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def loss_fn():
         b = torch.from_numpy(rng.choice(len(images), B, replace=False))
         z = means[b] + stds[b] * torch.randn_like(stds[b])
         x = images[b] * 2 - 1
         rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 100 == 0:
-            log(out, f"vaedec {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-        step += 1
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+
+    t0 = time.time()
+    rate = cosine_in_budget(cfg["vaedec_lr"], 20, steps, t0, budget)
+    opt = Optimiser(params, rate, grad_clip=1.0)
+    vae.train()
+    step = run_in_budget(out, "vaedec", opt, loss_fn, steps, t0, budget)
     vae.eval()
     held = images_tensor(load_data(out, "heldout")["images"])
     psnr = vae_psnr(vae, held)
@@ -304,8 +365,7 @@ def stage_vaedec(out: Path, cfg: dict) -> None:
     tmp.rename(out / "vae")
     shutil.rmtree(old, ignore_errors=True)
     (out / "judge_recon.pt").unlink(missing_ok=True)  # reconstructions changed
-    metrics = dict(vaedec_steps=step, vaedec_minutes=(time.time() - t0) / 60,
-                   vae_psnr_heldout=psnr)
+    metrics = dict(vaedec_steps=step, vaedec_minutes=(time.time() - t0) / 60, vae_psnr_heldout=psnr)
     write_metrics(out, metrics)
     log(out, f"vaedec: done {metrics}")
 
@@ -314,7 +374,7 @@ def stage_vaedec(out: Path, cfg: dict) -> None:
 def encode_all(vae, images: torch.Tensor, bs: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds = [], []
     for i in range(0, len(images), bs):
-        d = vae.encode(images[i:i + bs] * 2 - 1).latent_dist
+        d = vae.encode(images[i : i + bs] * 2 - 1).latent_dist
         means.append(d.mean)
         stds.append(d.std)
     return torch.cat(means), torch.cat(stds)
@@ -324,7 +384,7 @@ def encode_all(vae, images: torch.Tensor, bs: int = 500) -> tuple[torch.Tensor, 
 def reconstruct(vae, images: torch.Tensor, bs: int = 500) -> torch.Tensor:
     outs = []
     for i in range(0, len(images), bs):
-        z = vae.encode(images[i:i + bs] * 2 - 1).latent_dist.mean
+        z = vae.encode(images[i : i + bs] * 2 - 1).latent_dist.mean
         outs.append(((vae.decode(z).sample + 1) / 2).clamp(0, 1))
     return torch.cat(outs)
 
@@ -355,38 +415,35 @@ def stage_judge(out: Path, cfg: dict) -> None:
         recon = reconstruct(vae, clean[:nr])
         torch.save((recon * 255).round().to(torch.uint8), cache)
     net = M.JudgeNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["judge_lr"], weight_decay=0.01)
     steps, B = cfg["judge_steps"], cfg["judge_batch"]
     budget = cfg["judge_minutes"] * 60
     rng = np.random.default_rng(2)
-    t0 = time.time()
-    step = 0
-    net.train()
-    while step < steps and time.time() - t0 < budget:
-        frac = min(1.0, max(step / steps, (time.time() - t0) / budget))
-        for g in opt.param_groups:
-            warm = min(1, (step + 1) / 30)
-            g["lr"] = cfg["judge_lr"] * warm * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def loss_fn():
         b = torch.from_numpy(rng.choice(len(clean), B, replace=False))
         use_rec = torch.from_numpy(rng.random(B) < 0.5) & (b < nr)
         x = torch.where(use_rec[:, None, None, None], recon[b.clamp(max=nr - 1)], clean[b])
         x = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)  # robustness to generation noise
         logits = net(x)
-        loss = sum(F.cross_entropy(logits[h], labels[h][b]) for h in HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 100 == 0:
-            log(out, f"judge {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-        step += 1
+        return sum(F.cross_entropy(logits[h], labels[h][b]) for h in HEADS)
+
+    t0 = time.time()
+    rate = cosine_in_budget(cfg["judge_lr"], 30, steps, t0, budget)
+    opt = Optimiser(net.parameters(), rate, weight_decay=0.01)
+    net.train()
+    step = run_in_budget(out, "judge", opt, loss_fn, steps, t0, budget)
     judge = Judge(net.eval())
     held = load_data(out, "judge_heldout")
     himg = images_tensor(held["images"])
     acc_clean = judge_accuracy(judge, himg, held)
     acc_rec = judge_accuracy(judge, reconstruct(vae, himg), held)
     judge.save(out / "judge.safetensors")
-    metrics = dict(judge_steps=step, judge_minutes=(time.time() - t0) / 60,
-                   judge_acc_clean=acc_clean, judge_acc_recon=acc_rec)
+    metrics = dict(
+        judge_steps=step,
+        judge_minutes=(time.time() - t0) / 60,
+        judge_acc_clean=acc_clean,
+        judge_acc_recon=acc_rec,
+    )
     write_metrics(out, metrics)
     log(out, f"judge: done {metrics}")
 
@@ -414,7 +471,7 @@ def caption_embeddings(out: Path, captions: list[str]) -> tuple[list[str], torch
     uniq = sorted(set(captions) | {""})
     embs = []
     for i in range(0, len(uniq), 256):
-        embs.append(te(tokenize(tok, uniq[i:i + 256])).last_hidden_state)
+        embs.append(te(tokenize(tok, uniq[i : i + 256])).last_hidden_state)
     return uniq, torch.cat(embs)
 
 
@@ -440,13 +497,21 @@ def build_pipeline(out: Path, unet):
     vae = AutoencoderKL.from_pretrained(out / "vae", local_files_only=True)
     te = CLIPTextModel.from_pretrained(out / "text_encoder", local_files_only=True)
     sched = DPMSolverMultistepScheduler(**BETAS, prediction_type="epsilon", steps_offset=1)
-    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer(), unet=unet,
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tokenizer(),
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
-def export_pipeline(out: Path, unet_state: dict, cfg: dict, dest: Path,
-                    state: dict | None = None) -> None:
+def export_pipeline(
+    out: Path, unet_state: dict, cfg: dict, dest: Path, state: dict | None = None
+) -> None:
     """Write a complete diffusers folder (plus the judge) atomically to `dest`."""
     unet = M.build_unet(M.unet_config(**cfg["unet_cfg"]))
     unet.load_state_dict(unet_state)
@@ -482,7 +547,12 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
     dim = embs.shape[-1]
     cfg["unet_cfg"] = {"cross_attention_dim": dim, **cfg["unet_cfg"]}
     unet = M.build_unet(M.unet_config(**cfg["unet_cfg"]))
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg["unet_lr"], weight_decay=0.01)
+    opt = Optimiser(
+        unet.parameters(),
+        lambda s: cfg["unet_lr"] * min(1.0, (s + 1) / cfg["unet_warmup"]),
+        weight_decay=0.01,
+        grad_clip=1.0,
+    )
     ema = EMA(unet, cfg["ema_decay"])
     sched = noise_scheduler()
     acp = sched.alphas_cumprod
@@ -494,13 +564,15 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
         unet.load_state_dict(ck["unet"])
-        opt.load_state_dict(ck["opt"])
+        opt.optimizer.load_state_dict(ck["opt"])
         ema.shadow = ck["ema"]
         step, wall = ck["step"], ck["wall"]
         gen.set_state(ck["gen"])
         log(out, f"unet: resumed at step {step} ({wall / 60:.1f} min trained)")
-    log(out, f"unet: {M.count_params(unet)} params, {len(uniq)} unique captions, "
-             f"scaling {scaling:.4f}")
+    log(
+        out,
+        f"unet: {M.count_params(unet)} params, {len(uniq)} unique captions, scaling {scaling:.4f}",
+    )
     B = cfg["unet_batch"]
     t_start = time.time()
     last_ckpt = time.time()
@@ -509,18 +581,34 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
     end_step = step + max_steps if max_steps else None
 
     def save() -> None:
-        torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.shadow,
-                    "step": step, "wall": wall, "gen": gen.get_state(), "cfg": cfg},
-                   str(ckpt_path) + ".tmp")
+        torch.save(
+            {
+                "unet": unet.state_dict(),
+                "opt": opt.optimizer.state_dict(),
+                "ema": ema.shadow,
+                "step": step,
+                "wall": wall,
+                "gen": gen.get_state(),
+                "cfg": cfg,
+            },
+            str(ckpt_path) + ".tmp",
+        )
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)
-        export_pipeline(out, ema.shadow, cfg, out / "pipeline",
-                        {"unet_steps": step, "unet_minutes": wall / 60})
-        write_metrics(out, {"unet_steps": step, "unet_minutes": wall / 60,
-                            "unet_batch": B, "unet_params": M.count_params(unet)})
+        export_pipeline(
+            out, ema.shadow, cfg, out / "pipeline", {"unet_steps": step, "unet_minutes": wall / 60}
+        )
+        write_metrics(
+            out,
+            {
+                "unet_steps": step,
+                "unet_minutes": wall / 60,
+                "unet_batch": B,
+                "unet_params": M.count_params(unet),
+            },
+        )
         log(out, f"unet: checkpoint + pipeline at step {step} ({wall / 60:.1f} min)")
 
-    while True:
-        t_step = time.time()
+    def loss_fn():
         b = torch.randint(0, len(caps), (B,), generator=gen)
         z = (means[b] + stds[b] * torch.randn(means[b].shape, generator=gen)) * scaling
         ci = cap_idx[b].clone()
@@ -530,28 +618,28 @@ def stage_unet(out: Path, cfg: dict, minutes: float, max_steps: int, ckpt_minute
         t = torch.randint(0, 1000, (B,), generator=gen)
         noisy = sched.add_noise(z, noise, t)
         pred = unet(noisy, t, cond).sample
-        loss = (((pred - noise) ** 2).mean((1, 2, 3)) * weight[t]).mean()
-        for g in opt.param_groups:
-            g["lr"] = cfg["unet_lr"] * min(1.0, (step + 1) / cfg["unet_warmup"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet, step)
-        step += 1
+        return (((pred - noise) ** 2).mean((1, 2, 3)) * weight[t]).mean()
+
+    t_step = time.time()
+    for p in opt.run(loss_fn, None, start=step):  # until the budget or --max-steps is spent
+        step = p.step
+        ema.update(unet, step - 1)
         wall += time.time() - t_step
-        losses.append(loss.item())
+        losses.append(p.loss)
         if step % 50 == 0:
-            log(out, f"unet {step} loss {np.mean(losses):.4f} "
-                     f"({(time.time() - t_start) / 60:.1f} min this run)")
+            log(
+                out,
+                f"unet {step} loss {np.mean(losses):.4f} "
+                f"({(time.time() - t_start) / 60:.1f} min this run)",
+            )
             losses = []
-        done = (time.time() - t_start > minutes * 60) or (end_step is not None
-                                                           and step >= end_step)
+        done = (time.time() - t_start > minutes * 60) or (end_step is not None and step >= end_step)
         if done or time.time() - last_ckpt > ckpt_minutes * 60:
             save()
             last_ckpt = time.time()
         if done:
             break
+        t_step = time.time()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -568,16 +656,28 @@ def eval_prompts(templates: int = 2) -> list[str]:
 
 
 @torch.no_grad()
-def prompt_following(pipe, judge: Judge, prompts: list[str], seeds: int = 16, steps: int = 20,
-                     guidance: float = 5.0, log_fn=print) -> dict:
+def prompt_following(
+    pipe,
+    judge: Judge,
+    prompts: list[str],
+    seeds: int = 16,
+    steps: int = 20,
+    guidance: float = 5.0,
+    log_fn=print,
+) -> dict:
     """Judge agreement with each prompt's stated attributes over `seeds` seeds per prompt."""
     hits: dict[str, list[int]] = {h: [] for h in HEADS}
     per_prompt, hist = {}, {}
     for p in prompts:
         exp = expected_labels(p)
         gens = [torch.Generator().manual_seed(s) for s in range(seeds)]
-        imgs = pipe([p] * seeds, num_inference_steps=steps, guidance_scale=guidance,
-                    generator=gens, output_type="pt").images
+        imgs = pipe(
+            [p] * seeds,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            output_type="pt",
+        ).images
         got = judge.labels(imgs.float())
         row = {}
         for h, want in exp.items():
@@ -590,26 +690,40 @@ def prompt_following(pipe, judge: Judge, prompts: list[str], seeds: int = 16, st
         log_fn(f"eval {p!r}: {row}")
     summary = {h: (float(np.mean(v)) if v else None) for h, v in hits.items()}
     counts = {h: len(v) for h, v in hits.items()}
-    return {"per_attribute": summary, "images_per_attribute": counts, "per_prompt": per_prompt,
-            "judged_labels": hist, "seeds": seeds, "steps": steps, "guidance": guidance}
+    return {
+        "per_attribute": summary,
+        "images_per_attribute": counts,
+        "per_prompt": per_prompt,
+        "judged_labels": hist,
+        "seeds": seeds,
+        "steps": steps,
+        "guidance": guidance,
+    }
 
 
 def stage_eval(out: Path, cfg: dict, pipeline_dir: Path | None = None, tag: str = "") -> dict:
     from diffusers import StableDiffusionPipeline
 
     pdir = pipeline_dir or out / "pipeline"
-    pipe = StableDiffusionPipeline.from_pretrained(pdir, local_files_only=True,
-                                                   safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(pdir, local_files_only=True, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
-    judge = Judge.load(pdir / "judge.safetensors" if (pdir / "judge.safetensors").exists()
-                       else out / "judge.safetensors")
+    judge = Judge.load(
+        pdir / "judge.safetensors"
+        if (pdir / "judge.safetensors").exists()
+        else out / "judge.safetensors"
+    )
     t0 = time.time()
-    res = prompt_following(pipe, judge, eval_prompts(cfg["eval_templates"]), cfg["eval_seeds"],
-                           cfg["eval_steps"],
-                           cfg["eval_cfg"], log_fn=lambda m: log(out, m))
+    res = prompt_following(
+        pipe,
+        judge,
+        eval_prompts(cfg["eval_templates"]),
+        cfg["eval_seeds"],
+        cfg["eval_steps"],
+        cfg["eval_cfg"],
+        log_fn=lambda m: log(out, m),
+    )
     res["minutes"] = (time.time() - t0) / 60
-    meta = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() \
-        else {}
+    meta = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
     state = pdir / "train_state.json"
     if state.exists():
         meta = json.loads(state.read_text())
@@ -628,15 +742,21 @@ def stage_grid(out: Path, cfg: dict, seeds: int = 8) -> Path:
     from diffusers import StableDiffusionPipeline
     from PIL import Image
 
-    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True,
-                                                   safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        out / "pipeline", local_files_only=True, safety_checker=None
+    )
     pipe.set_progress_bar_config(disable=True)
     prompts = eval_prompts(1)
     rows = []
     for p in prompts:
         gens = [torch.Generator().manual_seed(s) for s in range(seeds)]
-        imgs = pipe([p] * seeds, num_inference_steps=cfg["eval_steps"],
-                    guidance_scale=cfg["eval_cfg"], generator=gens, output_type="np").images
+        imgs = pipe(
+            [p] * seeds,
+            num_inference_steps=cfg["eval_steps"],
+            guidance_scale=cfg["eval_cfg"],
+            generator=gens,
+            output_type="np",
+        ).images
         rows.append(np.concatenate(list(imgs), axis=1))
     grid = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
     path = out / "grid.png"
@@ -647,7 +767,7 @@ def stage_grid(out: Path, cfg: dict, seeds: int = 8) -> Path:
 
 def stage_package(out: Path, src: Path | None = None, dest: Path | None = None) -> Path:
     """Copy an exported pipeline (+ judge, metrics, latest eval) into the package."""
-    dest = dest or Path(__file__).resolve().parent / "weights"
+    dest = dest or WEIGHTS_DIR
     src = src or out / "pipeline"
     if not (src / "model_index.json").exists():
         raise SystemExit(f"no exported pipeline at {src}: run the unet stage first")
@@ -659,8 +779,11 @@ def stage_package(out: Path, src: Path | None = None, dest: Path | None = None) 
     from safetensors.torch import load_file, save_file
 
     te_file = dest / "text_encoder" / "model.safetensors"
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(te_file).items()},
-              str(te_file), metadata={"format": "pt"})
+    save_file(
+        {k: v.half() if v.is_floating_point() else v for k, v in load_file(te_file).items()},
+        str(te_file),
+        metadata={"format": "pt"},
+    )
     shutil.rmtree(dest / "tokenizer")
     shutil.copytree(TOKENIZER_DIR, dest / "tokenizer")
     for name in ("judge.safetensors", "judge.json", "metrics.json"):
@@ -671,8 +794,9 @@ def stage_package(out: Path, src: Path | None = None, dest: Path | None = None) 
         metrics = json.loads((dest / "metrics.json").read_text())
         metrics.update(json.loads((src / "train_state.json").read_text()))
         (dest / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    evals = [p for p in out.glob("eval_*.json")
-             if json.loads(p.read_text()).get("pipeline") == str(src)]
+    evals = [
+        p for p in out.glob("eval_*.json") if json.loads(p.read_text()).get("pipeline") == str(src)
+    ]
     if evals:  # the evaluation of exactly these weights
         shutil.copy(max(evals, key=lambda p: p.stat().st_mtime), dest / "eval.json")
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
@@ -685,16 +809,18 @@ def stage_package(out: Path, src: Path | None = None, dest: Path | None = None) 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", default="all",
-                    help="data,text,vae,judge,unet,eval or 'all' (comma list allowed)")
+    ap.add_argument(
+        "--stage", default="all", help="data,text,vae,judge,unet,eval or 'all' (comma list allowed)"
+    )
     ap.add_argument("--out", default="runs/toyworld")
     ap.add_argument("--minutes", type=float, default=120.0, help="UNet wall budget this run")
     ap.add_argument("--max-steps", type=int, default=0, help="UNet steps this run (0: no cap)")
     ap.add_argument("--ckpt-minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default="", help="JSON overrides of DEFAULTS")
-    ap.add_argument("--pipeline", default="",
-                    help="eval/package: pipeline folder (default OUT/pipeline)")
+    ap.add_argument(
+        "--pipeline", default="", help="eval/package: pipeline folder (default OUT/pipeline)"
+    )
     ap.add_argument("--tag", default="", help="eval: name of the result file eval_TAG.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -703,8 +829,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dict(DEFAULTS)
     if args.config:
         cfg.update(json.loads(args.config))
-    stages = ["data", "text", "vae", "vaedec", "judge", "unet"] if args.stage == "all" else \
-        args.stage.split(",")
+    stages = (
+        ["data", "text", "vae", "vaedec", "judge", "unet"]
+        if args.stage == "all"
+        else args.stage.split(",")
+    )
     for s in stages:
         log(out, f"stage {s} start")
         if s == "data":
