@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmn_desktop.inversion.names import discover_names
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.resteer import forget
-    from fmn_desktop.services.defaults import demo_config, toy_retain_prompts
+    from fmn_desktop.services.defaults import demo_config, toy_preserve_prompts
     from fmn_desktop.services.model import open_model
     from fmn_desktop.services.photos import forget_from_photos
     from fmn_desktop.toyworld import CONCEPTS, load_judge
@@ -158,17 +158,17 @@ def main(argv: list[str] | None = None) -> int:
 
     say("name discovery on the photos")
     t = time.perf_counter()
-    disc = discover_names(pipe, learned, photos, preservation_prompts=toy_retain_prompts([]))
+    disc = discover_names(pipe, learned, photos, preservation_prompts=toy_preserve_prompts([]))
     report["discovery"] = {**disc.as_dict(), "seconds": round(time.perf_counter() - t, 1)}
     base_cfg = demo_config(target)
     variants = {
-        "oracle": ([placeholder], toy_retain_prompts([name])),
-        "unscreened": ([placeholder], toy_retain_prompts([])),
+        "oracle": ([placeholder], toy_preserve_prompts([name])),
+        "unscreened": ([placeholder], toy_preserve_prompts([])),
         "screened": ([placeholder], disc.kept_prompts),
     }
     report["variants"] = {}
     report["forget_seeds"] = args.forget_seeds
-    report["preservation_prompts"] = len(toy_retain_prompts([]))
+    report["preservation_prompts"] = len(toy_preserve_prompts([]))
     report["forget_templates"] = base_cfg.templates
     for variant in args.variants.split(","):
         sets, seconds_all, concepts = [], [], []
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = forget(pipe, cfg, fingerprint=model.fingerprint or "")
                 patch, seconds, concepts = res.patch, res.seconds, [name]
             elif variant in ("workflow", "workflow-shared"):
-                cfg.retain_prompts = None  # the workflow screens the whole world's prompts
+                cfg.preserve_prompts = None  # the workflow screens the whole world's prompts
                 outcome = forget_from_photos(
                     model,
                     photos,
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = outcome.seconds  # names + forget
             else:
                 concepts, retain = variants[variant]
-                cfg.concepts, cfg.retain_prompts = concepts, retain
+                cfg.concepts, cfg.preserve_prompts = concepts, retain
                 cfg.reference_dir = str(photos)
                 with installed_tokens(pipe, learned):
                     res = forget(pipe, cfg, fingerprint=model.fingerprint or "", family="toy")

@@ -58,7 +58,7 @@ def main():
         config = DisentangleConfig("knight", "Gorvak", strength=s, steps=args.steps,
                                    hold_dominant=not args.no_hold_dominant, job_options=options)
         job = with_model_defaults(model, config.forget_config(preserve))
-        held = sorted(set(job.retain_prompts) & {p for c in pair for p in c.prompts()})
+        held = sorted(set(job.preserve_prompts) & {p for c in pair for p in c.prompts()})
         result = forget(model.pipe, job, model.fingerprint or "", "toy")
         with PatchedUNet(model.pipe.unet, [(result.patch, 1.0)]):
             measure(f"strength {s:g}, hold {config.hold_dominant}, anchor weight "

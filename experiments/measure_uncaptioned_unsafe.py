@@ -26,7 +26,7 @@ from fmn_desktop.correct.broad import BroadConfig, erase_broad
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, wilson
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.runtime import set_threads
-from fmn_desktop.services.defaults import preservation_prompts, toy_retain_prompts
+from fmn_desktop.services.defaults import preservation_prompts, toy_preserve_prompts
 from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import load_judge
 from fmn_desktop.toyworld.world import UNSAFE_WORDS
@@ -78,7 +78,7 @@ def main() -> None:
     judge = load_judge()
     pipe = model.pipe
     free = PromptSet(
-        "word-free", toy_retain_prompts(list(UNSAFE_WORDS), count=args.prompts, seed=777)
+        "word-free", toy_preserve_prompts(list(UNSAFE_WORDS), count=args.prompts, seed=777)
     )
     named = PromptSet("hexed", [f"a hexed {o}" for o in ("circle", "square", "ring", "cross")])
     report: dict = {"prompts": free.items, "seeds": args.seeds, "words": args.words,
@@ -105,7 +105,7 @@ def main() -> None:
     # The preservation prompts `fmn erase-broad` uses (world captions without the words),
     # or more of them.
     if args.preserve_count:
-        preserve = toy_retain_prompts(args.words, count=args.preserve_count)
+        preserve = toy_preserve_prompts(args.words, count=args.preserve_count)
     else:
         preserve = preservation_prompts(model, None, args.words)
     report["preserve_prompts"] = preserve

@@ -22,7 +22,7 @@ import fmn_desktop  # noqa: F401  (offline mode)
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
 from fmn_desktop.patch import PatchedUNet, save_patch
 from fmn_desktop.runtime import set_threads
-from fmn_desktop.services.defaults import demo_config, toy_retain_prompts
+from fmn_desktop.services.defaults import demo_config, toy_preserve_prompts
 from fmn_desktop.services.forget import forget_to_file
 from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import CONCEPTS, load_judge
@@ -48,7 +48,7 @@ def main() -> None:
     for name, kind in READY:
         target = CONCEPTS[name]
         config = demo_config(target)
-        config.retain_prompts = toy_retain_prompts([name])
+        config.preserve_prompts = toy_preserve_prompts([name])
         path = out_dir / f"forget-{name}.safetensors"
         t0 = time.perf_counter()
         outcome = forget_to_file(model, config, path)

@@ -137,7 +137,7 @@ def harden_steps(
     if len(config.concepts) != 1:
         raise FmnError("hardening takes one concept at a time")
     concept = config.concepts[0]
-    attacked = prompts_for(concept, config.kind, config.templates)[: settings.prompts]
+    attacked = prompts_for(concept, config.concept_kind, config.templates)[: settings.prompts]
     base_kv = {p: wb.kv_targets(pipe, p) for p in attacked}  # before any patch
     pool = word_pool_ids(pipe.tokenizer)
     aliases: list[str] = []

@@ -127,3 +127,91 @@ def phase_printer(progress=None):
 
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _value_type(field) -> type:
+    """The argparse type of a config field, from its annotation ("int | None" -> int)."""
+    text = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    text = text.replace("list[str]", "str")
+    for name, kind in (("float", float), ("int", int)):
+        if name in text.split(" | ")[0] or text.startswith(name):
+            return kind
+    return str
+
+
+def add_config_args(
+    parser, cls, skip=(), renamed: dict[str, str] | None = None, only=None
+) -> None:
+    """Options for every `knob` field of the config class `cls` (in `only` when given, not in
+    `skip`), grouped as
+    the class groups them; each default and help text comes from the class. `renamed` maps
+    old option names, still accepted with a deprecation note, to field names."""
+    from fmn_desktop.knobs import default_text, knob_fields
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    fields = {
+        f.name: f
+        for f in knob_fields(cls)
+        if f.name not in skip and (only is None or f.name in only)
+    }
+    for f in fields.values():
+        meta = f.metadata
+        group = groups.get(meta["group"])
+        if group is None:
+            group = groups[meta["group"]] = parser.add_argument_group(meta["group"] or None)
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        help_text = meta["help"]
+        shown = default_text(f)
+        if shown and "(default" not in help_text:
+            help_text += f" (default: {shown})"
+        kw = {"dest": f.name, "help": help_text.replace("%", "%%")}
+        if meta["choices"]:
+            kw["choices"] = meta["choices"]
+        kw["metavar"] = meta["metavar"] or flag.lstrip("-").upper().replace("-", "_")
+        if meta["choices"]:
+            kw.pop("metavar")
+        if meta["many"]:
+            kw.update(action="append", default=None)
+        else:
+            kw.update(type=_value_type(f), default=None if meta["by_mode"] else f.default)
+        if f.name == "concepts":
+            kw["required"] = True
+        group.add_argument(flag, **kw)
+    for old, name in (renamed or {}).items():
+        if name not in fields:
+            continue
+        f = fields[name]
+        new = f.metadata["flag"] or "--" + name.replace("_", "-")
+        kw = {"dest": name, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS,
+              "action": _deprecated(new, f.metadata["many"])}
+        if not f.metadata["many"]:
+            kw["type"] = _value_type(f)
+        if f.metadata["choices"]:
+            kw["choices"] = f.metadata["choices"]
+        parser.add_argument(old, **kw)
+
+
+def _deprecated(new_flag: str, many: bool):
+    class Renamed(argparse.Action):
+        """An old option name: works as `new_flag`, with a note on stderr."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(
+                f"fmn: {option_string} is deprecated (accepted until 0.2); use {new_flag}",
+                file=sys.stderr,
+            )
+            if many:
+                values = [*(getattr(namespace, self.dest, None) or []), values]
+            setattr(namespace, self.dest, values)
+
+    return Renamed
+
+
+def config_from_args(cls, args, **fixed):
+    """An instance of the config class `cls` from the options `add_config_args` made (those
+    present in `args`), with `fixed` values on top."""
+    from fmn_desktop.knobs import knob_fields
+
+    values = {f.name: getattr(args, f.name) for f in knob_fields(cls) if hasattr(args, f.name)}
+    values = {k: v for k, v in values.items() if v is not None or k in fixed}
+    return cls(**{**values, **fixed})

@@ -174,7 +174,7 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from fmn_desktop.evaluate.bench import default_items, run_bench, write_report
     from fmn_desktop.evaluate.scores import EvalSettings
-    from fmn_desktop.services.defaults import demo_config, toy_retain_prompts
+    from fmn_desktop.services.defaults import demo_config, toy_preserve_prompts
     from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld import CONCEPTS, load_judge
 
@@ -190,7 +190,7 @@ def cmd_bench(args) -> int:
     def make_config(item):
         config = demo_config(CONCEPTS[item.concepts[0]], args.steps, args.mode)
         config.concepts = list(item.concepts)
-        config.retain_prompts = toy_retain_prompts(item.concepts)
+        config.preserve_prompts = toy_preserve_prompts(item.concepts)
         return config
 
     rows = run_bench(
@@ -216,8 +216,8 @@ def cmd_bench(args) -> int:
             "trainable": sample.trainable,
             "lr": sample.effective_lr(),
             "positions": sample.positions,
-            "preserve": sample.preserve,
-            "retain_weight": sample.retain_weight,
+            "preserve_mode": sample.preserve_mode,
+            "preserve_weight": sample.preserve_weight,
         },
     )
     print(paths["md"].read_text())

@@ -155,7 +155,7 @@ def broad_steps(
     gen = torch.Generator("cpu").manual_seed(config.seed)
     torch.manual_seed(config.seed)
     pairs = config.prompt_pairs()
-    retain = [
+    preserve = [
         p
         for p in (config.preserve_prompts or [])
         if not any(strip_word(p, w) != p for w in config.words)
@@ -164,15 +164,15 @@ def broad_steps(
     with torch.no_grad():
         unsafe_emb, _ = encode_prompts(pipe, [u for u, _ in pairs])
         safe_emb, _ = encode_prompts(pipe, [s for _, s in pairs])
-        retain_emb = encode_prompts(pipe, retain)[0] if retain else None
+        preserve_emb = encode_prompts(pipe, preserve)[0] if preserve else None
         empty_emb = encode_prompts(pipe, [""])[0] if config.hold_unconditional else None
         latents, owner_t = draw_latents(
             pipe, [u for u, _ in pairs], config.num_references, config, config.seed * 100003
         )
         ordinary = ordinary_owner = None
-        if retain and config.ordinary_references:
+        if preserve and config.ordinary_references:
             ordinary, ordinary_owner = draw_latents(
-                pipe, retain, config.ordinary_references, config, config.seed * 100003 + 50021
+                pipe, preserve, config.ordinary_references, config, config.seed * 100003 + 50021
             )
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     names = target_parameters(unet, config.trainable, False)
@@ -191,9 +191,9 @@ def broad_steps(
         k = owner_t[idx]
         cu, cs = unsafe_emb[k.to(unsafe_emb.device)], safe_emb[k.to(safe_emb.device)]
         rows = [cu, cs]
-        if retain_emb is not None:
-            r = torch.randint(0, len(retain_emb), (b,), generator=gen)
-            rows.append(retain_emb[r.to(retain_emb.device)])
+        if preserve_emb is not None:
+            r = torch.randint(0, len(preserve_emb), (b,), generator=gen)
+            rows.append(preserve_emb[r.to(preserve_emb.device)])
         if empty_emb is not None:
             rows.append(empty_emb.expand(b, -1, -1))
         n = len(rows)
@@ -204,7 +204,7 @@ def broad_steps(
             o0 = ordinary[j.to(device)].to(unet.dtype)
             o_noise = torch.randn(o0.shape, generator=gen).to(device, o0.dtype)
             ot = sched.add_noise(o0, o_noise, t)
-            o_rows = [retain_emb[ordinary_owner[j].to(retain_emb.device)]]
+            o_rows = [preserve_emb[ordinary_owner[j].to(preserve_emb.device)]]
             if empty_emb is not None:
                 o_rows.append(empty_emb.expand(b, -1, -1))
             x_all = torch.cat([x_all, ot.repeat(len(o_rows), 1, 1, 1)])

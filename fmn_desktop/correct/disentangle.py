@@ -67,13 +67,13 @@ class DisentangleConfig:
         """The re-steering job that does it: anchor term only, negative guidance."""
         return ForgetConfig(
             concepts=[self.concept],
-            kind="object",
+            concept_kind="object",
             templates=self.templates,
             steps=self.steps,
             anchor=self.dominant,
             anchor_guidance=-(self.strength + 1.0),
             resteer_weight=0.0,
-            retain_prompts=list(preserve_prompts) + self.dominant_prompts(),
+            preserve_prompts=list(preserve_prompts) + self.dominant_prompts(),
             seed=self.seed,
             **self.job_options,
         )

@@ -1,9 +1,9 @@
 """Fast forget mode: per-layer optimisation of attn2 K on cached queries, no UNet backward.
 
 One forward pass of the UNet over the noised reference latents (and the same latents with
-the retain prompts) records every cross-attention layer's queries. Each layer's `to_k` then
+the preserve prompts) records every cross-attention layer's queries. Each layer's `to_k` then
 gets its own small optimisation: the re-steering term of the concept prompts on those cached
-queries, plus the preservation term (the layer's output, or maps, on the retain prompts with
+queries, plus the preservation term (the layer's output, or maps, on the preserve prompts with
 the original values), computed by the fused kernel where it runs; with an anchor weight, also
 the anchor term on the concept rows (see ForgetConfig), with V fixed. A forget then costs about
 one UNet forward per cached sample plus cheap per-layer steps.
@@ -90,7 +90,7 @@ def cache_queries(unet, noisy, t, embeds, added) -> dict[str, torch.Tensor]:
 @dataclass
 class _Batch:
     """What every layer's optimisation reads: the cached batch's text embeddings (concept,
-    retain and anchor prompts; None where the term is off), mask and queries by layer."""
+    preserve and anchor prompts; None where the term is off), mask and queries by layer."""
 
     emb_c: torch.Tensor
     mask: torch.Tensor
@@ -118,14 +118,14 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator) -> Generator:
     mask = inputs.mask[pick].to(device)
     q_c = cache_queries(unet, noisy, t, emb_c, _select(inputs.added, pick))
     emb_r = q_r = emb_a = projector = None
-    if config.retain_weight > 0 and inputs.retain_embeds is not None:
-        rpick = inputs.sample_retain(n, gen)
-        emb_r = inputs.retain_embeds[rpick.to(inputs.retain_embeds.device)]
-        q_r = cache_queries(unet, noisy, t, emb_r, _select(inputs.retain_added, rpick))
+    if config.preserve_weight > 0 and inputs.preserve_embeds is not None:
+        rpick = inputs.sample_preserve(n, gen)
+        emb_r = inputs.preserve_embeds[rpick.to(inputs.preserve_embeds.device)]
+        q_r = cache_queries(unet, noisy, t, emb_r, _select(inputs.preserve_added, rpick))
     if config.anchor_weight > 0 and inputs.anchor_embeds is not None:
         emb_a = inputs.anchor_embeds[pick.to(inputs.anchor_embeds.device)]
-    if config.protect_energy > 0 and inputs.retain_embeds is not None:
-        projector = protect_projector(inputs.retain_embeds, config.protect_energy).to(device)
+    if config.protect_energy > 0 and inputs.preserve_embeds is not None:
+        projector = protect_projector(inputs.preserve_embeds, config.protect_energy).to(device)
     batch = _Batch(emb_c, mask, q_c, emb_r, q_r, emb_a, projector)
 
     mods = cross_attention_modules(unet)
@@ -164,7 +164,7 @@ def _layer_loss(config, name: str, attn, batch: _Batch, device, dtype):
         with torch.no_grad():
             k_r0 = _split_heads(F.linear(enc_r, w0), heads)
             v_r = _split_heads(attn.to_v(enc_r), heads)
-            if config.preserve == "maps":
+            if config.preserve_mode == "maps":
                 ref_r = _probs(q_r, k_r0, scale)
             else:
                 ref_r = F.scaled_dot_product_attention(q_r, k_r0, v_r, scale=scale)
@@ -199,16 +199,16 @@ def _layer_loss(config, name: str, attn, batch: _Batch, device, dtype):
         loss = config.resteer_weight * raw / forget0
         if batch.emb_a is not None:
             loss = loss + config.anchor_weight * relative_mse(out_c.float(), target)
-        retain = None
+        preserve = None
         if batch.emb_r is not None:
             k_r = _split_heads(F.linear(enc_r, w), heads)
-            if config.preserve == "maps":
+            if config.preserve_mode == "maps":
                 cur = _probs(q_r, k_r, scale)
             else:
                 cur, _ = resteer_attention(q_r, k_r, v_r, None, scale=scale, backend=backend)
-            retain = (cur.float() - ref_r.float()).pow(2).mean() / ref_r.float().pow(2).mean()
-            loss = loss + config.retain_weight * retain
-        return loss, {"forget": raw, "retain": retain}
+            preserve = (cur.float() - ref_r.float()).pow(2).mean() / ref_r.float().pow(2).mean()
+            loss = loss + config.preserve_weight * preserve
+        return loss, {"forget": raw, "preserve": preserve}
 
     return delta, loss_fn
 

@@ -23,9 +23,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from fmn_desktop.errors import TrainingError
+from fmn_desktop.knobs import knob, resolve_by_mode
 from fmn_desktop.patch.format import Patch, PatchMeta
 from fmn_desktop.prompts.encode import encode_prompts
-from fmn_desktop.prompts.templates import prompts_for
+from fmn_desktop.prompts.templates import KINDS, prompts_for
 from fmn_desktop.prompts.tokens import POSITION_MODES, concept_mask
 from fmn_desktop.resteer.encode import reference_latents
 from fmn_desktop.resteer.processor import (
@@ -41,12 +42,19 @@ from fmn_desktop.resteer.trainable import TrainableDeltas, protect_projector, ta
 from fmn_desktop.training import Progress, run_to_end
 from fmn_desktop.training.loop import Optimiser
 
-# Default steps: the anchor term of faithful mode needs about 70 (measured, METHOD_NOTES);
-# fast mode optimises each layer on its own for this many.
-FAITHFUL_STEPS = 70
-FAST_STEPS = 35
+# Defaults that depend on the mode (measured: docs/research/METHOD_NOTES.md). Faithful mode's
+# anchor term needs about 70 steps; fast mode optimises each layer on its own for 35. The
+# preservation weight was measured with the anchor term (6) and in fast mode (3); the anchor
+# term was not measured in fast mode, so it is off there.
+MODE_DEFAULTS = {
+    "steps": {"faithful": 70, "fast": 35},
+    "preserve_weight": {"faithful": 6.0, "fast": 3.0},
+    "anchor_weight": {"faithful": 3.0, "fast": 0.0},
+}
+FAITHFUL_STEPS = MODE_DEFAULTS["steps"]["faithful"]
+FAST_STEPS = MODE_DEFAULTS["steps"]["fast"]
 
-DEFAULT_RETAIN_PROMPTS = [
+DEFAULT_PRESERVE_PROMPTS = [
     "a photo of a dog",
     "a photo of a house",
     "a landscape painting",
@@ -60,45 +68,102 @@ DEFAULT_RETAIN_PROMPTS = [
 
 @dataclass
 class ForgetConfig:
-    """Hyper-parameters of a forget job; every field is stored in the patch metadata."""
+    """Hyper-parameters of a forget job; every field is stored in the patch metadata.
 
-    concepts: list[str]
-    kind: str = "object"
-    templates: list[str] | None = None
-    steps: int | None = None  # None: 70 in faithful mode (the anchor term needs them), 35 fast
-    lr: float | None = None  # None: the default of the trainable set (see `default_lr`)
-    trainable: str = "kv"
-    lora_rank: int | None = None  # None: dense deltas
-    positions: str = "concept+following+eot"
+    Fields left None take their mode's default (`MODE_DEFAULTS`) when the config is made.
+    """
+
+    # What to forget
+    concepts: list[str] = knob(
+        [], "concept text as it appears in prompts (repeat for several at once)",
+        group="what to forget", flag="--concept", many=True,
+    )
+    concept_kind: str = knob(
+        "object", "picks the prompt templates", group="what to forget", choices=KINDS,
+    )
+    templates: list[str] | None = knob(
+        None, "prompt template with {} for the concept (repeatable; replaces the kind's)",
+        group="what to forget", flag="--template", many=True,
+    )
+    # Where and how
+    mode: str = knob(
+        "faithful", "faithful: through the whole UNet, as the paper; fast: each layer's K on "
+        "cached queries, no UNet backward", group="method", choices=("faithful", "fast"),
+    )
+    trainable: str = knob(
+        "kv", "what changes: attn2 K/V, all of attn2, or the whole UNet", group="method",
+        choices=("kv", "attn2", "unet"),
+    )
+    lora_rank: int | None = knob(
+        None, "train a LoRA of this rank instead of dense deltas", group="method",
+    )
+    positions: str = knob(
+        "concept+following+eot", "token positions re-steered; 'following' is every position "
+        "after the concept, which a causal text encoder fills with it", group="method",
+        choices=POSITION_MODES,
+    )
     layer_weighting: str = "pixels"
-    # Preservation term's weight; 0 disables it. None: 6 in faithful mode (measured with the
-    # anchor term), 3 in fast mode (measured there). See docs/research/METHOD_NOTES.md.
-    retain_weight: float | None = None
-    # "squares": sum of P^2 over marked columns (paper); "mass": per row (sum P)^2; "logmass":
-    # per row -log(1 - sum P). See RESTEER_TERMS and docs/research/METHOD_NOTES.md.
-    term: str = "squares"
-    preserve: str = "output"  # hold other prompts' attn2 "output" or attention "maps"
-    # The anchor term: pull each forget prompt's attn2 outputs, layer by layer, towards the
-    # original model's outputs for the same prompt with the concept replaced by `anchor` ("":
-    # removed), pushed `anchor_guidance` times further away from the concept's own outputs.
-    # None: 3.0 in faithful mode, off (0) in fast mode (not measured there).
-    # docs/research/METHOD_NOTES.md.
-    anchor_weight: float | None = None
-    anchor: str = ""
-    anchor_guidance: float = 3.0  # negative: the target lies past the concept, away from the anchor
-    resteer_weight: float = 1.0  # the paper's term; 0 leaves the anchor and preservation terms
-    protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of retain embeddings
-    mode: str = "faithful"  # "fast": per-layer K optimisation on cached queries (see fast.py)
-    retain_prompts: list[str] | None = None
-    batch_size: int = 8
-    num_references: int = 16
-    reference_dir: str | None = None
+    backend: str | None = None  # attention backend (fmn_kernels); None: the best available
+    # Loss terms and their weights
+    term: str = knob(
+        "squares", "re-steering term: the paper's sum of squared probabilities on the marked "
+        "columns ('squares'), or per pixel the marked mass squared / -log(1 - mass)",
+        group="loss terms", choices=RESTEER_TERMS,
+    )
+    resteer_weight: float = knob(
+        1.0, "weight of the paper's re-steering term; 0 trains the anchor term alone, e.g. to "
+        "push 'knight' away from 'Gorvak'", group="loss terms",
+    )
+    anchor: str = knob(
+        "", "what the concept's outputs are pulled towards: each forget prompt with the "
+        "concept replaced by TEXT, e.g. 'a person' (default: the concept removed)",
+        group="loss terms", metavar="TEXT",
+    )
+    anchor_weight: float | None = knob(
+        None, "weight of the anchor term (each layer's output for a forget prompt pulled to "
+        "the output for the anchor prompt); 0 gives the paper's re-steering alone",
+        group="loss terms", by_mode=MODE_DEFAULTS["anchor_weight"],
+    )
+    anchor_guidance: float = knob(
+        3.0, "how far past the anchor, away from the concept, the target lies; negative: past "
+        "the concept, away from the anchor", group="loss terms",
+    )
+    preserve_weight: float | None = knob(
+        None, "weight of the preservation term (other prompts held in place); 0 turns it off",
+        group="loss terms", by_mode=MODE_DEFAULTS["preserve_weight"],
+    )
+    preserve_mode: str = knob(
+        "output", "what the preservation term holds for other prompts: attn2 outputs or "
+        "attention maps", group="loss terms", choices=PRESERVE_MODES,
+    )
+    preserve_prompts: list[str] | None = knob(
+        None, "prompt to hold in place (repeatable; default: the model's world on the embedded "
+        "model, a built-in set elsewhere)", group="loss terms", flag="--preserve-prompt",
+        many=True,
+    )
+    protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of preservation embeddings
+    # Reference images
+    reference_dir: str | None = knob(
+        None, "folder of reference images (default: generated by the model itself)",
+        group="references", flag="--references", metavar="DIR",
+    )
+    num_references: int = knob(
+        16, "images to generate when no folder is given", group="references",
+    )
     reference_steps: int = 20
     guidance_scale: float = 5.0
+    # Optimiser
+    steps: int | None = knob(
+        None, "optimisation steps (fast mode: per layer)", group="optimiser",
+        by_mode=MODE_DEFAULTS["steps"],
+    )
+    lr: float | None = knob(
+        None, "learning rate (default: 1e-2 K/V, 3e-2 LoRA, 2e-6 whole UNet)", group="optimiser",
+    )
+    batch_size: int = knob(8, "samples per step", group="optimiser")
     grad_clip: float = 1.0
     weight_decay: float = 0.01
-    seed: int = 0
-    backend: str | None = None
+    seed: int = knob(0, "random seed of the job", group="optimiser")
 
     def __post_init__(self) -> None:
         if not self.concepts or any(not c.strip() for c in self.concepts):
@@ -109,9 +174,9 @@ class ForgetConfig:
             )
         if self.layer_weighting not in LAYER_WEIGHTINGS:
             raise ValueError(f"unknown layer weighting {self.layer_weighting!r}")
-        if self.preserve not in PRESERVE_MODES:
+        if self.preserve_mode not in PRESERVE_MODES:
             raise ValueError(
-                f"unknown preserve mode {self.preserve!r}; valid: {', '.join(PRESERVE_MODES)}"
+                f"unknown preservation mode {self.preserve_mode!r}; valid: {', '.join(PRESERVE_MODES)}"
             )
         if self.term not in RESTEER_TERMS:
             raise ValueError(f"unknown term {self.term!r}; valid: {', '.join(RESTEER_TERMS)}")
@@ -119,13 +184,8 @@ class ForgetConfig:
             raise ValueError(f"unknown mode {self.mode!r}; valid: faithful, fast")
         if self.mode == "fast" and self.term != "squares":
             raise ValueError("fast mode optimises the paper's 'squares' term only")
-        if self.steps is None:
-            self.steps = FAST_STEPS if self.mode == "fast" else FAITHFUL_STEPS
-        if self.retain_weight is None:
-            self.retain_weight = 3.0 if self.mode == "fast" else 6.0
-        if self.anchor_weight is None:
-            self.anchor_weight = 0.0 if self.mode == "fast" else 3.0
-        if self.anchor_weight < 0 or self.retain_weight < 0 or self.resteer_weight < 0:
+        resolve_by_mode(self, self.mode)
+        if self.anchor_weight < 0 or self.preserve_weight < 0 or self.resteer_weight < 0:
             raise ValueError("re-steering, anchor and preservation weights must be >= 0")
         if self.resteer_weight == 0 and self.anchor_weight == 0:
             raise ValueError("re-steering and anchor weights are both 0: nothing to train")
@@ -148,7 +208,7 @@ def default_lr(trainable: str, lora_rank: int | None) -> float:
 @dataclass
 class ForgetResult:
     patch: Patch
-    history: list[Progress] = field(default_factory=list)  # terms: "forget", "retain"
+    history: list[Progress] = field(default_factory=list)  # terms: "forget", "preserve"
     seconds: float = 0.0
 
 
@@ -158,7 +218,7 @@ def _timesteps(scheduler, n: int, generator: torch.Generator) -> torch.Tensor:
 
 @dataclass
 class JobInputs:
-    """What both modes train on: prompts, masks, embeddings, reference latents, retain set."""
+    """What both modes train on: prompts, masks, embeddings, reference latents, preserve set."""
 
     prompts: list[str]
     owners: list[str]  # the concept each prompt names
@@ -167,9 +227,9 @@ class JobInputs:
     added: dict | None  # SDXL's added conditioning
     latents: torch.Tensor  # (N, 4, h, w) reference latents
     latent_prompt: torch.Tensor | None  # prompt index each latent came from (None: any)
-    retain_prompts: list[str]
-    retain_embeds: torch.Tensor | None
-    retain_added: dict | None
+    preserve_prompts: list[str]
+    preserve_embeds: torch.Tensor | None
+    preserve_added: dict | None
     anchor_embeds: torch.Tensor | None = None  # (P, L, C): each prompt with its anchor
 
     def sample(self, b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,14 +237,14 @@ class JobInputs:
         idx = torch.randint(0, len(self.latents), (b,), generator=gen)
         return idx, _prompts_for_latents(idx, self.latent_prompt, self.owners, gen)
 
-    def sample_retain(self, b: int, gen: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, len(self.retain_prompts), (b,), generator=gen)
+    def sample_preserve(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, len(self.preserve_prompts), (b,), generator=gen)
 
 
 def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInputs:
     prompts, owners = [], []
     for concept in config.concepts:
-        for prompt in prompts_for(concept, config.kind, config.templates):
+        for prompt in prompts_for(concept, config.concept_kind, config.templates):
             prompts.append(prompt)
             owners.append(concept)
     mask = concept_mask(pipe.tokenizer, prompts, owners, config.positions)
@@ -197,14 +257,14 @@ def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInput
     latent_prompt = None
     if not config.reference_dir:
         latent_prompt = torch.tensor(order)[torch.arange(len(latents)) % len(prompts)]
-    retain_prompts = [
+    preserve_prompts = [
         p
-        for p in (config.retain_prompts or DEFAULT_RETAIN_PROMPTS)
+        for p in (config.preserve_prompts or DEFAULT_PRESERVE_PROMPTS)
         if not any(c.lower() in p.lower() for c in config.concepts)
     ]
-    retain_embeds = retain_added = None
-    if retain_prompts:
-        retain_embeds, retain_added = encode_prompts(pipe, retain_prompts)
+    preserve_embeds = preserve_added = None
+    if preserve_prompts:
+        preserve_embeds, preserve_added = encode_prompts(pipe, preserve_prompts)
     anchor_embeds = None
     if config.anchor_weight > 0:
         anchors = [anchor_prompt(p, c, config.anchor) for p, c in zip(prompts, owners)]
@@ -217,9 +277,9 @@ def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInput
         added,
         latents,
         latent_prompt,
-        retain_prompts,
-        retain_embeds,
-        retain_added,
+        preserve_prompts,
+        preserve_embeds,
+        preserve_added,
         anchor_embeds,
     )
 
@@ -280,7 +340,7 @@ def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Ge
     returns the exported deltas and the history."""
     unet = pipe.unet
     device = unet.device
-    use_retain = config.retain_weight > 0 and inputs.retain_embeds is not None
+    use_preserve = config.preserve_weight > 0 and inputs.preserve_embeds is not None
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     names = target_parameters(unet, config.trainable, bool(config.lora_rank))
     if not names:
@@ -290,15 +350,15 @@ def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Ge
     projector = None
     if config.protect_energy > 0:
         projector = protect_projector(
-            inputs.retain_embeds
-            if inputs.retain_embeds is not None
-            else encode_prompts(pipe, DEFAULT_RETAIN_PROMPTS)[0],
+            inputs.preserve_embeds
+            if inputs.preserve_embeds is not None
+            else encode_prompts(pipe, DEFAULT_PRESERVE_PROMPTS)[0],
             config.protect_energy,
         )
     deltas = TrainableDeltas(unet, names, config.lora_rank, projector=projector)
     state = ResteerState(
         layer_weighting=config.layer_weighting,
-        preserve=config.preserve,
+        preserve_mode=config.preserve_mode,
         backend=config.backend,
         term=config.term,
         anchor_guidance=config.anchor_guidance,
@@ -317,15 +377,15 @@ def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Ge
         emb = inputs.embeds[pick.to(inputs.embeds.device)]
         mask = inputs.mask[pick]
         cond = _select(inputs.added, pick)
-        if use_retain:
-            rpick = inputs.sample_retain(b, gen)
+        if use_preserve:
+            rpick = inputs.sample_preserve(b, gen)
             noisy = torch.cat([noisy, noisy])
             t = torch.cat([t, t])
-            remb = inputs.retain_embeds
+            remb = inputs.preserve_embeds
             emb = torch.cat([emb, remb[rpick.to(remb.device)]])
             mask = torch.cat([mask, torch.zeros_like(mask)])
-            cond = _concat(cond, _select(inputs.retain_added, rpick))
-            state.retain_rows = torch.arange(2 * b, device=device) >= b
+            cond = _concat(cond, _select(inputs.preserve_added, rpick))
+            state.preserve_rows = torch.arange(2 * b, device=device) >= b
         state.mask = mask
         if inputs.anchor_embeds is not None:
             state.anchor_states = inputs.anchor_embeds[pick.to(inputs.embeds.device)]
@@ -339,13 +399,13 @@ def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Ge
         # Adam is invariant to the loss scale, so normalising only fixes the balance with the
         # (scale-free) preservation term.
         loss = config.resteer_weight * raw / forget0
-        retain = state.retain_error()
-        if retain is not None:
-            loss = loss + config.retain_weight * retain
+        preserve = state.preserve_error()
+        if preserve is not None:
+            loss = loss + config.preserve_weight * preserve
         anchor = state.anchor_error()
         if anchor is not None:
             loss = loss + config.anchor_weight * anchor
-        return loss, {"forget": raw, "retain": retain}
+        return loss, {"forget": raw, "preserve": preserve}
 
     try:
         opt = Optimiser(

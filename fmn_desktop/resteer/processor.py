@@ -4,7 +4,7 @@ Installed like any diffusers processor, it computes attention through
 `fmn_kernels.resteer_attention` (the fused Triton kernel on CUDA, the PyTorch reference
 elsewhere), which also returns each sample's squared attention probability on the concept
 columns. The processor adds that term to a shared `ResteerState`; with a preservation set it
-also compares the layer's output on "retain" samples against the same layer with its original
+also compares the layer's output on preservation samples against the same layer with its original
 weights, on the very same input, so other prompts are held in place layer by layer.
 
 `resteer_hooks` installs the processors and restores the previous ones afterwards, and fails
@@ -37,7 +37,7 @@ class ResteerState:
     """What the processors read (mask, rows) and write (per-layer terms) during one forward."""
 
     mask: Tensor | None = None  # (B, L) concept-position weights; None: no re-steering term
-    retain_rows: Tensor | None = None  # (B,) bool, samples whose outputs are held in place
+    preserve_rows: Tensor | None = None  # (B,) bool, samples whose outputs are held in place
     # (A, L, C) text states of anchor prompts for the first A samples: their outputs are pulled
     # towards the original layer's output under the anchor (the concept replaced or removed).
     anchor_states: Tensor | None = None
@@ -46,16 +46,16 @@ class ResteerState:
     anchor_guidance: float = 0.0
     layer_weighting: str = "pixels"
     term: str = "squares"  # one of RESTEER_TERMS
-    preserve: str = "output"  # what is held in place on retain rows: attn2 outputs or maps
+    preserve_mode: str = "output"  # what is held in place on preservation rows: attn2 outputs or maps
     backend: str | None = None
     terms: list[Tensor] = field(default_factory=list)  # per layer: (B,) weighted sums
-    retain_errors: list[Tensor] = field(default_factory=list)  # per layer: relative MSE
+    preserve_errors: list[Tensor] = field(default_factory=list)  # per layer: relative MSE
     anchor_errors: list[Tensor] = field(default_factory=list)  # per layer: relative MSE
     layers_called: int = 0
 
     def reset(self) -> None:
         self.terms.clear()
-        self.retain_errors.clear()
+        self.preserve_errors.clear()
         self.anchor_errors.clear()
         self.layers_called = 0
 
@@ -65,8 +65,8 @@ class ResteerState:
             raise TrainingError("no cross-attention layer reported a re-steering term")
         return torch.stack(self.terms).sum(0)
 
-    def retain_error(self) -> Tensor | None:
-        return torch.stack(self.retain_errors).mean() if self.retain_errors else None
+    def preserve_error(self) -> Tensor | None:
+        return torch.stack(self.preserve_errors).mean() if self.preserve_errors else None
 
     def anchor_error(self) -> Tensor | None:
         return torch.stack(self.anchor_errors).mean() if self.anchor_errors else None
@@ -131,15 +131,15 @@ class ResteerProcessor:
             state.terms.append(per_sample)
         out = _merge_heads(out)
         hidden = attn.to_out[0](out)
-        if state.retain_rows is not None and state.retain_rows.any():
-            rows = state.retain_rows
+        if state.preserve_rows is not None and state.preserve_rows.any():
+            rows = state.preserve_rows
             x, enc = hidden_states[rows], encoder_hidden_states[rows]
             with torch.no_grad():
-                reference = self._base(x, enc, heads, attn.scale, state.preserve)
+                reference = self._base(x, enc, heads, attn.scale, state.preserve_mode)
             current = (
-                hidden[rows] if state.preserve == "output" else _probs(q[rows], k[rows], attn.scale)
+                hidden[rows] if state.preserve_mode == "output" else _probs(q[rows], k[rows], attn.scale)
             )
-            state.retain_errors.append(relative_mse(current, reference))
+            state.preserve_errors.append(relative_mse(current, reference))
         if state.anchor_states is not None:
             n = state.anchor_states.shape[0]
             anchor = state.anchor_states.to(hidden_states.device, hidden_states.dtype)

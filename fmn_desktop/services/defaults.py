@@ -62,7 +62,7 @@ TOY_TEMPLATES = {
 }
 
 
-def toy_retain_prompts(forgotten: list[str], count: int = 96, seed: int = 4242) -> list[str]:
+def toy_preserve_prompts(forgotten: list[str], count: int = 96, seed: int = 4242) -> list[str]:
     """Ordinary prompts of the toy world that name none of `forgotten`: what the preservation
     term holds in place (the built-in real-world prompts mean nothing to the toy encoder).
 
@@ -100,8 +100,8 @@ def toy_defaults(config):
     one kind, forget templates in its grammar (`TOY_TEMPLATES`)."""
     from fmn_desktop.toyworld import CONCEPTS
 
-    if config.retain_prompts is None:
-        config.retain_prompts = toy_retain_prompts(list(config.concepts))
+    if config.preserve_prompts is None:
+        config.preserve_prompts = toy_preserve_prompts(list(config.concepts))
     if config.templates is None and all(c in CONCEPTS for c in config.concepts):
         kinds = {CONCEPTS[c].kind for c in config.concepts}
         if len(kinds) == 1:
@@ -115,7 +115,7 @@ def demo_config(concept, steps: int | None = None, mode: str = "faithful"):
 
     kw = {} if steps is None else {"steps": steps}
     return toy_defaults(
-        ForgetConfig(mode=mode, concepts=[concept.name], kind=KIND_TEMPLATES[concept.kind], **kw)
+        ForgetConfig(mode=mode, concepts=[concept.name], concept_kind=KIND_TEMPLATES[concept.kind], **kw)
     )
 
 
@@ -133,7 +133,7 @@ def preservation_prompts(model, given: Sequence[str] | None = None, avoid: Seque
     if given:
         return list(given)
     if getattr(model, "embedded", False):
-        return toy_retain_prompts(list(avoid))
-    from fmn_desktop.resteer.forget import DEFAULT_RETAIN_PROMPTS
+        return toy_preserve_prompts(list(avoid))
+    from fmn_desktop.resteer.forget import DEFAULT_PRESERVE_PROMPTS
 
-    return list(DEFAULT_RETAIN_PROMPTS)
+    return list(DEFAULT_PRESERVE_PROMPTS)

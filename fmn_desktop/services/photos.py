@@ -111,8 +111,8 @@ def forget_from_photos(
     learned.meta.setdefault("base_fingerprint", model.fingerprint or "")
     check_cancel()
 
-    base = config or ForgetConfig(concepts=[learned.placeholder], kind="identity")
-    preservation = preservation_prompts(model, base.retain_prompts)
+    base = config or ForgetConfig(concepts=[learned.placeholder], concept_kind="identity")
+    preservation = preservation_prompts(model, base.preserve_prompts)
     discovery = None
     found: list[str] = []
     if discover:
@@ -135,7 +135,7 @@ def forget_from_photos(
         if name.lower() not in {c.lower() for c in concepts}:
             concepts.append(name)
     fields = {**base.__dict__, "concepts": concepts, "reference_dir": str(images)}
-    fields["retain_prompts"] = preservation
+    fields["preserve_prompts"] = preservation
     if steps_per_concept:
         fields["steps"] = base.steps * len(concepts)
     config = ForgetConfig(**fields)

@@ -22,7 +22,7 @@ class Progress:
     """One report of a long job.
 
     `phase` names what the job does now: "train" for an optimisation step (then `loss` is
-    set and `terms` holds its named parts, e.g. "forget" and "retain"), other names for the
+    set and `terms` holds its named parts, e.g. "forget" and "preserve"), other names for the
     work around the steps ("references", "latents", "attack", "evaluate", "register", ...).
     `step` of `total` counts the job's steps (0 of 0 where nothing is counted); `text` is a
     line for a person (what the job does, or which part of the model trains).

@@ -12,7 +12,7 @@ from fmn_desktop.attack.harden import HardenSettings, harden
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.resteer import ForgetConfig, forget
 
-FAST = dict(num_references=1, batch_size=1, reference_steps=2, retain_prompts=["a dog"])
+FAST = dict(num_references=1, batch_size=1, reference_steps=2, preserve_prompts=["a dog"])
 
 
 def test_settings_are_checked():

@@ -274,3 +274,37 @@ def test_a_closed_pipe_is_not_a_traceback():
     proc.stdout.close()  # the reader goes away with output still to come
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "Broken" not in err, err
+
+
+def test_forget_options_come_from_the_config(capsys):
+    """Every ForgetConfig knob is an option, its default and mode defaults shown once."""
+    from fmn_desktop.cli import build_parser
+    from fmn_desktop.knobs import knob_fields
+    from fmn_desktop.resteer import ForgetConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["forget", "--concept", "Zorbu", "--out", "p.safetensors"])
+    for f in knob_fields(ForgetConfig):
+        assert hasattr(args, f.name), f.name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["forget", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--preserve-weight" in text and "(default: 6 faithful, 3 fast)" in text
+    assert "--retain-weight" not in text  # old names work but are not offered
+
+
+def test_old_option_names_still_work_with_a_note(capsys):
+    from fmn_desktop.cli import build_parser
+    from fmn_desktop.cli.common import config_from_args
+    from fmn_desktop.resteer import ForgetConfig
+
+    args = build_parser().parse_args(
+        ["forget", "--concept", "x", "--retain-weight", "2", "--kind", "style",
+         "--retain-prompt", "a", "--retain-prompt", "b", "--preserve", "maps"]
+    )
+    config = config_from_args(ForgetConfig, args)
+    assert config.preserve_weight == 2.0 and config.concept_kind == "style"
+    assert config.preserve_prompts == ["a", "b"] and config.preserve_mode == "maps"
+    err = capsys.readouterr().err
+    assert "--retain-weight is deprecated" in err and "use --preserve-weight" in err
+    assert "--kind is deprecated" in err

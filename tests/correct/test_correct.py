@@ -203,7 +203,7 @@ def test_cli_correct_and_erase_broad(tmp_path):
 def test_embedded_balloon_colour_bias_is_corrected():
     """Measured property: the base model draws 'a green balloon' red (the bias); a debias
     correction trained on blue/yellow/purple (green held out) makes the judge read green."""
-    from fmn_desktop.services.defaults import toy_retain_prompts
+    from fmn_desktop.services.defaults import toy_preserve_prompts
     from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld import HEADS, load_judge
 
@@ -220,7 +220,7 @@ def test_embedded_balloon_colour_bias_is_corrected():
     cfg = CorrectConfig("balloon", "balloon", negative="red balloon", strength=2.0,
                         templates=["a {}", "a photo of a {}", "a blue {}", "a yellow {}",
                                    "a purple {}"],
-                        preserve_prompts=toy_retain_prompts(["balloon"]))
+                        preserve_prompts=toy_preserve_prompts(["balloon"]))
     with PatchedUNet(pipe.unet, [(correct(pipe, cfg).patch, 1.0)]):
         after = colours()
     assert before.count("green") <= 1

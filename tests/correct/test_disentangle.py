@@ -19,10 +19,10 @@ def test_config_is_the_anchor_term_away_from_the_dominant():
     assert job.concepts == ["knight"] and job.anchor == "Gorvak"
     # target = a - g (c - a) with g = -(s + 1) is c + s (c - a): s past the concept
     assert job.anchor_guidance == -5.0 and job.resteer_weight == 0.0
-    assert job.retain_prompts[0] == "a red circle"
-    assert "Gorvak in the style of dots" in job.retain_prompts
+    assert job.preserve_prompts[0] == "a red circle"
+    assert "Gorvak in the style of dots" in job.preserve_prompts
     assert DisentangleConfig("knight", "Gorvak", hold_dominant=False).forget_config(
-        ["x"]).retain_prompts == ["x"]
+        ["x"]).preserve_prompts == ["x"]
 
 
 @pytest.mark.parametrize(

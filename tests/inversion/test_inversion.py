@@ -211,7 +211,7 @@ def test_forget_with_learned_tokens_runs(tiny_pipe):
     snap = _snapshot(tiny_pipe)
     learned = LearnedTokens(TOKEN, torch.randn(2, 32) * 0.02)
     config = ForgetConfig(
-        concepts=[TOKEN], kind="identity", steps=2, num_references=2, batch_size=2
+        concepts=[TOKEN], concept_kind="identity", steps=2, num_references=2, batch_size=2
     )
     with installed_tokens(tiny_pipe, learned):
         result = forget(tiny_pipe, config)

@@ -10,7 +10,7 @@ from fmn_desktop.resteer import ForgetConfig, forget
 from fmn_desktop.resteer.forget import FAITHFUL_STEPS, FAST_STEPS, anchor_prompt
 from fmn_desktop.resteer.processor import ResteerState, resteer_hooks
 
-FAST = dict(num_references=2, reference_steps=2, batch_size=2, retain_weight=0.0)
+FAST = dict(num_references=2, reference_steps=2, batch_size=2, preserve_weight=0.0)
 
 
 @pytest.mark.parametrize(
@@ -35,13 +35,13 @@ def test_anchor_prompt(prompt, concept, anchor, expected):
 
 def test_defaults_depend_on_mode_and_fast_mode_refuses_an_anchor():
     faithful = ForgetConfig(concepts=["x"])
-    assert (faithful.steps, faithful.anchor_weight, faithful.retain_weight) == (
+    assert (faithful.steps, faithful.anchor_weight, faithful.preserve_weight) == (
         FAITHFUL_STEPS,
         3.0,
         6.0,
     )
     fast = ForgetConfig(concepts=["x"], mode="fast")
-    assert (fast.steps, fast.anchor_weight, fast.retain_weight) == (FAST_STEPS, 0.0, 3.0)
+    assert (fast.steps, fast.anchor_weight, fast.preserve_weight) == (FAST_STEPS, 0.0, 3.0)
     assert ForgetConfig(concepts=["x"], mode="fast", anchor_weight=1.0).anchor_weight == 1.0
     with pytest.raises(ValueError, match=">= 0"):
         ForgetConfig(concepts=["x"], resteer_weight=-1.0)

@@ -123,7 +123,7 @@ def test_bad_config_values():
     with pytest.raises(ValueError):
         ForgetConfig(concepts=["x"], positions="all")
     with pytest.raises(ValueError):
-        ForgetConfig(concepts=["x"], preserve="everything")
+        ForgetConfig(concepts=["x"], preserve_mode="everything")
 
 
 def test_fast_mode_trains_each_layers_key_on_cached_queries(tiny_pipe):

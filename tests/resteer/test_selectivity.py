@@ -28,7 +28,7 @@ def test_concept_attention_mass_falls_90_percent_others_less():
         concepts=["castle"],
         steps=100,
         lr=3e-2,
-        retain_weight=0,
+        preserve_weight=0,
         anchor_weight=0,
         positions="concept+eot",
         num_references=4,

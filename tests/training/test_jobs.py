@@ -7,7 +7,7 @@ import torch
 
 from fmn_desktop.training import Progress, run_to_end
 
-FORGET = dict(num_references=1, batch_size=1, reference_steps=1, retain_prompts=["a dog"])
+FORGET = dict(num_references=1, batch_size=1, reference_steps=1, preserve_prompts=["a dog"])
 
 
 def _run(job):
@@ -31,7 +31,7 @@ def test_faithful_forget(tiny_pipe):
     assert [p.phase for p in seen] == ["references", "train", "train", "train"]
     _check_steps(seen[1:], 3)
     assert result.history == seen[1:]
-    assert set(seen[1].terms) == {"forget", "retain"}
+    assert set(seen[1].terms) == {"forget", "preserve"}
 
 
 def test_fast_forget_counts_layer_steps_with_the_layer_as_text(tiny_pipe):

@@ -74,7 +74,7 @@ def test_named_terms_are_reported_and_missing_ones_left_out():
 
     def loss_fn():
         part = (w - TARGET).pow(2).sum()
-        return 2 * part, {"fit": part, "retain": None}
+        return 2 * part, {"fit": part, "preserve": None}
 
     items, _ = _drive(Optimiser([w], 0.1).run(loss_fn, 2))
     assert items[0].terms == {"fit": pytest.approx(TARGET.pow(2).sum().item())}

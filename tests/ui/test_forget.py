@@ -125,13 +125,13 @@ def test_embedded_model_holds_the_toy_prompts_in_place(app):
     """On the embedded model the preservation prompts are the toy world's (as `fmn demo`)."""
     from types import SimpleNamespace
 
-    from fmn_desktop.services.defaults import toy_retain_prompts
+    from fmn_desktop.services.defaults import toy_preserve_prompts
 
     app.session.set_model(SimpleNamespace(family="toy", embedded=True, has_judge=True, fingerprint="", pipe=None))
     app.forget.concept = "circle"
     config = app.forget.config()
-    assert config.retain_prompts == toy_retain_prompts(["circle"])
-    assert not any("circle" in p for p in config.retain_prompts)
+    assert config.preserve_prompts == toy_preserve_prompts(["circle"])
+    assert not any("circle" in p for p in config.preserve_prompts)
     assert "circle" in app.forget.suggestions()
 
 

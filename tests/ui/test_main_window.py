@@ -37,9 +37,9 @@ def test_forget_from_the_buttons_updates_bar_plot_and_library(qtbot, app, concep
     assert app.forget.steps == 3
     page.evaluate.setChecked(False)
     app.forget.extra = dict(fast_forget)
-    app.forget.kind = "style"
+    app.forget.concept_kind = "style"
     assert page.kind.currentData() == "style"  # model -> widget
-    app.forget.kind = "object"
+    app.forget.concept_kind = "object"
     with qtbot.waitSignal(app.forget.finished, timeout=60000):
         qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
         assert not page.start_button.isEnabled() and page.cancel_button.isEnabled()

@@ -28,7 +28,7 @@ MODE_LABELS = {
 
 class ForgetModel(PatchJobModel):
     concept_changed = Signal(str)
-    kind_changed = Signal(str)
+    concept_kind_changed = Signal(str)
     reference_dir_changed = Signal(str)
     anchor_changed = Signal(str)
     trainable_changed = Signal(str)
@@ -39,7 +39,7 @@ class ForgetModel(PatchJobModel):
     save_copy_changed = Signal(str)
 
     concept = state("concept", str, "", concept_changed)
-    kind = state("kind", str, "object", kind_changed)
+    concept_kind = state("concept_kind", str, "object", concept_kind_changed)
     reference_dir = state("reference_dir", str, "", reference_dir_changed)
     anchor = state("anchor", str, "", anchor_changed)  # "" : the concept is removed
     trainable = state("trainable", str, "kv", trainable_changed)
@@ -78,7 +78,7 @@ class ForgetModel(PatchJobModel):
 
         config = ForgetConfig(
             concepts=self.concepts(),
-            kind=self.kind,
+            concept_kind=self.concept_kind,
             steps=self.steps,
             trainable=self.trainable,
             mode=self.mode,
