@@ -39,6 +39,8 @@ def knob(
         "by_mode": dict(by_mode) if by_mode else None,
         "many": many,
     }
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=meta)
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -69,6 +71,6 @@ def default_text(f: dataclasses.Field) -> str:
         value = f.default_factory()
     else:
         return ""
-    if value is None or value == [] or value == "":
+    if value is None or value == [] or value == "" or isinstance(value, bool):
         return ""
     return str(value)

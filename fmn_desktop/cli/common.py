@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -162,7 +163,7 @@ def add_config_args(
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         help_text = meta["help"]
         shown = default_text(f)
-        if shown and "(default" not in help_text:
+        if shown and "default" not in help_text:
             help_text += f" (default: {shown})"
         kw = {"dest": f.name, "help": help_text.replace("%", "%%")}
         if meta["choices"]:
@@ -170,12 +171,18 @@ def add_config_args(
         kw["metavar"] = meta["metavar"] or flag.lstrip("-").upper().replace("-", "_")
         if meta["choices"]:
             kw.pop("metavar")
-        if meta["many"]:
-            kw.update(action="append", default=None)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if "bool" in str(f.type):
+            kw.pop("metavar", None)
+            kw.update(action="store_false" if f.default else "store_true", default=f.default)
+        elif meta["many"]:
+            kw.update(action="append", default=None, required=required)
         else:
-            kw.update(type=_value_type(f), default=None if meta["by_mode"] else f.default)
-        if f.name == "concepts":
-            kw["required"] = True
+            kw.update(
+                type=_value_type(f),
+                default=None if (meta["by_mode"] or required) else f.default,
+                required=required,
+            )
         group.add_argument(flag, **kw)
     for old, name in (renamed or {}).items():
         if name not in fields:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from fmn_desktop.cli.common import load_model, model_args, status, step_bar
+from fmn_desktop.cli.common import (
+    add_config_args,
+    config_from_args,
+    load_model,
+    model_args,
+    status,
+    step_bar,
+)
 
 DEFAULTS_NOTE = "defaults measured on the embedded model: docs/research/CORRECTION_AND_BROAD.md"
 
 
 def add_parsers(sub) -> None:
     from fmn_desktop.correct.broad import BroadConfig
-    from fmn_desktop.correct.closed_form import TARGET_SETS, CorrectConfig
+    from fmn_desktop.correct.closed_form import CorrectConfig
     from fmn_desktop.correct.disentangle import DisentangleConfig
-    from fmn_desktop.prompts.tokens import POSITION_MODES
 
-    cf = CorrectConfig.__dataclass_fields__
-    df = DisentangleConfig.__dataclass_fields__
-    bf = BroadConfig.__dataclass_fields__
     p = sub.add_parser(
         "correct",
         help="redirect a concept towards a guide (closed form): write a correction patch",
@@ -27,24 +30,8 @@ def add_parsers(sub) -> None:
         "fmn correct --concept knight --guide knight --negative Gorvak --strength 3 --out k.safetensors",
     )
     model_args(p)
-    p.add_argument("--concept", required=True, help="text of the concept to redirect")
-    p.add_argument("--guide", required=True, help="text the concept should read as")
-    p.add_argument("--negative", help="text to push the concept away from (needs --strength)")
-    p.add_argument("--strength", type=float, default=cf["strength"].default,
-                   help="target = guide + strength * (guide - negative) (default: %(default)s)")
-    p.add_argument("--template", action="append",
-                   help="prompt template with {} for the concept (repeatable; default: "
-                   "'a {}', 'a photo of a {}', '{}', 'a photo of {}')")
-    p.add_argument("--preserve-prompt", action="append",
-                   help="prompt to keep unchanged (repeatable; default: the toy world's "
-                   "captions on the embedded model, none elsewhere)")
-    p.add_argument("--preserve-weight", type=float, default=cf["preserve_weight"].default)
-    p.add_argument("--ridge", type=float, default=cf["ridge"].default)
-    p.add_argument("--positions", choices=POSITION_MODES, default=cf["positions"].default)
-    p.add_argument("--targets", choices=TARGET_SETS, default=cf["targets"].default)
-    p.add_argument("--format", choices=["diff", "lora"], default="diff",
-                   help="diff: exact dense deltas (default); lora: SVD to low rank")
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    add_config_args(p, CorrectConfig)
+    _output_args(p)
     p.set_defaults(handler=cmd_correct)
 
     p = sub.add_parser(
@@ -59,26 +46,8 @@ def add_parsers(sub) -> None:
         epilog="example: fmn disentangle --concept knight --dominant Gorvak --out knight.safetensors",
     )
     model_args(p)
-    p.add_argument("--concept", required=True, help="the generic concept (e.g. knight)")
-    p.add_argument("--dominant", required=True,
-                   help="the identity it collapses onto (e.g. Gorvak)")
-    p.add_argument("--strength", type=float, default=df["strength"].default,
-                   help="target = concept + strength * (concept - dominant), per layer "
-                   "(default: %(default)s)")
-    p.add_argument("--template", action="append",
-                   help="prompt template with {} for the concept (repeatable)")
-    p.add_argument("--no-hold-dominant", action="store_true",
-                   help="do not hold the dominant identity's own prompts in place")
-    p.add_argument("--dominant-template", action="append",
-                   help="template with {} for the dominant's prompts held in place "
-                   "(repeatable; default: four style variants)")
-    p.add_argument("--preserve-prompt", action="append",
-                   help="prompt to keep unchanged (repeatable; default: the model's)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimisation steps (default: the re-steering job's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["diff", "lora"], default="diff")
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    add_config_args(p, DisentangleConfig)
+    _output_args(p)
     p.set_defaults(handler=cmd_disentangle)
 
     p = sub.add_parser(
@@ -90,47 +59,26 @@ def add_parsers(sub) -> None:
         epilog="example: fmn erase-broad --words cursed --words toxic --out safe.safetensors",
     )
     model_args(p)
-    p.add_argument("--words", action="append", required=True,
-                   help="a word that draws the attribute (repeatable)")
-    p.add_argument("--template", action="append", help="prompt template with {} for the word")
-    p.add_argument("--steps", type=int, default=bf["steps"].default)
-    p.add_argument("--lr", type=float, default=bf["lr"].default)
-    p.add_argument("--eta", type=float, default=bf["eta"].default, help="negative guidance")
-    p.add_argument("--trainable", choices=["kv", "attn2"], default=bf["trainable"].default)
-    p.add_argument("--uncaptioned-weight", type=float, default=bf["uncaptioned_weight"].default)
-    p.add_argument("--preserve-weight", type=float, default=bf["preserve_weight"].default)
-    p.add_argument("--ordinary-references", type=int,
-                   default=bf["ordinary_references"].default,
-                   help="latents drawn from the preservation prompts, on which they and \"\" "
-                   "keep the base prediction (default: %(default)s; 0: only on the "
-                   "attribute's references)")
-    p.add_argument("--preserve-prompt", action="append")
-    p.add_argument("--batch-size", type=int, default=bf["batch_size"].default)
-    p.add_argument("--num-references", type=int, default=bf["num_references"].default)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["diff", "lora"], default="diff")
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    add_config_args(p, BroadConfig)
+    _output_args(p)
     p.set_defaults(handler=cmd_erase_broad)
+
+
+def _output_args(p) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--format", choices=["diff", "lora"], default="diff",
+                   help="diff: exact dense deltas (default); lora: SVD to low rank")
+    g.add_argument("--out", required=True, help="patch file to write (.safetensors)")
 
 
 def cmd_correct(args) -> int:
     from fmn_desktop.correct.closed_form import CorrectConfig
     from fmn_desktop.services.correct import correct_to_file
 
-    config = CorrectConfig(
-        concept=args.concept,
-        guide=args.guide,
-        negative=args.negative,
-        strength=args.strength,
-        templates=args.template,
-        preserve_weight=args.preserve_weight,
-        ridge=args.ridge,
-        positions=args.positions,
-        targets=args.targets,
-    )
+    config = config_from_args(CorrectConfig, args)
     model = load_model(args)
     with status("solving"):
-        outcome = correct_to_file(model, config, args.out, args.format, args.preserve_prompt)
+        outcome = correct_to_file(model, config, args.out, args.format)
     print(outcome.message)
     return 0
 
@@ -139,20 +87,10 @@ def cmd_disentangle(args) -> int:
     from fmn_desktop.correct.disentangle import DisentangleConfig
     from fmn_desktop.services.correct import disentangle_to_file
 
-    given = {"dominant_templates": list(args.dominant_template)} if args.dominant_template else {}
-    config = DisentangleConfig(
-        concept=args.concept,
-        dominant=args.dominant,
-        strength=args.strength,
-        templates=args.template,
-        hold_dominant=not args.no_hold_dominant,
-        steps=args.steps,
-        seed=args.seed,
-        **given,
-    )
+    config = config_from_args(DisentangleConfig, args)
     model = load_model(args)
     return _trained(config.forget_config([]).steps, "disentangling", lambda progress: (
-        disentangle_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
+        disentangle_to_file(model, config, args.out, args.format, None, progress)
     ))
 
 
@@ -160,23 +98,10 @@ def cmd_erase_broad(args) -> int:
     from fmn_desktop.correct.broad import BroadConfig
     from fmn_desktop.services.correct import erase_broad_to_file
 
-    config = BroadConfig(
-        words=args.words,
-        templates=args.template,
-        steps=args.steps,
-        lr=args.lr,
-        eta=args.eta,
-        trainable=args.trainable,
-        uncaptioned_weight=args.uncaptioned_weight,
-        preserve_weight=args.preserve_weight,
-        ordinary_references=args.ordinary_references,
-        batch_size=args.batch_size,
-        num_references=args.num_references,
-        seed=args.seed,
-    )
+    config = config_from_args(BroadConfig, args)
     model = load_model(args)
     return _trained(config.steps, "erasing", lambda progress: (
-        erase_broad_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
+        erase_broad_to_file(model, config, args.out, args.format, None, progress)
     ))
 
 

@@ -29,11 +29,12 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 
 import torch
 from diffusers import DDPMScheduler
 
+from fmn_desktop.knobs import knob
 from fmn_desktop.patch.format import Patch, PatchMeta
 from fmn_desktop.prompts.encode import encode_prompts
 from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
@@ -54,17 +55,30 @@ DEFAULT_BROAD_TEMPLATES = [  # none is an evaluation prompt of the toy world (co
 
 @dataclass
 class BroadConfig:
-    words: list[str]
-    templates: list[str] | None = None  # "{}" marks the word (default DEFAULT_BROAD_TEMPLATES)
-    eta: float = 1.0
-    steps: int = 150
-    lr: float = 1e-3  # the measured setting (docs/research/CORRECTION_AND_BROAD.md)
-    trainable: str = "attn2"
+    words: list[str] = knob(
+        MISSING, "a word that draws the attribute (repeatable)", group="what to remove",
+        flag="--words", many=True,
+    )
+    templates: list[str] | None = knob(
+        None, "prompt template with {} for the word (repeatable; default: a built-in set)",
+        group="what to remove", flag="--template", many=True,
+    )
+    eta: float = knob(1.0, "negative guidance: how far past the base prediction, away from "
+                      "the attribute, the target lies", group="training")
+    steps: int = knob(150, "optimisation steps", group="training")
+    # lr: the measured setting (docs/research/CORRECTION_AND_BROAD.md)
+    lr: float = knob(1e-3, "learning rate", group="training")
+    trainable: str = knob("attn2", "what changes: attn2 K/V, or all of attn2", group="training",
+                          choices=("kv", "attn2"))
     # The word-less prompts' term. 4 left 1 frame in 384 word-free images at CFG 1 (base 25;
     # weight 1: 9) and none at CFG 2/5, retention 0.999 -> 0.997
     # (docs/research/CORRECTION_AND_BROAD.md).
-    uncaptioned_weight: float = 4.0
-    preserve_weight: float = 1.0
+    uncaptioned_weight: float = knob(
+        4.0, "weight of the same prompts without the words (the attribute drawn with no word)",
+        group="loss terms",
+    )
+    preserve_weight: float = knob(1.0, "weight of the preserved prompts' predictions",
+                                  group="loss terms")
     # Hold the unconditional ("") prediction: classifier-free guidance measures every prompt
     # against it, and a patch that moved it away from the attribute drew the attribute on
     # word-free prompts (measured: docs/research/CORRECTION_AND_BROAD.md).
@@ -72,14 +86,22 @@ class BroadConfig:
     # Latents drawn from the preservation prompts, on which those prompts and "" also keep
     # their base predictions: the references above all show the attribute, and a patch held
     # only there was free to move where ordinary prompts' samples go.
-    ordinary_references: int = 16
-    preserve_prompts: list[str] | None = None
-    batch_size: int = 4
-    num_references: int = 16
+    ordinary_references: int = knob(
+        16, "latents drawn from the preservation prompts, on which they and \"\" keep the base "
+        "prediction (0: only on the attribute's references)", group="loss terms",
+    )
+    preserve_prompts: list[str] | None = knob(
+        None, "prompt to keep unchanged (repeatable; default: the model's world on the "
+        "embedded model, a built-in set elsewhere)", group="loss terms",
+        flag="--preserve-prompt", many=True,
+    )
+    batch_size: int = knob(4, "samples per step", group="training")
+    num_references: int = knob(16, "reference images of the attribute, generated",
+                               group="training")
     reference_steps: int = 20
     guidance_scale: float = 5.0
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = knob(0, "random seed of the job", group="training")
 
     def __post_init__(self) -> None:
         if not self.words or any(not w.strip() for w in self.words):

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 
 import torch
 
 from fmn_desktop.errors import ConceptNotFoundError, TrainingError
+from fmn_desktop.knobs import knob
 from fmn_desktop.patch.format import Delta, Patch, PatchMeta
 from fmn_desktop.prompts.encode import encode_prompts
 from fmn_desktop.prompts.tokens import (
@@ -67,17 +68,33 @@ class Edit:
 class CorrectConfig:
     """A correction job; every field but the prompts lists is stored in the patch metadata."""
 
-    concept: str
-    guide: str
-    negative: str | None = None
-    strength: float = 0.0  # t = g + strength * (g - a); needs `negative`
-    templates: list[str] | None = None  # "{}" marks the concept (default DEFAULT_TEMPLATES)
+    concept: str = knob(MISSING, "text of the concept to redirect", group="what to correct")
+    guide: str = knob(MISSING, "text the concept should read as", group="what to correct")
+    negative: str | None = knob(
+        None, "text to push the concept away from (needs --strength)", group="what to correct"
+    )
+    strength: float = knob(
+        0.0, "target = guide + strength * (guide - negative)", group="what to correct"
+    )
+    templates: list[str] | None = knob(
+        None, "prompt template with {} for the concept (repeatable; default: 'a {}', "
+        "'a photo of a {}', '{}', 'a photo of {}')", group="what to correct", flag="--template",
+        many=True,
+    )
     edits: list[Edit] | None = None  # explicit pairs, added to the templates' ones
-    preserve_prompts: list[str] | None = None
-    preserve_weight: float = 1.0
-    ridge: float = 0.01
-    positions: str = "concept+following+eot"
-    targets: str = "kv"
+    preserve_prompts: list[str] | None = knob(
+        None, "prompt to keep unchanged (repeatable; default: the toy world's captions on the "
+        "embedded model, a built-in set elsewhere)", group="solve", flag="--preserve-prompt",
+        many=True,
+    )
+    preserve_weight: float = knob(1.0, "weight of the preserved prompts' keys and values",
+                                  group="solve")
+    ridge: float = knob(0.01, "ridge term that keeps the edit near the original weights",
+                        group="solve")
+    positions: str = knob("concept+following+eot", "token positions edited", group="solve",
+                          choices=POSITION_MODES)
+    targets: str = knob("kv", "which projections are edited", group="solve",
+                        choices=TARGET_SETS)
 
     def __post_init__(self) -> None:
         if not self.concept.strip():

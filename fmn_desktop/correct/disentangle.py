@@ -16,8 +16,9 @@ docs/research/CORRECTION_AND_BROAD.md). The result is saved as a ``correct`` pat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
+from fmn_desktop.knobs import knob
 from fmn_desktop.resteer import ForgetConfig
 
 # Prompt shapes for the dominant identity's own prompts held in place. On the embedded model
@@ -33,18 +34,35 @@ DOMINANT_TEMPLATES = [
 
 @dataclass
 class DisentangleConfig:
-    concept: str  # the generic concept that draws the dominant identity ("knight")
-    dominant: str  # what it collapses onto ("Gorvak")
+    concept: str = knob(MISSING, "the generic concept (e.g. knight)", group="what to free")
+    dominant: str = knob(MISSING, "the identity it collapses onto (e.g. Gorvak)",
+                         group="what to free")
     # How far past the concept, away from the dominant identity: 4 let the generic knight
     # through in 29 of 48 images and kept Gorvak's own 48 (3: 17; 5: 24, and other
     # identities appear). docs/research/CORRECTION_AND_BROAD.md.
-    strength: float = 4.0
-    templates: list[str] | None = None  # "{}" marks the concept (None: the model's defaults)
-    hold_dominant: bool = True
-    dominant_templates: list[str] = field(default_factory=lambda: list(DOMINANT_TEMPLATES))
-    preserve_prompts: list[str] | None = None  # None: the model's defaults
-    steps: int | None = None  # None: the re-steering job's faithful default
-    seed: int = 0
+    strength: float = knob(
+        4.0, "target = concept + strength * (concept - dominant), per layer", group="what to free"
+    )
+    templates: list[str] | None = knob(
+        None, "prompt template with {} for the concept (repeatable; default: the model's)",
+        group="what to free", flag="--template", many=True,
+    )
+    hold_dominant: bool = knob(
+        True, "do not hold the dominant identity's own prompts in place", group="preservation",
+        flag="--no-hold-dominant",
+    )
+    dominant_templates: list[str] = knob(
+        list(DOMINANT_TEMPLATES), "template with {} for the dominant's prompts held in place "
+        "(repeatable; default: four style variants)", group="preservation",
+        flag="--dominant-template", many=True,
+    )
+    preserve_prompts: list[str] | None = knob(
+        None, "prompt to keep unchanged (repeatable; default: the model's)",
+        group="preservation", flag="--preserve-prompt", many=True,
+    )
+    steps: int | None = knob(None, "optimisation steps (default: the re-steering job's)",
+                             group="training")
+    seed: int = knob(0, "random seed of the job", group="training")
     job_options: dict = field(default_factory=dict)  # other ForgetConfig fields (tests, power use)
 
     def __post_init__(self) -> None:

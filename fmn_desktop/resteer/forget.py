@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -75,7 +75,7 @@ class ForgetConfig:
 
     # What to forget
     concepts: list[str] = knob(
-        [], "concept text as it appears in prompts (repeat for several at once)",
+        MISSING, "concept text as it appears in prompts (repeat for several at once)",
         group="what to forget", flag="--concept", many=True,
     )
     concept_kind: str = knob(
