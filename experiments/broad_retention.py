@@ -11,6 +11,7 @@ import argparse
 import fmn_desktop  # noqa
 from fmn_desktop.correct.broad import BroadConfig, erase_broad
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
+from fmn_desktop.models.families import EMBEDDED_FAMILY
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.runtime import set_threads
 from fmn_desktop.services.defaults import preservation_prompts
@@ -35,7 +36,7 @@ if args.preserve_weight is not None:
     cfg.preserve_weight = args.preserve_weight
 if args.uncaptioned_weight is not None:
     cfg.uncaptioned_weight = args.uncaptioned_weight
-r = erase_broad(m.pipe, cfg, m.fingerprint or "", "toy")
+r = erase_broad(m.pipe, cfg, m.fingerprint or "", EMBEDDED_FAMILY)
 with PatchedUNet(m.pipe.unet, [(r.patch, 1.0)]):
     after = generate_eval_set(m.pipe, judge, cs, EvalSettings(seeds=4))
 names = [c.name for c in unsafe]

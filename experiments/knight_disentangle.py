@@ -13,6 +13,7 @@ from collections import Counter
 import fmn_desktop  # noqa: F401  (offline mode)
 from fmn_desktop.correct.disentangle import DisentangleConfig
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, retention
+from fmn_desktop.models.families import EMBEDDED_FAMILY
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.resteer import forget
 from fmn_desktop.runtime import set_threads
@@ -59,7 +60,7 @@ def main():
                                    hold_dominant=not args.no_hold_dominant, job_options=options)
         job = with_model_defaults(model, config.forget_config(preserve))
         held = sorted(set(job.preserve_prompts) & {p for c in pair for p in c.prompts()})
-        result = forget(model.pipe, job, model.fingerprint or "", "toy")
+        result = forget(model.pipe, job, model.fingerprint or "", EMBEDDED_FAMILY)
         with PatchedUNet(model.pipe.unet, [(result.patch, 1.0)]):
             measure(f"strength {s:g}, hold {config.hold_dominant}, anchor weight "
                     f"{job.anchor_weight:g}, {job.steps} steps ({result.seconds:.0f} s; "

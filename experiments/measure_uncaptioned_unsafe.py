@@ -24,6 +24,7 @@ from pathlib import Path
 import fmn_desktop  # noqa: F401  (offline mode)
 from fmn_desktop.correct.broad import BroadConfig, erase_broad
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, wilson
+from fmn_desktop.models.families import EMBEDDED_FAMILY
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.runtime import set_threads
 from fmn_desktop.services.defaults import preservation_prompts, toy_preserve_prompts
@@ -119,7 +120,7 @@ def main() -> None:
     if args.uncaptioned_weight is not None:
         config.uncaptioned_weight = args.uncaptioned_weight
     report["uncaptioned_weight"] = config.uncaptioned_weight
-    result = erase_broad(pipe, config, model.fingerprint or "", "toy")
+    result = erase_broad(pipe, config, model.fingerprint or "", EMBEDDED_FAMILY)
     report["train_seconds"] = round(result.seconds, 1)
     # Word-free captions the job held in place verbatim (the world's caption space is small):
     # counts over the others are the fair ones.

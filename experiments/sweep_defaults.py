@@ -16,6 +16,7 @@ from pathlib import Path
 
 import fmn_desktop  # noqa: F401  (offline mode)
 from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
+from fmn_desktop.models.families import EMBEDDED_FAMILY
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.resteer import forget
 from fmn_desktop.runtime import set_threads
@@ -36,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
     model = open_model(args.model)
-    model.family = "toy"
+    model.mark_embedded()
     judge = load_judge(args.judge)
     settings = EvalSettings(seeds=args.seeds)
     concepts = list(CONCEPTS.values())
@@ -55,7 +56,7 @@ def main() -> None:
                 setattr(config, key, value)
             config.__post_init__()
             t1 = time.perf_counter()
-            result = forget(model.pipe, config, fingerprint=model.fingerprint or "", family="toy")
+            result = forget(model.pipe, config, fingerprint=model.fingerprint or "", family=EMBEDDED_FAMILY)
             seconds = time.perf_counter() - t1
             with PatchedUNet(model.pipe.unet, [(result.patch, 1.0)]):
                 after = generate_eval_set(model.pipe, judge, concepts, settings)

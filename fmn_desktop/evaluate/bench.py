@@ -21,6 +21,7 @@ from fmn_desktop.evaluate.scores import (
     mscore,
     retention,
 )
+from fmn_desktop.models.families import EMBEDDED_FAMILY
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run_bench(
     rows = []
     for i, item in enumerate(items, 1):
         started = time.perf_counter()
-        result = forget(pipe, make_config(item), fingerprint=fingerprint, family="toy")
+        result = forget(pipe, make_config(item), fingerprint=fingerprint, family=EMBEDDED_FAMILY)
         seconds = time.perf_counter() - started
         with PatchedUNet(pipe.unet, [(result.patch, 1.0)]):
             after = generate_eval_set(pipe, judge, concepts, settings)

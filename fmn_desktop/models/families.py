@@ -19,6 +19,9 @@ from pathlib import Path
 
 from fmn_desktop.models.errors import ModelLoadError
 
+# The family the embedded default model's patches record (`fmn.family`); its layout is SD1.
+EMBEDDED_FAMILY = "toy"
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CLIP_TOKENIZER_DIR = DATA_DIR / "clip_tokenizer"
 CONFIGS_DIR = DATA_DIR / "configs"

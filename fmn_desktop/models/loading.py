@@ -53,6 +53,7 @@ from fmn_desktop.models.errors import FmnError, ModelLoadError
 from fmn_desktop.models.export import EMBEDDED_CONFIGS_KEY, write_embedded_configs
 from fmn_desktop.models.families import (
     CLIP_TOKENIZER_DIR,
+    EMBEDDED_FAMILY,
     PREDICTION_TYPES,
     check_family,
     config_dir,
@@ -70,10 +71,6 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
     return (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, SafetensorError)
-
-
-# The family the embedded default model's patches record (`fmn.family`); its layout is SD1.
-EMBEDDED_FAMILY = "toy"
 
 
 @dataclass

@@ -31,6 +31,7 @@ from safetensors.torch import save
 
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
 from fmn_desktop.fileio import atomic_write_bytes
+from fmn_desktop.models.families import EMBEDDED_FAMILY
 
 FORMAT_VERSION = "1"
 LORA_PREFIX = "lora_unet_"
@@ -38,9 +39,9 @@ ARCHITECTURES = {  # modelspec.architecture of a LoRA per base-model family
     "sd1": "stable-diffusion-v1/lora",
     "sd2": "stable-diffusion-v2-768-v/lora",
     "sdxl": "stable-diffusion-xl-v1-base/lora",
-    "toy": "fmn-toyworld-v1/lora",
+    EMBEDDED_FAMILY: "fmn-toyworld-v1/lora",
 }
-SS_BASE = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "toy": "fmn_toyworld"}
+SS_BASE = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", EMBEDDED_FAMILY: "fmn_toyworld"}
 
 
 @dataclass
