@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmn_desktop.resteer import forget
     from fmn_desktop.services.defaults import demo_config, toy_preserve_prompts
     from fmn_desktop.services.model import open_model
-    from fmn_desktop.services.photos import forget_from_photos
+    from fmn_desktop.services.photos import PhotosRequest, forget_from_photos
     from fmn_desktop.toyworld import CONCEPTS, load_judge
     from fmn_desktop.toyworld.concepts import IDENTITY_TEMPLATES, Concept
 
@@ -187,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.preserve_prompts = None  # the workflow screens the whole world's prompts
                 outcome = forget_from_photos(
                     model,
-                    photos,
-                    out_dir / f"forget-{name.lower()}-photos-{seed}.safetensors",
-                    tokens=emb_path,
-                    config=cfg,
-                    steps_per_concept=variant == "workflow",
+                    PhotosRequest(
+                        str(photos),
+                        tokens=emb_path,
+                        config=cfg,
+                        steps_per_concept=variant == "workflow",
+                        out=str(out_dir / f"forget-{name.lower()}-photos-{seed}.safetensors"),
+                    ),
                 )
                 patch, concepts = outcome.forget.patch, outcome.concepts
                 seconds = outcome.seconds  # names + forget

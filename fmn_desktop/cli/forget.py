@@ -295,7 +295,7 @@ def cmd_forget_photos(args) -> int:
     from tqdm import tqdm
 
     from fmn_desktop.resteer import ForgetConfig
-    from fmn_desktop.services.photos import forget_from_photos
+    from fmn_desktop.services.photos import PhotosRequest, forget_from_photos
 
     inversion = None if args.tokens else inversion_config(args)
     config = config_from_args(ForgetConfig, args, concepts=[args.token], concept_kind="identity")
@@ -322,22 +322,21 @@ def cmd_forget_photos(args) -> int:
         bar.set_postfix(loss=f"{p.loss:.4f}")
 
     try:
-        outcome = forget_from_photos(
-            model,
+        req = PhotosRequest(
             args.images,
-            args.out,
-            placeholder=args.token,
+            token=args.token,
             inversion=inversion,
+            config=config,
             tokens=args.tokens,
-            embedding_out=args.embedding_out,
-            names=args.name,
+            names=list(args.name or []),
             discover=not args.no_discover,
             search_vocabulary=args.search_vocabulary,
             threshold=args.threshold,
-            config=config,
             fmt=args.format,
-            progress=progress,
+            out=args.out,
+            embedding_out=args.embedding_out,
         )
+        outcome = forget_from_photos(model, req, progress)
     finally:
         for bar in bars.values():
             bar.close()

@@ -4,9 +4,8 @@ reads as the same subject, then re-steering of them all.
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,31 @@ from fmn_desktop.resteer import ForgetConfig
 from fmn_desktop.services.defaults import preservation_prompts
 from fmn_desktop.services.forget import ForgetOutcome, forget_to_file
 from fmn_desktop.training import Progress
+
+
+@dataclass
+class PhotosRequest:
+    """Forget an identity known from photos: learn a token from a folder of photos (or read
+    learned tokens), find the names the model uses for the same subject, forget them all;
+    the patch is kept in `out` and/or registered."""
+
+    images: str
+    token: str = "<subject>"
+    inversion: Any = None  # inversion.InversionConfig (its placeholder becomes `token`)
+    config: Any = None  # ForgetConfig: every other forget setting
+    tokens: str | None = None  # learned tokens to use instead of an inversion
+    names: list[str] = field(default_factory=list)  # names forgotten too
+    discover: bool = True  # find the names and prompts the model reads as the subject
+    search_vocabulary: bool = False
+    threshold: float = 0.5
+    steps_per_concept: bool = True  # the config's steps count per re-steered concept
+    fmt: str = "lora"
+    export_rank: int | None = None
+    registry_root: str | None = None  # None: keep the files only
+    out: str | None = None  # None: a temporary patch (registered, then removed)
+    embedding_out: str | None = None  # None: beside `out`, or in `tokens_dir`
+    tokens_dir: str | None = None  # where the learned tokens go when `out` is None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -31,28 +55,15 @@ class PhotoForgetOutcome:
 
 def forget_from_photos(
     model,
-    images: str | os.PathLike,
-    out: str | os.PathLike,
-    placeholder: str = "<subject>",
-    inversion=None,
-    tokens: str | os.PathLike | None = None,
-    embedding_out: str | os.PathLike | None = None,
-    names: Sequence[str] = (),
-    discover: bool = True,
-    search_vocabulary: bool = False,
-    threshold: float = 0.5,
-    config: ForgetConfig | None = None,
-    fmt: str = "lora",
-    export_rank: int | None = None,
-    steps_per_concept: bool = True,
+    req: PhotosRequest,
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> PhotoForgetOutcome:
     """Forget an identity known from a folder of photos (Forget-Me-Not's identity workflow).
 
-    1. Textual inversion: learn `placeholder`'s vectors from the photos (`inversion`, an
-       `InversionConfig`; its placeholder is replaced), or read them from `tokens`.
-    2. Names (if `discover`): the preservation prompts the model reads as the photos' subject
+    1. Textual inversion: learn `req.token`'s vectors from the photos (`req.inversion`, an
+       `InversionConfig`; its placeholder is replaced), or read them from `req.tokens`.
+    2. Names (if `req.discover`): the preservation prompts the model reads as the photos' subject
        are dropped from the preservation set, and the names in them (plus `names`, and the
        vocabulary's best if `search_vocabulary`) that draw the subject are forgotten too; see
        `fmn_desktop.inversion.names`. Without this, a preservation prompt that names the
@@ -67,6 +78,12 @@ def forget_from_photos(
     gets each stage's Progress with the stage as its phase ("inversion", "names" with a text,
     "forget"). Nothing is written if a stage fails or is cancelled.
     """
+    images, placeholder, inversion, tokens = req.images, req.token, req.inversion, req.tokens
+    names, config = list(req.names), req.config
+    if req.out is None:
+        raise FmnError("give the file the patch goes to")
+    out = req.out
+    embedding_out = req.embedding_out
     import time
 
     from fmn_desktop.errors import CancelledError
@@ -115,15 +132,15 @@ def forget_from_photos(
     preservation = preservation_prompts(model, base.preserve_prompts)
     discovery = None
     found: list[str] = []
-    if discover:
+    if req.discover:
         discovery = discover_names(
             model.pipe,
             learned,
             images,
             candidates=list(names),
             preservation_prompts=preservation,
-            search=search_vocabulary,
-            threshold=threshold,
+            search=req.search_vocabulary,
+            threshold=req.threshold,
             seed=base.seed,
             log=lambda text: report(Progress("names", text=text)),
         )
@@ -136,7 +153,7 @@ def forget_from_photos(
             concepts.append(name)
     fields = {**base.__dict__, "concepts": concepts, "reference_dir": str(images)}
     fields["preserve_prompts"] = preservation
-    if steps_per_concept:
+    if req.steps_per_concept:
         fields["steps"] = base.steps * len(concepts)
     config = ForgetConfig(**fields)
     extra = {
@@ -153,8 +170,8 @@ def forget_from_photos(
             model,
             config,
             out,
-            fmt=fmt,
-            export_rank=export_rank,
+            fmt=req.fmt,
+            export_rank=req.export_rank,
             progress=lambda p: report(replace(p, phase="forget")),
             should_cancel=should_cancel,
             extra=extra,
@@ -174,24 +191,6 @@ def forget_from_photos(
         time.perf_counter() - started,
     )
 
-
-
-@dataclass
-class PhotosRequest:
-    """`fmn forget-photos`: learn a token from a folder of photos, find the names the model
-    uses for the same subject, forget them all; the patch is registered."""
-
-    images: str
-    token: str
-    inversion: Any  # inversion.InversionConfig (its placeholder is replaced by `token`)
-    config: Any  # ForgetConfig: every other forget setting
-    names: list[str] = field(default_factory=list)
-    discover: bool = True
-    fmt: str = "lora"
-    registry_root: str | None = None  # None: keep the files only
-    out: str | None = None  # None: a temporary patch (registered, then removed)
-    tokens_dir: str | None = None  # where the learned tokens go when `out` is None
-    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -227,30 +226,21 @@ def photos_job(ctx, model, req: PhotosRequest):
     from fmn_desktop.services.library import register_file
 
     tmp = None
-    out = req.out
-    embedding_out = None
-    if out is None:
+    job = req
+    if req.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="fmn-photos-")
-        out = str(Path(tmp.name) / "patch.safetensors")
         folder = req.tokens_dir or str(Path.cwd())
         Path(folder).mkdir(parents=True, exist_ok=True)
-        embedding_out = tokens_file_for(folder, req.token)
-    try:
-        yield Progress("inversion", 0, req.inversion.steps, text=f"learning {req.token} from the photos")
-        outcome = forget_from_photos(
-            model,
-            req.images,
-            out,
-            placeholder=req.token,
-            inversion=req.inversion,
-            embedding_out=embedding_out,
-            names=list(req.names),
-            discover=req.discover,
-            config=req.config,
-            fmt=req.fmt,
-            progress=ctx.progress,
-            should_cancel=ctx.should_cancel,
+        job = replace(
+            req,
+            out=str(Path(tmp.name) / "patch.safetensors"),
+            embedding_out=req.embedding_out or str(tokens_file_for(folder, req.token)),
         )
+    out = job.out
+    try:
+        steps = req.inversion.steps if req.inversion is not None and req.tokens is None else 0
+        yield Progress("inversion", 0, steps, text=f"learning {req.token} from the photos")
+        outcome = forget_from_photos(model, job, ctx.progress, ctx.should_cancel)
         record = None
         if req.registry_root is not None:
             yield Progress("register", text="adding the patch to the registry")
