@@ -24,7 +24,7 @@ def add_parsers(sub) -> None:
         "embedded model's judge, and print the M-Score (how much of the concept is drawn) and "
         "the retention of everything else, with 95%% intervals. These are the figures the "
         "app stores with a patch it makes. Needs the toy world's judge (docs/research/CONCEPTBENCH.md).",
-        epilog="example: fmn evaluate --patch forget-Zorbu.safetensors --concept Zorbu "
+        epilog="example: fmn evaluate --patch patches/forget-Zorbu.safetensors --concept Zorbu "
         "--record forget-zorbu",
     )
     model_args(p)
@@ -97,7 +97,7 @@ def add_parsers(sub) -> None:
         "matching, word edits), before and after the patches; print the no-attack rate and "
         "the attack success rate (ASR) with 95% Wilson intervals, write attack.json and "
         "attack.png. Scoring needs the toy world's judge (see docs/research/ATTACK.md).",
-        epilog="example: fmn attack --patch forget-Zorbu.safetensors --concept Zorbu "
+        epilog="example: fmn attack --patch patches/forget-Zorbu.safetensors --concept Zorbu "
         "--budget 64 --seeds 2",
     )
     model_args(p)
