@@ -308,3 +308,21 @@ def test_old_option_names_still_work_with_a_note(capsys):
     err = capsys.readouterr().err
     assert "--retain-weight is deprecated" in err and "use --preserve-weight" in err
     assert "--kind is deprecated" in err
+
+
+def test_forget_straight_into_the_registry(model_dir, tmp_path, capsys):
+    """`fmn forget --register` keeps the patch in the library only, with its tags; scoring is
+    skipped (said on stderr) on a model that has no judge."""
+    from fmn_desktop.registry import open_registry
+
+    reg = tmp_path / "reg"
+    code, out, err = _run(
+        [*FAST[6:], "forget", str(model_dir), "--concept", "castle", "--register",
+         "--tag", "mine", "--evaluate", "--registry", str(reg), *FAST[:6]],
+        capsys,
+    )
+    assert code == 0, err
+    assert "registered" in out and "not scored" in err
+    with open_registry(reg) as r:
+        (rec,) = r.list_patches()
+    assert rec.concepts == ["castle"] and "mine" in rec.tags and rec.path.is_file()
