@@ -15,6 +15,7 @@ from fmn_desktop.correct.commands import CORRECT_COMMANDS, add_correct_commands
 from fmn_desktop.errors import FmnError
 from fmn_desktop.evaluate.commands import EVALUATE_COMMANDS, add_evaluate_command
 from fmn_desktop.registry_cli import REGISTRY_COMMANDS, add_registry_commands
+from fmn_desktop.runtime import configure_runtime
 
 MODEL_HELP = (
     "a diffusers folder or an LDM/A1111 single-file .safetensors (SD1.x, SD2.x, SDXL); "
@@ -1064,6 +1065,7 @@ COMMANDS.update(EVALUATE_COMMANDS)  # fmn evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_runtime()
     parser = build_parser()
     args = parser.parse_args(argv)
     import warnings
@@ -1099,6 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def gui_main(threads: int | None = None) -> int:
     """`fmn-desktop` and `fmn gui`: the desktop app."""
+    configure_runtime()
     try:
         from fmn_desktop.ui.app import main as app_main
     except ImportError as exc:

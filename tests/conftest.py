@@ -8,9 +8,9 @@ os.environ.setdefault("FMN_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import fmn_desktop  # noqa: E402,F401  (sets offline mode before diffusers is imported)
-from fmn_desktop.runtime import set_threads  # noqa: E402
+from fmn_desktop.runtime import configure_runtime, set_threads  # noqa: E402
 
+configure_runtime()  # offline, as the entry points set it, before diffusers is imported
 set_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py: tiny pipelines built in code
 
