@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from fmn_desktop import __version__
 from fmn_desktop.correct.commands import CORRECT_COMMANDS, add_correct_commands
 from fmn_desktop.errors import FmnError
 from fmn_desktop.evaluate.commands import EVALUATE_COMMANDS, add_evaluate_command
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         epilog="Run `fmn demo` for a two-minute tour on the embedded model.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--threads",
         type=int,

@@ -1,4 +1,4 @@
-"""The package as installed: no import-time side effects, offline model loads."""
+"""The package as installed: one version, no import-time side effects, offline model loads."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import fmn_desktop
+from fmn_desktop.cli import main
 from fmn_desktop.toyworld import weights_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,22 @@ def _python(code: str, timeout: float = 300) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fmn_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fmn {fmn_desktop.__version__}"
+
+
+def test_the_version_has_one_source():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"]
+    assert "version" in project["project"]["dynamic"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "fmn_desktop.__version__"
 
 
 def test_importing_the_package_leaves_the_environment_alone():
