@@ -36,3 +36,36 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     tiny_sd_pipeline().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def few_others(monkeypatch):
+    """Retention over the first 4 other concepts instead of all 25 (the option `fmn demo` and
+    the forget page use): the same scoring path as `fmn evaluate` in a fraction of the time."""
+    import inspect
+
+    from fmn_desktop.evaluate import patch_scores
+
+    full = patch_scores.evaluate_patches
+    signature = inspect.signature(full)
+
+    def evaluate_patches(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        if bound.arguments.get("others_limit") is None:
+            bound.arguments["others_limit"] = 4
+        return full(*bound.args, **bound.kwargs)
+
+    monkeypatch.setattr(patch_scores, "evaluate_patches", evaluate_patches)
+
+
+@pytest.fixture
+def quick_discovery(monkeypatch):
+    """Name discovery scoring 4 preservation prompts on 16 noise draws (defaults: 16 on 64):
+    the same stages, a quarter of the work each."""
+    import functools
+
+    from fmn_desktop.inversion import names
+
+    monkeypatch.setattr(
+        names, "discover_names", functools.partial(names.discover_names, samples=16, screen=4)
+    )

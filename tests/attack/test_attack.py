@@ -3,6 +3,7 @@ report and its registry record, the CLI's usage errors, and one run on the embed
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from fmn_desktop.registry import RegistryError
 from fmn_desktop.toyworld import CONCEPTS, HEADS, weights_available
 
 needs_weights = pytest.mark.skipif(not weights_available(), reason="no embedded model weights")
+READY_ZORBU = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -253,20 +255,20 @@ def test_attack_is_a_cli_command_with_clear_usage_errors(tmp_path, capsys, make_
 
 @needs_weights
 def test_attack_cli_on_the_embedded_model(tmp_path, capsys):
-    """Forget Zorbu (default settings), register it, attack it through `fmn attack --record`."""
-    from fmn_desktop.demo import demo_config
-    from fmn_desktop.registry import open_registry
-    from fmn_desktop.workflows import forget_to_file, open_model
+    """Register the shipped Zorbu patch (made with the default settings), attack it through
+    `fmn attack --record`."""
+    import shutil
 
-    model = open_model("default")
+    from fmn_desktop.registry import open_registry
+
     patch = tmp_path / "zorbu.safetensors"
-    forget_to_file(model, demo_config(CONCEPTS["Zorbu"]), patch)
+    shutil.copy(READY_ZORBU, patch)
     with open_registry(tmp_path / "reg") as reg:
         reg.add_patch(patch, name="zorbu")
     out = tmp_path / "attack"
     code = main(["--threads", "1", "attack", "--concept", "Zorbu", "--record", "zorbu",
                  "--registry", str(tmp_path / "reg"), "--budget", "6", "--seeds", "1",
-                 "--no-whitebox", "--chance", "4", "--out-dir", str(out)])
+                 "--no-whitebox", "--chance", "4", "--steps", "6", "--out-dir", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert "attack success rate (ASR)" in stdout and "recorded asr_before" in stdout

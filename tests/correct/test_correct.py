@@ -120,6 +120,7 @@ def test_broad_removal_on_tiny(tiny_pipe, tmp_path):
         BroadConfig(words=[])
 
 
+@pytest.mark.slow  # two 25-step jobs; test_broad_removal_on_tiny runs the job by default
 def test_broad_removal_holds_the_unconditional_prediction(tiny_pipe):
     # Classifier-free guidance compares every prompt with "": the hold keeps that reference
     # nearer its base than a job without it (same seed, same steps).
@@ -196,6 +197,7 @@ def test_cli_correct_and_erase_broad(tmp_path):
     assert meta.method == "esd-broad" and meta.hyperparameters["ordinary_references"] == 2
 
 
+@pytest.mark.slow  # a measurement on the embedded model; the tiny tests above run the job
 @pytest.mark.skipif(
     not __import__("fmn_desktop.toyworld", fromlist=["weights_available"]).weights_available(),
     reason="embedded model weights not installed",

@@ -33,8 +33,17 @@ def test_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.fixture(params=[pytest.param("few", id="4-others"),
+                        pytest.param("all", id="all-others", marks=pytest.mark.slow)])
+def others(request):
+    """Retention over 4 other concepts (the default run) or all of them (slow)."""
+    if request.param == "few":
+        request.getfixturevalue("few_others")
+    return request.param
+
+
 @pytest.mark.skipif(not weights_available(), reason="no embedded model weights")
-def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys):
+def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys, others):
     from fmn_desktop.registry import open_registry
 
     patch = tmp_path / "zorbu.safetensors"

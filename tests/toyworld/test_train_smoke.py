@@ -8,6 +8,9 @@ import torch
 from fmn_desktop.toyworld import load_default_pipeline, load_judge
 from fmn_desktop.toyworld.train import main
 
+# Trains every stage of the embedded model's recipe: a developer's tool, not a user's path.
+pytestmark = pytest.mark.slow
+
 TINY = {
     "n_train": 96, "n_heldout": 32, "n_judge": 64, "n_judge_recon": 16,
     "text_steps": 2, "text_batch": 16, "vae_steps": 2, "vae_batch": 4,

@@ -45,7 +45,8 @@ def _fast(app, fast_forget):
     p.steps = 1
 
 
-def test_photos_page_forgets_and_registers(qtbot, app, photos, concept, fast_forget):
+def test_photos_page_forgets_and_registers(qtbot, app, photos, concept, fast_forget,
+                                           quick_discovery):
     win = _window(qtbot, app)
     page = win.photos_page
     p = app.photos
