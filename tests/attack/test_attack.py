@@ -174,7 +174,11 @@ class UniformJudge:
                 for h, labels in HEADS.items()}
 
 
-def test_run_attack_report_and_registry_record(tiny, tmp_path, make_registry_patch):
+def test_run_attack_report_and_registry_record(tiny, tmp_path, make_registry_patch, monkeypatch):
+    import functools
+
+    # The soft-prompt bound's 200 optimisation steps become 5: the report only needs its figure.
+    monkeypatch.setattr(wb, "soft_prompt", functools.partial(wb.soft_prompt, steps=5))
     settings = AttackSettings(budget=3, seeds=1, steps=2, whitebox_iters=1, round_size=2,
                               chance=4)
     patch = attn2_patch(tiny)

@@ -36,7 +36,8 @@ def test_usage_errors(argv, message, capsys):
 @pytest.fixture(params=[pytest.param("few", id="4-others"),
                         pytest.param("all", id="all-others", marks=pytest.mark.slow)])
 def others(request):
-    """Retention over 4 other concepts (the default run) or all of them (slow)."""
+    """Retention over 4 other concepts at 6 sampling steps (the default run), or over all
+    of them at 10 (slow)."""
     if request.param == "few":
         request.getfixturevalue("few_others")
     return request.param
@@ -46,13 +47,14 @@ def others(request):
 def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys, others):
     from fmn_desktop.registry import open_registry
 
+    steps = 6 if others == "few" else 10
     patch = tmp_path / "zorbu.safetensors"
     shutil.copy(READY, patch)
     with open_registry(tmp_path / "reg") as reg:
         reg.add_patch(patch, name="zorbu")
     out = tmp_path / "scores.json"
     code = main(["--threads", "1", "evaluate", "--concept", "Zorbu", "--patch", str(patch),
-                 "--seeds", "1", "--other-seeds", "1", "--steps", "10", "--json", str(out),
+                 "--seeds", "1", "--other-seeds", "1", "--steps", str(steps), "--json", str(out),
                  "--write-scores", "--record", "zorbu", "--registry", str(tmp_path / "reg")])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
@@ -65,5 +67,5 @@ def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys, others):
     with open_registry(tmp_path / "reg") as reg:
         stored = {e.metric: e for e in reg.evaluations(patch="zorbu")}
     assert stored["mscore"].value == scores["mscore_after"]["mean"]
-    assert stored["retention"].settings == {"seeds": 1, "other_seeds": 1, "steps": 10,
+    assert stored["retention"].settings == {"seeds": 1, "other_seeds": 1, "steps": steps,
                                             "strength": 1.0}
