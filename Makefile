@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 # CUDA build on Linux; a machine whose pip finds the CPU wheel locally gets that). Set
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build from PyTorch's index.
 TORCH_INDEX ?=
-PYTEST := QT_QPA_PLATFORM=offscreen TRITON_INTERPRET=1 $(BIN)/pytest -q
+# Test processes (pytest-xdist; each test runs torch on one thread). 0: one process.
+JOBS ?= 2
+PYTEST := QT_QPA_PLATFORM=offscreen TRITON_INTERPRET=1 $(BIN)/pytest -q -n $(JOBS) --dist loadscope
 
 .PHONY: setup demo test test-slow test-all lint clean
 

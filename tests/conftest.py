@@ -15,6 +15,34 @@ set_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py: tiny pipelines built in code
 
 
+# fmn_kernels' largest error per (dtype, quantity): recorded by tests/kernels (kernel_helpers),
+# merged here from pytest-xdist workers, printed at the end of the run.
+KERNEL_NAMES = ("out", "resteer", "dq", "dk", "dv")
+_kernel_worst: dict[tuple[str, str], float] = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for dtype, name, value in getattr(node, "workeroutput", {}).get("kernel_worst", []):
+        _kernel_worst[dtype, name] = max(_kernel_worst.get((dtype, name), 0.0), value)
+
+
+def pytest_terminal_summary(terminalreporter):
+    worst = dict(_kernel_worst)
+    helpers = sys.modules.get("kernel_helpers")
+    for key, value in getattr(helpers, "WORST", {}).items():
+        worst[key] = max(worst.get(key, 0.0), value)
+    if not worst:
+        return
+    names = KERNEL_NAMES + tuple(sorted({n for _, n in worst} - set(KERNEL_NAMES)))
+    terminalreporter.section("fmn_kernels: max |error| vs the fp32 reference")
+    for dtype in sorted({d for d, _ in worst}):
+        cells = ", ".join(
+            f"{name} {worst[dtype, name]:.2e}" for name in names if (dtype, name) in worst
+        )
+        terminalreporter.write_line(f"{dtype}: {cells}")
+
+
 @pytest.fixture
 def seed() -> int:
     torch.manual_seed(0)
