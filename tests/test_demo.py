@@ -27,8 +27,9 @@ def test_demo_runs_end_to_end_small(tmp_path, monkeypatch):
         return config
 
     monkeypatch.setattr(demo, "demo_config", small_config)
-    monkeypatch.setattr(workflows, "generate_images",
-                        functools.partial(workflows.generate_images, steps=2))
+    monkeypatch.setattr(
+        workflows, "generate_images", functools.partial(workflows.generate_images, steps=2)
+    )
     monkeypatch.setattr(scores, "EvalSettings", functools.partial(scores.EvalSettings, steps=2))
     out = io.StringIO()
     assert run_demo(out_dir=tmp_path, steps=3, seeds=1, other_seeds=1, others_limit=3, out=out) == 0

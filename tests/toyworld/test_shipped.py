@@ -38,8 +38,12 @@ def test_shipped_pipeline_loads_offline_and_generates():
     ids = pipe.tokenizer("a photo of Zorbu", padding="max_length", max_length=77).input_ids
     assert ids[0] == 49406 and ids[-1] == 49407  # SD1 style: padded with end-of-text
     assert pipe.text_encoder.config.num_hidden_layers >= 2
-    img = pipe("a photo of a red circle", num_inference_steps=4, guidance_scale=5.0,
-               generator=torch.Generator().manual_seed(0)).images[0]
+    img = pipe(
+        "a photo of a red circle",
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert img.size == (32, 32)
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert size < 40 * 2**20
@@ -72,10 +76,15 @@ def generated(shipped):
     pipe, judge = shipped
     prompts = list(dict.fromkeys(p for p, _, _ in JUDGED))
     gens = [torch.Generator().manual_seed(s) for _ in prompts for s in range(4)]
-    imgs = pipe([p for p in prompts for _ in range(4)], num_inference_steps=20,
-                guidance_scale=5.0, generator=gens, output_type="pt").images
+    imgs = pipe(
+        [p for p in prompts for _ in range(4)],
+        num_inference_steps=20,
+        guidance_scale=5.0,
+        generator=gens,
+        output_type="pt",
+    ).images
     labels = judge.labels(imgs)
-    return {p: {h: v[4 * i:4 * i + 4] for h, v in labels.items()} for i, p in enumerate(prompts)}
+    return {p: {h: v[4 * i : 4 * i + 4] for h, v in labels.items()} for i, p in enumerate(prompts)}
 
 
 @needs_weights

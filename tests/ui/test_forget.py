@@ -158,8 +158,9 @@ def test_hardened_forget_counts_every_round(qtbot, app, concept, fast_forget, mo
     from fmn_desktop.ui.widgets.main_window import MainWindow
 
     # The page sets the rounds; a short white-box search on one prompt keeps the round cheap.
-    monkeypatch.setattr(harden, "HardenSettings",
-                        functools.partial(harden.HardenSettings, prompts=1, iters=3))
+    monkeypatch.setattr(
+        harden, "HardenSettings", functools.partial(harden.HardenSettings, prompts=1, iters=3)
+    )
 
     win = MainWindow(app)
     qtbot.addWidget(win)
