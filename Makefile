@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 # Test processes (pytest-xdist; each test runs torch on one thread). 0: one process.
 JOBS ?= 2
-PYTEST := QT_QPA_PLATFORM=offscreen TRITON_INTERPRET=1 $(BIN)/pytest -q -n $(JOBS) --dist loadscope
+PYTEST := QT_QPA_PLATFORM=offscreen TRITON_INTERPRET=1 $(BIN)/pytest -q -n $(JOBS)
 
 .PHONY: setup demo test test-slow test-all lint clean
 
@@ -26,17 +26,17 @@ setup: $(BIN)/fmn
 demo: setup
 	$(BIN)/fmn demo
 
-# The default suite (a couple of minutes on 2 cores); long tests are marked slow.
+# The default suite; long tests are marked slow. loadscope: a module's tests (and its
+# module-scoped fixtures) stay on one process.
 test: lint
-	$(PYTEST)
+	$(PYTEST) --dist loadscope
 
-# Only the slow tests (long training runs, documented measurements).
+# Only the slow tests (documented measurements, training runs), spread one by one.
 test-slow: setup
-	$(PYTEST) -m 'slow and not gpu'
+	$(PYTEST) --dist load -m 'slow and not gpu'
 
 # Everything that runs without a GPU: lint, the default suite, then the slow tests.
-test-all: test
-	$(PYTEST) -m 'slow and not gpu'
+test-all: test test-slow
 
 lint: setup
 	$(BIN)/ruff check .
