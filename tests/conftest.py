@@ -8,11 +8,39 @@ os.environ.setdefault("FMN_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import fmn_desktop  # noqa: E402,F401  (sets offline mode before diffusers is imported)
-from fmn_desktop.runtime import set_threads  # noqa: E402
+from fmn_desktop.runtime import configure_runtime, set_threads  # noqa: E402
 
+configure_runtime()  # offline, as the entry points set it, before diffusers is imported
 set_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py: tiny pipelines built in code
+
+
+# fmn_kernels' largest error per (dtype, quantity): recorded by tests/kernels (kernel_helpers),
+# merged here from pytest-xdist workers, printed at the end of the run.
+KERNEL_NAMES = ("out", "resteer", "dq", "dk", "dv")
+_kernel_worst: dict[tuple[str, str], float] = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for dtype, name, value in getattr(node, "workeroutput", {}).get("kernel_worst", []):
+        _kernel_worst[dtype, name] = max(_kernel_worst.get((dtype, name), 0.0), value)
+
+
+def pytest_terminal_summary(terminalreporter):
+    worst = dict(_kernel_worst)
+    helpers = sys.modules.get("kernel_helpers")
+    for key, value in getattr(helpers, "WORST", {}).items():
+        worst[key] = max(worst.get(key, 0.0), value)
+    if not worst:
+        return
+    names = KERNEL_NAMES + tuple(sorted({n for _, n in worst} - set(KERNEL_NAMES)))
+    terminalreporter.section("fmn_kernels: max |error| vs the fp32 reference")
+    for dtype in sorted({d for d, _ in worst}):
+        cells = ", ".join(
+            f"{name} {worst[dtype, name]:.2e}" for name in names if (dtype, name) in worst
+        )
+        terminalreporter.write_line(f"{dtype}: {cells}")
 
 
 @pytest.fixture
@@ -36,3 +64,36 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     tiny_sd_pipeline().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def few_others(monkeypatch):
+    """Retention over the first 4 other concepts instead of all 25 (the option `fmn demo` and
+    the forget page use): the same scoring path as `fmn evaluate` in a fraction of the time."""
+    import inspect
+
+    from fmn_desktop.evaluate import patch_scores
+
+    full = patch_scores.evaluate_patches
+    signature = inspect.signature(full)
+
+    def evaluate_patches(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        if bound.arguments.get("others_limit") is None:
+            bound.arguments["others_limit"] = 4
+        return full(*bound.args, **bound.kwargs)
+
+    monkeypatch.setattr(patch_scores, "evaluate_patches", evaluate_patches)
+
+
+@pytest.fixture
+def quick_discovery(monkeypatch):
+    """Name discovery scoring 4 preservation prompts on 16 noise draws (defaults: 16 on 64):
+    the same stages, a quarter of the work each."""
+    import functools
+
+    from fmn_desktop.inversion import names
+
+    monkeypatch.setattr(
+        names, "discover_names", functools.partial(names.discover_names, samples=16, screen=4)
+    )

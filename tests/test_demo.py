@@ -9,10 +9,28 @@ from fmn_desktop.toyworld import weights_available
 pytestmark = pytest.mark.skipif(not weights_available(), reason="embedded model not installed")
 
 
-def test_demo_runs_end_to_end_small(tmp_path):
+def test_demo_runs_end_to_end_small(tmp_path, monkeypatch):
+    """The whole tour with its sampling and reference counts cut down (the defaults' results
+    are the slow tests' business): files, printed scores, the patch and its metadata."""
+    import functools
+
+    from fmn_desktop.evaluate import scores
     from fmn_desktop.patch import load_patch
+    from fmn_desktop.services import defaults, images
     from fmn_desktop.services.demo import run_demo
 
+    full_config = defaults.demo_config
+
+    def small_config(concept, steps=None, mode="faithful"):
+        config = full_config(concept, steps, mode)
+        config.num_references, config.reference_steps, config.batch_size = 2, 2, 2
+        return config
+
+    monkeypatch.setattr(defaults, "demo_config", small_config)
+    monkeypatch.setattr(
+        images, "generate_images", functools.partial(images.generate_images, steps=2)
+    )
+    monkeypatch.setattr(scores, "EvalSettings", functools.partial(scores.EvalSettings, steps=2))
     out = io.StringIO()
     assert run_demo(out_dir=tmp_path, steps=3, seeds=1, other_seeds=1, others_limit=3, out=out) == 0
     text = out.getvalue()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fmn_desktop import __version__
 from fmn_desktop.cli import app, apply, correct, evaluate, forget, library
 from fmn_desktop.cli.common import UsageError
 from fmn_desktop.errors import FmnError
+from fmn_desktop.runtime import configure_runtime
 
 GROUPS = (forget, correct, apply, evaluate, library, app)
 
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(__doc__ or "").splitlines()[0],
         epilog="Run `fmn demo` for a two-minute tour on the embedded model.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--threads",
         type=int,
@@ -37,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_runtime()
     parser = build_parser()
     args = parser.parse_args(argv)
     import warnings

@@ -21,6 +21,9 @@ def cmd_gui(args) -> int:
 
 def gui_main(threads: int | None = None) -> int:
     """`fmn-desktop` and `fmn gui`: the desktop app."""
+    from fmn_desktop.runtime import configure_runtime
+
+    configure_runtime()
     try:
         from fmn_desktop.ui.app import main as app_main
     except ImportError as exc:

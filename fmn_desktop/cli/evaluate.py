@@ -172,12 +172,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from fmn_desktop.evaluate.bench import default_items, run_bench, write_report
+    from fmn_desktop.evaluate.bench import default_items, require_plots, run_bench, write_report
     from fmn_desktop.evaluate.scores import EvalSettings
     from fmn_desktop.services.defaults import demo_config, toy_preserve_prompts
     from fmn_desktop.services.model import open_model
     from fmn_desktop.toyworld import CONCEPTS, load_judge
 
+    require_plots()  # before the long run, not after it
     items = default_items()
     if args.only:
         items = [i for i in items if i.name in args.only or i.category in args.only]

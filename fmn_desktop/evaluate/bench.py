@@ -8,12 +8,14 @@ before/after, and the time the forget took. Results go to JSON, a markdown table
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fmn_desktop.errors import FmnError
 from fmn_desktop.evaluate.scores import (
     Estimate,
     EvalSettings,
@@ -155,7 +157,17 @@ def markdown_table(rows: Sequence[BenchRow], title: str, settings: dict) -> str:
     return "\n".join(lines)
 
 
+def require_plots() -> None:
+    """Raise FmnError when matplotlib, an optional dependency (the `plots` extra), is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise FmnError(
+            "the bench chart (bench.png) needs matplotlib, which is not installed: "
+            "pip install 'forget-me-not-studio[plots]'"
+        )
+
+
 def plot(rows: Sequence[BenchRow], path: Path, title: str) -> None:
+    require_plots()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -23,8 +23,9 @@
 - Pickled `.ckpt/.pt/.pth/.bin` files are read only with torch's restricted
   `weights_only` unpickler (see checkpoint.py), then go the same way through a temporary
   safetensors copy in the system temp folder.
-Nothing here reaches the network: HF_HUB_OFFLINE is set on import of `fmn_desktop`, every
-load passes `local_files_only=True`, and single files always get a local config folder.
+Nothing here reaches the network, whatever the environment says: every load passes
+`local_files_only=True`, runs with huggingface_hub's offline switch on (`hub_offline`), and
+single files always get a local config folder.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from fmn_desktop.models.families import (
     load_tokenizer,
 )
 from fmn_desktop.models.fingerprint import fingerprint_unet
+from fmn_desktop.runtime import hub_offline
 
 
 @functools.cache
@@ -177,7 +179,7 @@ def load_pipeline(
     if not path.exists():
         raise ModelLoadError(f"model not found: {path}")
     try:
-        with _quiet():
+        with hub_offline(), _quiet():
             if path.is_dir():
                 model = _load_folder(path, family, prediction_type, dtype)
             else:

@@ -3,6 +3,7 @@ report and its registry record, the CLI's usage errors, and one run on the embed
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from fmn_desktop.registry import RegistryError
 from fmn_desktop.toyworld import CONCEPTS, HEADS, weights_available
 
 needs_weights = pytest.mark.skipif(not weights_available(), reason="no embedded model weights")
+READY_ZORBU = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,13 @@ def test_misspellings_and_concept_replacement():
     assert "Zorbu" not in variants and len(variants) == len(set(variants))
     assert cand.replace_concept("a photo of zorbu", "Zorbu", "X y") == "a photo of X y"
     assert cand.replace_concept("a Zorbuish thing", "Zorbu", "X") == "a Zorbuish thing X"
-    assert cand.prompt_words(["a photo of Zorbu", "a circle"]) == ["Zorbu", "a", "circle",
-                                                                   "of", "photo"]
+    assert cand.prompt_words(["a photo of Zorbu", "a circle"]) == [
+        "Zorbu",
+        "a",
+        "circle",
+        "of",
+        "photo",
+    ]
 
 
 def test_word_pool_and_neighbours_are_whole_words(tiny):
@@ -130,8 +137,9 @@ def test_budget_is_exact_when_nothing_works_and_whitebox_runs_once(tiny):
 
 def test_edits_find_a_domain_word(tiny):
     settings = AttackSettings(budget=64, misspellings=0, neighbours=0, random_words=8)
-    space = CandidateSpace(tiny.tokenizer, "Zorbu", settings, tiny.text_encoder,
-                           ["glorp", "blip", "Zorbu"])
+    space = CandidateSpace(
+        tiny.tokenizer, "Zorbu", settings, tiny.text_encoder, ["glorp", "blip", "Zorbu"]
+    )
     assert space.extra_words == ["blip", "glorp"]  # the concept's own name is left out
     scorer = Stub(lambda p: 0.9 if "glorp" in p.split() else 0.0)
     r = attack_target("a photo of Zorbu", 1000, scorer, space, settings)
@@ -147,8 +155,9 @@ def test_whitebox_matches_base_kv_under_a_patch(tiny):
     with torch.no_grad():
         assert float(wb.kv_loss(tiny, wb.encode(tiny, ids), targets)[0]) < 1e-8
     with PatchedUNet(tiny.unet, [(attn2_patch(tiny), 1.0)]):
-        r = wb.token_search(tiny, prompt, "Zorbu", targets, pool, slots=2, iters=3, batch=8,
-                            restarts=1, keep=3)
+        r = wb.token_search(
+            tiny, prompt, "Zorbu", targets, pool, slots=2, iters=3, batch=8, restarts=1, keep=3
+        )
         assert r.plain_loss > 1e-3 and len(r.prompts) == 3 and r.words
         assert [v for _, v in r.prompts] == sorted(v for _, v in r.prompts)
         for text, value in r.prompts:
@@ -160,29 +169,42 @@ def test_whitebox_matches_base_kv_under_a_patch(tiny):
                 loss = wb.kv_loss(tiny, wb.encode(tiny, ids), targets)
             assert float(loss[0]) == pytest.approx(value, rel=1e-4)  # the text is the tokens
         _, start = wb.soft_prompt(tiny, prompt, "Zorbu", targets, pool, slots=2, steps=0)
-        embeds, end = wb.soft_prompt(tiny, prompt, "Zorbu", targets, pool, slots=2, steps=30,
-                                     lr=5e-2)
+        embeds, end = wb.soft_prompt(
+            tiny, prompt, "Zorbu", targets, pool, slots=2, steps=30, lr=5e-2
+        )
     assert embeds.shape == (1, 77, 32) and end < start
     assert all(p.grad is None for p in tiny.text_encoder.parameters())
 
 
 class UniformJudge:
     def predict(self, images):
-        return {h: torch.full((len(images), len(labels)), 1 / len(labels))
-                for h, labels in HEADS.items()}
+        return {
+            h: torch.full((len(images), len(labels)), 1 / len(labels))
+            for h, labels in HEADS.items()
+        }
 
 
-def test_run_attack_report_and_registry_record(tiny, tmp_path, make_registry_patch):
-    settings = AttackSettings(budget=3, seeds=1, steps=2, whitebox_iters=1, round_size=2,
-                              chance=4)
+def test_run_attack_report_and_registry_record(tiny, tmp_path, make_registry_patch, monkeypatch):
+    import functools
+
+    # The soft-prompt bound's 200 optimisation steps become 5: the report only needs its figure.
+    monkeypatch.setattr(wb, "soft_prompt", functools.partial(wb.soft_prompt, steps=5))
+    settings = AttackSettings(budget=3, seeds=1, steps=2, whitebox_iters=1, round_size=2, chance=4)
     patch = attn2_patch(tiny)
-    report = run_attack(tiny, UniformJudge(), CONCEPTS["Zorbu"], [(patch, 1.0)], settings,
-                        patch_info=[{"file": "x", "strength": 1.0}])
+    report = run_attack(
+        tiny,
+        UniformJudge(),
+        CONCEPTS["Zorbu"],
+        [(patch, 1.0)],
+        settings,
+        patch_info=[{"file": "x", "strength": 1.0}],
+    )
     n = len(CONCEPTS["Zorbu"].prompts())
     for state in (report.before, report.after):
         assert len(state.targets) == n and state.asr().mean == 0.0  # presence 1/7 everywhere
-        assert all(t.queries == 3 and t.best_presence == pytest.approx(1 / 7)
-                   for t in state.targets)
+        assert all(
+            t.queries == 3 and t.best_presence == pytest.approx(1 / 7) for t in state.targets
+        )
     assert all(t.soft_presence is not None for t in report.after.targets)
     assert all(t.soft_presence is None for t in report.before.targets)
     assert set(report.after.whitebox) == set(CONCEPTS["Zorbu"].prompts())
@@ -246,8 +268,17 @@ def test_attack_is_a_cli_command_with_clear_usage_errors(tmp_path, capsys, make_
         reg.add_patch(make_registry_patch(concepts=("Zorbu",)), name="zorbu")
     other = tmp_path / "other.safetensors"
     other.write_bytes(make_registry_patch(concepts=("Quilla",)))
-    argv = ["attack", "--concept", "Zorbu", "--record", "zorbu", "--registry",
-            str(tmp_path / "reg"), "--patch", str(other)]
+    argv = [
+        "attack",
+        "--concept",
+        "Zorbu",
+        "--record",
+        "zorbu",
+        "--registry",
+        str(tmp_path / "reg"),
+        "--patch",
+        str(other),
+    ]
     assert main(argv) == 2
     assert "belong to one patch" in capsys.readouterr().err
     assert main(argv[:4] + ["nope", *argv[5:7]]) == 1  # an unknown registry patch
@@ -255,21 +286,41 @@ def test_attack_is_a_cli_command_with_clear_usage_errors(tmp_path, capsys, make_
 
 @needs_weights
 def test_attack_cli_on_the_embedded_model(tmp_path, capsys):
-    """Forget Zorbu (default settings), register it, attack it through `fmn attack --record`."""
-    from fmn_desktop.registry import open_registry
-    from fmn_desktop.services.defaults import demo_config
-    from fmn_desktop.services.forget import forget_to_file
-    from fmn_desktop.services.model import open_model
+    """Register the shipped Zorbu patch (made with the default settings), attack it through
+    `fmn attack --record`."""
+    import shutil
 
-    model = open_model("default")
+    from fmn_desktop.registry import open_registry
+
     patch = tmp_path / "zorbu.safetensors"
-    forget_to_file(model, demo_config(CONCEPTS["Zorbu"]), patch)
+    shutil.copy(READY_ZORBU, patch)
     with open_registry(tmp_path / "reg") as reg:
         reg.add_patch(patch, name="zorbu")
     out = tmp_path / "attack"
-    code = main(["--threads", "1", "attack", "--concept", "Zorbu", "--record", "zorbu",
-                 "--registry", str(tmp_path / "reg"), "--budget", "6", "--seeds", "1",
-                 "--no-whitebox", "--chance", "4", "--out-dir", str(out)])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "attack",
+            "--concept",
+            "Zorbu",
+            "--record",
+            "zorbu",
+            "--registry",
+            str(tmp_path / "reg"),
+            "--budget",
+            "6",
+            "--seeds",
+            "1",
+            "--no-whitebox",
+            "--chance",
+            "4",
+            "--steps",
+            "6",
+            "--out-dir",
+            str(out),
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert "attack success rate (ASR)" in stdout and "recorded asr_before" in stdout
@@ -307,8 +358,14 @@ def test_attack_measurement_on_forgotten_zorbu(tmp_path):
     model = open_model("default")
     result = forget(model.pipe, demo_config(CONCEPTS["Zorbu"]), fingerprint="", family="toy")
     words = cand.prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
-    report = run_attack(model.pipe, load_judge(None), CONCEPTS["Zorbu"], [(result.patch, 1.0)],
-                        AttackSettings(budget=64, seeds=2), extra_words=words)
+    report = run_attack(
+        model.pipe,
+        load_judge(None),
+        CONCEPTS["Zorbu"],
+        [(result.patch, 1.0)],
+        AttackSettings(budget=64, seeds=2),
+        extra_words=words,
+    )
     assert report.before.no_attack().mean == 1.0
     assert report.after.no_attack().mean <= 0.5  # forgetting works on the plain prompts
     assert report.after.asr().mean >= report.after.no_attack().mean
@@ -334,8 +391,21 @@ def test_attack_cli_settings_reach_the_search(tmp_path, monkeypatch, capsys):
 
     model = open_model("default")
     save_patch(attn2_patch(model.pipe, scale=0.0), patch)
-    assert main(["attack", "--concept", "Zorbu", "--patch", str(patch), "--force",
-                 "--no-misspellings", "--no-whitebox"]) == 130
+    assert (
+        main(
+            [
+                "attack",
+                "--concept",
+                "Zorbu",
+                "--patch",
+                str(patch),
+                "--force",
+                "--no-misspellings",
+                "--no-whitebox",
+            ]
+        )
+        == 130
+    )
     s = seen["settings"]
     assert s.misspellings == 0 and not s.whitebox
     assert main(["attack", "--concept", "Zorbu", "--patch", str(patch), "--force"]) == 130

@@ -120,6 +120,7 @@ def test_broad_removal_on_tiny(tiny_pipe, tmp_path):
         BroadConfig(words=[])
 
 
+@pytest.mark.slow  # two 25-step jobs; test_broad_removal_on_tiny runs the job by default
 def test_broad_removal_holds_the_unconditional_prediction(tiny_pipe):
     # Classifier-free guidance compares every prompt with "": the hold keeps that reference
     # nearer its base than a job without it (same seed, same steps).
@@ -137,10 +138,18 @@ def test_broad_removal_holds_the_unconditional_prediction(tiny_pipe):
     base = uncond()
     moved = {}
     for hold in (False, True):
-        cfg = BroadConfig(words=["cursed"], templates=["a {} castle", "{}"], steps=25,
-                          batch_size=2, num_references=2, reference_steps=2, lr=1e-3,
-                          preserve_prompts=KEEP, hold_unconditional=hold,
-                          uncaptioned_weight=1.0)  # the weight this was measured at
+        cfg = BroadConfig(
+            words=["cursed"],
+            templates=["a {} castle", "{}"],
+            steps=25,
+            batch_size=2,
+            num_references=2,
+            reference_steps=2,
+            lr=1e-3,
+            preserve_prompts=KEEP,
+            hold_unconditional=hold,
+            uncaptioned_weight=1.0,
+        )  # the weight this was measured at
         patch = erase_broad(tiny_pipe, cfg).patch
         with PatchedUNet(tiny_pipe.unet, [(patch, 1.0)]):
             moved[hold] = float((uncond() - base).norm() / base.norm())
@@ -162,9 +171,16 @@ def test_broad_removal_draws_ordinary_references(tiny_pipe, monkeypatch):
         return call(self, prompt, *a, **kw)
 
     monkeypatch.setattr(type(tiny_pipe), "__call__", recording)
-    cfg = BroadConfig(words=["cursed"], templates=["a {} castle"], steps=2, batch_size=2,
-                      num_references=1, reference_steps=2, preserve_prompts=KEEP,
-                      ordinary_references=4)
+    cfg = BroadConfig(
+        words=["cursed"],
+        templates=["a {} castle"],
+        steps=2,
+        batch_size=2,
+        num_references=1,
+        reference_steps=2,
+        preserve_prompts=KEEP,
+        ordinary_references=4,
+    )
     erase_broad(tiny_pipe, cfg)
     assert drawn == ["a cursed castle", *KEEP, KEEP[0]]
     drawn.clear()
@@ -188,14 +204,32 @@ def test_cli_correct_and_erase_broad(tmp_path):
     assert load_patch(out).meta.kind == "correct"
     assert main([*base, "--guide", "x", "--strength", "2", "--out", str(out)]) == 1
     out2 = tmp_path / "broad.safetensors"
-    args = ["--threads", "1", "erase-broad", str(model), "--device", "cpu", "--words", "cursed",
-            "--steps", "1", "--batch-size", "1", "--num-references", "1",
-            "--ordinary-references", "2", "--out", str(out2)]
+    args = [
+        "--threads",
+        "1",
+        "erase-broad",
+        str(model),
+        "--device",
+        "cpu",
+        "--words",
+        "cursed",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--num-references",
+        "1",
+        "--ordinary-references",
+        "2",
+        "--out",
+        str(out2),
+    ]
     assert main(args) == 0
     meta = load_patch(out2).meta
     assert meta.method == "esd-broad" and meta.hyperparameters["ordinary_references"] == 2
 
 
+@pytest.mark.slow  # a measurement on the embedded model; the tiny tests above run the job
 @pytest.mark.skipif(
     not __import__("fmn_desktop.toyworld", fromlist=["weights_available"]).weights_available(),
     reason="embedded model weights not installed",
@@ -212,15 +246,24 @@ def test_embedded_balloon_colour_bias_is_corrected():
 
     def colours():
         gens = [torch.Generator().manual_seed(1000 + i) for i in range(6)]
-        im = pipe(["a green balloon"] * 6, num_inference_steps=12, guidance_scale=5.0,
-                  generator=gens, output_type="pt").images
+        im = pipe(
+            ["a green balloon"] * 6,
+            num_inference_steps=12,
+            guidance_scale=5.0,
+            generator=gens,
+            output_type="pt",
+        ).images
         return [HEADS["colour"][int(i)] for i in judge.predict(im.float())["colour"].argmax(1)]
 
     before = colours()
-    cfg = CorrectConfig("balloon", "balloon", negative="red balloon", strength=2.0,
-                        templates=["a {}", "a photo of a {}", "a blue {}", "a yellow {}",
-                                   "a purple {}"],
-                        preserve_prompts=toy_preserve_prompts(["balloon"]))
+    cfg = CorrectConfig(
+        "balloon",
+        "balloon",
+        negative="red balloon",
+        strength=2.0,
+        templates=["a {}", "a photo of a {}", "a blue {}", "a yellow {}", "a purple {}"],
+        preserve_prompts=toy_preserve_prompts(["balloon"]),
+    )
     with PatchedUNet(pipe.unet, [(correct(pipe, cfg).patch, 1.0)]):
         after = colours()
     assert before.count("green") <= 1

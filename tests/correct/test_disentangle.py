@@ -22,14 +22,18 @@ def test_config_is_the_anchor_term_away_from_the_dominant():
     assert job.preserve_prompts[0] == "a red circle"
     assert "Gorvak in the style of dots" in job.preserve_prompts
     assert DisentangleConfig("knight", "Gorvak", hold_dominant=False).forget_config(
-        ["x"]).preserve_prompts == ["x"]
+        ["x"]
+    ).preserve_prompts == ["x"]
 
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(concept="", dominant="Gorvak"), dict(concept="knight", dominant="Knight"),
-     dict(concept="knight", dominant="Gorvak", strength=0),
-     dict(concept="knight", dominant="Gorvak", dominant_templates=["no slot"])],
+    [
+        dict(concept="", dominant="Gorvak"),
+        dict(concept="knight", dominant="Knight"),
+        dict(concept="knight", dominant="Gorvak", strength=0),
+        dict(concept="knight", dominant="Gorvak", dominant_templates=["no slot"]),
+    ],
 )
 def test_bad_config(kw):
     with pytest.raises(ValueError):
@@ -55,11 +59,18 @@ def test_disentangle_writes_a_correct_patch_and_holds_the_dominant(tiny_pipe, tm
     knight0, dom0 = pred("a photo of a knight"), pred(dominant)
     moved, drift = {}, {}
     for hold in (False, True):
-        cfg = DisentangleConfig("knight", "castle", strength=3.0, steps=20, hold_dominant=hold,
-                                dominant_templates=["a photo of {} in the style of dots"],
-                                job_options=FAST)
-        out = disentangle_to_file(model, cfg, tmp_path / f"k{hold}.safetensors",
-                                  preserve_prompts=["a tree", "a dog"])
+        cfg = DisentangleConfig(
+            "knight",
+            "castle",
+            strength=3.0,
+            steps=20,
+            hold_dominant=hold,
+            dominant_templates=["a photo of {} in the style of dots"],
+            job_options=FAST,
+        )
+        out = disentangle_to_file(
+            model, cfg, tmp_path / f"k{hold}.safetensors", preserve_prompts=["a tree", "a dog"]
+        )
         for n, p in tiny_pipe.unet.named_parameters():
             assert torch.equal(p, before[n])  # the model is left as it was
         patch = load_patch(out.path, unet_module_names(tiny_pipe.unet))
@@ -76,12 +87,31 @@ def test_disentangle_writes_a_correct_patch_and_holds_the_dominant(tiny_pipe, tm
     assert moved[True] > 0.01 and drift[True] < 0.85 * drift[False], (moved, drift)
 
 
-def test_cli_disentangle(model_dir, tmp_path):
+def test_cli_disentangle(model_dir, tmp_path, monkeypatch):
     from fmn_desktop.cli import main
 
+    # The command's job with FAST's reference images (the CLI has no flag for them).
+    full = DisentangleConfig.forget_config
+
+    def forget_config(self, preserve_prompts):
+        self.job_options = {**FAST, **self.job_options}
+        return full(self, preserve_prompts)
+
+    monkeypatch.setattr(DisentangleConfig, "forget_config", forget_config)
+
     out = tmp_path / "k.safetensors"
-    base = ["--threads", "1", "disentangle", str(model_dir), "--device", "cpu",
-            "--concept", "knight", "--out", str(out)]
+    base = [
+        "--threads",
+        "1",
+        "disentangle",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--concept",
+        "knight",
+        "--out",
+        str(out),
+    ]
     assert main([*base, "--dominant", "castle", "--steps", "2", "--format", "lora"]) == 0
     assert load_patch(out).meta.method == "resteer-disentangle" and load_patch(out).is_lora
     assert main([*base, "--dominant", "knight"]) == 1  # the same word: a clear error

@@ -220,6 +220,7 @@ def test_forget_with_learned_tokens_runs(tiny_pipe):
     _assert_unchanged(tiny_pipe, snap)
 
 
+@pytest.mark.slow
 def test_inversion_loss_falls_on_the_embedded_model(tmp_path):
     """A short inversion on the embedded model (about 20 s on one thread): the denoising loss
     on fixed draws falls, and the photos' identity is drawn from the learned tokens."""

@@ -55,7 +55,9 @@ def test_invert_writes_an_embedding(model_dir, photos, tmp_path, capsys):
     assert "wrote" in stdout
 
 
-def test_forget_photos_writes_patch_and_tokens(model_dir, photos, tmp_path, capsys):
+def test_forget_photos_writes_patch_and_tokens(
+    model_dir, photos, tmp_path, capsys, quick_discovery
+):
     out = tmp_path / "forget-cat.safetensors"
     code, stdout, err = _run(
         [

@@ -6,6 +6,8 @@ nothing here says how selective forgetting is on a trained model: that is measur
 embedded model (ConceptBench, docs/research/CONCEPTBENCH.md). The test prints its figures.
 """
 
+import pytest
+
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.resteer import ForgetConfig, forget
 from fmn_desktop.resteer.measure import attention_maps, attention_mass, maps_change
@@ -15,6 +17,7 @@ OTHERS = ["a photo of a horse", "a blue boat", "a plate of pasta", "a forest in 
 OTHER_TOKENS = ["horse", "boat", "pasta", "forest"]
 
 
+@pytest.mark.slow
 def test_concept_attention_mass_falls_90_percent_others_less():
     from tiny import tiny_sd_pipeline
 

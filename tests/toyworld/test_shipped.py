@@ -38,8 +38,12 @@ def test_shipped_pipeline_loads_offline_and_generates():
     ids = pipe.tokenizer("a photo of Zorbu", padding="max_length", max_length=77).input_ids
     assert ids[0] == 49406 and ids[-1] == 49407  # SD1 style: padded with end-of-text
     assert pipe.text_encoder.config.num_hidden_layers >= 2
-    img = pipe("a photo of a red circle", num_inference_steps=4, guidance_scale=5.0,
-               generator=torch.Generator().manual_seed(0)).images[0]
+    img = pipe(
+        "a photo of a red circle",
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert img.size == (32, 32)
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert size < 40 * 2**20
@@ -58,18 +62,34 @@ def test_shipped_judge_reads_world_images():
     assert np.allclose(p2["object"].numpy(), probs["object"][:4].numpy(), atol=1e-5)
 
 
-@needs_weights
-@needs_judge
-@pytest.mark.parametrize("prompt, head, want", [
+JUDGED = [
     ("a photo of a blue square", "object", "square"),
     ("a photo of a blue square", "colour", "blue"),
     ("a photo of Zorbu", "identity", "Zorbu"),
     ("a photo of a toxic cross", "unsafe", "yes"),
-])
-def test_judge_agrees_with_generated_images(shipped, prompt, head, want):
+]
+
+
+@pytest.fixture(scope="module")
+def generated(shipped):
+    """{prompt: the judge's labels of its 4 images}, all drawn in one batch."""
     pipe, judge = shipped
-    gens = [torch.Generator().manual_seed(s) for s in range(4)]
-    imgs = pipe([prompt] * 4, num_inference_steps=20, guidance_scale=5.0, generator=gens,
-                output_type="pt").images
-    got = judge.labels(imgs)[head]
+    prompts = list(dict.fromkeys(p for p, _, _ in JUDGED))
+    gens = [torch.Generator().manual_seed(s) for _ in prompts for s in range(4)]
+    imgs = pipe(
+        [p for p in prompts for _ in range(4)],
+        num_inference_steps=20,
+        guidance_scale=5.0,
+        generator=gens,
+        output_type="pt",
+    ).images
+    labels = judge.labels(imgs)
+    return {p: {h: v[4 * i : 4 * i + 4] for h, v in labels.items()} for i, p in enumerate(prompts)}
+
+
+@needs_weights
+@needs_judge
+@pytest.mark.parametrize("prompt, head, want", JUDGED)
+def test_judge_agrees_with_generated_images(generated, prompt, head, want):
+    got = generated[prompt][head]
     assert sum(g == want for g in got) >= 3, got

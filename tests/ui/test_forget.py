@@ -149,10 +149,18 @@ def test_replace_with_field_sets_the_anchor(qtbot, app):
     assert config.anchor == "a square" and config.anchor_weight > 0
 
 
-def test_hardened_forget_counts_every_round(qtbot, app, concept, fast_forget):
+def test_hardened_forget_counts_every_round(qtbot, app, concept, fast_forget, monkeypatch):
     # One hardening round: train, attack the patch, train again with what the attack found;
     # the bar counts both trainings, the phase says when the attack runs.
+    import functools
+
+    from fmn_desktop.attack import harden
     from fmn_desktop.ui.widgets.main_window import MainWindow
+
+    # The page sets the rounds; a short white-box search on one prompt keeps the round cheap.
+    monkeypatch.setattr(
+        harden, "HardenSettings", functools.partial(harden.HardenSettings, prompts=1, iters=3)
+    )
 
     win = MainWindow(app)
     qtbot.addWidget(win)

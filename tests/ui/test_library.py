@@ -137,9 +137,7 @@ def _odd_header_file(patch, out):
     raise AssertionError("could not reach a header length ending in 0x80")
 
 
-
-
-def test_measure_an_imported_patch_stores_its_scores(qtbot, app, tmp_path):
+def test_measure_an_imported_patch_stores_its_scores(qtbot, app, tmp_path, few_others):
     # A patch made elsewhere has no scores; Measure scores it on the embedded model and the
     # details list the stored figures (what `fmn evaluate --record` does).
     import shutil

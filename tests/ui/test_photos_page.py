@@ -45,7 +45,9 @@ def _fast(app, fast_forget):
     p.steps = 1
 
 
-def test_photos_page_forgets_and_registers(qtbot, app, photos, concept, fast_forget):
+def test_photos_page_forgets_and_registers(
+    qtbot, app, photos, concept, fast_forget, quick_discovery
+):
     win = _window(qtbot, app)
     page = win.photos_page
     p = app.photos
@@ -59,7 +61,11 @@ def test_photos_page_forgets_and_registers(qtbot, app, photos, concept, fast_for
     qtbot.keyClicks(page.names, concept)
     page.inversion_steps.setValue(2)
     assert (p.images, p.token, p.name_list(), p.inversion_steps) == (
-        str(photos), TOKEN, [concept], 2)
+        str(photos),
+        TOKEN,
+        [concept],
+        2,
+    )
     _fast(app, fast_forget)
     steps = []
     p.step_changed.connect(steps.append)
