@@ -30,20 +30,34 @@ def add_parsers(sub) -> None:
     p.add_argument("--concept", required=True, help="text of the concept to redirect")
     p.add_argument("--guide", required=True, help="text the concept should read as")
     p.add_argument("--negative", help="text to push the concept away from (needs --strength)")
-    p.add_argument("--strength", type=float, default=cf["strength"].default,
-                   help="target = guide + strength * (guide - negative) (default: %(default)s)")
-    p.add_argument("--template", action="append",
-                   help="prompt template with {} for the concept (repeatable; default: "
-                   "'a {}', 'a photo of a {}', '{}', 'a photo of {}')")
-    p.add_argument("--preserve-prompt", action="append",
-                   help="prompt to keep unchanged (repeatable; default: the toy world's "
-                   "captions on the embedded model, none elsewhere)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=cf["strength"].default,
+        help="target = guide + strength * (guide - negative) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--template",
+        action="append",
+        help="prompt template with {} for the concept (repeatable; default: "
+        "'a {}', 'a photo of a {}', '{}', 'a photo of {}')",
+    )
+    p.add_argument(
+        "--preserve-prompt",
+        action="append",
+        help="prompt to keep unchanged (repeatable; default: the toy world's "
+        "captions on the embedded model, none elsewhere)",
+    )
     p.add_argument("--preserve-weight", type=float, default=cf["preserve_weight"].default)
     p.add_argument("--ridge", type=float, default=cf["ridge"].default)
     p.add_argument("--positions", choices=POSITION_MODES, default=cf["positions"].default)
     p.add_argument("--targets", choices=TARGET_SETS, default=cf["targets"].default)
-    p.add_argument("--format", choices=["diff", "lora"], default="diff",
-                   help="diff: exact dense deltas (default); lora: SVD to low rank")
+    p.add_argument(
+        "--format",
+        choices=["diff", "lora"],
+        default="diff",
+        help="diff: exact dense deltas (default); lora: SVD to low rank",
+    )
     p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
     p.set_defaults(handler=cmd_correct)
 
@@ -60,22 +74,38 @@ def add_parsers(sub) -> None:
     )
     model_args(p)
     p.add_argument("--concept", required=True, help="the generic concept (e.g. knight)")
-    p.add_argument("--dominant", required=True,
-                   help="the identity it collapses onto (e.g. Gorvak)")
-    p.add_argument("--strength", type=float, default=df["strength"].default,
-                   help="target = concept + strength * (concept - dominant), per layer "
-                   "(default: %(default)s)")
-    p.add_argument("--template", action="append",
-                   help="prompt template with {} for the concept (repeatable)")
-    p.add_argument("--no-hold-dominant", action="store_true",
-                   help="do not hold the dominant identity's own prompts in place")
-    p.add_argument("--dominant-template", action="append",
-                   help="template with {} for the dominant's prompts held in place "
-                   "(repeatable; default: four style variants)")
-    p.add_argument("--preserve-prompt", action="append",
-                   help="prompt to keep unchanged (repeatable; default: the model's)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimisation steps (default: the re-steering job's)")
+    p.add_argument("--dominant", required=True, help="the identity it collapses onto (e.g. Gorvak)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=df["strength"].default,
+        help="target = concept + strength * (concept - dominant), per layer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--template", action="append", help="prompt template with {} for the concept (repeatable)"
+    )
+    p.add_argument(
+        "--no-hold-dominant",
+        action="store_true",
+        help="do not hold the dominant identity's own prompts in place",
+    )
+    p.add_argument(
+        "--dominant-template",
+        action="append",
+        help="template with {} for the dominant's prompts held in place "
+        "(repeatable; default: four style variants)",
+    )
+    p.add_argument(
+        "--preserve-prompt",
+        action="append",
+        help="prompt to keep unchanged (repeatable; default: the model's)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimisation steps (default: the re-steering job's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["diff", "lora"], default="diff")
     p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
@@ -90,8 +120,12 @@ def add_parsers(sub) -> None:
         epilog="example: fmn erase-broad --words cursed --words toxic --out safe.safetensors",
     )
     model_args(p)
-    p.add_argument("--words", action="append", required=True,
-                   help="a word that draws the attribute (repeatable)")
+    p.add_argument(
+        "--words",
+        action="append",
+        required=True,
+        help="a word that draws the attribute (repeatable)",
+    )
     p.add_argument("--template", action="append", help="prompt template with {} for the word")
     p.add_argument("--steps", type=int, default=bf["steps"].default)
     p.add_argument("--lr", type=float, default=bf["lr"].default)
@@ -99,11 +133,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--trainable", choices=["kv", "attn2"], default=bf["trainable"].default)
     p.add_argument("--uncaptioned-weight", type=float, default=bf["uncaptioned_weight"].default)
     p.add_argument("--preserve-weight", type=float, default=bf["preserve_weight"].default)
-    p.add_argument("--ordinary-references", type=int,
-                   default=bf["ordinary_references"].default,
-                   help="latents drawn from the preservation prompts, on which they and \"\" "
-                   "keep the base prediction (default: %(default)s; 0: only on the "
-                   "attribute's references)")
+    p.add_argument(
+        "--ordinary-references",
+        type=int,
+        default=bf["ordinary_references"].default,
+        help='latents drawn from the preservation prompts, on which they and "" '
+        "keep the base prediction (default: %(default)s; 0: only on the "
+        "attribute's references)",
+    )
     p.add_argument("--preserve-prompt", action="append")
     p.add_argument("--batch-size", type=int, default=bf["batch_size"].default)
     p.add_argument("--num-references", type=int, default=bf["num_references"].default)
@@ -151,9 +188,13 @@ def cmd_disentangle(args) -> int:
         **given,
     )
     model = load_model(args)
-    return _trained(config.forget_config([]).steps, "disentangling", lambda progress: (
-        disentangle_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
-    ))
+    return _trained(
+        config.forget_config([]).steps,
+        "disentangling",
+        lambda progress: disentangle_to_file(
+            model, config, args.out, args.format, args.preserve_prompt, progress
+        ),
+    )
 
 
 def cmd_erase_broad(args) -> int:
@@ -175,9 +216,13 @@ def cmd_erase_broad(args) -> int:
         seed=args.seed,
     )
     model = load_model(args)
-    return _trained(config.steps, "erasing", lambda progress: (
-        erase_broad_to_file(model, config, args.out, args.format, args.preserve_prompt, progress)
-    ))
+    return _trained(
+        config.steps,
+        "erasing",
+        lambda progress: erase_broad_to_file(
+            model, config, args.out, args.format, args.preserve_prompt, progress
+        ),
+    )
 
 
 def _trained(total: int, verb: str, run) -> int:

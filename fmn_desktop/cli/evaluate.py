@@ -28,21 +28,37 @@ def add_parsers(sub) -> None:
         "--record forget-zorbu",
     )
     model_args(p)
-    p.add_argument("--patch", action="append", default=[], metavar="PATH[:STRENGTH]",
-                   help="patch to apply (repeatable; with --record and no --patch, the "
-                   "registry patch itself)")
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="patch to apply (repeatable; with --record and no --patch, the registry patch itself)",
+    )
     p.add_argument("--concept", required=True, help="a concept of the toy world, e.g. Zorbu")
-    p.add_argument("--seeds", type=int, default=2,
-                   help="seeds per evaluation prompt of the concept (default: %(default)s)")
-    p.add_argument("--other-seeds", type=int, default=1,
-                   help="seeds per prompt of every other concept (default: %(default)s)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=2,
+        help="seeds per evaluation prompt of the concept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--other-seeds",
+        type=int,
+        default=1,
+        help="seeds per prompt of every other concept (default: %(default)s)",
+    )
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
     p.add_argument("--judge", help="judge weights (default: the embedded model's)")
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
-    p.add_argument("--write-scores", action="store_true",
-                   help="store the scores in the (single) patch file's metadata, atomically")
-    p.add_argument("--record", metavar="NAME",
-                   help="store mscore and retention with registry patch NAME")
+    p.add_argument(
+        "--write-scores",
+        action="store_true",
+        help="store the scores in the (single) patch file's metadata, atomically",
+    )
+    p.add_argument(
+        "--record", metavar="NAME", help="store mscore and retention with registry patch NAME"
+    )
     registry_arg(p, " for --record")
     p.add_argument("--force", action="store_true", help="apply patches made for another base")
     p.set_defaults(handler=cmd_evaluate)
@@ -270,8 +286,10 @@ def cmd_attack(args) -> int:
     print(done.table)
     print(f"wrote {done.paths['json']}, {done.paths['png']}")
     if done.record is not None:
-        print(f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
-              f"{done.record.name}")
+        print(
+            f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
+            f"{done.record.name}"
+        )
     return 0
 
 
@@ -292,8 +310,10 @@ def cmd_evaluate(args) -> int:
     if not args.patch and not args.record:
         raise UsageError("give --patch FILE[:STRENGTH], or --record NAME for a registry patch")
     if args.write_scores and len(args.patch) != 1:
-        raise UsageError("--write-scores rewrites one patch file of yours: name it with one "
-                         "--patch (the registry's own copy stays as it was registered)")
+        raise UsageError(
+            "--write-scores rewrites one patch file of yours: name it with one "
+            "--patch (the registry's own copy stays as it was registered)"
+        )
     check_judge(args, "scores need")
     specs = resolve_record(args)
     model = load_model(args)
@@ -316,8 +336,10 @@ def cmd_evaluate(args) -> int:
     for path in done.written:
         print(f"wrote {path}")
     if done.record is not None:
-        print(f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
-              f"{done.record.name}")
+        print(
+            f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
+            f"{done.record.name}"
+        )
     return 0
 
 

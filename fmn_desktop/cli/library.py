@@ -32,7 +32,9 @@ def _model_opts(p: argparse.ArgumentParser, positional: bool) -> None:
     if positional:
         p.add_argument("model", nargs="?", default="default", help=MODEL_HELP)
     else:
-        p.add_argument("--model", default=None, help=MODEL_HELP + " (needed for other tools' files)")
+        p.add_argument(
+            "--model", default=None, help=MODEL_HELP + " (needed for other tools' files)"
+        )
 
 
 def add_parsers(sub) -> None:
@@ -158,7 +160,9 @@ def add_parsers(sub) -> None:
         p.add_argument("--out", required=True)
         p.add_argument("--mode", choices=["additive", "fused"], help="override the stack's mode")
         p.add_argument(
-            "--preserve-weight", type=float, default=None,
+            "--preserve-weight",
+            type=float,
+            default=None,
             help="fused mode: weight of the preservation prompts (default 1)",
         )
         p.add_argument("--force", action="store_true", help="apply despite conflicts")
@@ -168,10 +172,14 @@ def add_parsers(sub) -> None:
             )
             p.add_argument("--rank", type=int, help="LoRA rank (default: by --max-error)")
             p.add_argument(
-                "--max-error", type=float, default=None,
+                "--max-error",
+                type=float,
+                default=None,
                 help="LoRA: smallest rank within this relative error (default 0.01)",
             )
-            p.add_argument("--register", action="store_true", help="add the LoRA/.diff to the registry")
+            p.add_argument(
+                "--register", action="store_true", help="add the LoRA/.diff to the registry"
+            )
             p.set_defaults(handler=stack_export)
         else:
             p.set_defaults(handler=stack_apply)
@@ -197,8 +205,10 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str], max_width: i
 
     cells = [[cell(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
-               for i in range(len(headers))]
+    numeric = [
+        bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
+        for i in range(len(headers))
+    ]
 
     def fmt(values) -> str:
         return "  ".join(
@@ -212,8 +222,16 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str], max_width: i
 
 def _patch_rows(records) -> list[list[object]]:
     return [
-        [r.id, r.name, r.kind, ", ".join(r.concepts) or "-", r.format, r.base_fingerprint[:12] or "-",
-         f"{r.size / 1024:.1f}K", ", ".join(r.tags) or "-"]
+        [
+            r.id,
+            r.name,
+            r.kind,
+            ", ".join(r.concepts) or "-",
+            r.format,
+            r.base_fingerprint[:12] or "-",
+            f"{r.size / 1024:.1f}K",
+            ", ".join(r.tags) or "-",
+        ]
         for r in records
     ]
 
@@ -250,13 +268,23 @@ def patches_show(args) -> int:
         _print_json(d)
         return 0
     rows = [
-        ("id", rec.id), ("name", rec.name), ("title", rec.title or "-"),
-        ("kind", f"{rec.kind} ({rec.method})"), ("concepts", ", ".join(rec.concepts) or "-"),
-        ("format", rec.format), ("family", rec.family or "-"),
-        ("base model", rec.base_fingerprint or "-"), ("sha256", rec.sha256),
-        ("size", f"{rec.size / 1024:.1f} KiB"), ("created", rec.created or "-"),
-        ("added", rec.added), ("source", rec.source or "-"), ("tags", ", ".join(rec.tags) or "-"),
-        ("notes", rec.notes or "-"), ("stacks", ", ".join(stacks) or "-"), ("file", rec.path),
+        ("id", rec.id),
+        ("name", rec.name),
+        ("title", rec.title or "-"),
+        ("kind", f"{rec.kind} ({rec.method})"),
+        ("concepts", ", ".join(rec.concepts) or "-"),
+        ("format", rec.format),
+        ("family", rec.family or "-"),
+        ("base model", rec.base_fingerprint or "-"),
+        ("sha256", rec.sha256),
+        ("size", f"{rec.size / 1024:.1f} KiB"),
+        ("created", rec.created or "-"),
+        ("added", rec.added),
+        ("source", rec.source or "-"),
+        ("tags", ", ".join(rec.tags) or "-"),
+        ("notes", rec.notes or "-"),
+        ("stacks", ", ".join(stacks) or "-"),
+        ("file", rec.path),
     ]
     rows += [(f"  {k}", json.dumps(v)) for k, v in sorted(rec.hyperparameters.items())]
     rows += [(f"score {k}", json.dumps(v)) for k, v in sorted(rec.scores.items())]
@@ -275,7 +303,6 @@ def patches_import(args) -> int:
 
     model = None
     if args.model:
-
         model = load_model(args)
     if args.name and len(args.files) > 1:
         raise FmnError("--name names one patch; import several files without it")
@@ -283,16 +310,30 @@ def patches_import(args) -> int:
     with _open(args) as reg:
         for f in args.files:
             res = import_file(
-                reg, f, model, name=args.name, concepts=args.concept, kind=args.kind,
-                tags=args.tag, notes=args.notes, force=args.force, unet_only=args.unet_only,
+                reg,
+                f,
+                model,
+                name=args.name,
+                concepts=args.concept,
+                kind=args.kind,
+                tags=args.tag,
+                notes=args.notes,
+                force=args.force,
+                unet_only=args.unet_only,
             )
             out.append(res)
     if args.json:
-        _print_json([
-            dict(res.record.as_dict(), new=res.new, source_format=res.source_format,
-                 import_notes=res.notes)
-            for res in out
-        ])
+        _print_json(
+            [
+                dict(
+                    res.record.as_dict(),
+                    new=res.new,
+                    source_format=res.source_format,
+                    import_notes=res.notes,
+                )
+                for res in out
+            ]
+        )
         return 0
     for res in out:
         what = "imported" if res.new else "already registered"
@@ -352,12 +393,20 @@ def _stack_dict(rec, conflicts=None) -> dict:
 
 
 def _print_stack(rec, conflicts=None) -> None:
-    print(f"stack {rec.name!r} ({rec.mode}, {len(rec.items)} patch(es))"
-          + (f": {rec.notes}" if rec.notes else ""))
+    print(
+        f"stack {rec.name!r} ({rec.mode}, {len(rec.items)} patch(es))"
+        + (f": {rec.notes}" if rec.notes else "")
+    )
     if rec.items:
         rows = [
-            [i.position, i.patch.name, float(i.strength), i.patch.kind,
-             ", ".join(i.patch.concepts) or "-", i.patch.base_fingerprint[:12] or "-"]
+            [
+                i.position,
+                i.patch.name,
+                float(i.strength),
+                i.patch.kind,
+                ", ".join(i.patch.concepts) or "-",
+                i.patch.base_fingerprint[:12] or "-",
+            ]
             for i in rec.items
         ]
         print(table(rows, ["#", "patch", "strength", "kind", "concepts", "base"]))
@@ -383,8 +432,10 @@ def stack_list(args) -> int:
     elif not stacks:
         print("no stacks (fmn stack create NAME)")
     else:
-        rows = [[s.name, s.mode, len(s.items), ", ".join(i.patch.name for i in s.items) or "-"]
-                for s in stacks]
+        rows = [
+            [s.name, s.mode, len(s.items), ", ".join(i.patch.name for i in s.items) or "-"]
+            for s in stacks
+        ]
         print(table(rows, ["stack", "mode", "patches", "members"]))
     return 0
 
@@ -402,8 +453,9 @@ def _show_after_change(args, rec, reg) -> int:
 
 def stack_add(args) -> int:
     with _open(args) as reg:
-        rec = reg.add_to_stack(args.stack, args.patch, strength=args.strength,
-                               position=args.position)
+        rec = reg.add_to_stack(
+            args.stack, args.patch, strength=args.strength, position=args.position
+        )
         return _show_after_change(args, rec, reg)
 
 
@@ -440,8 +492,15 @@ def stack_apply(args) -> int:
 
     model = load_model(args)
     with _open(args) as reg:
-        res = apply_registry_stack(reg, args.stack, model, args.out, mode=args.mode,
-                                   preserve_weight=args.preserve_weight, force=args.force)
+        res = apply_registry_stack(
+            reg,
+            args.stack,
+            model,
+            args.out,
+            mode=args.mode,
+            preserve_weight=args.preserve_weight,
+            force=args.force,
+        )
     _print_conflicts_forced(res.conflicts)
     if args.json:
         _print_json({"path": str(res.path), "format": res.format})
@@ -456,17 +515,36 @@ def stack_export(args) -> int:
     model = load_model(args)
     with _open(args) as reg:
         res, added = export_registry_stack(
-            reg, args.stack, model, args.out, args.format, mode=args.mode, rank=args.rank,
-            max_rel_error=args.max_error, preserve_weight=args.preserve_weight,
-            force=args.force, register=args.register,
+            reg,
+            args.stack,
+            model,
+            args.out,
+            args.format,
+            mode=args.mode,
+            rank=args.rank,
+            max_rel_error=args.max_error,
+            preserve_weight=args.preserve_weight,
+            force=args.force,
+            register=args.register,
         )
     _print_conflicts_forced(res.conflicts)
     if args.json:
-        _print_json({"path": str(res.path), "format": res.format, "rank": res.rank,
-                     "lora_relative_error": res.lora_error,
-                     "registered": added.as_dict() if added else None})
+        _print_json(
+            {
+                "path": str(res.path),
+                "format": res.format,
+                "rank": res.rank,
+                "lora_relative_error": res.lora_error,
+                "registered": added.as_dict() if added else None,
+            }
+        )
         return 0
-    extra = (f" (LoRA rank {res.rank}, relative error {res.lora_error:.4f})"
-             if res.lora_error is not None else "")
-    print(f"wrote {res.path}{extra}" + (f"; registered as #{added.id} {added.name}" if added else ""))
+    extra = (
+        f" (LoRA rank {res.rank}, relative error {res.lora_error:.4f})"
+        if res.lora_error is not None
+        else ""
+    )
+    print(
+        f"wrote {res.path}{extra}" + (f"; registered as #{added.id} {added.name}" if added else "")
+    )
     return 0

@@ -172,17 +172,24 @@ def find_conflicts(
             bases.setdefault(e.patch.meta.base_fingerprint, []).append(e.label())
     if len(bases) > 1:
         parts = "; ".join(f"{fp[:12]}: {', '.join(names)}" for fp, names in bases.items())
-        out.append(Conflict("base", f"patches were made for different base models ({parts})",
-                            tuple(n for names in bases.values() for n in names)))
+        out.append(
+            Conflict(
+                "base",
+                f"patches were made for different base models ({parts})",
+                tuple(n for names in bases.values() for n in names),
+            )
+        )
     if fingerprint:
         wrong = [n for fp, names in bases.items() if fp != fingerprint for n in names]
         if wrong and len(bases) <= 1:
-            out.append(Conflict(
-                "base",
-                f"{', '.join(wrong)} made for base {next(iter(bases))[:12]}, this model is "
-                f"{fingerprint[:12]}",
-                tuple(wrong),
-            ))
+            out.append(
+                Conflict(
+                    "base",
+                    f"{', '.join(wrong)} made for base {next(iter(bases))[:12]}, this model is "
+                    f"{fingerprint[:12]}",
+                    tuple(wrong),
+                )
+            )
     reported: set[tuple[int, int]] = set()
     for i, a in enumerate(entries):
         for j in range(i + 1, len(entries)):
@@ -193,14 +200,17 @@ def find_conflicts(
                 _norm(c) for c in b.patch.meta.concepts
             }
             if same and a.patch.meta.kind != b.patch.meta.kind:
-                out.append(Conflict(
-                    "forget-and-correct",
-                    f"{', '.join(sorted(same))} is forgotten by {a.label()!r} and corrected by "
-                    f"{b.label()!r}" if a.patch.meta.kind == "forget" else
-                    f"{', '.join(sorted(same))} is corrected by {a.label()!r} and forgotten by "
-                    f"{b.label()!r}",
-                    (a.label(), b.label()),
-                ))
+                out.append(
+                    Conflict(
+                        "forget-and-correct",
+                        f"{', '.join(sorted(same))} is forgotten by {a.label()!r} and corrected by "
+                        f"{b.label()!r}"
+                        if a.patch.meta.kind == "forget"
+                        else f"{', '.join(sorted(same))} is corrected by {a.label()!r} and forgotten by "
+                        f"{b.label()!r}",
+                        (a.label(), b.label()),
+                    )
+                )
                 reported.add((i, j))
                 continue
             if a.aim == b.aim:
@@ -210,13 +220,17 @@ def find_conflicts(
             eb = b.patch.meta.stats.get("concept_embeddings")
             rows = ea is not None and eb is not None and _shared_rows(ea, eb, token_similarity)
             if words or rows:
-                on = f"tokens {', '.join(sorted(words))!s}" if words else "the same token embeddings"
-                out.append(Conflict(
-                    "opposite-aims",
-                    f"{a.label()!r} (strength {a.strength:g}) and {b.label()!r} (strength "
-                    f"{b.strength:g}) act on {on} with opposite aims",
-                    (a.label(), b.label()),
-                ))
+                on = (
+                    f"tokens {', '.join(sorted(words))!s}" if words else "the same token embeddings"
+                )
+                out.append(
+                    Conflict(
+                        "opposite-aims",
+                        f"{a.label()!r} (strength {a.strength:g}) and {b.label()!r} (strength "
+                        f"{b.strength:g}) act on {on} with opposite aims",
+                        (a.label(), b.label()),
+                    )
+                )
     return out
 
 
@@ -268,7 +282,9 @@ class FusionSolver:
                 "stack it additively, or give the model so they are computed from its concepts"
             )
         if e.dim() != 2:
-            raise FmnError(f"patch {key!r}: concept embeddings must be (n, dim), got {tuple(e.shape)}")
+            raise FmnError(
+                f"patch {key!r}: concept embeddings must be (n, dim), got {tuple(e.shape)}"
+            )
         self._entries[key] = (patch, float(strength), self._gram(e))
 
     def remove(self, key: str) -> None:
@@ -430,8 +446,12 @@ def stack_meta(
             "preserve_weight": settings.preserve_weight,
             "ridge": settings.ridge,
             "members": [
-                {"name": e.label(), "strength": e.strength, "kind": e.patch.meta.kind,
-                 "concepts": e.patch.meta.concepts}
+                {
+                    "name": e.label(),
+                    "strength": e.strength,
+                    "kind": e.patch.meta.kind,
+                    "concepts": e.patch.meta.concepts,
+                }
                 for e in entries
             ],
         },
@@ -451,7 +471,9 @@ def stack_patch(
     if not entries:
         raise FmnError("the stack is empty: add patches first")
     deltas = compose(entries, unet, settings, pipe)
-    return Patch({n: Delta(dense=d) for n, d in deltas.items()}, stack_meta(entries, settings, title))
+    return Patch(
+        {n: Delta(dense=d) for n, d in deltas.items()}, stack_meta(entries, settings, title)
+    )
 
 
 def check_stack(
@@ -568,7 +590,12 @@ class PatchStack:
         self._preservation: dict[tuple[str, ...], torch.Tensor] = {}
 
     def load(self, patch: Patch, name: str | None = None, strength: float = 1.0) -> str:
-        name = name or patch.meta.title or ", ".join(patch.meta.concepts) or f"patch{len(self._entries)}"
+        name = (
+            name
+            or patch.meta.title
+            or ", ".join(patch.meta.concepts)
+            or f"patch{len(self._entries)}"
+        )
         if name in self._entries:
             raise ValueError(f"a patch named {name!r} is already loaded; valid: {self.names()}")
         check_compatible(patch, self.model.pipe.unet, self.model.fingerprint, force=True)
@@ -629,8 +656,7 @@ class PatchStack:
             if prompts not in self._preservation:  # encoded once per set of prompts
                 self._preservation[prompts] = prompt_embeddings(self.model.pipe, prompts)
             pres = self._preservation[prompts]
-        deltas = compose(self.entries(), self.model.pipe.unet, self.settings, self.model.pipe,
-                         pres)
+        deltas = compose(self.entries(), self.model.pipe.unet, self.settings, self.model.pipe, pres)
         patch = Patch({n: Delta(dense=d) for n, d in deltas.items()}, PatchMeta(concepts=[]))
         self._applied = PatchedUNet(self.model.pipe.unet, [(patch, 1.0)]).apply()
         return conflicts

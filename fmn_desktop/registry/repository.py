@@ -116,9 +116,7 @@ class Registry:
 
     # ----------------------------------------------------------------- opening
     @classmethod
-    def open(
-        cls, root: str | os.PathLike | None = None, busy_timeout: float = 10.0
-    ) -> Registry:
+    def open(cls, root: str | os.PathLike | None = None, busy_timeout: float = 10.0) -> Registry:
         """Open (creating if needed) and migrate the registry at `root` (see `registry_dir`)."""
         root = registry_dir(root)
         path = root / DB_NAME
@@ -226,9 +224,19 @@ class Registry:
                     {k: v for k, v in dict(name=name, path=path, family=family).items() if v},
                 )
             else:
-                new_id = db["base_models"].insert(
-                    dict(fingerprint=fingerprint, name=name, path=path, family=family, added=now())
-                ).last_pk
+                new_id = (
+                    db["base_models"]
+                    .insert(
+                        dict(
+                            fingerprint=fingerprint,
+                            name=name,
+                            path=path,
+                            family=family,
+                            added=now(),
+                        )
+                    )
+                    .last_pk
+                )
                 db.execute(  # patches registered before their base model was known
                     "update patches set base_model_id = ? where base_fingerprint = ?",
                     [new_id, fingerprint],
@@ -323,8 +331,12 @@ class Registry:
                     "select 1 from patches where name = ?", [name.strip()]
                 ):
                     raise RegistryError(f"a patch named {name.strip()!r} already exists")
-                row["name"] = name.strip() if name is not None else self._unique_name(
-                    _slug(f"{row['kind']}-{'-'.join(_json_list(row['concepts']))}")
+                row["name"] = (
+                    name.strip()
+                    if name is not None
+                    else self._unique_name(
+                        _slug(f"{row['kind']}-{'-'.join(_json_list(row['concepts']))}")
+                    )
                 )
                 base = self._rows(
                     "select id from base_models where fingerprint = ?", [row["base_fingerprint"]]
@@ -539,9 +551,7 @@ class Registry:
             rows = self._rows("select * from stacks where id = ?", [int(text)])
         if not rows:
             names = [r["name"] for r in self._rows("select name from stacks order by name")]
-            raise NotFoundError(
-                f"no stack {text!r}; known: {', '.join(names) or '(none yet)'}"
-            )
+            raise NotFoundError(f"no stack {text!r}; known: {', '.join(names) or '(none yet)'}")
         return rows[0]
 
     def create_stack(

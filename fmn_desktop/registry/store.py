@@ -65,6 +65,4 @@ class PatchStore:
         if not self.root.is_dir():
             return []
         now = time.time()
-        return [
-            p for p in self.root.glob("??/.*.tmp") if now - p.stat().st_mtime >= older_than_s
-        ]
+        return [p for p in self.root.glob("??/.*.tmp") if now - p.stat().st_mtime >= older_than_s]

@@ -100,9 +100,7 @@ def disentangle_to_file(
     given = preserve_prompts or config.preserve_prompts
     preserve = preservation_prompts(model, given, [config.concept, config.dominant])
     job = with_model_defaults(model, config.forget_config(preserve))
-    result = forget(
-        model.pipe, job, model.fingerprint or "", model.family, progress, should_cancel
-    )
+    result = forget(model.pipe, job, model.fingerprint or "", model.family, progress, should_cancel)
     meta = result.patch.meta
     meta.kind, meta.method = "correct", "resteer-disentangle"
     meta.hyperparameters.update(

@@ -1,7 +1,7 @@
 """Forgetting: a forget job written to a patch file, and forget-evaluate-register.
 
-    >>> model = open_model("default")  # doctest: +SKIP
-    >>> done = run_job(forget_job(JobContext(), model, ForgetRequest(config, out="p.safetensors")))
+>>> model = open_model("default")  # doctest: +SKIP
+>>> done = run_job(forget_job(JobContext(), model, ForgetRequest(config, out="p.safetensors")))
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def forget_to_file(
         from fmn_desktop.attack.harden import harden as run_harden
 
         result = run_harden(
-            model.pipe, config, harden, model.fingerprint or "", model.family, progress,
+            model.pipe,
+            config,
+            harden,
+            model.fingerprint or "",
+            model.family,
+            progress,
             should_cancel,
         ).result
     else:

@@ -94,8 +94,13 @@ def import_file(
 
         existing = reg.find_sha(sha256_bytes(data))
         rec = reg.add_patch(
-            data, name=name, tags=tags, notes=notes, source=str(path),
-            concepts=concepts if model is None else None, kind=kind if model is None else None,
+            data,
+            name=name,
+            tags=tags,
+            notes=notes,
+            source=str(path),
+            concepts=concepts if model is None else None,
+            kind=kind if model is None else None,
         )
         job["patch"] = rec.id
         job["message"] = "already registered" if existing else f"imported ({src})"
@@ -142,7 +147,9 @@ def registry_stack_entries(
     return rec, stack_entries(items, model)
 
 
-def stack_conflicts(reg: Registry, stack: str | int, fingerprint: str | None = None) -> list[Conflict]:
+def stack_conflicts(
+    reg: Registry, stack: str | int, fingerprint: str | None = None
+) -> list[Conflict]:
     """Conflicts of a registered stack, found from its patches alone (no model needed)."""
     _, entries = registry_stack_entries(reg, stack)
     return find_conflicts(entries, fingerprint)
@@ -176,15 +183,23 @@ def export_registry_stack(
         rec, entries = registry_stack_entries(reg, stack, model)
         job["stack"] = rec.id
         result = export_stack(
-            model, entries, out, fmt, _settings(rec, mode, preserve_weight),
-            rank=rank, max_rel_error=max_rel_error, force=force, title=f"stack {rec.name}",
+            model,
+            entries,
+            out,
+            fmt,
+            _settings(rec, mode, preserve_weight),
+            rank=rank,
+            max_rel_error=max_rel_error,
+            force=force,
+            title=f"stack {rec.name}",
         )
         added = register_export(reg, result, ["stack", rec.name]) if register else None
         if added is not None:
             job["patch"] = added.id
         job["message"] = f"wrote {out}" + (
             f" (LoRA rank {result.rank}, relative error {result.lora_error:.4f})"
-            if result.lora_error is not None else ""
+            if result.lora_error is not None
+            else ""
         )
     return result, added
 
@@ -258,7 +273,12 @@ def export_stack_job(
     entries = stack_entries(items, model)
     yield Phase("export", f"writing {out}")
     result = export_stack(
-        model, entries, out, fmt, ComposeSettings(mode=mode), force=force,
+        model,
+        entries,
+        out,
+        fmt,
+        ComposeSettings(mode=mode),
+        force=force,
         title=f"stack {name}".strip(),
     )
     if registry_root is not None:

@@ -186,7 +186,6 @@ def forget_from_photos(
     )
 
 
-
 @dataclass
 class PhotosRequest:
     """`fmn forget-photos`: learn a token from a folder of photos, find the names the model

@@ -265,11 +265,14 @@ def test_a_closed_pipe_is_not_a_traceback():
     import subprocess
     import sys
 
-    code = ("import sys; from fmn_desktop.cli import apply, main; "
-            "apply.cmd_inspect.__code__ = (lambda a: [print('x' * 99) for _ in range(20000)] "
-            "and 0).__code__; sys.exit(main(['inspect', 'p.safetensors']))")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    code = (
+        "import sys; from fmn_desktop.cli import apply, main; "
+        "apply.cmd_inspect.__code__ = (lambda a: [print('x' * 99) for _ in range(20000)] "
+        "and 0).__code__; sys.exit(main(['inspect', 'p.safetensors']))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout.readline().strip() == b"x" * 99
     proc.stdout.close()  # the reader goes away with output still to come
     err = proc.stderr.read().decode()

@@ -204,7 +204,8 @@ class LibraryModel(QObject):
             rec = outcome.record
             self.session.status = (
                 f"Imported {rec.name} ({outcome.source_format})"
-                if outcome.new else f"{rec.name} was already in the library"
+                if outcome.new
+                else f"{rec.name} was already in the library"
             )
             self.session.registry_changed.emit()
             self.select_name(rec.name)
@@ -225,9 +226,7 @@ class LibraryModel(QObject):
         if r is None or reg is None:
             self.session.report("Nothing selected", "select a patch to export")
             return None
-        out = self.session.attempt(
-            "Export failed", lambda: export_patch(reg, r.id, dest, fmt)[0]
-        )
+        out = self.session.attempt("Export failed", lambda: export_patch(reg, r.id, dest, fmt)[0])
         if out is not None:
             self.session.status = f"Exported {r.name} to {out}"
         return out
@@ -270,8 +269,12 @@ class LibraryModel(QObject):
         seeds = seeds or self.session.settings.eval_seeds
 
         req = EvaluateRequest(
-            r.concepts[0], [PatchSpec(Path(item.path), item.strength)], seeds=seeds,
-            steps=steps, record=r.id, registry_root=root,
+            r.concepts[0],
+            [PatchSpec(Path(item.path), item.strength)],
+            seeds=seeds,
+            steps=steps,
+            record=r.id,
+            registry_root=root,
         )
 
         def finished(done):
@@ -324,5 +327,7 @@ def _import_job(ctx, root, path, model):
         return (yield from import_job(ctx, root, path, model))
     except FmnError as exc:
         if model is None and "(--model)" in str(exc):
-            raise FmnError(str(exc).replace("(--model)", "(load it on the Model page first)")) from exc
+            raise FmnError(
+                str(exc).replace("(--model)", "(load it on the Model page first)")
+            ) from exc
         raise
