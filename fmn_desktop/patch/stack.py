@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
-from fmn_desktop.errors import FmnError, PatchMismatchError
+from fmn_desktop.errors import FmnError, NonFiniteError, PatchMismatchError
 from fmn_desktop.patch.apply import PatchedUNet, check_compatible
 from fmn_desktop.patch.format import Delta, Patch, PatchMeta, save_patch
 from fmn_desktop.patch.lowrank import write_patch
+from fmn_desktop.patch.validate import check_strength
 
 MODES = ("additive", "fused")
 PRESERVATION_FILE = Path(__file__).resolve().parent / "data" / "preservation_prompts.txt"
@@ -241,8 +242,9 @@ def additive_deltas(
     """``sum_i s_i dW_i`` per parameter, fp32 on the CPU."""
     totals: dict[str, torch.Tensor] = {}
     for e in entries:
+        strength = check_strength(e.strength, f"strength of {e.label()!r}")
         for name, delta in e.patch.deltas.items():
-            d = delta.to_dense(params[name].shape).float().cpu() * float(e.strength)
+            d = delta.to_dense(params[name].shape).float().cpu() * strength
             totals[name] = totals[name] + d if name in totals else d
     return totals
 
@@ -261,8 +263,8 @@ class FusionSolver:
         preserve_weight: float = 1.0,
         ridge: float = 1e-3,
     ):
-        self.preserve_weight = float(preserve_weight)
-        self.ridge = float(ridge)
+        self.preserve_weight = _weight(preserve_weight, "preserve weight")
+        self.ridge = _weight(ridge, "ridge")
         self._pres = None if preservation is None else self._gram(preservation)
         self._entries: dict[str, tuple[Patch, float, torch.Tensor]] = {}
 
@@ -285,7 +287,13 @@ class FusionSolver:
             raise FmnError(
                 f"patch {key!r}: concept embeddings must be (n, dim), got {tuple(e.shape)}"
             )
-        self._entries[key] = (patch, float(strength), self._gram(e))
+        if not bool(torch.isfinite(e).all()):
+            raise NonFiniteError(f"patch {key!r}: its concept embeddings hold NaN or inf")
+        self._entries[key] = (
+            patch,
+            check_strength(strength, f"strength of {key!r}"),
+            self._gram(e),
+        )
 
     def remove(self, key: str) -> None:
         if key not in self._entries:
@@ -297,7 +305,7 @@ class FusionSolver:
 
     def set_strength(self, key: str, strength: float) -> None:
         patch, _, gram = self._entries[key]
-        self._entries[key] = (patch, float(strength), gram)
+        self._entries[key] = (patch, check_strength(strength, f"strength of {key!r}"), gram)
 
     def solve(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Target deltas ``W* - W0`` (fp32, CPU) of every K/V weight any patch touches, plus the
@@ -342,7 +350,21 @@ class FusionSolver:
                 rows = numer[n].shape[0]
                 out[n] = solved[row : row + rows].float()
                 row += rows
+        bad = sorted(n for n, d in out.items() if not bool(torch.isfinite(d).all()))
+        if bad:
+            raise NonFiniteError(
+                f"the fused solution is not finite for {', '.join(bad[:3])}; the stack's "
+                "strengths or embeddings are too extreme"
+            )
         return out
+
+
+def _weight(value: float, what: str) -> float:
+    """A non-negative finite weight of the fusion (preservation weight, ridge)."""
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or v > 1e6:
+        raise NonFiniteError(f"{what} must be a finite number from 0 to 1e6, not {value!r}")
+    return v
 
 
 @dataclass
@@ -355,6 +377,8 @@ class ComposeSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown stack mode {self.mode!r}; valid: {', '.join(MODES)}")
+        self.preserve_weight = _weight(self.preserve_weight, "preserve weight")
+        self.ridge = _weight(self.ridge, "ridge")
 
 
 def stack_preservation_prompts(
@@ -471,6 +495,9 @@ def stack_patch(
     if not entries:
         raise FmnError("the stack is empty: add patches first")
     deltas = compose(entries, unet, settings, pipe)
+    bad = sorted(n for n, d in deltas.items() if not bool(torch.isfinite(d).all()))
+    if bad:
+        raise NonFiniteError(f"the stack's total change is not finite for {', '.join(bad[:3])}")
     return Patch(
         {n: Delta(dense=d) for n, d in deltas.items()}, stack_meta(entries, settings, title)
     )
@@ -539,10 +566,12 @@ def export_stack(
     max_rel_error: float | None = None,
     force: bool = False,
     title: str = "",
+    replace: bool = False,
 ) -> StackExport:
     """Write a stack as one kohya LoRA (truncated SVD: `rank`, or the smallest rank within
     `max_rel_error`, default 1%; the error achieved is returned and stored), a `.diff`, a
-    patched diffusers folder or a single-file checkpoint."""
+    patched diffusers folder or a single-file checkpoint (`replace`: an existing model
+    folder is replaced; files are always replaced, so callers check first)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     settings = settings or ComposeSettings()
@@ -568,7 +597,9 @@ def export_stack(
     if fmt == "diffusers" and out.suffix.lower() == ".safetensors":
         raise FmnError(f"a diffusers folder is a folder: give a name without .safetensors ({out})")
     with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint, force=True):
-        save_model(model.pipe, out, family=getattr(model, "architecture_family", None))
+        save_model(
+            model.pipe, out, family=getattr(model, "architecture_family", None), replace=replace
+        )
     return StackExport(out, fmt, None, None, conflicts)
 
 
@@ -599,7 +630,7 @@ class PatchStack:
         if name in self._entries:
             raise ValueError(f"a patch named {name!r} is already loaded; valid: {self.names()}")
         check_compatible(patch, self.model.pipe.unet, self.model.fingerprint, force=True)
-        self._entries[name] = StackEntry(patch, float(strength), name)
+        self._entries[name] = StackEntry(patch, check_strength(strength), name)
         self._refresh()
         return name
 
@@ -623,9 +654,7 @@ class PatchStack:
         if len(weights) != len(names):
             raise ValueError(f"{len(names)} names but {len(weights)} weights")
         for n, w in zip(names, weights):
-            if not math.isfinite(float(w)):
-                raise ValueError(f"weight of {n!r} must be finite")
-            self._entries[n].strength = float(w)
+            self._entries[n].strength = check_strength(w, f"weight of {n!r}")
         self._refresh()
 
     def unload(self, name: str) -> None:
