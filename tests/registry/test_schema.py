@@ -78,6 +78,8 @@ EXPECTED = {
         "finished": str,
         "patch_id": int,
         "stack_id": int,
+        "pid": int,
+        "host": str,
     },
 }
 
@@ -89,7 +91,11 @@ def _columns(db):
 def test_empty_database_migrates_to_the_schema(tmp_path):
     with open_registry(tmp_path) as reg:
         assert _columns(reg.db) == EXPECTED
-        assert [m.name for m in migrations.applied(reg.db)] == ["m001_initial", "m002_search"]
+        assert [m.name for m in migrations.applied(reg.db)] == [
+            "m001_initial",
+            "m002_search",
+            "m003_job_owner",
+        ]
         assert reg.db["patches"].detect_fts() == "patches_fts"
         fks = {(f.column, f.other_table) for f in reg.db["stack_items"].foreign_keys}
         assert fks == {("stack_id", "stacks"), ("patch_id", "patches")}
@@ -118,7 +124,7 @@ def test_old_database_is_migrated_on_open(tmp_path, make_patch):
         assert _columns(reg.db) == EXPECTED
         assert [p.name for p in reg.search("lighthouse")] == ["old-one"]
     with open_registry(tmp_path) as reg:  # idempotent
-        assert len(migrations.applied(reg.db)) == 2
+        assert len(migrations.applied(reg.db)) == 3
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path):
