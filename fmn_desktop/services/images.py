@@ -96,3 +96,52 @@ def compare_job(ctx, model, req: CompareRequest):
     title = (req.title if entries else "no patch") if req.labelled else None
     patched = grid_image(after_rows, labels, title=title, cell=cell)
     return CompareDone(base, patched, list(req.prompts))
+
+
+def generate_grid_file(
+    model,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    out,
+    patches: Sequence = (),
+    steps: int = 20,
+    guidance: float = 5.0,
+    size: int | None = None,
+    force: bool = False,
+    overwrite: bool = False,
+):
+    """A PNG grid (one row per prompt, one column per seed) of the base model, and beside it
+    the model with `patches` (`PatchSpec`s) applied when any are given. Returns the path."""
+    import math
+
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.imaging import save_png, side_by_side
+    from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.services.output import check_output_file
+    from fmn_desktop.services.patches import read_patches
+
+    out = check_output_file(out, overwrite)
+    if not prompts or not seeds:
+        raise FmnError("give at least one prompt and one seed")
+    if not 1 <= int(steps) <= 10_000:
+        raise FmnError(f"steps {steps} is out of range (1 to 10000)")
+    if not math.isfinite(float(guidance)):
+        raise FmnError(f"guidance {guidance} is not a finite number")
+    if size is not None and (not 8 <= int(size) <= 4096 or int(size) % 8):
+        raise FmnError(f"size {size} is no image size (a multiple of 8, 8 to 4096)")
+    loaded = read_patches(model, patches)
+    kw = dict(steps=int(steps), guidance=float(guidance), size=size)
+    image = grid_image(
+        generate_images(model.pipe, prompts, seeds, **kw),
+        prompts,
+        title="base model" if loaded else None,
+    )
+    if loaded:
+        with PatchedUNet(model.pipe.unet, loaded, fingerprint=model.fingerprint, force=force):
+            after = grid_image(
+                generate_images(model.pipe, prompts, seeds, **kw),
+                prompts,
+                title="patched: " + ", ".join(f"{s.path.name}:{s.strength:g}" for s in patches),
+            )
+        image = side_by_side(image, after)
+    return save_png(image, out)

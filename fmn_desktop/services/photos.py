@@ -4,6 +4,7 @@ reads as the same subject, then re-steering of them all.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -16,6 +17,7 @@ from fmn_desktop.errors import FmnError
 from fmn_desktop.resteer import ForgetConfig
 from fmn_desktop.services.defaults import preservation_prompts
 from fmn_desktop.services.forget import ForgetOutcome, forget_to_file
+from fmn_desktop.services.output import scratch_file
 from fmn_desktop.services.progress import Phase
 
 
@@ -240,8 +242,11 @@ def photos_job(ctx, model, req: PhotosRequest):
     out = req.out
     embedding_out = None
     if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fmn-photos-")
-        out = str(Path(tmp.name) / "patch.safetensors")
+        # beside the registry it goes into; swept at the next open if the process is killed
+        tmp = contextlib.ExitStack()
+        out = str(
+            tmp.enter_context(scratch_file(req.registry_root or tempfile.gettempdir(), "photos"))
+        )
         folder = req.tokens_dir or str(Path.cwd())
         Path(folder).mkdir(parents=True, exist_ok=True)
         embedding_out = tokens_file_for(folder, req.token)
@@ -283,4 +288,4 @@ def photos_job(ctx, model, req: PhotosRequest):
         )
     finally:
         if tmp is not None:
-            tmp.cleanup()
+            tmp.close()

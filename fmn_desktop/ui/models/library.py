@@ -217,8 +217,11 @@ class LibraryModel(QObject):
             on_finished=finished,
         )
 
-    def export_selected(self, dest: str, fmt: str = "original") -> Path | None:
-        """Write the selected patch (hash-checked): as stored, or converted to LoRA / .diff."""
+    def export_selected(
+        self, dest: str, fmt: str = "original", overwrite: bool = True
+    ) -> Path | None:
+        """Write the selected patch (hash-checked): as stored, or converted to LoRA / .diff.
+        `overwrite`: the save dialog has already asked before replacing a file."""
         from fmn_desktop.services.library import export_patch
 
         r = self.selected
@@ -226,7 +229,9 @@ class LibraryModel(QObject):
         if r is None or reg is None:
             self.session.report("Nothing selected", "select a patch to export")
             return None
-        out = self.session.attempt("Export failed", lambda: export_patch(reg, r.id, dest, fmt)[0])
+        out = self.session.attempt(
+            "Export failed", lambda: export_patch(reg, r.id, dest, fmt, overwrite=overwrite)[0]
+        )
         if out is not None:
             self.session.status = f"Exported {r.name} to {out}"
         return out

@@ -167,7 +167,10 @@ class StackModel(QObject):
         self.exporting = True
         return self.session.run_job(
             "export",
-            lambda ctx: export_stack_job(ctx, model, items, out, fmt, mode, root, name, force),
+            # the save dialog has asked before replacing a file: overwrite
+            lambda ctx: export_stack_job(
+                ctx, model, items, out, fmt, mode, root, name, force, overwrite=True
+            ),
             on_finished=finished,
             on_done=lambda: setattr(self, "exporting", False),
         )
