@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from fmn_desktop.cli.common import load_model, model_args, status, step_bar
+from fmn_desktop.cli.common import (
+    check_out,
+    finite_float,
+    load_model,
+    model_args,
+    nonneg_float,
+    nonneg_int,
+    out_args,
+    positive_float,
+    positive_int,
+    seed_int,
+    status,
+    step_bar,
+)
 
 DEFAULTS_NOTE = "defaults measured on the embedded model: docs/research/CORRECTION_AND_BROAD.md"
 
@@ -32,7 +45,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--negative", help="text to push the concept away from (needs --strength)")
     p.add_argument(
         "--strength",
-        type=float,
+        type=finite_float,
         default=cf["strength"].default,
         help="target = guide + strength * (guide - negative) (default: %(default)s)",
     )
@@ -48,8 +61,8 @@ def add_parsers(sub) -> None:
         help="prompt to keep unchanged (repeatable; default: the toy world's "
         "captions on the embedded model, none elsewhere)",
     )
-    p.add_argument("--preserve-weight", type=float, default=cf["preserve_weight"].default)
-    p.add_argument("--ridge", type=float, default=cf["ridge"].default)
+    p.add_argument("--preserve-weight", type=nonneg_float, default=cf["preserve_weight"].default)
+    p.add_argument("--ridge", type=nonneg_float, default=cf["ridge"].default)
     p.add_argument("--positions", choices=POSITION_MODES, default=cf["positions"].default)
     p.add_argument("--targets", choices=TARGET_SETS, default=cf["targets"].default)
     p.add_argument(
@@ -58,7 +71,7 @@ def add_parsers(sub) -> None:
         default="diff",
         help="diff: exact dense deltas (default); lora: SVD to low rank",
     )
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    out_args(p, "patch file to write (.safetensors)")
     p.set_defaults(handler=cmd_correct)
 
     p = sub.add_parser(
@@ -77,7 +90,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--dominant", required=True, help="the identity it collapses onto (e.g. Gorvak)")
     p.add_argument(
         "--strength",
-        type=float,
+        type=finite_float,
         default=df["strength"].default,
         help="target = concept + strength * (concept - dominant), per layer (default: %(default)s)",
     )
@@ -102,13 +115,13 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="optimisation steps (default: the re-steering job's)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--format", choices=["diff", "lora"], default="diff")
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    out_args(p, "patch file to write (.safetensors)")
     p.set_defaults(handler=cmd_disentangle)
 
     p = sub.add_parser(
@@ -127,26 +140,28 @@ def add_parsers(sub) -> None:
         help="a word that draws the attribute (repeatable)",
     )
     p.add_argument("--template", action="append", help="prompt template with {} for the word")
-    p.add_argument("--steps", type=int, default=bf["steps"].default)
-    p.add_argument("--lr", type=float, default=bf["lr"].default)
-    p.add_argument("--eta", type=float, default=bf["eta"].default, help="negative guidance")
+    p.add_argument("--steps", type=positive_int, default=bf["steps"].default)
+    p.add_argument("--lr", type=positive_float, default=bf["lr"].default)
+    p.add_argument("--eta", type=finite_float, default=bf["eta"].default, help="negative guidance")
     p.add_argument("--trainable", choices=["kv", "attn2"], default=bf["trainable"].default)
-    p.add_argument("--uncaptioned-weight", type=float, default=bf["uncaptioned_weight"].default)
-    p.add_argument("--preserve-weight", type=float, default=bf["preserve_weight"].default)
+    p.add_argument(
+        "--uncaptioned-weight", type=nonneg_float, default=bf["uncaptioned_weight"].default
+    )
+    p.add_argument("--preserve-weight", type=nonneg_float, default=bf["preserve_weight"].default)
     p.add_argument(
         "--ordinary-references",
-        type=int,
+        type=nonneg_int,
         default=bf["ordinary_references"].default,
         help='latents drawn from the preservation prompts, on which they and "" '
         "keep the base prediction (default: %(default)s; 0: only on the "
         "attribute's references)",
     )
     p.add_argument("--preserve-prompt", action="append")
-    p.add_argument("--batch-size", type=int, default=bf["batch_size"].default)
-    p.add_argument("--num-references", type=int, default=bf["num_references"].default)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=bf["batch_size"].default)
+    p.add_argument("--num-references", type=positive_int, default=bf["num_references"].default)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--format", choices=["diff", "lora"], default="diff")
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    out_args(p, "patch file to write (.safetensors)")
     p.set_defaults(handler=cmd_erase_broad)
 
 
@@ -165,6 +180,7 @@ def cmd_correct(args) -> int:
         positions=args.positions,
         targets=args.targets,
     )
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     with status("solving"):
         outcome = correct_to_file(model, config, args.out, args.format, args.preserve_prompt)
@@ -187,6 +203,7 @@ def cmd_disentangle(args) -> int:
         seed=args.seed,
         **given,
     )
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     return _trained(
         config.forget_config([]).steps,
@@ -215,6 +232,7 @@ def cmd_erase_broad(args) -> int:
         num_references=args.num_references,
         seed=args.seed,
     )
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     return _trained(
         config.steps,

@@ -8,11 +8,20 @@ from pathlib import Path
 
 from fmn_desktop.cli.common import (
     UsageError,
+    check_out,
+    finite_float,
     forget_default,
+    fraction,
     load_model,
     model_args,
+    nonneg_float,
+    nonneg_int,
+    out_args,
     phase_printer,
+    positive_float,
+    positive_int,
     registry_arg,
+    seed_int,
     step_bar,
 )
 
@@ -29,27 +38,27 @@ def inversion_args(p: argparse.ArgumentParser, steps_flag: str, lr_flag: str) ->
     )
     p.add_argument(
         "--vectors",
-        type=int,
+        type=positive_int,
         default=d["num_vectors"].default,
         help="embedding vectors of the token (default: %(default)s)",
     )
     p.add_argument(
         steps_flag,
         dest="inversion_steps",
-        type=int,
+        type=positive_int,
         default=d["steps"].default,
         help="inversion steps (default: %(default)s)",
     )
     p.add_argument(
         lr_flag,
         dest="inversion_lr",
-        type=float,
+        type=positive_float,
         default=d["lr"].default,
         help="inversion learning rate (default: %(default)s)",
     )
     p.add_argument(
         "--inversion-batch",
-        type=int,
+        type=positive_int,
         default=d["batch_size"].default,
         help="images per inversion step (default: %(default)s)",
     )
@@ -111,13 +120,13 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--num-references",
-        type=int,
+        type=positive_int,
         default=forget_default("num_references"),
         help="images to generate when no folder is given (default: %(default)s)",
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="optimisation steps (fast mode: per layer) (default: 70 faithful, 35 fast)",
     )
@@ -130,7 +139,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=None,
         help="learning rate (default: 1e-2 K/V, 3e-2 LoRA, 2e-6 whole UNet)",
     )
@@ -142,7 +151,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--lora-rank",
-        type=int,
+        type=positive_int,
         default=None,
         help="train a LoRA of this rank instead of dense deltas",
     )
@@ -168,7 +177,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--retain-weight",
-        type=float,
+        type=nonneg_float,
         default=None,
         help="weight of the preservation term; 0 turns it off (default: 6 faithful, 3 fast)",
     )
@@ -181,21 +190,21 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--anchor-weight",
-        type=float,
+        type=nonneg_float,
         default=None,
         help="weight of the anchor term; 0 gives the paper's re-steering alone "
         "(default: 3 faithful, 0 fast)",
     )
     p.add_argument(
         "--anchor-guidance",
-        type=float,
+        type=finite_float,
         default=forget_default("anchor_guidance"),
         help="how far past the anchor, away from the concept, the target lies; negative: "
         "past the concept, away from the anchor (default: %(default)s)",
     )
     p.add_argument(
         "--resteer-weight",
-        type=float,
+        type=nonneg_float,
         default=forget_default("resteer_weight"),
         help="weight of the paper's re-steering term; 0 trains the anchor term alone, e.g. to "
         "push 'knight' away from 'Gorvak' (default: %(default)s)",
@@ -207,13 +216,13 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=forget_default("batch_size"),
         help="samples per step (default: %(default)s)",
     )
     p.add_argument(
         "--harden",
-        type=int,
+        type=nonneg_int,
         default=0,
         metavar="ROUNDS",
         help="adversarial hardening: after forgetting, attack the patch (white-box K/V token "
@@ -222,13 +231,13 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--harden-spellings",
-        type=int,
+        type=nonneg_int,
         default=HardenSettings.spellings,
         metavar="N",
         help="with --harden: also forget, each round, the N spelling variants of the name "
         "('Z-orbu', 'Zorbuu', ...) that the patch holds least (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--format",
         choices=["lora", "diff"],
@@ -237,12 +246,12 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--export-rank",
-        type=int,
+        type=positive_int,
         default=None,
         help="LoRA rank when writing dense deltas (default: smallest within 1%% error)",
     )
-    p.add_argument(
-        "--out", help="patch file to write (.safetensors); may be left out with --register"
+    out_args(
+        p, "patch file to write (.safetensors); may be left out with --register", required=False
     )
     p.add_argument(
         "--evaluate",
@@ -264,8 +273,8 @@ def add_parsers(sub) -> None:
     )
     model_args(p)
     inversion_args(p, steps_flag="--steps", lr_flag="--lr")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="embedding file to write (.safetensors)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    out_args(p, "embedding file to write (.safetensors)")
     p.set_defaults(handler=cmd_invert)
 
     p = sub.add_parser(
@@ -303,20 +312,23 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=fraction,
         default=0.5,
         help="share of the learned tokens' effect on the photos at which a prompt counts as "
         "the subject (default: %(default)s)",
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=forget_default("steps"),
         help="re-steering steps per re-steered concept (the learned token, each name) "
         "(default: %(default)s)",
     )
     p.add_argument(
-        "--lr", type=float, default=None, help="re-steering learning rate (default: as forget)"
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="re-steering learning rate (default: as forget)",
     )
     p.add_argument(
         "--trainable",
@@ -326,7 +338,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--retain-weight",
-        type=float,
+        type=nonneg_float,
         default=None,
         help="weight of the preservation term (default: 6)",
     )
@@ -336,11 +348,11 @@ def add_parsers(sub) -> None:
         help="prompt to hold in place (repeatable; default: the model's world for the "
         "embedded model, else a built-in set); screened like the default",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--format", choices=["lora", "diff"], default="lora", help="patch layout (default: lora)"
     )
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    out_args(p, "patch file to write (.safetensors)")
     p.add_argument(
         "--embedding-out",
         default=None,
@@ -392,7 +404,9 @@ def cmd_forget(args) -> int:
         harden=args.harden,
         harden_spellings=args.harden_spellings,
         source="fmn forget",
+        overwrite=args.overwrite,
     )
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     steps = with_model_defaults(model, config).steps
     bar, progress = step_bar(steps * (1 + args.harden), "re-steering")
@@ -424,8 +438,7 @@ def cmd_invert(args) -> int:
 
     config = inversion_config(args)
     out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder; give a file name ending in .safetensors")
+    check_out(out, args.overwrite)
     model = load_model(args)
     bar = tqdm(total=config.steps, desc="inversion", unit="step", file=sys.stderr)
 
@@ -466,6 +479,9 @@ def cmd_forget_photos(args) -> int:
         retain_prompts=args.retain_prompt,
         seed=args.seed,
     )
+    check_out(args.out, args.overwrite)
+    if args.embedding_out:
+        check_out(args.embedding_out, args.overwrite)
     model = load_model(args)
     bars: dict[str, tqdm] = {}
 
