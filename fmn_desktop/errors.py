@@ -33,3 +33,7 @@ class EmbeddingFormatError(FmnError):
 
 class NonFiniteError(FmnError):
     """A value that would reach a model's weights or a written file is NaN or infinite."""
+
+
+class NonFinitePatchError(NonFiniteError, PatchFormatError):
+    """A patch file holds NaN or inf (or values whose product overflows)."""

@@ -277,8 +277,8 @@ def _open(path: str | os.PathLike):
         raise PatchFormatError(f"no such patch file: {path}")
     if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"} or looks_pickled(path):
         raise PatchFormatError(
-            f"{path.name}: a pickled (torch.save) file; pickles are never loaded (they can "
-            "run code): convert it to .safetensors with a tool you trust"
+            f"{path.name} is a pickled (torch.save) file: pickled files are never loaded "
+            "(they can run code); convert it to .safetensors with a tool you trust"
         )
     try:
         return safe_open(str(path), framework="pt", device="cpu")

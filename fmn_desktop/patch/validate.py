@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fmn_desktop.errors import NonFiniteError, PatchFormatError
+from fmn_desktop.errors import NonFiniteError, NonFinitePatchError, PatchFormatError
 from fmn_desktop.limits import strength_problem
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -37,7 +37,7 @@ def alpha_value(t: torch.Tensor, where: str) -> float:
         )
     value = float(t.reshape(()).item())
     if value != value or value in (float("inf"), float("-inf")):
-        raise NonFiniteError(f"{where}: alpha is {value}")
+        raise NonFinitePatchError(f"{where}: alpha is {value}")
     return value
 
 
@@ -52,7 +52,7 @@ def _float(t: torch.Tensor, where: str, what: str) -> None:
     if t.dim() > 4:
         raise PatchFormatError(f"{where}: {what} has {t.dim()} dimensions (at most 4)")
     if not is_finite(t):
-        raise NonFiniteError(f"{where}: {what} contains NaN or inf")
+        raise NonFinitePatchError(f"{where}: {what} contains NaN or inf")
 
 
 def validate_delta(name: str, delta, where: str = "") -> None:
@@ -80,9 +80,9 @@ def validate_delta(name: str, delta, where: str = "") -> None:
     if delta.alpha is not None:
         a = float(delta.alpha)
         if a != a or a in (float("inf"), float("-inf")):
-            raise NonFiniteError(f"{at}: alpha is {a}")
+            raise NonFinitePatchError(f"{at}: alpha is {a}")
     if not bool(torch.isfinite(delta.to_dense()).all()):
-        raise NonFiniteError(f"{at}: lora_up x lora_down x alpha/rank overflows to inf or NaN")
+        raise NonFinitePatchError(f"{at}: lora_up x lora_down x alpha/rank overflows to inf or NaN")
 
 
 def validate_deltas(deltas: dict, where: str = "") -> None:
