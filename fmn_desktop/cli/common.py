@@ -152,11 +152,19 @@ def out_args(p: argparse.ArgumentParser, help: str, required: bool = True) -> No
 
 
 def check_out(path, overwrite: bool, model: bool = False) -> None:
-    """Refuse a bad --out before any work (services.output); a model's is a file or folder."""
-    from fmn_desktop.services.output import check_output_file, check_output_model
+    """Refuse a bad --out before any work (services.output); a model's is a file or folder.
+    A folder given for a file, or an existing output without --overwrite, is a usage error."""
+    from fmn_desktop.services.output import (
+        OutputPathError,
+        check_output_file,
+        check_output_model,
+    )
 
     if path is not None:
-        (check_output_model if model else check_output_file)(path, overwrite)
+        try:
+            (check_output_model if model else check_output_file)(path, overwrite)
+        except OutputPathError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:

@@ -17,7 +17,11 @@ from fmn_desktop.errors import FmnError
 OVERWRITE_HINT = "--overwrite replaces it"
 
 
-class OutputExistsError(FmnError):
+class OutputPathError(FmnError):
+    """The output path is the wrong kind of thing: a folder where a file goes, or the reverse."""
+
+
+class OutputExistsError(OutputPathError):
     """The output path exists and replacing it was not asked for."""
 
 
@@ -41,7 +45,7 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
     if str(path).strip() == "":
         raise FmnError("no output file given")
     if path.is_dir():
-        raise FmnError(f"{path} is a folder; give a file name")
+        raise OutputPathError(f"{path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists ({OVERWRITE_HINT})")
     _writable_parent(path)
@@ -56,12 +60,12 @@ def check_output_model(path: str | os.PathLike, overwrite: bool = False) -> Path
     if path.suffix.lower() == ".safetensors":
         return check_output_file(path, overwrite)
     if path.exists() and not path.is_dir():
-        raise FmnError(f"{path} is a file; a diffusers model is written as a folder")
+        raise OutputPathError(f"{path} is a file; a diffusers model is written as a folder")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{path} exists and is not empty ({OVERWRITE_HINT})")
         if not (path / "model_index.json").is_file():
-            raise FmnError(f"{path} is not a diffusers model folder; it is never replaced")
+            raise OutputPathError(f"{path} is not a diffusers model folder; it is never replaced")
     _writable_parent(path)
     return path
 
