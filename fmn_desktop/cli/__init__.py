@@ -58,9 +58,14 @@ def os_error_text(exc: OSError) -> str:
     return f"{what}: {' -> '.join(paths)}" if paths else what
 
 
+_PARSER: argparse.ArgumentParser | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    global _PARSER
+    if _PARSER is None:  # built once per process: callers in-process run many commands
+        _PARSER = build_parser()
+    args = _PARSER.parse_args(argv)
     import warnings
 
     from fmn_desktop.fileio import Terminated, terminate_as_exception

@@ -64,6 +64,8 @@ def validate_delta(name: str, delta, where: str = "") -> None:
     up, down = delta.up, delta.down
     if up is None or down is None:
         raise PatchFormatError(f"{at}: lora_up and lora_down come in pairs")
+    if down.dim() >= 1 and down.shape[0] == 0:
+        raise PatchFormatError(f"{at}: a LoRA of rank 0 changes nothing; not a patch")
     _float(up, at, "lora_up")
     _float(down, at, "lora_down")
     if up.dim() not in (2, 4) or down.dim() != up.dim():

@@ -123,8 +123,9 @@ def generate_grid_file(
     out = check_output_file(out, overwrite)
     if not prompts or not seeds:
         raise FmnError("give at least one prompt and one seed")
-    if not 1 <= int(steps) <= 10_000:
-        raise FmnError(f"steps {steps} is out of range (1 to 10000)")
+    most = int(model.pipe.scheduler.config.get("num_train_timesteps", 1000))
+    if not 1 <= int(steps) <= most:
+        raise FmnError(f"steps {steps} is out of range (1 to {most}, the scheduler's timesteps)")
     if not math.isfinite(float(guidance)):
         raise FmnError(f"guidance {guidance} is not a finite number")
     if size is not None and (not 8 <= int(size) <= 4096 or int(size) % 8):
