@@ -23,8 +23,18 @@ READY = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
         (["./some-sd15", "--concept", "Zorbu", "--patch", "p.safetensors"], "need a judge"),
         (["--concept", "Zorbu"], "give --patch"),
         (["--concept", "Zorbu", "--patch", "p.safetensors", "--seeds", "0"], "out of range"),
-        (["--concept", "Zorbu", "--patch", "a.safetensors", "--patch", "b.safetensors",
-          "--write-scores"], "one --patch"),
+        (
+            [
+                "--concept",
+                "Zorbu",
+                "--patch",
+                "a.safetensors",
+                "--patch",
+                "b.safetensors",
+                "--write-scores",
+            ],
+            "one --patch",
+        ),
         (["--concept", "Zorbu", "--record", "zorbu", "--write-scores"], "name it with one --patch"),
     ],
 )
@@ -46,9 +56,30 @@ def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys):
     with open_registry(tmp_path / "reg") as reg:
         reg.add_patch(patch, name="zorbu")
     out = tmp_path / "scores.json"
-    code = main(["--threads", "1", "evaluate", "--concept", "Zorbu", "--patch", str(patch),
-                 "--seeds", "1", "--other-seeds", "1", "--steps", "10", "--json", str(out),
-                 "--write-scores", "--record", "zorbu", "--registry", str(tmp_path / "reg")])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "evaluate",
+            "--concept",
+            "Zorbu",
+            "--patch",
+            str(patch),
+            "--seeds",
+            "1",
+            "--other-seeds",
+            "1",
+            "--steps",
+            "10",
+            "--json",
+            str(out),
+            "--write-scores",
+            "--record",
+            "zorbu",
+            "--registry",
+            str(tmp_path / "reg"),
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert "M-Score of Zorbu" in stdout and "recorded mscore, retention" in stdout
@@ -60,5 +91,9 @@ def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys):
     with open_registry(tmp_path / "reg") as reg:
         stored = {e.metric: e for e in reg.evaluations(patch="zorbu")}
     assert stored["mscore"].value == scores["mscore_after"]["mean"]
-    assert stored["retention"].settings == {"seeds": 1, "other_seeds": 1, "steps": 10,
-                                            "strength": 1.0}
+    assert stored["retention"].settings == {
+        "seeds": 1,
+        "other_seeds": 1,
+        "steps": 10,
+        "strength": 1.0,
+    }
