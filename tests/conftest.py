@@ -36,3 +36,12 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     tiny_sd_pipeline().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def hostile_world(tmp_path_factory):
+    """A tiny model, two patches made for it and a registry holding them in a stack
+    (tests/reliability_harness.py), shared by the reliability tests."""
+    import reliability_harness
+
+    return reliability_harness.make_world(tmp_path_factory.mktemp("hostile"))

@@ -15,8 +15,9 @@ import os
 import sys
 
 from fmn_desktop.cli import app, apply, correct, evaluate, forget, library
-from fmn_desktop.cli.common import UsageError, positive_int, safe
+from fmn_desktop.cli.common import UsageError, safe, thread_count
 from fmn_desktop.errors import FmnError
+from fmn_desktop.services.output import OutputPathError
 
 GROUPS = (forget, correct, apply, evaluate, library, app)
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         help="torch CPU threads (default: FMN_THREADS or min(4, cores))",
     )
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             code = args.handler(args)
             sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
             return code
-    except UsageError as exc:
+    except (UsageError, OutputPathError) as exc:  # a bad argument, or --out without --overwrite
         return fail(2, f"error: {safe(exc)}")
     except (FmnError, ValueError) as exc:
         return fail(1, f"error: {safe(exc)}")

@@ -8,6 +8,7 @@ from fmn_desktop.cli.common import (
     MODEL_HELP,
     check_out,
     finite_float,
+    image_count,
     image_size,
     load_model,
     model_args,
@@ -56,7 +57,9 @@ def add_parsers(sub) -> None:
         metavar="PATH[:STRENGTH]",
         help="patch to apply (repeatable; strength default 1.0, at most 100 either way)",
     )
-    p.add_argument("--seeds", type=positive_int, default=4, help="images per prompt (default: 4)")
+    p.add_argument(
+        "--seeds", type=image_count, default=4, help="images per prompt, up to 256 (default: 4)"
+    )
     p.add_argument("--seed", type=seed_int, default=0, help="first seed (default: 0)")
     p.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
     p.add_argument("--cfg", type=finite_float, default=5.0, help="guidance scale (default: 5)")

@@ -69,6 +69,22 @@ def nonneg_int(text: str) -> int:
     return v
 
 
+def image_count(text: str) -> int:
+    """argparse type: images per prompt in a grid, 1 to 256."""
+    v = _int(text)
+    if not 1 <= v <= 256:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (1 to 256)")
+    return v
+
+
+def thread_count(text: str) -> int:
+    """argparse type: CPU threads, 1 to 256."""
+    v = _int(text)
+    if not 1 <= v <= 256:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (1 to 256)")
+    return v
+
+
 def seed_int(text: str) -> int:
     """argparse type: a seed (0 to 2**63 - 1)."""
     v = _int(text)

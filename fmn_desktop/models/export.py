@@ -109,7 +109,14 @@ def write_embedded_configs(text: str, folder: Path) -> Path:
     """Materialise `embedded_configs` output as a diffusers config folder."""
     import json
 
-    files = json.loads(text)
+    try:
+        files = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"the embedded configs are not valid JSON ({exc})") from None
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise ValueError("the embedded configs are not a map of file names to texts")
     for rel, content in files.items():
         target = (folder / rel).resolve()
         if folder.resolve() not in target.parents:  # no path tricks from a file's metadata
