@@ -850,8 +850,9 @@ def _fork_cli(argv: list) -> int:
 
 
 def _timed(argv: list) -> float:
-    t = time.perf_counter()
+    """Seconds from the fork's return (the child running) to its end."""
     pid = _fork_cli(argv)
+    t = time.perf_counter()
     os.waitpid(pid, 0)
     return time.perf_counter() - t
 
@@ -899,13 +900,14 @@ def kill_runs(world: World, command: str, n: int = 20, seed: int = 0) -> KillRep
             "--register",
         ], out
 
-    duration = max(_timed(argv_for(0)[0]), 0.05)  # how long one run takes, unkilled
+    duration = max(_timed(argv_for(0)[0]), 0.01)  # how long one run takes, unkilled
     for i in range(n):
         argv, target = argv_for(i)
         if target is not None and target.exists():
             target.unlink()
         pid = _fork_cli(argv)
-        time.sleep(rng.uniform(0, duration * 1.1))
+        # half the moments over the whole run, half over its second half, where it writes
+        time.sleep(rng.uniform(0 if i % 2 == 0 else duration / 2, duration))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)

@@ -23,22 +23,32 @@ def generate_images(
     guidance: float = 5.0,
     size: int | None = None,
 ) -> list[list[Image.Image]]:
-    """Images[prompt][seed], each from its own seeded generator (repeatable)."""
+    """Images[prompt][seed], each from its own seeded generator (repeatable). A model whose
+    weights (or patches) make NaN or inf pixels is refused rather than drawn black."""
+    import numpy as np
+
+    from fmn_desktop.errors import NonFiniteError
+
     rows = []
     for prompt in prompts:
         row = []
         for seed in seeds:
             g = torch.Generator("cpu").manual_seed(int(seed))
             kwargs = {"height": size, "width": size} if size else {}
-            row.append(
-                pipe(
-                    prompt,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=g,
-                    **kwargs,
-                ).images[0]
-            )
+            pixels = pipe(
+                prompt,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=g,
+                output_type="np",
+                **kwargs,
+            ).images
+            if not np.isfinite(pixels).all():
+                raise NonFiniteError(
+                    "the model drew NaN or inf pixels: its weights, or a patch on it, hold NaN "
+                    "or inf"
+                )
+            row.append(pipe.numpy_to_pil(pixels)[0])
         rows.append(row)
     return rows
 
