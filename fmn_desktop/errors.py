@@ -29,3 +29,11 @@ class CancelledError(FmnError):
 
 class EmbeddingFormatError(FmnError):
     """A textual-inversion embedding file is unreadable, or does not fit the model's text encoder."""
+
+
+class NonFiniteError(FmnError):
+    """A value that would reach a model's weights or a written file is NaN or infinite."""
+
+
+class NonFinitePatchError(NonFiniteError, PatchFormatError):
+    """A patch file holds NaN or inf (or values whose product overflows)."""

@@ -23,12 +23,14 @@ def knob(
     metavar: str | None = None,
     by_mode: dict[str, Any] | None = None,
     many: bool = False,
+    bounds: str = "",
 ) -> Any:
     """A dataclass field with what a front end needs to offer it.
 
     `flag` overrides the option name (default: `--field-name`); `by_mode` gives the default
     per mode when `default` is None (resolved once, by the config); `many` makes a list field
-    a repeatable option. List defaults are copied per instance.
+    a repeatable option. `bounds` ("positive", "nonneg", "seed"; default: any finite number)
+    is what a front end accepts for a number. List defaults are copied per instance.
     """
     meta = {
         "help": help,
@@ -38,6 +40,7 @@ def knob(
         "metavar": metavar,
         "by_mode": dict(by_mode) if by_mode else None,
         "many": many,
+        "bounds": bounds,
     }
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)

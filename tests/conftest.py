@@ -97,3 +97,12 @@ def quick_discovery(monkeypatch):
     monkeypatch.setattr(
         names, "discover_names", functools.partial(names.discover_names, samples=16, screen=4)
     )
+
+
+@pytest.fixture(scope="session")
+def hostile_world(tmp_path_factory):
+    """A tiny model, two patches made for it and a registry holding them in a stack
+    (tests/reliability_harness.py), shared by the reliability tests."""
+    import reliability_harness
+
+    return reliability_harness.make_world(tmp_path_factory.mktemp("hostile"))

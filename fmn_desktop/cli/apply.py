@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import json
 
-from fmn_desktop.cli.common import MODEL_HELP, load_model, model_args, status
+from fmn_desktop.cli.common import (
+    MODEL_HELP,
+    check_out,
+    finite_float,
+    image_count,
+    image_size,
+    load_model,
+    model_args,
+    out_args,
+    patch_spec,
+    positive_int,
+    safe,
+    seed_int,
+    status,
+)
+
+SPEC_HELP = "a patch file, optionally with a strength: PATH:0.5 (finite, at most 100 either way)"
 
 
 def add_parsers(sub) -> None:
@@ -16,12 +32,10 @@ def add_parsers(sub) -> None:
     )
     model_args(p, positional=False)
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("patches", nargs="+", metavar="PATCH[:STRENGTH]")
     p.add_argument(
-        "--out",
-        required=True,
-        help="a new folder (diffusers layout) or a file ending in .safetensors",
+        "patches", nargs="+", metavar="PATCH[:STRENGTH]", type=patch_spec, help=SPEC_HELP
     )
+    out_args(p, "a new folder (diffusers layout) or a file ending in .safetensors")
     p.add_argument(
         "--force", action="store_true", help="apply even if a patch was made for another base model"
     )
@@ -39,16 +53,21 @@ def add_parsers(sub) -> None:
         "--patch",
         action="append",
         default=[],
+        type=patch_spec,
         metavar="PATH[:STRENGTH]",
-        help="patch to apply (repeatable; strength default 1.0)",
+        help="patch to apply (repeatable; strength default 1.0, at most 100 either way)",
     )
-    p.add_argument("--seeds", type=int, default=4, help="images per prompt (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    p.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: 5)")
-    p.add_argument("--size", type=int, default=None, help="image size in pixels")
+    p.add_argument(
+        "--seeds", type=image_count, default=4, help="images per prompt, up to 256 (default: 4)"
+    )
+    p.add_argument("--seed", type=seed_int, default=0, help="first seed (default: 0)")
+    p.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--cfg", type=finite_float, default=5.0, help="guidance scale (default: 5)")
+    p.add_argument(
+        "--size", type=image_size, default=None, help="image size in pixels (a multiple of 8)"
+    )
     p.add_argument("--force", action="store_true", help="apply patches made for another base")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    out_args(p, "PNG file to write")
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser(
@@ -63,43 +82,35 @@ def add_parsers(sub) -> None:
 
 
 def cmd_apply(args) -> int:
-    from fmn_desktop.services.patches import apply_to_file, parse_patch_spec
+    from fmn_desktop.services.patches import apply_to_file
 
-    specs = [parse_patch_spec(s) for s in args.patches]
+    check_out(args.out, args.overwrite, model=True)
     model = load_model(args)
     with status(f"writing {args.out}"):
-        out = apply_to_file(model, specs, args.out, force=args.force)
+        out = apply_to_file(model, args.patches, args.out, args.force, args.overwrite)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_generate(args) -> int:
-    from fmn_desktop.imaging import grid_image, save_png, side_by_side
-    from fmn_desktop.patch import PatchedUNet
-    from fmn_desktop.services.images import generate_images
-    from fmn_desktop.services.patches import parse_patch_spec, read_patches
+    from fmn_desktop.services.images import generate_grid_file
 
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    specs = [parse_patch_spec(s) for s in args.patch]
-    patches = read_patches(model, specs)
-    kw = dict(steps=args.steps, guidance=args.cfg, size=args.size)
-    before = grid_image(
-        generate_images(model.pipe, args.prompt, seeds, **kw),
+    out = generate_grid_file(
+        model,
         args.prompt,
-        title="base model" if patches else None,
+        seeds,
+        args.out,
+        args.patch,
+        steps=args.steps,
+        guidance=args.cfg,
+        size=args.size,
+        force=args.force,
+        overwrite=args.overwrite,
     )
-    image = before
-    if patches:
-        with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=args.force):
-            after = grid_image(
-                generate_images(model.pipe, args.prompt, seeds, **kw),
-                args.prompt,
-                title="patched: " + ", ".join(f"{s.path.name}:{s.strength:g}" for s in specs),
-            )
-        image = side_by_side(before, after)
-    save_png(image, args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -129,6 +140,7 @@ def cmd_inspect(args) -> int:
         rows.append((f"score {key}", json.dumps(value)))
     for key, value in sorted(info["extra"].items()):
         rows.append((key, value))
+    rows = [(safe(k), safe(v)) for k, v in rows]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -1,10 +1,14 @@
-"""What every `fmn` command shares: model options, loading, errors, progress on stderr."""
+"""What every `fmn` command shares: model options, loading, errors, progress on stderr,
+argument types that refuse bad numbers up front, and `safe` for printing text that came
+from files (names, metadata) without letting it drive the terminal."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
 
 from fmn_desktop.errors import FmnError
@@ -17,6 +21,167 @@ MODEL_HELP = (
 
 class UsageError(FmnError):
     """Bad combination of arguments: exit status 2."""
+
+
+# ----------------------------------------------------------------------------- printing
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group(0)
+    if c in _NAMED:
+        return _NAMED[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def safe(value: object) -> str:
+    """`str(value)` with control characters (ESC, BEL, CR, NUL, newlines, C1 controls,
+    bidirectional overrides) written as escapes: text from a file is shown, never obeyed,
+    and always stays on its line."""
+    return _CONTROL.sub(_escape, str(value))
+
+
+# ----------------------------------------------------------------------------- argument types
+MAX_SIZE = 4096  # image side in pixels
+MAX_COUNT = 1_000_000  # steps, seeds, references, ...
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number from 1 to MAX_COUNT."""
+    v = _int(text)
+    if not 1 <= v <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (1 to {MAX_COUNT:,})")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: a whole number from 0 to MAX_COUNT."""
+    v = _int(text)
+    if not 0 <= v <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (0 to {MAX_COUNT:,})")
+    return v
+
+
+def image_count(text: str) -> int:
+    """argparse type: images per prompt in a grid, 1 to 256."""
+    v = _int(text)
+    if not 1 <= v <= 256:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (1 to 256)")
+    return v
+
+
+def thread_count(text: str) -> int:
+    """argparse type: CPU threads, 1 to 256."""
+    v = _int(text)
+    if not 1 <= v <= 256:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (1 to 256)")
+    return v
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed (0 to 2**63 - 1)."""
+    v = _int(text)
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"{v} is not a seed (0 to 2**63 - 1)")
+    return v
+
+
+def image_size(text: str) -> int:
+    """argparse type: an image side in pixels, a multiple of 8 from 8 to MAX_SIZE."""
+    v = _int(text)
+    if not 8 <= v <= MAX_SIZE or v % 8:
+        raise argparse.ArgumentTypeError(f"{v} is no image size (a multiple of 8, 8 to {MAX_SIZE})")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan, inf, or overflow like 1e309)."""
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return v
+
+
+def fraction(text: str) -> float:
+    """argparse type: a finite number from 0 to 1."""
+    v = finite_float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to 1")
+    return v
+
+
+def strength(text: str) -> float:
+    """argparse type: a patch strength (finite, at most MAX_STRENGTH either way)."""
+    from fmn_desktop.limits import strength_problem
+
+    v = finite_float(text)
+    problem = strength_problem(v)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return v
+
+
+def patch_spec(text: str):
+    """argparse type: PATH[:STRENGTH] (`services.patches.parse_patch_spec`)."""
+    from fmn_desktop.services.patches import parse_patch_spec
+
+    try:
+        return parse_patch_spec(text)
+    except FmnError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def out_args(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
+    """`--out` and `--overwrite` (an existing output is replaced only with the latter)."""
+    p.add_argument("--out", required=required, help=help)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (else an existing file or folder is refused)",
+    )
+
+
+def check_out(path, overwrite: bool, model: bool = False) -> None:
+    """Refuse a bad --out before any work (services.output); a model's is a file or folder.
+    A folder given for a file, or an existing output without --overwrite, is a usage error."""
+    from fmn_desktop.services.output import (
+        OutputPathError,
+        check_output_file,
+        check_output_model,
+    )
+
+    if path is not None:
+        try:
+            (check_output_model if model else check_output_file)(path, overwrite)
+        except OutputPathError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -130,13 +295,16 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def _value_type(field) -> type:
-    """The argparse type of a config field, from its annotation ("int | None" -> int)."""
+def _value_type(field):
+    """The argparse type of a config field, from its annotation ("int | None" -> int) and
+    its knob's bounds: numbers are checked finite and in range before any work."""
     text = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
-    text = text.replace("list[str]", "str")
-    for name, kind in (("float", float), ("int", int)):
-        if name in text.split(" | ")[0] or text.startswith(name):
-            return kind
+    base = text.replace("list[str]", "str").split(" | ")[0].strip()
+    bounds = field.metadata.get("bounds", "")
+    if base == "int":
+        return {"seed": seed_int, "nonneg": nonneg_int}.get(bounds, positive_int)
+    if base == "float":
+        return {"positive": positive_float, "nonneg": nonneg_float}.get(bounds, finite_float)
     return str
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fmn_desktop.cli.common import (
     add_config_args,
+    check_out,
     config_from_args,
     load_model,
     model_args,
+    out_args,
     status,
     step_bar,
 )
@@ -68,7 +70,7 @@ def _output_args(p) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--format", choices=["diff", "lora"], default="diff",
                    help="diff: exact dense deltas (default); lora: SVD to low rank")
-    g.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    out_args(g, "patch file to write (.safetensors)")
 
 
 def cmd_correct(args) -> int:
@@ -76,6 +78,7 @@ def cmd_correct(args) -> int:
     from fmn_desktop.services.correct import correct_to_file
 
     config = config_from_args(CorrectConfig, args)
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     with status("solving"):
         outcome = correct_to_file(model, config, args.out, args.format)
@@ -88,6 +91,7 @@ def cmd_disentangle(args) -> int:
     from fmn_desktop.services.correct import disentangle_to_file
 
     config = config_from_args(DisentangleConfig, args)
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     return _trained(config.forget_config([]).steps, "disentangling", lambda progress: (
         disentangle_to_file(model, config, args.out, args.format, None, progress)
@@ -99,6 +103,7 @@ def cmd_erase_broad(args) -> int:
     from fmn_desktop.services.correct import erase_broad_to_file
 
     config = config_from_args(BroadConfig, args)
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     return _trained(config.steps, "erasing", lambda progress: (
         erase_broad_to_file(model, config, args.out, args.format, None, progress)

@@ -7,11 +7,16 @@ from pathlib import Path
 
 from fmn_desktop.cli.common import (
     UsageError,
+    finite_float,
     forget_default,
+    fraction,
     load_model,
     model_args,
+    nonneg_int,
     phase_printer,
+    positive_int,
     registry_arg,
+    seed_int,
 )
 
 
@@ -28,21 +33,39 @@ def add_parsers(sub) -> None:
         "--record forget-zorbu",
     )
     model_args(p)
-    p.add_argument("--patch", action="append", default=[], metavar="PATH[:STRENGTH]",
-                   help="patch to apply (repeatable; with --record and no --patch, the "
-                   "registry patch itself)")
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="patch to apply (repeatable; with --record and no --patch, the registry patch itself)",
+    )
     p.add_argument("--concept", required=True, help="a concept of the toy world, e.g. Zorbu")
-    p.add_argument("--seeds", type=int, default=2,
-                   help="seeds per evaluation prompt of the concept (default: %(default)s)")
-    p.add_argument("--other-seeds", type=int, default=1,
-                   help="seeds per prompt of every other concept (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=2,
+        help="seeds per evaluation prompt of the concept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--other-seeds",
+        type=nonneg_int,
+        default=1,
+        help="seeds per prompt of every other concept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=20, help="sampling steps (default: %(default)s)"
+    )
     p.add_argument("--judge", help="judge weights (default: the embedded model's)")
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
-    p.add_argument("--write-scores", action="store_true",
-                   help="store the scores in the (single) patch file's metadata, atomically")
-    p.add_argument("--record", metavar="NAME",
-                   help="store mscore and retention with registry patch NAME")
+    p.add_argument(
+        "--write-scores",
+        action="store_true",
+        help="store the scores in the (single) patch file's metadata, atomically",
+    )
+    p.add_argument(
+        "--record", metavar="NAME", help="store mscore and retention with registry patch NAME"
+    )
     registry_arg(p, " for --record")
     p.add_argument("--force", action="store_true", help="apply patches made for another base")
     p.set_defaults(handler=cmd_evaluate)
@@ -55,7 +78,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--concept", default=None, help="concept to forget (default: the demo's)")
     p.add_argument("--out-dir", default="fmn-demo", help="where grids and the patch go")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimisation steps")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser(
@@ -66,8 +89,10 @@ def add_parsers(sub) -> None:
         "retention and forget time as bench.md, bench.json and bench.png.",
     )
     p.add_argument("--out-dir", default="fmn-bench", help="where the report goes")
-    p.add_argument("--seeds", type=int, default=8, help="seeds per evaluation prompt (default: 8)")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps per forget")
+    p.add_argument(
+        "--seeds", type=positive_int, default=8, help="seeds per evaluation prompt (default: 8)"
+    )
+    p.add_argument("--steps", type=positive_int, default=None, help="optimisation steps per forget")
     p.add_argument("--only", action="append", help="run only these items (repeatable)")
     p.add_argument(
         "--mode",
@@ -77,7 +102,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--sampler-steps",
-        type=int,
+        type=positive_int,
         default=20,
         help="sampling steps of the evaluation images (default: %(default)s)",
     )
@@ -111,23 +136,33 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--concept", required=True, help="a concept of the toy world, e.g. Zorbu")
     p.add_argument(
-        "--budget", type=int, default=64, help="scored images per target (default: %(default)s)"
+        "--budget",
+        type=positive_int,
+        default=64,
+        help="scored images per target (default: %(default)s)",
     )
     p.add_argument(
-        "--seeds", type=int, default=2, help="seeds per evaluation prompt (default: %(default)s)"
+        "--seeds",
+        type=positive_int,
+        default=2,
+        help="seeds per evaluation prompt (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=1000, help="first seed (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
-    p.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=1000, help="first seed (default: %(default)s)")
+    p.add_argument(
+        "--steps", type=positive_int, default=20, help="sampling steps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--cfg", type=finite_float, default=5.0, help="guidance scale (default: %(default)s)"
+    )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=fraction,
         default=0.5,
         help="judge presence counted as the concept (default: %(default)s)",
     )
     p.add_argument(
         "--chance",
-        type=int,
+        type=nonneg_int,
         default=16,
         help="random-filler prompts per target after the patches, for the chance baseline; "
         "0 skips it (default: %(default)s)",
@@ -271,8 +306,10 @@ def cmd_attack(args) -> int:
     print(done.table)
     print(f"wrote {done.paths['json']}, {done.paths['png']}")
     if done.record is not None:
-        print(f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
-              f"{done.record.name}")
+        print(
+            f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
+            f"{done.record.name}"
+        )
     return 0
 
 
@@ -293,8 +330,10 @@ def cmd_evaluate(args) -> int:
     if not args.patch and not args.record:
         raise UsageError("give --patch FILE[:STRENGTH], or --record NAME for a registry patch")
     if args.write_scores and len(args.patch) != 1:
-        raise UsageError("--write-scores rewrites one patch file of yours: name it with one "
-                         "--patch (the registry's own copy stays as it was registered)")
+        raise UsageError(
+            "--write-scores rewrites one patch file of yours: name it with one "
+            "--patch (the registry's own copy stays as it was registered)"
+        )
     check_judge(args, "scores need")
     specs = resolve_record(args)
     model = load_model(args)
@@ -317,8 +356,10 @@ def cmd_evaluate(args) -> int:
     for path in done.written:
         print(f"wrote {path}")
     if done.record is not None:
-        print(f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
-              f"{done.record.name}")
+        print(
+            f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
+            f"{done.record.name}"
+        )
     return 0
 
 

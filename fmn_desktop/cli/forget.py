@@ -9,11 +9,18 @@ from pathlib import Path
 from fmn_desktop.cli.common import (
     UsageError,
     add_config_args,
+    check_out,
     config_from_args,
+    fraction,
     load_model,
     model_args,
+    nonneg_int,
+    out_args,
     phase_printer,
+    positive_float,
+    positive_int,
     registry_arg,
+    seed_int,
     step_bar,
 )
 
@@ -38,27 +45,27 @@ def inversion_args(p: argparse.ArgumentParser, steps_flag: str, lr_flag: str) ->
     )
     p.add_argument(
         "--vectors",
-        type=int,
+        type=positive_int,
         default=d["num_vectors"].default,
         help="embedding vectors of the token (default: %(default)s)",
     )
     p.add_argument(
         steps_flag,
         dest="inversion_steps",
-        type=int,
+        type=positive_int,
         default=d["steps"].default,
         help="inversion steps (default: %(default)s)",
     )
     p.add_argument(
         lr_flag,
         dest="inversion_lr",
-        type=float,
+        type=positive_float,
         default=d["lr"].default,
         help="inversion learning rate (default: %(default)s)",
     )
     p.add_argument(
         "--inversion-batch",
-        type=int,
+        type=positive_int,
         default=d["batch_size"].default,
         help="images per inversion step (default: %(default)s)",
     )
@@ -99,7 +106,7 @@ def add_parsers(sub) -> None:
     add_config_args(p, ForgetConfig, renamed=FORGET_RENAMED)
     p.add_argument(
         "--harden",
-        type=int,
+        type=nonneg_int,
         default=0,
         metavar="ROUNDS",
         help="adversarial hardening: after forgetting, attack the patch (white-box K/V token "
@@ -108,7 +115,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--harden-spellings",
-        type=int,
+        type=nonneg_int,
         default=HardenSettings.spellings,
         metavar="N",
         help="with --harden: also forget, each round, the N spelling variants of the name "
@@ -122,12 +129,12 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--export-rank",
-        type=int,
+        type=positive_int,
         default=None,
         help="LoRA rank when writing dense deltas (default: smallest within 1%% error)",
     )
-    p.add_argument(
-        "--out", help="patch file to write (.safetensors); may be left out with --register"
+    out_args(
+        p, "patch file to write (.safetensors); may be left out with --register", required=False
     )
     p.add_argument(
         "--evaluate",
@@ -149,8 +156,8 @@ def add_parsers(sub) -> None:
     )
     model_args(p)
     inversion_args(p, steps_flag="--steps", lr_flag="--lr")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="embedding file to write (.safetensors)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    out_args(p, "embedding file to write (.safetensors)")
     p.set_defaults(handler=cmd_invert)
 
     p = sub.add_parser(
@@ -188,7 +195,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=fraction,
         default=0.5,
         help="share of the learned tokens' effect on the photos at which a prompt counts as "
         "the subject (default: %(default)s)",
@@ -204,7 +211,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--format", choices=["lora", "diff"], default="lora", help="patch layout (default: lora)"
     )
-    p.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    out_args(p, "patch file to write (.safetensors)")
     p.add_argument(
         "--embedding-out",
         default=None,
@@ -234,7 +241,9 @@ def cmd_forget(args) -> int:
         harden=args.harden,
         harden_spellings=args.harden_spellings,
         source="fmn forget",
+        overwrite=args.overwrite,
     )
+    check_out(args.out, args.overwrite)
     model = load_model(args)
     steps = with_model_defaults(model, config).steps
     bar, progress = step_bar(steps * (1 + args.harden), "re-steering")
@@ -266,8 +275,7 @@ def cmd_invert(args) -> int:
 
     config = inversion_config(args)
     out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder; give a file name ending in .safetensors")
+    check_out(out, args.overwrite)
     model = load_model(args)
     bar = tqdm(total=config.steps, desc="inversion", unit="step", file=sys.stderr)
 
@@ -299,6 +307,9 @@ def cmd_forget_photos(args) -> int:
 
     inversion = None if args.tokens else inversion_config(args)
     config = config_from_args(ForgetConfig, args, concepts=[args.token], concept_kind="identity")
+    check_out(args.out, args.overwrite)
+    if args.embedding_out:
+        check_out(args.embedding_out, args.overwrite)
     model = load_model(args)
     bars: dict[str, tqdm] = {}
 

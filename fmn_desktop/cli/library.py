@@ -12,8 +12,21 @@ import json
 import sys
 from collections.abc import Sequence
 
-from fmn_desktop.cli.common import MODEL_HELP, load_model, model_args
-from fmn_desktop.errors import FmnError
+from fmn_desktop.cli.common import (
+    MODEL_HELP,
+    UsageError,
+    check_out,
+    fraction,
+    load_model,
+    model_args,
+    nonneg_float,
+    nonneg_int,
+    out_args,
+    positive_int,
+    safe,
+    strength,
+)
+from fmn_desktop.registry.repository import REF_HELP
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -32,7 +45,9 @@ def _model_opts(p: argparse.ArgumentParser, positional: bool) -> None:
     if positional:
         p.add_argument("model", nargs="?", default="default", help=MODEL_HELP)
     else:
-        p.add_argument("--model", default=None, help=MODEL_HELP + " (needed for other tools' files)")
+        p.add_argument(
+            "--model", default=None, help=MODEL_HELP + " (needed for other tools' files)"
+        )
 
 
 def add_parsers(sub) -> None:
@@ -54,14 +69,16 @@ def add_parsers(sub) -> None:
 
     p = ps.add_parser("show", help="one patch in full")
     _common(p)
-    p.add_argument("patch", help="id, name or sha256 prefix")
+    p.add_argument("patch", help=REF_HELP)
     p.set_defaults(handler=patches_show)
 
     p = ps.add_parser(
         "import",
         help="register patch files (ours, kohya LoRA, .diff, PEFT, ESD/UCE absolute weights)",
-        description="Register patch files. Files made by fmn need no model; other tools' "
-        "files are checked against --model (keys, shapes, base) and stored converted.",
+        description="Register patch files. Files made by fmn need no model: they are checked "
+        "completely without one (float tensors, ranks >= 1, finite values, names of a known "
+        "family's UNet). Other tools' files are checked against --model (keys, shapes, base) "
+        "and stored converted. A file that can never be applied is refused.",
     )
     _common(p)
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -71,7 +88,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--kind", choices=["forget", "correct"], help="what the patch does")
     p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
     p.add_argument("--notes", default="")
-    p.add_argument("--force", action="store_true", help="accept a patch made for another base")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a patch made for another base model than --model (needs --model)",
+    )
     p.add_argument(
         "--unet-only", action="store_true", help="drop a LoRA's text-encoder tensors (else refused)"
     )
@@ -79,22 +100,24 @@ def add_parsers(sub) -> None:
 
     p = ps.add_parser("export", help="write a registered patch to a file")
     _common(p)
-    p.add_argument("patch")
-    p.add_argument("--out", required=True, help="file to write (.safetensors)")
+    p.add_argument("patch", help=REF_HELP)
+    out_args(p, "file to write (.safetensors)")
     p.add_argument("--format", choices=["original", "lora", "diff"], default="original")
-    p.add_argument("--rank", type=int, help="LoRA rank (default: smallest within --max-error)")
-    p.add_argument("--max-error", type=float, default=None, help="relative error bound (0.01)")
+    p.add_argument(
+        "--rank", type=positive_int, help="LoRA rank (default: smallest within --max-error)"
+    )
+    p.add_argument("--max-error", type=fraction, default=None, help="relative error bound (0.01)")
     p.set_defaults(handler=patches_export)
 
     p = ps.add_parser("rm", help="delete a patch (refused if a stack uses it)")
     _common(p)
-    p.add_argument("patch")
+    p.add_argument("patch", help=REF_HELP)
     p.add_argument("--cascade", action="store_true", help="also take it out of its stacks")
     p.set_defaults(handler=patches_rm)
 
     p = ps.add_parser("tag", help="add (or --remove) tags")
     _common(p)
-    p.add_argument("patch")
+    p.add_argument("patch", help=REF_HELP)
     p.add_argument("tags", nargs="+", metavar="TAG")
     p.add_argument("--remove", action="store_true", help="remove these tags instead")
     p.set_defaults(handler=patches_tag)
@@ -126,15 +149,20 @@ def add_parsers(sub) -> None:
     p = ss.add_parser("add", help="add a patch (or change its strength)")
     _common(p)
     p.add_argument("stack")
-    p.add_argument("patch")
-    p.add_argument("--strength", type=float, default=1.0, help="negative reverses (default 1)")
-    p.add_argument("--position", type=int, default=None, help="insert here (default: end)")
+    p.add_argument("patch", help=REF_HELP)
+    p.add_argument(
+        "--strength",
+        type=strength,
+        default=1.0,
+        help="negative reverses; at most 100 either way (default 1)",
+    )
+    p.add_argument("--position", type=nonneg_int, default=None, help="insert here (default: end)")
     p.set_defaults(handler=stack_add)
 
     p = ss.add_parser("remove", help="take a patch out of a stack")
     _common(p)
     p.add_argument("stack")
-    p.add_argument("patch")
+    p.add_argument("patch", help=REF_HELP)
     p.set_defaults(handler=stack_remove)
 
     p = ss.add_parser("delete", help="delete a stack (its patches stay registered)")
@@ -155,10 +183,12 @@ def add_parsers(sub) -> None:
         _common(p)
         p.add_argument("stack")
         _model_opts(p, positional=True)
-        p.add_argument("--out", required=True)
+        out_args(p, "a .safetensors file, or a folder for --format diffusers")
         p.add_argument("--mode", choices=["additive", "fused"], help="override the stack's mode")
         p.add_argument(
-            "--preserve-weight", type=float, default=None,
+            "--preserve-weight",
+            type=nonneg_float,
+            default=None,
             help="fused mode: weight of the preservation prompts (default 1)",
         )
         p.add_argument("--force", action="store_true", help="apply despite conflicts")
@@ -166,12 +196,16 @@ def add_parsers(sub) -> None:
             p.add_argument(
                 "--format", choices=["lora", "diff", "diffusers", "single-file"], default="lora"
             )
-            p.add_argument("--rank", type=int, help="LoRA rank (default: by --max-error)")
+            p.add_argument("--rank", type=positive_int, help="LoRA rank (default: by --max-error)")
             p.add_argument(
-                "--max-error", type=float, default=None,
+                "--max-error",
+                type=fraction,
+                default=None,
                 help="LoRA: smallest rank within this relative error (default 0.01)",
             )
-            p.add_argument("--register", action="store_true", help="add the LoRA/.diff to the registry")
+            p.add_argument(
+                "--register", action="store_true", help="add the LoRA/.diff to the registry"
+            )
             p.set_defaults(handler=stack_export)
         else:
             p.set_defaults(handler=stack_apply)
@@ -192,13 +226,15 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str], max_width: i
     """A plain-text table: left-aligned text, right-aligned numbers, long cells cut with '…'."""
 
     def cell(v) -> str:
-        s = f"{v:g}" if isinstance(v, float) else str(v)
+        s = f"{v:g}" if isinstance(v, float) else safe(v)
         return s if len(s) <= max_width else s[: max_width - 1] + "…"
 
     cells = [[cell(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
-               for i in range(len(headers))]
+    numeric = [
+        bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
+        for i in range(len(headers))
+    ]
 
     def fmt(values) -> str:
         return "  ".join(
@@ -212,8 +248,16 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str], max_width: i
 
 def _patch_rows(records) -> list[list[object]]:
     return [
-        [r.id, r.name, r.kind, ", ".join(r.concepts) or "-", r.format, r.base_fingerprint[:12] or "-",
-         f"{r.size / 1024:.1f}K", ", ".join(r.tags) or "-"]
+        [
+            r.id,
+            r.name,
+            r.kind,
+            ", ".join(r.concepts) or "-",
+            r.format,
+            r.base_fingerprint[:12] or "-",
+            f"{r.size / 1024:.1f}K",
+            ", ".join(r.tags) or "-",
+        ]
         for r in records
     ]
 
@@ -250,13 +294,23 @@ def patches_show(args) -> int:
         _print_json(d)
         return 0
     rows = [
-        ("id", rec.id), ("name", rec.name), ("title", rec.title or "-"),
-        ("kind", f"{rec.kind} ({rec.method})"), ("concepts", ", ".join(rec.concepts) or "-"),
-        ("format", rec.format), ("family", rec.family or "-"),
-        ("base model", rec.base_fingerprint or "-"), ("sha256", rec.sha256),
-        ("size", f"{rec.size / 1024:.1f} KiB"), ("created", rec.created or "-"),
-        ("added", rec.added), ("source", rec.source or "-"), ("tags", ", ".join(rec.tags) or "-"),
-        ("notes", rec.notes or "-"), ("stacks", ", ".join(stacks) or "-"), ("file", rec.path),
+        ("id", rec.id),
+        ("name", rec.name),
+        ("title", rec.title or "-"),
+        ("kind", f"{rec.kind} ({rec.method})"),
+        ("concepts", ", ".join(rec.concepts) or "-"),
+        ("format", rec.format),
+        ("family", rec.family or "-"),
+        ("base model", rec.base_fingerprint or "-"),
+        ("sha256", rec.sha256),
+        ("size", f"{rec.size / 1024:.1f} KiB"),
+        ("created", rec.created or "-"),
+        ("added", rec.added),
+        ("source", rec.source or "-"),
+        ("tags", ", ".join(rec.tags) or "-"),
+        ("notes", rec.notes or "-"),
+        ("stacks", ", ".join(stacks) or "-"),
+        ("file", rec.path),
     ]
     rows += [(f"  {k}", json.dumps(v)) for k, v in sorted(rec.hyperparameters.items())]
     rows += [(f"score {k}", json.dumps(v)) for k, v in sorted(rec.scores.items())]
@@ -264,6 +318,7 @@ def patches_show(args) -> int:
         (f"eval {e.metric}" + (f" {e.concept}" if e.concept else ""), f"{e.value:.4f}")
         for e in evals
     ]
+    rows = [(safe(k), safe(v)) for k, v in rows]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -273,31 +328,48 @@ def patches_show(args) -> int:
 def patches_import(args) -> int:
     from fmn_desktop.services.library import import_file
 
+    if args.force and not args.model:
+        raise UsageError(
+            "--force accepts a patch made for another base model than --model; give --model"
+        )
+    if args.name and len(args.files) > 1:
+        raise UsageError("--name names one patch; import several files without it")
     model = None
     if args.model:
-
         model = load_model(args)
-    if args.name and len(args.files) > 1:
-        raise FmnError("--name names one patch; import several files without it")
     out = []
     with _open(args) as reg:
         for f in args.files:
             res = import_file(
-                reg, f, model, name=args.name, concepts=args.concept, kind=args.kind,
-                tags=args.tag, notes=args.notes, force=args.force, unet_only=args.unet_only,
+                reg,
+                f,
+                model,
+                name=args.name,
+                concepts=args.concept,
+                kind=args.kind,
+                tags=args.tag,
+                notes=args.notes,
+                force=args.force,
+                unet_only=args.unet_only,
             )
             out.append(res)
     if args.json:
-        _print_json([
-            dict(res.record.as_dict(), new=res.new, source_format=res.source_format,
-                 import_notes=res.notes)
-            for res in out
-        ])
+        _print_json(
+            [
+                dict(
+                    res.record.as_dict(),
+                    new=res.new,
+                    source_format=res.source_format,
+                    import_notes=res.notes,
+                )
+                for res in out
+            ]
+        )
         return 0
     for res in out:
         what = "imported" if res.new else "already registered"
         extra = f" [{'; '.join(res.notes)}]" if res.notes else ""
-        print(f"{what}: #{res.record.id} {res.record.name} ({res.source_format}){extra}")
+        print(safe(f"{what}: #{res.record.id} {res.record.name} ({res.source_format}){extra}"))
     return 0
 
 
@@ -305,7 +377,9 @@ def patches_export(args) -> int:
     from fmn_desktop.services.library import export_patch
 
     with _open(args) as reg:
-        path, err = export_patch(reg, args.patch, args.out, args.format, args.rank, args.max_error)
+        path, err = export_patch(
+            reg, args.patch, args.out, args.format, args.rank, args.max_error, args.overwrite
+        )
     if args.json:
         _print_json({"path": str(path), "lora_relative_error": err})
     else:
@@ -320,7 +394,7 @@ def patches_rm(args) -> int:
     if args.json:
         _print_json({"removed": rec.as_dict()})
     else:
-        print(f"removed #{rec.id} {rec.name}")
+        print(safe(f"removed #{rec.id} {rec.name}"))
     return 0
 
 
@@ -333,13 +407,13 @@ def patches_tag(args) -> int:
     if args.json:
         _print_json(rec.as_dict())
     else:
-        print(f"#{rec.id} {rec.name}: tags {', '.join(rec.tags) or '(none)'}")
+        print(safe(f"#{rec.id} {rec.name}: tags {', '.join(rec.tags) or '(none)'}"))
     return 0
 
 
 def patches_search(args) -> int:
     with _open(args) as reg:
-        _print_patches(reg.search(args.query), args.json, f"nothing matches {args.query!r}")
+        _print_patches(reg.search(args.query), args.json, safe(f"nothing matches {args.query!r}"))
     return 0
 
 
@@ -352,17 +426,27 @@ def _stack_dict(rec, conflicts=None) -> dict:
 
 
 def _print_stack(rec, conflicts=None) -> None:
-    print(f"stack {rec.name!r} ({rec.mode}, {len(rec.items)} patch(es))"
-          + (f": {rec.notes}" if rec.notes else ""))
+    print(
+        safe(
+            f"stack {rec.name!r} ({rec.mode}, {len(rec.items)} patch(es))"
+            + (f": {rec.notes}" if rec.notes else "")
+        )
+    )
     if rec.items:
         rows = [
-            [i.position, i.patch.name, float(i.strength), i.patch.kind,
-             ", ".join(i.patch.concepts) or "-", i.patch.base_fingerprint[:12] or "-"]
+            [
+                i.position,
+                i.patch.name,
+                float(i.strength),
+                i.patch.kind,
+                ", ".join(i.patch.concepts) or "-",
+                i.patch.base_fingerprint[:12] or "-",
+            ]
             for i in rec.items
         ]
         print(table(rows, ["#", "patch", "strength", "kind", "concepts", "base"]))
     for c in conflicts or []:
-        print(f"conflict ({c.kind}): {c.message}")
+        print(safe(f"conflict ({c.kind}): {c.message}"))
 
 
 def stack_create(args) -> int:
@@ -371,7 +455,7 @@ def stack_create(args) -> int:
     if args.json:
         _print_json(_stack_dict(rec))
     else:
-        print(f"created stack {rec.name!r} ({rec.mode})")
+        print(safe(f"created stack {rec.name!r} ({rec.mode})"))
     return 0
 
 
@@ -383,8 +467,10 @@ def stack_list(args) -> int:
     elif not stacks:
         print("no stacks (fmn stack create NAME)")
     else:
-        rows = [[s.name, s.mode, len(s.items), ", ".join(i.patch.name for i in s.items) or "-"]
-                for s in stacks]
+        rows = [
+            [s.name, s.mode, len(s.items), ", ".join(i.patch.name for i in s.items) or "-"]
+            for s in stacks
+        ]
         print(table(rows, ["stack", "mode", "patches", "members"]))
     return 0
 
@@ -402,8 +488,9 @@ def _show_after_change(args, rec, reg) -> int:
 
 def stack_add(args) -> int:
     with _open(args) as reg:
-        rec = reg.add_to_stack(args.stack, args.patch, strength=args.strength,
-                               position=args.position)
+        rec = reg.add_to_stack(
+            args.stack, args.patch, strength=args.strength, position=args.position
+        )
         return _show_after_change(args, rec, reg)
 
 
@@ -420,7 +507,7 @@ def stack_delete(args) -> int:
     if args.json:
         _print_json({"deleted": rec.name})
     else:
-        print(f"deleted stack {rec.name!r} ({len(rec.items)} patch(es) stay registered)")
+        print(safe(f"deleted stack {rec.name!r} ({len(rec.items)} patch(es) stay registered)"))
     return 0
 
 
@@ -432,16 +519,25 @@ def stack_show(args) -> int:
 
 def _print_conflicts_forced(conflicts) -> None:
     for c in conflicts:
-        print(f"warning: conflict ({c.kind}): {c.message}", file=sys.stderr)
+        print(safe(f"warning: conflict ({c.kind}): {c.message}"), file=sys.stderr)
 
 
 def stack_apply(args) -> int:
     from fmn_desktop.services.library import apply_registry_stack
 
+    check_out(args.out, args.overwrite, model=True)
     model = load_model(args)
     with _open(args) as reg:
-        res = apply_registry_stack(reg, args.stack, model, args.out, mode=args.mode,
-                                   preserve_weight=args.preserve_weight, force=args.force)
+        res = apply_registry_stack(
+            reg,
+            args.stack,
+            model,
+            args.out,
+            mode=args.mode,
+            preserve_weight=args.preserve_weight,
+            force=args.force,
+            overwrite=args.overwrite,
+        )
     _print_conflicts_forced(res.conflicts)
     if args.json:
         _print_json({"path": str(res.path), "format": res.format})
@@ -451,22 +547,44 @@ def stack_apply(args) -> int:
 
 
 def stack_export(args) -> int:
-    from fmn_desktop.services.library import export_registry_stack
+    from fmn_desktop.services.library import check_export_out, export_registry_stack
 
+    check_export_out(args.out, args.format, args.overwrite)
     model = load_model(args)
     with _open(args) as reg:
         res, added = export_registry_stack(
-            reg, args.stack, model, args.out, args.format, mode=args.mode, rank=args.rank,
-            max_rel_error=args.max_error, preserve_weight=args.preserve_weight,
-            force=args.force, register=args.register,
+            reg,
+            args.stack,
+            model,
+            args.out,
+            args.format,
+            mode=args.mode,
+            rank=args.rank,
+            max_rel_error=args.max_error,
+            preserve_weight=args.preserve_weight,
+            force=args.force,
+            register=args.register,
+            overwrite=args.overwrite,
         )
     _print_conflicts_forced(res.conflicts)
     if args.json:
-        _print_json({"path": str(res.path), "format": res.format, "rank": res.rank,
-                     "lora_relative_error": res.lora_error,
-                     "registered": added.as_dict() if added else None})
+        _print_json(
+            {
+                "path": str(res.path),
+                "format": res.format,
+                "rank": res.rank,
+                "lora_relative_error": res.lora_error,
+                "registered": added.as_dict() if added else None,
+            }
+        )
         return 0
-    extra = (f" (LoRA rank {res.rank}, relative error {res.lora_error:.4f})"
-             if res.lora_error is not None else "")
-    print(f"wrote {res.path}{extra}" + (f"; registered as #{added.id} {added.name}" if added else ""))
+    extra = (
+        f" (LoRA rank {res.rank}, relative error {res.lora_error:.4f})"
+        if res.lora_error is not None
+        else ""
+    )
+    print(
+        f"wrote {res.path}{extra}"
+        + (safe(f"; registered as #{added.id} {added.name}") if added else "")
+    )
     return 0

@@ -67,7 +67,7 @@ class BroadConfig:
                       "the attribute, the target lies", group="training")
     steps: int = knob(150, "optimisation steps", group="training")
     # lr: the measured setting (docs/research/CORRECTION_AND_BROAD.md)
-    lr: float = knob(1e-3, "learning rate", group="training")
+    lr: float = knob(1e-3, "learning rate", group="training", bounds="positive")
     trainable: str = knob("attn2", "what changes: attn2 K/V, or all of attn2", group="training",
                           choices=("kv", "attn2"))
     # The word-less prompts' term. 4 left 1 frame in 384 word-free images at CFG 1 (base 25;
@@ -75,10 +75,10 @@ class BroadConfig:
     # (docs/research/CORRECTION_AND_BROAD.md).
     uncaptioned_weight: float = knob(
         4.0, "weight of the same prompts without the words (the attribute drawn with no word)",
-        group="loss terms",
+        group="loss terms", bounds="nonneg",
     )
     preserve_weight: float = knob(1.0, "weight of the preserved prompts' predictions",
-                                  group="loss terms")
+                                  group="loss terms", bounds="nonneg")
     # Hold the unconditional ("") prediction: classifier-free guidance measures every prompt
     # against it, and a patch that moved it away from the attribute drew the attribute on
     # word-free prompts (measured: docs/research/CORRECTION_AND_BROAD.md).
@@ -89,6 +89,7 @@ class BroadConfig:
     ordinary_references: int = knob(
         16, "latents drawn from the preservation prompts, on which they and \"\" keep the base "
         "prediction (0: only on the attribute's references)", group="loss terms",
+        bounds="nonneg",
     )
     preserve_prompts: list[str] | None = knob(
         None, "prompt to keep unchanged (repeatable; default: the model's world on the "
@@ -101,7 +102,7 @@ class BroadConfig:
     reference_steps: int = 20
     guidance_scale: float = 5.0
     grad_clip: float = 1.0
-    seed: int = knob(0, "random seed of the job", group="training")
+    seed: int = knob(0, "random seed of the job", group="training", bounds="seed")
 
     def __post_init__(self) -> None:
         if not self.words or any(not w.strip() for w in self.words):

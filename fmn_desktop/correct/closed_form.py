@@ -88,9 +88,9 @@ class CorrectConfig:
         many=True,
     )
     preserve_weight: float = knob(1.0, "weight of the preserved prompts' keys and values",
-                                  group="solve")
+                                  group="solve", bounds="nonneg")
     ridge: float = knob(0.01, "ridge term that keeps the edit near the original weights",
-                        group="solve")
+                        group="solve", bounds="nonneg")
     positions: str = knob("concept+following+eot", "token positions edited", group="solve",
                           choices=POSITION_MODES)
     targets: str = knob("kv", "which projections are edited", group="solve",

@@ -62,7 +62,7 @@ class DisentangleConfig:
     )
     steps: int | None = knob(None, "optimisation steps (default: the re-steering job's)",
                              group="training")
-    seed: int = knob(0, "random seed of the job", group="training")
+    seed: int = knob(0, "random seed of the job", group="training", bounds="seed")
     job_options: dict = field(default_factory=dict)  # other ForgetConfig fields (tests, power use)
 
     def __post_init__(self) -> None:

@@ -162,6 +162,10 @@ def save_embedding(learned: LearnedTokens, path: str | os.PathLike) -> Path:
         "fmn.meta": json.dumps(learned.meta, sort_keys=True, default=str),
     }
     tensor = learned.vectors.detach().to("cpu", torch.float32).contiguous()
+    if not bool(torch.isfinite(tensor).all()):
+        from fmn_desktop.errors import NonFiniteError
+
+        raise NonFiniteError(f"refusing to write {path.name}: the learned vectors hold NaN or inf")
     atomic_write_bytes(path, save({learned.placeholder: tensor}, metadata=metadata))
     return path
 

@@ -9,12 +9,12 @@ refused with a message, never loaded another way.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 import warnings
 from pathlib import Path
 
+from fmn_desktop.fileio import pickled_bytes
 from fmn_desktop.models.errors import ModelLoadError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -37,6 +37,13 @@ def read_safetensors_header(path: str | Path) -> dict:
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
+        if pickled_bytes(head + fh.read(1)):
+            raise ModelLoadError(
+                f"{path.name} is a pickled (torch.save) file, not safetensors, whatever its "
+                "name says; rename it to .ckpt to have it read with the restricted unpickler, "
+                "or convert it with a tool you trust"
+            )
+        fh.seek(8)
         if len(head) < 8:
             raise ModelLoadError(
                 f"{path.name} is empty or truncated ({size} bytes); not a safetensors file"
@@ -125,17 +132,3 @@ def load_pickle_state_dict(path: str | Path) -> dict:
     if not tensors:
         raise ModelLoadError(f"{path.name} holds no tensors")
     return tensors
-
-
-def fsync_dir(folder: Path) -> None:
-    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

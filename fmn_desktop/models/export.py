@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fmn_desktop.models.checkpoint import fsync_dir
+from fmn_desktop.fileio import atomic_folder, atomic_path
 from fmn_desktop.models.ldm import pipeline_family, pipeline_to_ldm
 from fmn_desktop.training import Progress
 
@@ -70,17 +70,9 @@ def export_single_file(
     }
     meta[EMBEDDED_CONFIGS_KEY] = embedded_configs(pipe)
     meta.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    check_finite(tensors)
+    with atomic_path(path) as tmp:
         save_file(_unshare(tensors), str(tmp), metadata=meta)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
     return path
 
 
@@ -118,7 +110,14 @@ def write_embedded_configs(text: str, folder: Path) -> Path:
     """Materialise `embedded_configs` output as a diffusers config folder."""
     import json
 
-    files = json.loads(text)
+    try:
+        files = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"the embedded configs are not valid JSON ({exc})") from None
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise ValueError("the embedded configs are not a map of file names to texts")
     for rel, content in files.items():
         target = (folder / rel).resolve()
         if folder.resolve() not in target.parents:  # no path tricks from a file's metadata
@@ -171,32 +170,57 @@ def save_config_folder(pipe, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def save_model(pipe, out: str | os.PathLike, family: str | None = None) -> Path:
-    """Write `pipe` as one LDM-layout `.safetensors` file (an `out` ending in .safetensors)
-    or a diffusers folder, atomically either way. `family` None: detected from the UNet."""
-    out = Path(out)
-    if out.suffix.lower() == ".safetensors":
-        return export_single_file(pipe, out, family=family)
-    _save_folder_atomically(pipe, out)
+def check_finite(tensors: dict[str, torch.Tensor], what: str = "model") -> None:
+    """Refuse to write weights holding NaN or inf (a bad patch or strength got through)."""
+    from fmn_desktop.errors import NonFiniteError
+
+    bad = [
+        name
+        for name, t in tensors.items()
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteError(f"refusing to write a {what} with NaN or inf weights ({shown})")
+
+
+def pipeline_tensors(pipe) -> dict[str, torch.Tensor]:
+    """Every weight of `pipe`'s modules, as `component.name` -> tensor (no copies)."""
+    out = {}
+    for comp_name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            for name, t in component.state_dict().items():
+                out[f"{comp_name}.{name}"] = t
     return out
 
 
-def _save_folder_atomically(pipe, out: Path) -> None:
-    """save_pretrained into a temporary sibling, then rename: no half-written model folder."""
-    import shutil
-    import tempfile
+def save_model(
+    pipe, out: str | os.PathLike, family: str | None = None, replace: bool = False
+) -> Path:
+    """Write `pipe` as one LDM-layout `.safetensors` file (an `out` ending in .safetensors)
+    or a diffusers folder, atomically either way. `family` None: detected from the UNet.
+    `replace`: an existing diffusers model folder is replaced (else refused); a file is
+    always replaced, so callers check first (services.output)."""
+    out = Path(out)
+    if out.suffix.lower() == ".safetensors":
+        return export_single_file(pipe, out, family=family)
+    _save_folder_atomically(pipe, out, replace)
+    return out
 
+
+def _save_folder_atomically(pipe, out: Path, replace: bool = False) -> None:
+    """save_pretrained into a temporary sibling, then rename: no half-written model folder."""
     from fmn_desktop.errors import FmnError
 
-    if out.exists() and any(out.iterdir()):
-        raise FmnError(f"{out} exists and is not empty; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    if out.exists() and not out.is_dir():
+        raise FmnError(f"{out} is a file; a diffusers model is written as a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not replace:
+            raise FmnError(f"{out} exists and is not empty; choose a new folder")
+        if not (out / "model_index.json").is_file():
+            raise FmnError(
+                f"{out} is not a diffusers model folder; it is not replaced (choose a new folder)"
+            )
+    check_finite(pipeline_tensors(pipe))
+    with atomic_folder(out, replace=replace) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

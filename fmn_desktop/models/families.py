@@ -191,3 +191,21 @@ def detect_family_from_folder(folder: Path) -> tuple[str, str | None]:
     if hidden_act == "gelu" or unet.get("cross_attention_dim") == 1024:
         return "sd2", prediction
     return "sd1", prediction
+
+
+_PARAM_NAMES: dict[str, frozenset[str]] = {}
+
+
+def unet_parameter_names(unet_config_folder: str | Path) -> frozenset[str]:
+    """The parameter names of the UNet a diffusers config folder describes, built on the
+    meta device (no memory, no weights; cached)."""
+    key = str(Path(unet_config_folder).resolve())
+    if key not in _PARAM_NAMES:
+        import torch
+        from diffusers import UNet2DConditionModel
+
+        config = UNet2DConditionModel.load_config(key)
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(config)
+        _PARAM_NAMES[key] = frozenset(n for n, _ in unet.named_parameters())
+    return _PARAM_NAMES[key]

@@ -72,7 +72,28 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     from diffusers.loaders.single_file_utils import SingleFileComponentError
     from safetensors import SafetensorError
 
-    return (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, SafetensorError)
+    # A checkpoint with tensors missing or of the wrong kind fails deep in diffusers with
+    # any of these; for a file we were handed that means "cannot load it", never a bug.
+    return (
+        OSError,
+        ValueError,
+        KeyError,
+        RuntimeError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        SingleFileComponentError,
+        SafetensorError,
+    )
+
+
+def _check_complete(pipe) -> None:
+    """Every weight of every component was read from the file (none left empty)."""
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            for pname, p in component.named_parameters():
+                if p is None or p.device.type == "meta":
+                    raise ModelLoadError(f"the checkpoint lacks {name} weight {pname}")
 
 
 @dataclass
@@ -184,6 +205,7 @@ def load_pipeline(
                 model = _load_folder(path, family, prediction_type, dtype)
             else:
                 model = _load_file(path, family, prediction_type, dtype, config)
+            _check_complete(model.pipe)
     except FmnError:
         raise
     except _load_errors() as exc:
@@ -366,7 +388,10 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
         return _from_single_file(path, detected, cfg, prediction, dtype, notes, standard=False)
     if embedded:
         with tempfile.TemporaryDirectory(prefix="fmn-config-") as tmp:
-            write_embedded_configs(embedded, Path(tmp))
+            try:
+                write_embedded_configs(embedded, Path(tmp))
+            except ValueError as exc:
+                raise ModelLoadError(f"{path.name}: {exc}; give --config DIR") from None
             notes.append("configs embedded in the file by fmn's exporter")
             model = _from_single_file(
                 path, detected, Path(tmp), prediction, dtype, notes, standard=False

@@ -2,7 +2,9 @@
 
 Each touched weight is backed up once (a clone of the original tensor), the sum
 ``W0 + sum_i s_i dW_i`` is computed in fp32 and cast back, and `restore` copies the backups
-back, so the weights after removal are the very bits they were before.
+back, so the weights after removal are the very bits they were before. Strengths are bounded
+(`limits.MAX_STRENGTH`) and a sum that is not finite in the weight's own dtype (fp16
+overflows at 65504) is refused with every weight left as it was.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from collections.abc import Iterable
 
 import torch
 
-from fmn_desktop.errors import PatchMismatchError
+from fmn_desktop.errors import NonFiniteError, PatchMismatchError
 from fmn_desktop.patch.format import Patch
+from fmn_desktop.patch.validate import check_strength
 
 
 def check_compatible(
@@ -63,7 +66,7 @@ class PatchedUNet:
         force: bool = False,
     ):
         self.unet = unet
-        self.patches = list(patches)
+        self.patches = [(p, check_strength(s)) for p, s in patches]
         self.fingerprint = fingerprint
         self.force = force
         self._backup: dict[str, torch.Tensor] = {}
@@ -80,10 +83,17 @@ class PatchedUNet:
         with torch.no_grad():
             for name, total in totals.items():
                 weight = params[name]
+                base = self._backup[name] if name in self._backup else weight.detach()
+                new = (base.float() + total).to(weight.dtype)
+                if not bool(torch.isfinite(new).all()):
+                    self.restore()
+                    raise NonFiniteError(
+                        f"{name}: the patched weight would hold NaN or inf ({weight.dtype}); "
+                        "lower the strength, or the patch is broken"
+                    )
                 if name not in self._backup:
                     self._backup[name] = weight.detach().clone()
-                base = self._backup[name]
-                weight.copy_((base.float() + total).to(weight.dtype))
+                weight.copy_(new)
         return self
 
     def restore(self) -> None:

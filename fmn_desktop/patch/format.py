@@ -30,8 +30,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
-from fmn_desktop.fileio import atomic_write_bytes
+from fmn_desktop.fileio import atomic_write_bytes, looks_pickled
 from fmn_desktop.models.families import EMBEDDED_FAMILY
+from fmn_desktop.patch.validate import (
+    alpha_value,
+    check_finite_tensors,
+    validate_delta,
+    validate_deltas,
+)
 
 FORMAT_VERSION = "1"
 LORA_PREFIX = "lora_unet_"
@@ -67,6 +73,8 @@ class Delta:
             out = self.dense.float()
         else:
             assert self.up is not None and self.down is not None
+            if not self.rank:
+                raise PatchFormatError("a LoRA delta of rank 0 changes nothing; not a patch")
             scale = (self.alpha if self.alpha is not None else self.rank) / self.rank
             out = (self.up.float().flatten(1) @ self.down.float().flatten(1)) * scale
         return out.reshape(shape) if shape is not None else out
@@ -130,9 +138,17 @@ class PatchMeta:
     def from_metadata(cls, meta: dict[str, str]) -> PatchMeta:
         def loads(key: str, default: Any) -> Any:
             try:
-                return json.loads(meta[key]) if key in meta else default
-            except json.JSONDecodeError as exc:
+                value = json.loads(meta[key]) if key in meta else default
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise PatchFormatError(f"patch metadata {key!r} is not valid JSON: {exc}") from exc
+            if not isinstance(value, type(default)):
+                want = "a JSON object" if isinstance(default, dict) else "a JSON list"
+                raise PatchFormatError(
+                    f"patch metadata {key!r} must be {want}, not {type(value).__name__}"
+                )
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise PatchFormatError(f"patch metadata {key!r} must be a list of strings")
+            return value
 
         return cls(
             concepts=loads("fmn.concepts", []),
@@ -207,9 +223,18 @@ def save_patch(patch: Patch, path: str | os.PathLike, fmt: str | None = None) ->
     Dense deltas are written as `.diff`; writing them as LoRA needs `to_lora` first.
     """
     path = Path(path)
+    atomic_write_bytes(path, patch_bytes(patch, fmt, path.name))
+    return path
+
+
+def patch_bytes(patch: Patch, fmt: str | None = None, what: str = "patch") -> bytes:
+    """The safetensors bytes `save_patch` writes; refuses anything unusable (NaN, inf,
+    rank 0, mismatched factors) so that no such file is ever written."""
     fmt = fmt or ("lora" if patch.is_lora else "diff")
     if fmt not in ("lora", "diff"):
         raise ValueError(f"unknown patch format {fmt!r}; valid: 'lora', 'diff'")
+    for name, delta in patch.deltas.items():
+        validate_delta(name, delta, what)
     tensors: dict[str, torch.Tensor] = {}
     ranks, alphas = set(), set()
     for name, delta in sorted(patch.deltas.items()):
@@ -222,7 +247,7 @@ def save_patch(patch: Patch, path: str | os.PathLike, fmt: str | None = None) ->
             tensors[f"{key}.lora_down.weight"] = delta.down.contiguous()
             tensors[f"{key}.lora_up.weight"] = delta.up.contiguous()
             alpha = float(delta.alpha if delta.alpha is not None else delta.rank)
-            tensors[f"{key}.alpha"] = torch.tensor(alpha)
+            tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
             ranks.add(delta.rank)
             alphas.add(alpha)
         else:
@@ -231,11 +256,12 @@ def save_patch(patch: Patch, path: str | os.PathLike, fmt: str | None = None) ->
             )
     if not tensors:
         raise PatchFormatError("refusing to write an empty patch")
+    check_finite_tensors(tensors, what)
+    check_finite_tensors(patch.meta.stats, f"{what} (its stored statistics)")
     rank = max(ranks) if ranks else None
     alpha = max(alphas) if alphas else None
     metadata = patch.meta.to_metadata(fmt, rank, alpha)
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
-    return path
+    return save(tensors, metadata=metadata)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -246,12 +272,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def _open(path: str | os.PathLike):
     path = Path(path)
+    if path.is_dir():
+        raise PatchFormatError(f"{path} is a folder, not a patch file")
     if not path.is_file():
         raise PatchFormatError(f"no such patch file: {path}")
-    if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}:
+    if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"} or looks_pickled(path):
         raise PatchFormatError(
-            f"{path.name}: pickled files are never loaded (they can run code); "
-            "convert it to .safetensors with a tool you trust"
+            f"{path.name} is a pickled (torch.save) file: pickled files are never loaded "
+            "(they can run code); convert it to .safetensors with a tool you trust"
         )
     try:
         return safe_open(str(path), framework="pt", device="cpu")
@@ -296,14 +324,20 @@ def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -
         if module_names is not None and module_key not in lookup:
             raise PatchMismatchError(f"{module_key}: no such module in this UNet")
         module = lookup.get(module_key, module_key[len(LORA_PREFIX) :])
-        if "lora_down.weight" in parts:
-            if "lora_up.weight" not in parts:
-                raise PatchFormatError(f"{module_key}: lora_down without lora_up")
+        if "lora_down.weight" in parts or "lora_up.weight" in parts or "alpha" in parts:
+            if "lora_up.weight" not in parts or "lora_down.weight" not in parts:
+                raise PatchFormatError(
+                    f"{Path(path).name}: {module_key}: lora_down and lora_up come in pairs"
+                )
+            if "diff" in parts:
+                raise PatchFormatError(f"{Path(path).name}: {module_key}: both LoRA and diff")
             alpha = parts.get("alpha")
             deltas[f"{module}.weight"] = Delta(
                 up=parts["lora_up.weight"],
                 down=parts["lora_down.weight"],
-                alpha=float(alpha) if alpha is not None else None,
+                alpha=alpha_value(alpha, f"{Path(path).name}: {module_key}")
+                if alpha is not None
+                else None,
             )
         if "diff" in parts:
             deltas[f"{module}.weight"] = Delta(dense=parts["diff"])
@@ -312,12 +346,7 @@ def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -
         unknown = set(parts) - {"lora_down.weight", "lora_up.weight", "alpha", "diff", "diff_b"}
         if unknown:
             raise PatchFormatError(f"{module_key}: unsupported tensors {sorted(unknown)}")
-    for name, delta in deltas.items():
-        values = delta.dense if delta.dense is not None else delta.up
-        if not torch.isfinite(values.float()).all() or (
-            delta.down is not None and not torch.isfinite(delta.down.float()).all()
-        ):
-            raise PatchFormatError(f"{Path(path).name}: {name} contains NaN or inf")
+    validate_deltas(deltas, Path(path).name)
     return Patch(deltas=deltas, meta=PatchMeta.from_metadata(meta))
 
 

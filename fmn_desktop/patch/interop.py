@@ -28,6 +28,7 @@ import torch
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
 from fmn_desktop.patch.apply import check_compatible
 from fmn_desktop.patch.format import LORA_PREFIX, Delta, Patch, PatchMeta, read_tensors
+from fmn_desktop.patch.validate import FLOAT_DTYPES, alpha_value, validate_deltas
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 TEXT_PREFIXES = (
@@ -135,8 +136,10 @@ def _group_kohya(
             deltas[f"{module}.weight"] = Delta(
                 up=parts["lora_up.weight"],
                 down=parts["lora_down.weight"],
-                alpha=float(alpha) if alpha is not None else None,
+                alpha=alpha_value(alpha, f"{name}: {module_key}") if alpha is not None else None,
             )
+        elif "alpha" in parts:
+            raise PatchFormatError(f"{name}: {module_key}: alpha without lora_down / lora_up")
         if "diff" in parts:
             deltas[f"{module}.weight"] = Delta(dense=parts["diff"])
         if "diff_b" in parts:
@@ -173,7 +176,7 @@ def _group_peft(raw: dict[str, torch.Tensor], modules: set[str], name: str) -> d
         deltas[f"{module}.weight"] = Delta(
             up=parts["lora_B"],
             down=parts["lora_A"],
-            alpha=float(alpha) if alpha is not None else None,
+            alpha=alpha_value(alpha, f"{name}: {module}") if alpha is not None else None,
         )
     return deltas
 
@@ -203,6 +206,8 @@ def _absolute_deltas(
         if k not in params:
             unknown.append(key)
             continue
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise PatchFormatError(f"{name}: {key} has dtype {tensor.dtype}, not a float weight")
         if tuple(tensor.shape) != tuple(params[k].shape):
             shapes.append(f"{key} {tuple(tensor.shape)} vs {tuple(params[k].shape)}")
             continue
@@ -287,10 +292,7 @@ def import_patch(
         deltas = _group_peft(raw, set(unet_module_names(unet)), name)
     else:
         deltas = _absolute_deltas(raw, model.pipe, name, notes)
-    for pname, delta in deltas.items():
-        vals = [t for t in (delta.dense, delta.up, delta.down) if t is not None]
-        if not all(torch.isfinite(t.float()).all() for t in vals):
-            raise PatchFormatError(f"{name}: {pname} contains NaN or inf")
+    validate_deltas(deltas, name)
     if fmt == "fmn":
         meta = PatchMeta.from_metadata(metadata)
         if concepts:

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
-from fmn_desktop.errors import FmnError, PatchMismatchError
+from fmn_desktop.errors import FmnError, NonFiniteError, PatchMismatchError
 from fmn_desktop.patch.apply import PatchedUNet, check_compatible
 from fmn_desktop.patch.format import Delta, Patch, PatchMeta, save_patch
 from fmn_desktop.patch.lowrank import write_patch
+from fmn_desktop.patch.validate import check_strength
 
 MODES = ("additive", "fused")
 PRESERVATION_FILE = Path(__file__).resolve().parent / "data" / "preservation_prompts.txt"
@@ -172,17 +173,24 @@ def find_conflicts(
             bases.setdefault(e.patch.meta.base_fingerprint, []).append(e.label())
     if len(bases) > 1:
         parts = "; ".join(f"{fp[:12]}: {', '.join(names)}" for fp, names in bases.items())
-        out.append(Conflict("base", f"patches were made for different base models ({parts})",
-                            tuple(n for names in bases.values() for n in names)))
+        out.append(
+            Conflict(
+                "base",
+                f"patches were made for different base models ({parts})",
+                tuple(n for names in bases.values() for n in names),
+            )
+        )
     if fingerprint:
         wrong = [n for fp, names in bases.items() if fp != fingerprint for n in names]
         if wrong and len(bases) <= 1:
-            out.append(Conflict(
-                "base",
-                f"{', '.join(wrong)} made for base {next(iter(bases))[:12]}, this model is "
-                f"{fingerprint[:12]}",
-                tuple(wrong),
-            ))
+            out.append(
+                Conflict(
+                    "base",
+                    f"{', '.join(wrong)} made for base {next(iter(bases))[:12]}, this model is "
+                    f"{fingerprint[:12]}",
+                    tuple(wrong),
+                )
+            )
     reported: set[tuple[int, int]] = set()
     for i, a in enumerate(entries):
         for j in range(i + 1, len(entries)):
@@ -193,14 +201,17 @@ def find_conflicts(
                 _norm(c) for c in b.patch.meta.concepts
             }
             if same and a.patch.meta.kind != b.patch.meta.kind:
-                out.append(Conflict(
-                    "forget-and-correct",
-                    f"{', '.join(sorted(same))} is forgotten by {a.label()!r} and corrected by "
-                    f"{b.label()!r}" if a.patch.meta.kind == "forget" else
-                    f"{', '.join(sorted(same))} is corrected by {a.label()!r} and forgotten by "
-                    f"{b.label()!r}",
-                    (a.label(), b.label()),
-                ))
+                out.append(
+                    Conflict(
+                        "forget-and-correct",
+                        f"{', '.join(sorted(same))} is forgotten by {a.label()!r} and corrected by "
+                        f"{b.label()!r}"
+                        if a.patch.meta.kind == "forget"
+                        else f"{', '.join(sorted(same))} is corrected by {a.label()!r} and forgotten by "
+                        f"{b.label()!r}",
+                        (a.label(), b.label()),
+                    )
+                )
                 reported.add((i, j))
                 continue
             if a.aim == b.aim:
@@ -210,13 +221,17 @@ def find_conflicts(
             eb = b.patch.meta.stats.get("concept_embeddings")
             rows = ea is not None and eb is not None and _shared_rows(ea, eb, token_similarity)
             if words or rows:
-                on = f"tokens {', '.join(sorted(words))!s}" if words else "the same token embeddings"
-                out.append(Conflict(
-                    "opposite-aims",
-                    f"{a.label()!r} (strength {a.strength:g}) and {b.label()!r} (strength "
-                    f"{b.strength:g}) act on {on} with opposite aims",
-                    (a.label(), b.label()),
-                ))
+                on = (
+                    f"tokens {', '.join(sorted(words))!s}" if words else "the same token embeddings"
+                )
+                out.append(
+                    Conflict(
+                        "opposite-aims",
+                        f"{a.label()!r} (strength {a.strength:g}) and {b.label()!r} (strength "
+                        f"{b.strength:g}) act on {on} with opposite aims",
+                        (a.label(), b.label()),
+                    )
+                )
     return out
 
 
@@ -227,8 +242,9 @@ def additive_deltas(
     """``sum_i s_i dW_i`` per parameter, fp32 on the CPU."""
     totals: dict[str, torch.Tensor] = {}
     for e in entries:
+        strength = check_strength(e.strength, f"strength of {e.label()!r}")
         for name, delta in e.patch.deltas.items():
-            d = delta.to_dense(params[name].shape).float().cpu() * float(e.strength)
+            d = delta.to_dense(params[name].shape).float().cpu() * strength
             totals[name] = totals[name] + d if name in totals else d
     return totals
 
@@ -247,8 +263,8 @@ class FusionSolver:
         preserve_weight: float = 1.0,
         ridge: float = 1e-3,
     ):
-        self.preserve_weight = float(preserve_weight)
-        self.ridge = float(ridge)
+        self.preserve_weight = _weight(preserve_weight, "preserve weight")
+        self.ridge = _weight(ridge, "ridge")
         self._pres = None if preservation is None else self._gram(preservation)
         self._entries: dict[str, tuple[Patch, float, torch.Tensor]] = {}
 
@@ -268,8 +284,16 @@ class FusionSolver:
                 "stack it additively, or give the model so they are computed from its concepts"
             )
         if e.dim() != 2:
-            raise FmnError(f"patch {key!r}: concept embeddings must be (n, dim), got {tuple(e.shape)}")
-        self._entries[key] = (patch, float(strength), self._gram(e))
+            raise FmnError(
+                f"patch {key!r}: concept embeddings must be (n, dim), got {tuple(e.shape)}"
+            )
+        if not bool(torch.isfinite(e).all()):
+            raise NonFiniteError(f"patch {key!r}: its concept embeddings hold NaN or inf")
+        self._entries[key] = (
+            patch,
+            check_strength(strength, f"strength of {key!r}"),
+            self._gram(e),
+        )
 
     def remove(self, key: str) -> None:
         if key not in self._entries:
@@ -281,7 +305,7 @@ class FusionSolver:
 
     def set_strength(self, key: str, strength: float) -> None:
         patch, _, gram = self._entries[key]
-        self._entries[key] = (patch, float(strength), gram)
+        self._entries[key] = (patch, check_strength(strength, f"strength of {key!r}"), gram)
 
     def solve(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Target deltas ``W* - W0`` (fp32, CPU) of every K/V weight any patch touches, plus the
@@ -326,7 +350,21 @@ class FusionSolver:
                 rows = numer[n].shape[0]
                 out[n] = solved[row : row + rows].float()
                 row += rows
+        bad = sorted(n for n, d in out.items() if not bool(torch.isfinite(d).all()))
+        if bad:
+            raise NonFiniteError(
+                f"the fused solution is not finite for {', '.join(bad[:3])}; the stack's "
+                "strengths or embeddings are too extreme"
+            )
         return out
+
+
+def _weight(value: float, what: str) -> float:
+    """A non-negative finite weight of the fusion (preservation weight, ridge)."""
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or v > 1e6:
+        raise NonFiniteError(f"{what} must be a finite number from 0 to 1e6, not {value!r}")
+    return v
 
 
 @dataclass
@@ -339,6 +377,8 @@ class ComposeSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown stack mode {self.mode!r}; valid: {', '.join(MODES)}")
+        self.preserve_weight = _weight(self.preserve_weight, "preserve weight")
+        self.ridge = _weight(self.ridge, "ridge")
 
 
 def stack_preservation_prompts(
@@ -430,8 +470,12 @@ def stack_meta(
             "preserve_weight": settings.preserve_weight,
             "ridge": settings.ridge,
             "members": [
-                {"name": e.label(), "strength": e.strength, "kind": e.patch.meta.kind,
-                 "concepts": e.patch.meta.concepts}
+                {
+                    "name": e.label(),
+                    "strength": e.strength,
+                    "kind": e.patch.meta.kind,
+                    "concepts": e.patch.meta.concepts,
+                }
                 for e in entries
             ],
         },
@@ -451,7 +495,12 @@ def stack_patch(
     if not entries:
         raise FmnError("the stack is empty: add patches first")
     deltas = compose(entries, unet, settings, pipe)
-    return Patch({n: Delta(dense=d) for n, d in deltas.items()}, stack_meta(entries, settings, title))
+    bad = sorted(n for n, d in deltas.items() if not bool(torch.isfinite(d).all()))
+    if bad:
+        raise NonFiniteError(f"the stack's total change is not finite for {', '.join(bad[:3])}")
+    return Patch(
+        {n: Delta(dense=d) for n, d in deltas.items()}, stack_meta(entries, settings, title)
+    )
 
 
 def check_stack(
@@ -517,10 +566,12 @@ def export_stack(
     max_rel_error: float | None = None,
     force: bool = False,
     title: str = "",
+    replace: bool = False,
 ) -> StackExport:
     """Write a stack as one kohya LoRA (truncated SVD: `rank`, or the smallest rank within
     `max_rel_error`, default 1%; the error achieved is returned and stored), a `.diff`, a
-    patched diffusers folder or a single-file checkpoint."""
+    patched diffusers folder or a single-file checkpoint (`replace`: an existing model
+    folder is replaced; files are always replaced, so callers check first)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     settings = settings or ComposeSettings()
@@ -546,7 +597,9 @@ def export_stack(
     if fmt == "diffusers" and out.suffix.lower() == ".safetensors":
         raise FmnError(f"a diffusers folder is a folder: give a name without .safetensors ({out})")
     with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint, force=True):
-        save_model(model.pipe, out, family=getattr(model, "architecture_family", None))
+        save_model(
+            model.pipe, out, family=getattr(model, "architecture_family", None), replace=replace
+        )
     return StackExport(out, fmt, None, None, conflicts)
 
 
@@ -568,11 +621,16 @@ class PatchStack:
         self._preservation: dict[tuple[str, ...], torch.Tensor] = {}
 
     def load(self, patch: Patch, name: str | None = None, strength: float = 1.0) -> str:
-        name = name or patch.meta.title or ", ".join(patch.meta.concepts) or f"patch{len(self._entries)}"
+        name = (
+            name
+            or patch.meta.title
+            or ", ".join(patch.meta.concepts)
+            or f"patch{len(self._entries)}"
+        )
         if name in self._entries:
             raise ValueError(f"a patch named {name!r} is already loaded; valid: {self.names()}")
         check_compatible(patch, self.model.pipe.unet, self.model.fingerprint, force=True)
-        self._entries[name] = StackEntry(patch, float(strength), name)
+        self._entries[name] = StackEntry(patch, check_strength(strength), name)
         self._refresh()
         return name
 
@@ -596,9 +654,7 @@ class PatchStack:
         if len(weights) != len(names):
             raise ValueError(f"{len(names)} names but {len(weights)} weights")
         for n, w in zip(names, weights):
-            if not math.isfinite(float(w)):
-                raise ValueError(f"weight of {n!r} must be finite")
-            self._entries[n].strength = float(w)
+            self._entries[n].strength = check_strength(w, f"weight of {n!r}")
         self._refresh()
 
     def unload(self, name: str) -> None:
@@ -629,8 +685,7 @@ class PatchStack:
             if prompts not in self._preservation:  # encoded once per set of prompts
                 self._preservation[prompts] = prompt_embeddings(self.model.pipe, prompts)
             pres = self._preservation[prompts]
-        deltas = compose(self.entries(), self.model.pipe.unet, self.settings, self.model.pipe,
-                         pres)
+        deltas = compose(self.entries(), self.model.pipe.unet, self.settings, self.model.pipe, pres)
         patch = Patch({n: Delta(dense=d) for n, d in deltas.items()}, PatchMeta(concepts=[]))
         self._applied = PatchedUNet(self.model.pipe.unet, [(patch, 1.0)]).apply()
         return conflicts

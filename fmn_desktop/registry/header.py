@@ -10,10 +10,10 @@ import json
 import struct
 from dataclasses import dataclass
 
+from fmn_desktop.fileio import pickled_bytes
 from fmn_desktop.registry.errors import RegistryError
 
 MAX_HEADER = 100 * 1024 * 1024
-PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, torch's zip container
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,7 @@ class Header:
 
 def parse_header(data: bytes, what: str = "file") -> Header:
     """Parse and validate a whole safetensors file held in memory."""
-    # A safetensors file starts with its header length (any first byte, 0x80 included) and
-    # then "{": only a file that is not one is judged by the pickle magic bytes.
-    looks_safetensors = len(data) > 8 and data[8:9] == b"{"
-    if not looks_safetensors and (data[:1] == PICKLE_MAGIC[0] or data[:4] == PICKLE_MAGIC[1]):
+    if pickled_bytes(data[:9]):
         raise RegistryError(
             f"{what} is a pickled (torch.save) file: it is never loaded, since unpickling can "
             "run code; convert it to .safetensors with a tool you trust"

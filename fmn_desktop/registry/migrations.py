@@ -126,3 +126,11 @@ def m002_search(db: Database) -> None:
     db["patches"].populate_fts(FTS_COLUMNS)
     db["evaluations"].create_index(["patch_id"])
     db["evaluations"].create_index(["stack_id"])
+
+
+@migrations()
+def m003_job_owner(db: Database) -> None:
+    """Which process runs a job (pid, host), so that one a dead process left "running" is
+    marked "interrupted" at the next open."""
+    db["jobs"].add_column("pid", int)
+    db["jobs"].add_column("host", str)

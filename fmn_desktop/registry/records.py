@@ -98,3 +98,5 @@ class JobRecord:
     finished: str | None
     patch_id: int | None = None
     stack_id: int | None = None
+    pid: int | None = None
+    host: str = ""

@@ -12,7 +12,17 @@ leaves the old state or the new one:
 
 The database runs in WAL mode with a busy timeout, so the desktop app and a CLI can use one
 registry at once; write transactions start with BEGIN IMMEDIATE (no lock upgrades, hence no
-deadlock between two writers).
+deadlock between two writers). Whether bytes are already registered is decided inside the
+write transaction, so two processes importing one file both see it registered once.
+
+Opening a registry that can be written also tidies up after processes that were killed: jobs
+they left "running" become "interrupted" (each job row records its pid and host), and their
+temporary files in the store are removed. A registry whose database or folder cannot be
+written is opened read-only: listing, showing and searching work, writes are refused.
+
+Patches are named by id as ``#12`` or ``id:12``; a bare number of fewer than 6 digits is an
+id too, while 6 or more hex digits (digits only included) are a sha256 prefix, which needs
+at least 6: the two can never be confused.
 
 >>> with Registry.open("/tmp/fmn-registry") as reg:  # doctest: +SKIP
 ...     rec = reg.add_patch(open("castle.safetensors", "rb").read(), tags=["demo"])
@@ -26,6 +36,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -35,6 +46,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from fmn_desktop.fileio import pid_alive, sweep
+from fmn_desktop.limits import strength_problem
 from fmn_desktop.registry.errors import (
     NotFoundError,
     PatchInUseError,
@@ -57,8 +70,35 @@ from fmn_desktop.registry.store import PatchStore, sha256_bytes, sha256_file
 
 KINDS = ("forget", "correct")
 STACK_MODES = ("additive", "fused")
-JOB_STATUSES = ("running", "ok", "failed", "cancelled")
+JOB_STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
 GC_GRACE_S = 3600.0
+ID_RE = re.compile(r"(?:#|id:)\s*(\d+)", re.IGNORECASE)
+SHA_PREFIX_MIN = 6
+SHORT_ID_RE = re.compile(r"\d{1,5}")  # a bare number of fewer than SHA_PREFIX_MIN digits
+SHA_PREFIX_RE = re.compile(r"[0-9a-f]{6,64}")
+REF_HELP = (
+    "a patch: its name, #ID (or id:ID, or a number of up to 5 digits), or a sha256 prefix "
+    f"of at least {SHA_PREFIX_MIN} hex digits (digits only included)"
+)
+
+
+def parse_id(text: str) -> int | None:
+    """The id of a reference written `#12`, `id:12`, or as a bare number of up to 5 digits
+    (6 or more digits are a sha256 prefix); else None."""
+    text = text.strip()
+    m = ID_RE.fullmatch(text)
+    if m:
+        return int(m.group(1))
+    if SHORT_ID_RE.fullmatch(text):
+        return int(text)
+    return None
+
+
+def host_name() -> str:
+    try:
+        return socket.gethostname()
+    except OSError:
+        return ""
 
 
 def now() -> str:
@@ -105,10 +145,11 @@ def _sqlite_error(exc: sqlite3.Error, path: Path) -> RegistryError:
 class Registry:
     """One registry folder: `registry.db` and the `patches/` store beside it."""
 
-    def __init__(self, root: Path, db: Database, busy_timeout: float):
+    def __init__(self, root: Path, db: Database, busy_timeout: float, readonly: bool = False):
         self.root = root
         self.db = db
         self.busy_timeout = busy_timeout
+        self.readonly = readonly
         self.store = PatchStore(root / STORE_NAME)
         # One connection may be shared by the GUI's threads: one statement or transaction
         # at a time (separate processes are serialised by SQLite's own locks).
@@ -117,17 +158,29 @@ class Registry:
     # ----------------------------------------------------------------- opening
     @classmethod
     def open(
-        cls, root: str | os.PathLike | None = None, busy_timeout: float = 10.0
+        cls,
+        root: str | os.PathLike | None = None,
+        busy_timeout: float = 10.0,
+        readonly: bool | None = None,
     ) -> Registry:
-        """Open (creating if needed) and migrate the registry at `root` (see `registry_dir`)."""
+        """Open (creating if needed) and migrate the registry at `root` (see `registry_dir`).
+
+        `readonly` None: read-only when the database or its folder cannot be written (then
+        nothing is created, migrated or tidied), else read-write."""
         root = registry_dir(root)
         path = root / DB_NAME
+        if path.exists() and path.is_dir():
+            raise RegistryError(f"{path} is a folder, not a registry database")
+        if readonly is None:
+            readonly = path.is_file() and not (
+                os.access(path, os.W_OK) and os.access(root, os.W_OK | os.X_OK)
+            )
+        if readonly:
+            return cls._open_readonly(root, path, busy_timeout)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RegistryError(f"cannot create registry folder {root}: {exc}") from exc
-        if path.exists() and path.is_dir():
-            raise RegistryError(f"{path} is a folder, not a registry database")
         try:
             conn = sqlite3.connect(
                 str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -142,6 +195,7 @@ class Registry:
             if mode != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             reg.migrate()
+            reg.recover()
         except sqlite3.Error as exc:
             conn.close()
             raise _sqlite_error(exc, path) from exc
@@ -149,6 +203,56 @@ class Registry:
             conn.close()
             raise
         return reg
+
+    @classmethod
+    def _open_readonly(cls, root: Path, path: Path, busy_timeout: float) -> Registry:
+        from urllib.parse import quote
+
+        if not path.is_file():
+            raise RegistryError(f"no registry database at {path}")
+        uri = f"file:{quote(str(path.resolve()))}"
+        last: sqlite3.Error | None = None
+        # mode=ro reads a WAL database when its -shm can be used; a folder nobody may write
+        # (so no -shm can exist or change) is read as immutable.
+        for query in ("?mode=ro", "?immutable=1"):
+            try:
+                conn = sqlite3.connect(
+                    uri + query,
+                    uri=True,
+                    timeout=busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                conn.execute("select count(*) from sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            return cls(root, Database(conn), busy_timeout, readonly=True)
+        assert last is not None
+        raise _sqlite_error(last, path) from last
+
+    def recover(self) -> None:
+        """Tidy up after killed processes: their "running" jobs on this host become
+        "interrupted", their temporary files in the store and the registry folder go."""
+        if self.readonly:
+            return
+        host = host_name()
+        rows = self._rows(
+            "select id, pid from jobs where status = 'running' and host = ? and pid is not null",
+            [host],
+        )
+        dead = [r["id"] for r in rows if not pid_alive(int(r["pid"]))]
+        if dead:
+            with self._write() as db:
+                for job_id in dead:
+                    db.execute(
+                        "update jobs set status = 'interrupted', finished = ?, message = ? "
+                        "where id = ? and status = 'running'",
+                        [now(), "the process running it ended before it did", job_id],
+                    )
+        self.store.sweep()
+        sweep(self.root)
 
     def migrate(self, stop_before: str | None = None) -> None:
         """Apply pending migrations (serialised between processes by a write lock)."""
@@ -173,6 +277,11 @@ class Registry:
     @contextlib.contextmanager
     def _write(self) -> Iterator[Database]:
         """One write transaction (BEGIN IMMEDIATE); nested sqlite-utils calls use savepoints."""
+        if self.readonly:
+            raise RegistryError(
+                f"registry {self.root} is read-only (its database or folder cannot be "
+                "written): listing and showing work, changes do not"
+            )
         with self._lock:
             with self._transaction() as db:
                 yield db
@@ -226,9 +335,19 @@ class Registry:
                     {k: v for k, v in dict(name=name, path=path, family=family).items() if v},
                 )
             else:
-                new_id = db["base_models"].insert(
-                    dict(fingerprint=fingerprint, name=name, path=path, family=family, added=now())
-                ).last_pk
+                new_id = (
+                    db["base_models"]
+                    .insert(
+                        dict(
+                            fingerprint=fingerprint,
+                            name=name,
+                            path=path,
+                            family=family,
+                            added=now(),
+                        )
+                    )
+                    .last_pk
+                )
                 db.execute(  # patches registered before their base model was known
                     "update patches set base_model_id = ? where base_fingerprint = ?",
                     [new_id, fingerprint],
@@ -297,6 +416,23 @@ class Registry:
 
         Adding bytes already stored returns the existing record (tags are merged).
         """
+        return self.put_patch(
+            data, name=name, tags=tags, notes=notes, source=source, concepts=concepts, kind=kind
+        )[0]
+
+    def put_patch(
+        self,
+        data: bytes | os.PathLike | str,
+        *,
+        name: str | None = None,
+        tags: Iterable[str] = (),
+        notes: str = "",
+        source: str = "",
+        concepts: list[str] | None = None,
+        kind: str | None = None,
+    ) -> tuple[PatchRecord, bool]:
+        """`add_patch`, and whether the bytes were new. The record returned is the row as
+        committed, even if another process removes it right after."""
         if not isinstance(data, bytes):
             path = Path(data)
             if not path.is_file():
@@ -305,39 +441,58 @@ class Registry:
             data = path.read_bytes()
         header = parse_header(data, what=Path(source).name if source else "patch file")
         sha = sha256_bytes(data)
+        tags = sorted({t.strip() for t in tags if t.strip()})
         existing = self.find_sha(sha)
         if existing is not None:
-            if tags:
-                return self.tag(existing.id, add=tags)
-            return existing
+            return (self.tag(existing.id, add=tags) if tags else existing), False
         row = self._row_from_header(header, sha, len(data), source, notes, concepts, kind)
-        if name is not None and not name.strip():
-            raise RegistryError("a patch name cannot be empty")
-        if name is not None and re.fullmatch(r"\d+", name.strip()):
-            raise RegistryError(f"a patch name cannot be a bare number ({name!r}): ids are")
-        row["tags"] = json.dumps(sorted({t.strip() for t in tags if t.strip()}))
+        if name is not None:
+            check_patch_name(name)
+        row["tags"] = json.dumps(tags)
+        self._write_guard()
         _, written = self.store.put(data, sha)
+        new = True
         try:
             with self._write() as db:
-                if name is not None and self._rows(
-                    "select 1 from patches where name = ?", [name.strip()]
-                ):
-                    raise RegistryError(f"a patch named {name.strip()!r} already exists")
-                row["name"] = name.strip() if name is not None else self._unique_name(
-                    _slug(f"{row['kind']}-{'-'.join(_json_list(row['concepts']))}")
-                )
-                base = self._rows(
-                    "select id from base_models where fingerprint = ?", [row["base_fingerprint"]]
-                )
-                row["base_model_id"] = base[0]["id"] if base else None
-                self._insert_patch_row(db, row)
+                again = self._rows("select * from patches where sha256 = ?", [sha])
+                if again:  # another process registered the same bytes meanwhile
+                    new = False
+                    if tags:
+                        merged = sorted(set(_json_list(again[0]["tags"])) | set(tags))
+                        db["patches"].update(again[0]["id"], {"tags": json.dumps(merged)})
+                else:
+                    if name is not None and self._rows(
+                        "select 1 from patches where name = ?", [name.strip()]
+                    ):
+                        raise RegistryError(f"a patch named {name.strip()!r} already exists")
+                    if not self.store.has(sha):  # a concurrent removal took the file
+                        self.store.put(data, sha)
+                    row["name"] = (
+                        name.strip()
+                        if name is not None
+                        else self._unique_name(
+                            _slug(f"{row['kind']}-{'-'.join(_json_list(row['concepts']))}")
+                        )
+                    )
+                    base = self._rows(
+                        "select id from base_models where fingerprint = ?",
+                        [row["base_fingerprint"]],
+                    )
+                    row["base_model_id"] = base[0]["id"] if base else None
+                    self._insert_patch_row(db, row)
+                committed = self._rows("select * from patches where sha256 = ?", [sha])[0]
         except BaseException:
-            if written and self.find_sha(sha) is None:
-                self.store.delete(sha)
+            if written and new:
+                with contextlib.suppress(RegistryError, sqlite3.Error):
+                    if self.find_sha(sha) is None:
+                        self.store.delete(sha)
             raise
-        record = self.find_sha(sha)
-        assert record is not None
-        return record
+        return self._patch(committed), new
+
+    def _write_guard(self) -> None:
+        if self.readonly:
+            with self._write():
+                pass  # raises the read-only error
 
     def _insert_patch_row(self, db: Database, row: dict) -> None:
         db["patches"].insert(row)
@@ -381,16 +536,31 @@ class Registry:
         )
 
     def get_patch(self, ref: str | int) -> PatchRecord:
-        """A patch by id, name, or a unique sha256 prefix (at least 6 hex digits)."""
+        """A patch by id (an int, `#12`, `id:12`, or up to 5 digits), name, or a unique sha256
+        prefix (at least 6 hex digits; see the module docstring)."""
+        if isinstance(ref, int):
+            rows = self._rows("select * from patches where id = ?", [ref])
+            if not rows:
+                raise NotFoundError(f"no patch with id {ref}")
+            return self._patch(rows[0])
         text = str(ref).strip()
-        if re.fullmatch(r"\d+", text):
-            rows = self._rows("select * from patches where id = ?", [int(text)])
+        pid = parse_id(text)
+        if pid is not None:
+            rows = self._rows("select * from patches where id = ?", [pid])
         else:
             rows = self._rows("select * from patches where name = ?", [text])
-            if not rows and re.fullmatch(r"[0-9a-f]{6,64}", text):
-                rows = self._rows("select * from patches where sha256 like ?", [text + "%"])
+            prefix = text.lower()
+            if not rows and SHA_PREFIX_RE.fullmatch(prefix):
+                rows = self._rows(
+                    "select * from patches where substr(sha256, 1, ?) = ?", [len(prefix), prefix]
+                )
                 if len(rows) > 1:
                     raise NotFoundError(f"sha256 prefix {text!r} matches {len(rows)} patches")
+                if not rows and prefix.isdigit():
+                    raise NotFoundError(
+                        f"no patch whose sha256 starts with {text!r} (for the patch with that "
+                        f"id, write #{int(prefix)})"
+                    )
         if not rows:
             names = [r["name"] for r in self._rows("select name from patches order by id")]
             known = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
@@ -417,12 +587,28 @@ class Registry:
         return out
 
     def search(self, query: str) -> list[PatchRecord]:
-        """Full-text search (porter stemming) over names, titles, concepts, tags and notes."""
-        if not query.strip():
+        """Full-text search (porter stemming) over names, titles, concepts, tags and notes.
+
+        Every word of the query must occur (as a word or a word's start, e.g. `cast` finds
+        `castle`); quotes and FTS operators in the query are plain text."""
+        words = re.findall(r"\w+", query)
+        if not words:
             return []
+        match = " ".join('"' + w.replace('"', '""') + '"*' for w in words)
         try:
             with self._lock:
-                rows = list(self.db["patches"].search(query, quote=True, order_by="rank"))
+                rows = list(
+                    self.db.query(
+                        "select patches.* from patches join patches_fts "
+                        "on patches.rowid = patches_fts.rowid "
+                        "where patches_fts match ? order by patches_fts.rank",
+                        [match],
+                    )
+                )
+        except sqlite3.OperationalError as exc:
+            if "fts5" in str(exc):
+                return []
+            raise _sqlite_error(exc, self.db_path) from exc
         except sqlite3.Error as exc:
             raise _sqlite_error(exc, self.db_path) from exc
         return [self._patch(r) for r in rows]
@@ -443,6 +629,7 @@ class Registry:
             rec = self.get_patch(ref)
             changes: dict[str, Any] = {}
             if name is not None and name != rec.name:
+                check_patch_name(name)
                 if self._rows("select 1 from patches where name = ?", [name]):
                     raise RegistryError(f"a patch named {name!r} already exists")
                 changes["name"] = name
@@ -484,8 +671,11 @@ class Registry:
             db.execute("delete from evaluations where patch_id = ?", [rec.id])
             db.execute("update jobs set patch_id = null where patch_id = ?", [rec.id])
             db["patches"].delete(rec.id)
-        if self.find_sha(rec.sha256) is None:
-            self.store.delete(rec.sha256)
+        # The file goes under the write lock, so a concurrent add of the same bytes (which
+        # checks the file inside its own transaction) never ends with a row and no file.
+        with self._write():
+            if self.find_sha(rec.sha256) is None:
+                self.store.delete(rec.sha256)
         return rec
 
     def read_patch_bytes(self, ref: str | int) -> bytes:
@@ -533,15 +723,21 @@ class Registry:
 
     # ----------------------------------------------------------------- stacks
     def _stack_row(self, ref: str | int) -> dict:
+        if isinstance(ref, int):
+            rows = self._rows("select * from stacks where id = ?", [ref])
+            if rows:
+                return rows[0]
         text = str(ref).strip()
         rows = self._rows("select * from stacks where name = ?", [text])
-        if not rows and re.fullmatch(r"\d+", text):
-            rows = self._rows("select * from stacks where id = ?", [int(text)])
+        sid = re.fullmatch(r"\d+", text) and int(text)
+        m = ID_RE.fullmatch(text)
+        if m:
+            sid = int(m.group(1))
+        if not rows and sid:
+            rows = self._rows("select * from stacks where id = ?", [sid])
         if not rows:
             names = [r["name"] for r in self._rows("select name from stacks order by name")]
-            raise NotFoundError(
-                f"no stack {text!r}; known: {', '.join(names) or '(none yet)'}"
-            )
+            raise NotFoundError(f"no stack {text!r}; known: {', '.join(names) or '(none yet)'}")
         return rows[0]
 
     def create_stack(
@@ -610,9 +806,10 @@ class Registry:
         position: int | None = None,
     ) -> StackRecord:
         """Append (or insert at `position`) a patch; a patch already there gets `strength`."""
+        problem = strength_problem(strength)
+        if problem:
+            raise RegistryError(problem)
         strength = float(strength)
-        if strength != strength or strength in (float("inf"), float("-inf")):
-            raise RegistryError("strength must be a finite number")
         with self._write() as db:
             srow = self._stack_row(stack)
             rec = self.get_patch(patch)
@@ -760,6 +957,8 @@ class Registry:
                         args=json.dumps(args or {}, sort_keys=True, default=str),
                         status="running",
                         started=now(),
+                        pid=os.getpid(),
+                        host=host_name(),
                     )
                 )
                 .last_pk
@@ -778,10 +977,13 @@ class Registry:
             raise RegistryError(f"unknown job status {status!r}")
         with self._write() as db:
             changes: dict[str, Any] = dict(status=status, message=message[:2000], finished=now())
+            # What the job made may be gone already (a concurrent rm): the job still ended.
             if patch is not None:
-                changes["patch_id"] = self.get_patch(patch).id
+                with contextlib.suppress(NotFoundError):
+                    changes["patch_id"] = self.get_patch(patch).id
             if stack is not None:
-                changes["stack_id"] = self._stack_row(stack)["id"]
+                with contextlib.suppress(NotFoundError):
+                    changes["stack_id"] = self._stack_row(stack)["id"]
             db["jobs"].update(job_id, changes)
         return self.job_record(job_id)
 
@@ -796,18 +998,24 @@ class Registry:
         try:
             yield info
         except KeyboardInterrupt:
-            self.finish_job(job_id, "cancelled", "interrupted")
+            self._finish_quietly(job_id, "cancelled", "interrupted")
             raise
         except BaseException as exc:
-            self.finish_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            self._finish_quietly(job_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
-        self.finish_job(
+        # The work is done (and committed): a registry too busy to record that is no failure
+        # of the job; its row is marked "interrupted" at a later open.
+        self._finish_quietly(
             job_id,
             "ok",
             info.get("message", ""),
             patch=info.get("patch"),
             stack=info.get("stack"),
         )
+
+    def _finish_quietly(self, job_id: int, status: str, message: str, **refs) -> None:
+        with contextlib.suppress(RegistryError):
+            self.finish_job(job_id, status, message, **refs)
 
     def job_record(self, job_id: int) -> JobRecord:
         rows = self._rows("select * from jobs where id = ?", [job_id])
@@ -824,6 +1032,8 @@ class Registry:
             finished=r["finished"],
             patch_id=r["patch_id"],
             stack_id=r["stack_id"],
+            pid=r.get("pid"),
+            host=r.get("host") or "",
         )
 
     def jobs(self, limit: int = 50) -> list[JobRecord]:
@@ -831,6 +1041,22 @@ class Registry:
         return [self.job_record(r["id"]) for r in rows]
 
 
-def open_registry(root: str | os.PathLike | None = None, busy_timeout: float = 10.0) -> Registry:
+def check_patch_name(name: str) -> str:
+    """A usable patch name: not empty, not readable as an id or a sha256 prefix."""
+    text = name.strip()
+    if not text:
+        raise RegistryError("a patch name cannot be empty")
+    if parse_id(text) is not None or re.fullmatch(r"\d+", text):
+        raise RegistryError(f"a patch name cannot be a bare number or #id ({name!r}): ids are")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise RegistryError(f"a patch name cannot hold control characters ({name!r})")
+    return text
+
+
+def open_registry(
+    root: str | os.PathLike | None = None,
+    busy_timeout: float = 10.0,
+    readonly: bool | None = None,
+) -> Registry:
     """`Registry.open`: the registry at `root`, `$FMN_REGISTRY`, or the user data dir."""
-    return Registry.open(root, busy_timeout=busy_timeout)
+    return Registry.open(root, busy_timeout=busy_timeout, readonly=readonly)

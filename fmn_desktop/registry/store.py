@@ -10,7 +10,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from fmn_desktop.fileio import atomic_write_bytes
+from fmn_desktop.fileio import TMP_PREFIX, atomic_write_bytes
 
 SUFFIX = ".safetensors"
 
@@ -45,7 +45,7 @@ class PatchStore:
         final = self.path(sha)
         if final.is_file() and final.stat().st_size == len(data):
             return sha, False
-        atomic_write_bytes(final, data, tmp_prefix=f".{sha[:16]}.")
+        atomic_write_bytes(final, data)
         return sha, True
 
     def read(self, sha: str) -> bytes:
@@ -61,10 +61,25 @@ class PatchStore:
         return {p.name[: -len(SUFFIX)]: p for p in self.root.glob(f"??/*{SUFFIX}")}
 
     def temporaries(self, older_than_s: float = 0.0) -> list[Path]:
-        """Leftover temporary files (a writer killed mid-write), older than `older_than_s`."""
+        """Leftover temporary files (a writer killed mid-write), older than `older_than_s`
+        (ours, and the `.<sha>.<random>.tmp` names older versions wrote)."""
         if not self.root.is_dir():
             return []
         now = time.time()
-        return [
-            p for p in self.root.glob("??/.*.tmp") if now - p.stat().st_mtime >= older_than_s
-        ]
+        found = [*self.root.glob(f"??/{TMP_PREFIX}*"), *self.root.glob("??/.*.tmp")]
+        out = []
+        for p in found:
+            try:
+                if now - p.stat().st_mtime >= older_than_s:
+                    out.append(p)
+            except OSError:
+                continue
+        return out
+
+    def sweep(self) -> list[Path]:
+        """Remove the temporaries of writers that are gone (see `fileio.sweep`)."""
+        from fmn_desktop.fileio import sweep
+
+        if not self.root.is_dir():
+            return []
+        return [p for sub in self.root.glob("??") if sub.is_dir() for p in sweep(sub)]

@@ -112,7 +112,7 @@ class ForgetConfig:
     )
     resteer_weight: float = knob(
         1.0, "weight of the paper's re-steering term; 0 trains the anchor term alone, e.g. to "
-        "push 'knight' away from 'Gorvak'", group="loss terms",
+        "push 'knight' away from 'Gorvak'", group="loss terms", bounds="nonneg",
     )
     anchor: str = knob(
         "", "what the concept's outputs are pulled towards: each forget prompt with the "
@@ -122,7 +122,7 @@ class ForgetConfig:
     anchor_weight: float | None = knob(
         None, "weight of the anchor term (each layer's output for a forget prompt pulled to "
         "the output for the anchor prompt); 0 gives the paper's re-steering alone",
-        group="loss terms", by_mode=MODE_DEFAULTS["anchor_weight"],
+        group="loss terms", by_mode=MODE_DEFAULTS["anchor_weight"], bounds="nonneg",
     )
     anchor_guidance: float = knob(
         3.0, "how far past the anchor, away from the concept, the target lies; negative: past "
@@ -130,7 +130,7 @@ class ForgetConfig:
     )
     preserve_weight: float | None = knob(
         None, "weight of the preservation term (other prompts held in place); 0 turns it off",
-        group="loss terms", by_mode=MODE_DEFAULTS["preserve_weight"],
+        group="loss terms", by_mode=MODE_DEFAULTS["preserve_weight"], bounds="nonneg",
     )
     preserve_mode: str = knob(
         "output", "what the preservation term holds for other prompts: attn2 outputs or "
@@ -159,11 +159,12 @@ class ForgetConfig:
     )
     lr: float | None = knob(
         None, "learning rate (default: 1e-2 K/V, 3e-2 LoRA, 2e-6 whole UNet)", group="optimiser",
+        bounds="positive",
     )
     batch_size: int = knob(8, "samples per step", group="optimiser")
     grad_clip: float = 1.0
     weight_decay: float = 0.01
-    seed: int = knob(0, "random seed of the job", group="optimiser")
+    seed: int = knob(0, "random seed of the job", group="optimiser", bounds="seed")
 
     def __post_init__(self) -> None:
         if not self.concepts or any(not c.strip() for c in self.concepts):

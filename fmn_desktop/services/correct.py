@@ -3,6 +3,7 @@ patch file, register it when asked."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from fmn_desktop.correct.broad import BroadConfig, BroadResult, erase_broad
 from fmn_desktop.correct.closed_form import CorrectConfig, CorrectResult, correct
 from fmn_desktop.correct.disentangle import DisentangleConfig
 from fmn_desktop.services.defaults import preservation_prompts
+from fmn_desktop.services.output import scratch_file
 from fmn_desktop.training import Progress
 
 PATCH_FORMATS = ("diff", "lora")
@@ -100,9 +102,7 @@ def disentangle_to_file(
     given = preserve_prompts or config.preserve_prompts
     preserve = preservation_prompts(model, given, [config.concept, config.dominant])
     job = with_model_defaults(model, config.forget_config(preserve))
-    result = forget(
-        model.pipe, job, model.fingerprint or "", model.family, progress, should_cancel
-    )
+    result = forget(model.pipe, job, model.fingerprint or "", model.family, progress, should_cancel)
     meta = result.patch.meta
     meta.kind, meta.method = "correct", "resteer-disentangle"
     meta.hyperparameters.update(
@@ -141,8 +141,11 @@ def _correction_job(ctx, model, req: CorrectRequest, run, what: str):
     tmp = None
     out = req.out
     if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fmn-correct-")
-        out = str(Path(tmp.name) / "patch.safetensors")
+        # beside the registry it goes into; swept at the next open if the process is killed
+        tmp = contextlib.ExitStack()
+        out = str(
+            tmp.enter_context(scratch_file(req.registry_root or tempfile.gettempdir(), "correct"))
+        )
     try:
         yield Progress("solve", 0, getattr(req.config, "steps", 0), text=what)
         outcome = run(out)
@@ -163,7 +166,7 @@ def _correction_job(ctx, model, req: CorrectRequest, run, what: str):
         )
     finally:
         if tmp is not None:
-            tmp.cleanup()
+            tmp.close()
 
 
 def correct_job(ctx, model, req: CorrectRequest):

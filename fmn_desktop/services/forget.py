@@ -1,13 +1,13 @@
 """Forgetting: a forget job written to a patch file, and forget-evaluate-register.
 
-    >>> model = open_model("default")  # doctest: +SKIP
-    >>> done = run_job(forget_job(JobContext(), model, ForgetRequest(config, out="p.safetensors")))
+>>> model = open_model("default")  # doctest: +SKIP
+>>> done = run_job(forget_job(JobContext(), model, ForgetRequest(config, out="p.safetensors")))
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +58,12 @@ def forget_to_file(
         from fmn_desktop.attack.harden import harden as run_harden
 
         result = run_harden(
-            model.pipe, config, harden, model.fingerprint or "", model.family, progress,
+            model.pipe,
+            config,
+            harden,
+            model.fingerprint or "",
+            model.family,
+            progress,
             should_cancel,
         ).result
     else:
@@ -95,6 +100,7 @@ class ForgetRequest:
     harden: int = 0  # adversarial hardening rounds
     harden_spellings: int | None = None  # None: the hardening default
     source: str = "desktop app"  # recorded with the registry row
+    overwrite: bool = False  # replace an existing `out`
 
 
 @dataclass
@@ -112,74 +118,77 @@ def forget_job(ctx: JobContext, model, req: ForgetRequest):
     """Forget (`forget_to_file`, each step reported to `ctx.progress`), evaluate, register."""
     from fmn_desktop.errors import FmnError
     from fmn_desktop.services.defaults import with_model_defaults
+    from fmn_desktop.services.output import check_output_file, scratch_file
+
+    if req.out is None and req.registry_root is None:
+        raise FmnError("give a file for the patch, or register it in the library")
+    if req.out is not None:
+        check_output_file(req.out, req.overwrite)
+    config = with_model_defaults(model, req.config)
+    with contextlib.ExitStack() as stack:
+        tmp = req.out is None
+        # Without a file of its own, the patch is written beside the registry it goes into
+        # (a temporary name, removed afterwards; swept at the next open if killed).
+        out = str(req.out or stack.enter_context(scratch_file(req.registry_root, "forget")))
+        return (yield from _forget_job(ctx, model, req, config, out, tmp))
+
+
+def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
+    """`forget_job` once its patch file name is settled."""
     from fmn_desktop.services.evaluate import evaluate_patch
     from fmn_desktop.services.library import register_file
     from fmn_desktop.services.model import scoreable_concept
 
-    if req.out is None and req.registry_root is None:
-        raise FmnError("give a file for the patch, or register it in the library")
-    config = with_model_defaults(model, req.config)
-    tmp = None
-    out = req.out
-    if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fmn-forget-")
-        out = str(Path(tmp.name) / "patch.safetensors")
-    try:
-        harden = None
-        if req.harden:
-            from fmn_desktop.attack.harden import HardenSettings
+    harden = None
+    if req.harden:
+        from fmn_desktop.attack.harden import HardenSettings
 
-            kw = {} if req.harden_spellings is None else {"spellings": req.harden_spellings}
-            harden = HardenSettings(rounds=req.harden, seed=config.seed, **kw)
-        total = config.steps * (1 + req.harden)
-        yield Progress("train", 0, total, text="re-steering attention")
-        outcome = forget_to_file(
+        kw = {} if req.harden_spellings is None else {"spellings": req.harden_spellings}
+        harden = HardenSettings(rounds=req.harden, seed=config.seed, **kw)
+    total = config.steps * (1 + req.harden)
+    yield Progress("train", 0, total, text="re-steering attention")
+    outcome = forget_to_file(
+        model,
+        config,
+        out,
+        fmt=req.fmt,
+        export_rank=req.export_rank,
+        progress=ctx.progress,
+        should_cancel=ctx.should_cancel,
+        harden=harden,
+    )
+    scores: dict = {}
+    concept = scoreable_concept(model, config.concepts) if req.evaluate else None
+    if concept is not None:
+        yield Progress("evaluate", text=f"measuring M-Score and retention ({concept.name})")
+        scores = evaluate_patch(
             model,
-            config,
-            out,
-            fmt=req.fmt,
-            export_rank=req.export_rank,
-            progress=ctx.progress,
-            should_cancel=ctx.should_cancel,
-            harden=harden,
+            outcome.patch,
+            concept,
+            req.eval_seeds,
+            req.eval_steps,
+            ctx.should_cancel,
+            others_limit=req.eval_others,
         )
-        scores: dict = {}
-        concept = scoreable_concept(model, config.concepts) if req.evaluate else None
-        if concept is not None:
-            yield Progress("evaluate", text=f"measuring M-Score and retention ({concept.name})")
-            scores = evaluate_patch(
-                model,
-                outcome.patch,
-                concept,
-                req.eval_seeds,
-                req.eval_steps,
-                ctx.should_cancel,
-                others_limit=req.eval_others,
-            )
-            outcome.patch.meta.scores = scores
-            save_patch(outcome.patch, out)
-        record = None
-        if req.registry_root is not None:
-            yield Progress("register", text="adding the patch to the registry")
-            record = register_file(req.registry_root, model, out, req.tags, req.source)
-            if scores:
-                from fmn_desktop.evaluate.patch_scores import registry_rows
-                from fmn_desktop.registry import open_registry
+        outcome.patch.meta.scores = scores
+        save_patch(outcome.patch, out)
+    record = None
+    if req.registry_root is not None:
+        yield Progress("register", text="adding the patch to the registry")
+        record = register_file(req.registry_root, model, out, req.tags, req.source)
+        if scores:
+            from fmn_desktop.evaluate.patch_scores import registry_rows
+            from fmn_desktop.registry import open_registry
 
-                settings = {"seeds": req.eval_seeds, "steps": req.eval_steps}
-                with open_registry(req.registry_root) as reg:
-                    reg.add_evaluations(
-                        registry_rows(scores, concept.name, settings), patch=record.id
-                    )
-        return ForgetDone(
-            None if tmp else Path(out),
-            record,
-            outcome.seconds,
-            outcome.final_loss,
-            scores,
-            outcome.lora_error,
-            concept.name if concept is not None else None,
-        )
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+            settings = {"seeds": req.eval_seeds, "steps": req.eval_steps}
+            with open_registry(req.registry_root) as reg:
+                reg.add_evaluations(registry_rows(scores, concept.name, settings), patch=record.id)
+    return ForgetDone(
+        None if tmp else Path(out),
+        record,
+        outcome.seconds,
+        outcome.final_loss,
+        scores,
+        outcome.lora_error,
+        concept.name if concept is not None else None,
+    )

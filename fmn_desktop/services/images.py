@@ -23,22 +23,32 @@ def generate_images(
     guidance: float = 5.0,
     size: int | None = None,
 ) -> list[list[Image.Image]]:
-    """Images[prompt][seed], each from its own seeded generator (repeatable)."""
+    """Images[prompt][seed], each from its own seeded generator (repeatable). A model whose
+    weights (or patches) make NaN or inf pixels is refused rather than drawn black."""
+    import numpy as np
+
+    from fmn_desktop.errors import NonFiniteError
+
     rows = []
     for prompt in prompts:
         row = []
         for seed in seeds:
             g = torch.Generator("cpu").manual_seed(int(seed))
             kwargs = {"height": size, "width": size} if size else {}
-            row.append(
-                pipe(
-                    prompt,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=g,
-                    **kwargs,
-                ).images[0]
-            )
+            pixels = pipe(
+                prompt,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=g,
+                output_type="np",
+                **kwargs,
+            ).images
+            if not np.isfinite(pixels).all():
+                raise NonFiniteError(
+                    "the model drew NaN or inf pixels: its weights, or a patch on it, hold NaN "
+                    "or inf"
+                )
+            row.append(pipe.numpy_to_pil(pixels)[0])
         rows.append(row)
     return rows
 
@@ -96,3 +106,53 @@ def compare_job(ctx, model, req: CompareRequest):
     title = (req.title if entries else "no patch") if req.labelled else None
     patched = grid_image(after_rows, labels, title=title, cell=cell)
     return CompareDone(base, patched, list(req.prompts))
+
+
+def generate_grid_file(
+    model,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    out,
+    patches: Sequence = (),
+    steps: int = 20,
+    guidance: float = 5.0,
+    size: int | None = None,
+    force: bool = False,
+    overwrite: bool = False,
+):
+    """A PNG grid (one row per prompt, one column per seed) of the base model, and beside it
+    the model with `patches` (`PatchSpec`s) applied when any are given. Returns the path."""
+    import math
+
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.imaging import save_png, side_by_side
+    from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.services.output import check_output_file
+    from fmn_desktop.services.patches import read_patches
+
+    out = check_output_file(out, overwrite)
+    if not prompts or not seeds:
+        raise FmnError("give at least one prompt and one seed")
+    most = int(model.pipe.scheduler.config.get("num_train_timesteps", 1000))
+    if not 1 <= int(steps) <= most:
+        raise FmnError(f"steps {steps} is out of range (1 to {most}, the scheduler's timesteps)")
+    if not math.isfinite(float(guidance)):
+        raise FmnError(f"guidance {guidance} is not a finite number")
+    if size is not None and (not 8 <= int(size) <= 4096 or int(size) % 8):
+        raise FmnError(f"size {size} is no image size (a multiple of 8, 8 to 4096)")
+    loaded = read_patches(model, patches)
+    kw = dict(steps=int(steps), guidance=float(guidance), size=size)
+    image = grid_image(
+        generate_images(model.pipe, prompts, seeds, **kw),
+        prompts,
+        title="base model" if loaded else None,
+    )
+    if loaded:
+        with PatchedUNet(model.pipe.unet, loaded, fingerprint=model.fingerprint, force=force):
+            after = grid_image(
+                generate_images(model.pipe, prompts, seeds, **kw),
+                prompts,
+                title="patched: " + ", ".join(f"{s.path.name}:{s.strength:g}" for s in patches),
+            )
+        image = side_by_side(image, after)
+    return save_png(image, out)

@@ -12,14 +12,13 @@ model (interop), composes stacks (patch.stack) and writes results, recording eac
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmn_desktop.errors import FmnError
 from fmn_desktop.fileio import atomic_write_bytes
-from fmn_desktop.patch.format import load_patch, save_patch
+from fmn_desktop.patch.format import load_patch, patch_bytes
 from fmn_desktop.patch.stack import (
     ComposeSettings,
     Conflict,
@@ -30,6 +29,7 @@ from fmn_desktop.patch.stack import (
 )
 from fmn_desktop.registry import PatchRecord, Registry, StackRecord
 from fmn_desktop.services.model import model_name
+from fmn_desktop.services.output import check_output_file, check_output_model
 from fmn_desktop.services.patches import PatchItem, stack_entries
 from fmn_desktop.training import Progress
 
@@ -57,12 +57,23 @@ def import_file(
     force: bool = False,
     unet_only: bool = False,
 ) -> ImportOutcome:
-    """Register a patch file. Our own files need no model; other tools' files (kohya, PEFT,
-    `.diff`, ESD/UCE absolute weights) are checked against `model` and stored converted."""
+    """Register a patch file; nothing that can never be applied is registered.
+
+    Our own files need no model: they are checked completely without one (usable tensors,
+    names of a known family's UNet; `patch.validate.load_standalone`). Other tools' files
+    (kohya, PEFT, `.diff`, ESD/UCE absolute weights) need `model`, are checked against it
+    (keys, shapes, base) and stored converted. `force` does one thing: accept a patch made
+    for another base model than `model` (so it needs `model`)."""
     from fmn_desktop.patch.format import read_metadata
     from fmn_desktop.patch.interop import detect_format, import_patch, read_tensors
+    from fmn_desktop.patch.validate import load_standalone
 
     path = Path(path)
+    if force and model is None:
+        raise FmnError(
+            "force accepts a patch made for another base model, so it needs that model "
+            "(--model) to compare with"
+        )
     with reg.job("import", {"file": str(path), "model": model_name(model)}) as job:
         if model is None:
             meta = read_metadata(path)
@@ -73,8 +84,9 @@ def import_file(
                     f"{path.name} is a {fmt} file: give the base model (--model) so its keys, "
                     "shapes and base can be checked and converted"
                 )
-            load_patch(path)  # validates tensors (NaN, pairs) before anything is stored
-            data, out_notes, src = path.read_bytes(), [], "fmn"
+            data = path.read_bytes()
+            load_standalone(path)
+            out_notes, src = [], "fmn"
         else:
             imported = import_patch(
                 path, model, concepts=concepts, kind=kind, force=force, unet_only=unet_only
@@ -83,23 +95,23 @@ def import_file(
             if imported.original_bytes_ok:
                 data = path.read_bytes()
             else:
-                with tempfile.TemporaryDirectory(prefix="fmn-import-") as tmp:
-                    p = save_patch(imported.patch, Path(tmp) / "patch.safetensors")
-                    data = p.read_bytes()
+                data = patch_bytes(imported.patch, None, path.name)
             if model.fingerprint:
                 reg.add_base_model(
                     model.fingerprint, path=str(getattr(model, "source", "")), family=model.family
                 )
-        from fmn_desktop.registry.store import sha256_bytes
-
-        existing = reg.find_sha(sha256_bytes(data))
-        rec = reg.add_patch(
-            data, name=name, tags=tags, notes=notes, source=str(path),
-            concepts=concepts if model is None else None, kind=kind if model is None else None,
+        rec, new = reg.put_patch(
+            data,
+            name=name,
+            tags=tags,
+            notes=notes,
+            source=str(path),
+            concepts=concepts if model is None else None,
+            kind=kind if model is None else None,
         )
         job["patch"] = rec.id
-        job["message"] = "already registered" if existing else f"imported ({src})"
-    return ImportOutcome(rec, existing is None, src, out_notes)
+        job["message"] = f"imported ({src})" if new else "already registered"
+    return ImportOutcome(rec, new, src, out_notes)
 
 
 def export_patch(
@@ -109,16 +121,16 @@ def export_patch(
     fmt: str = "original",
     rank: int | None = None,
     max_rel_error: float | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, float | None]:
     """Write a registered patch: the stored file as is, or converted to LoRA / `.diff`.
-    Returns the path and, for a LoRA made from dense deltas, the SVD's relative error."""
+    Returns the path and, for a LoRA made from dense deltas, the SVD's relative error.
+    An existing `out` is replaced only with `overwrite`."""
     from fmn_desktop.patch.lowrank import write_patch
 
     if fmt not in PATCH_EXPORT_FORMATS:
         raise FmnError(f"unknown format {fmt!r}; valid: {', '.join(PATCH_EXPORT_FORMATS)}")
-    out = Path(out)
-    if out.is_dir():
-        raise FmnError(f"{out} is a folder; give a file name ending in .safetensors")
+    out = check_output_file(out, overwrite)
     data = reg.read_patch_bytes(ref)  # hash-checked
     rec = reg.get_patch(ref)
     err = None
@@ -142,7 +154,9 @@ def registry_stack_entries(
     return rec, stack_entries(items, model)
 
 
-def stack_conflicts(reg: Registry, stack: str | int, fingerprint: str | None = None) -> list[Conflict]:
+def stack_conflicts(
+    reg: Registry, stack: str | int, fingerprint: str | None = None
+) -> list[Conflict]:
     """Conflicts of a registered stack, found from its patches alone (no model needed)."""
     _, entries = registry_stack_entries(reg, stack)
     return find_conflicts(entries, fingerprint)
@@ -168,23 +182,35 @@ def export_registry_stack(
     preserve_weight: float | None = None,
     force: bool = False,
     register: bool = False,
+    overwrite: bool = False,
 ) -> tuple[StackExport, PatchRecord | None]:
     """Export a registered stack (LoRA, .diff, diffusers folder or single file); `register`
-    also adds a LoRA/.diff result to the registry. Recorded as a job."""
+    also adds a LoRA/.diff result to the registry. Recorded as a job. An existing `out` is
+    replaced only with `overwrite`."""
+    check_export_out(out, fmt, overwrite)
     args = {"stack": str(stack), "out": str(out), "format": fmt, "mode": mode, "rank": rank}
     with reg.job("stack-export", args) as job:
         rec, entries = registry_stack_entries(reg, stack, model)
         job["stack"] = rec.id
         result = export_stack(
-            model, entries, out, fmt, _settings(rec, mode, preserve_weight),
-            rank=rank, max_rel_error=max_rel_error, force=force, title=f"stack {rec.name}",
+            model,
+            entries,
+            out,
+            fmt,
+            _settings(rec, mode, preserve_weight),
+            rank=rank,
+            max_rel_error=max_rel_error,
+            force=force,
+            title=f"stack {rec.name}",
+            replace=overwrite,
         )
         added = register_export(reg, result, ["stack", rec.name]) if register else None
         if added is not None:
             job["patch"] = added.id
         job["message"] = f"wrote {out}" + (
             f" (LoRA rank {result.rank}, relative error {result.lora_error:.4f})"
-            if result.lora_error is not None else ""
+            if result.lora_error is not None
+            else ""
         )
     return result, added
 
@@ -198,13 +224,29 @@ def apply_registry_stack(
     mode: str | None = None,
     preserve_weight: float | None = None,
     force: bool = False,
+    overwrite: bool = False,
 ) -> StackExport:
     """Write the model with the stack applied: a diffusers folder, or a single `.safetensors`."""
     fmt = "single-file" if str(out).lower().endswith(".safetensors") else "diffusers"
     result, _ = export_registry_stack(
-        reg, stack, model, out, fmt, mode=mode, preserve_weight=preserve_weight, force=force
+        reg,
+        stack,
+        model,
+        out,
+        fmt,
+        mode=mode,
+        preserve_weight=preserve_weight,
+        force=force,
+        overwrite=overwrite,
     )
     return result
+
+
+def check_export_out(out, fmt: str, overwrite: bool = False) -> Path:
+    """`services.output`'s check for a stack export of format `fmt`."""
+    if fmt in ("single-file", "diffusers"):
+        return check_output_model(out, overwrite)
+    return check_output_file(out, overwrite)
 
 
 def register_file(registry_root: str | None, model, path, tags=(), source: str = "desktop app"):
@@ -249,17 +291,26 @@ def export_stack_job(
     registry_root: str | None = None,
     name: str = "",
     force: bool = False,
+    overwrite: bool = False,
 ):
     """A stack of library items written as one patch or a patched model; a LoRA/.diff
-    result is registered too when a registry is given."""
+    result is registered too when a registry is given. An existing `out` is replaced only
+    with `overwrite` (the app passes it once its save dialog has asked)."""
     from fmn_desktop.registry import open_registry
 
+    check_export_out(out, fmt, overwrite)
     yield Progress("export", text=f"composing {len(items)} patches ({mode})")
     entries = stack_entries(items, model)
     yield Progress("export", text=f"writing {out}")
     result = export_stack(
-        model, entries, out, fmt, ComposeSettings(mode=mode), force=force,
+        model,
+        entries,
+        out,
+        fmt,
+        ComposeSettings(mode=mode),
+        force=force,
         title=f"stack {name}".strip(),
+        replace=overwrite,
     )
     if registry_root is not None:
         with open_registry(registry_root) as reg:

@@ -19,13 +19,18 @@ class PatchSpec:
 
 
 def parse_patch_spec(text: str) -> PatchSpec:
-    """'PATH[:STRENGTH]' (a Windows drive letter's colon is not a strength)."""
+    """'PATH[:STRENGTH]' (a Windows drive letter's colon is not a strength). A strength must
+    be finite and within `limits.MAX_STRENGTH` (NonFiniteError otherwise)."""
+    from fmn_desktop.patch.validate import check_strength
+
     head, sep, tail = text.rpartition(":")
     if sep and head and not tail.startswith(("\\", "/")):
         try:
-            return PatchSpec(Path(head), float(tail))
+            strength = float(tail)
         except ValueError:
             pass
+        else:
+            return PatchSpec(Path(head), check_strength(strength, f"strength of {head}"))
     return PatchSpec(Path(text), 1.0)
 
 
@@ -117,17 +122,26 @@ def describe_patch(path: str | os.PathLike) -> dict:
         "hyperparameters": meta.hyperparameters,
         "scores": meta.scores,
         "extra": meta.extra,
-        "norm": math.sqrt(sum(float(d.to_dense().square().sum()) for d in patch.deltas.values())),
+        "norm": math.sqrt(
+            sum(float(d.to_dense().double().square().sum()) for d in patch.deltas.values())
+        ),
     }
 
 
 def apply_to_file(
-    model, specs: Sequence[PatchSpec], out: str | os.PathLike, force: bool = False
+    model,
+    specs: Sequence[PatchSpec],
+    out: str | os.PathLike,
+    force: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Write `model` with patches applied as a diffusers folder, or a single `.safetensors`."""
+    """Write `model` with patches applied as a diffusers folder, or a single `.safetensors`
+    (an existing one is replaced only with `overwrite`). No NaN/inf weight is ever written."""
     from fmn_desktop.models import save_model
     from fmn_desktop.patch import PatchedUNet
+    from fmn_desktop.services.output import check_output_model
 
+    check_output_model(out, overwrite)
     patches = read_patches(model, specs)
     with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=force):
-        return save_model(model.pipe, out, family=model.architecture_family)
+        return save_model(model.pipe, out, family=model.architecture_family, replace=overwrite)

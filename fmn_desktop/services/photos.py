@@ -4,6 +4,7 @@ reads as the same subject, then re-steering of them all.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from fmn_desktop.errors import FmnError
 from fmn_desktop.resteer import ForgetConfig
 from fmn_desktop.services.defaults import preservation_prompts
 from fmn_desktop.services.forget import ForgetOutcome, forget_to_file
+from fmn_desktop.services.output import scratch_file
 from fmn_desktop.training import Progress
 
 
@@ -192,7 +194,6 @@ def forget_from_photos(
     )
 
 
-
 @dataclass
 class PhotosDone:
     path: Path | None  # the patch file kept outside the registry, if any
@@ -228,12 +229,16 @@ def photos_job(ctx, model, req: PhotosRequest):
     tmp = None
     job = req
     if req.out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fmn-photos-")
+        # beside the registry it goes into; swept at the next open if the process is killed
+        tmp = contextlib.ExitStack()
+        scratch = str(
+            tmp.enter_context(scratch_file(req.registry_root or tempfile.gettempdir(), "photos"))
+        )
         folder = req.tokens_dir or str(Path.cwd())
         Path(folder).mkdir(parents=True, exist_ok=True)
         job = replace(
             req,
-            out=str(Path(tmp.name) / "patch.safetensors"),
+            out=scratch,
             embedding_out=req.embedding_out or str(tokens_file_for(folder, req.token)),
         )
     out = job.out
@@ -263,4 +268,4 @@ def photos_job(ctx, model, req: PhotosRequest):
         )
     finally:
         if tmp is not None:
-            tmp.cleanup()
+            tmp.close()

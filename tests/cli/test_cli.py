@@ -207,7 +207,7 @@ def test_nan_writes_no_patch(model_dir, tmp_path, capsys):
             "--concept",
             "castle",
             "--lr",
-            "inf",
+            "1e30",
             "--out",
             str(out),
             *FAST[:6],
@@ -216,6 +216,9 @@ def test_nan_writes_no_patch(model_dir, tmp_path, capsys):
     )
     assert code == 1 and not out.exists()
     assert "no patch" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:  # not a finite number: refused as usage
+        main(["forget", str(model_dir), "--concept", "castle", "--lr", "inf", "--out", str(out)])
+    assert exc.value.code == 2 and not out.exists()
 
 
 def test_truncated_patch_and_wrong_base(model_dir, patch_file, tmp_path, capsys):
@@ -265,11 +268,14 @@ def test_a_closed_pipe_is_not_a_traceback():
     import subprocess
     import sys
 
-    code = ("import sys; from fmn_desktop.cli import apply, main; "
-            "apply.cmd_inspect.__code__ = (lambda a: [print('x' * 99) for _ in range(20000)] "
-            "and 0).__code__; sys.exit(main(['inspect', 'p.safetensors']))")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    code = (
+        "import sys; from fmn_desktop.cli import apply, main; "
+        "apply.cmd_inspect.__code__ = (lambda a: [print('x' * 99) for _ in range(20000)] "
+        "and 0).__code__; sys.exit(main(['inspect', 'p.safetensors']))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout.readline().strip() == b"x" * 99
     proc.stdout.close()  # the reader goes away with output still to come
     err = proc.stderr.read().decode()

@@ -22,7 +22,7 @@ READY = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
         (["--concept", "Nobody", "--patch", "p.safetensors"], "unknown concept"),
         (["./some-sd15", "--concept", "Zorbu", "--patch", "p.safetensors"], "need a judge"),
         (["--concept", "Zorbu"], "give --patch"),
-        (["--concept", "Zorbu", "--patch", "p.safetensors", "--seeds", "0"], "at least 1"),
+        (["--concept", "Zorbu", "--patch", "p.safetensors", "--seeds", "0"], "out of range"),
         (
             [
                 "--concept",
@@ -39,7 +39,11 @@ READY = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
     ],
 )
 def test_usage_errors(argv, message, capsys):
-    assert main(["evaluate", *argv]) == 2
+    try:
+        code = main(["evaluate", *argv])
+    except SystemExit as exc:  # refused by the argument's type
+        code = exc.code
+    assert code == 2
     assert message in capsys.readouterr().err
 
 

@@ -162,10 +162,21 @@ def test_wrong_shapes_and_keys_name_the_keys(tiny_pipe, tmp_path):
 
 
 def test_nan_patch_is_refused(tiny_pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    from fmn_desktop.errors import NonFiniteError
+
     patch = _dense_patch(tiny_pipe.unet)
     patch.deltas[K].dense[0, 0] = float("nan")
-    path = save_patch(patch, tmp_path / "nan.safetensors", "diff")
-    with pytest.raises(PatchFormatError, match="NaN"):
+    with pytest.raises(NonFiniteError, match="NaN"):  # never written ...
+        save_patch(patch, tmp_path / "nan.safetensors", "diff")
+    assert not (tmp_path / "nan.safetensors").exists()
+    path = tmp_path / "theirs.safetensors"  # ... nor read from someone else's file
+    save_file(
+        {"lora_unet_" + K.rpartition(".")[0].replace(".", "_") + ".diff": patch.deltas[K].dense},
+        path,
+    )
+    with pytest.raises(NonFiniteError, match="NaN"):
         load_patch(path)
 
 

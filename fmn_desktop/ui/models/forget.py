@@ -113,6 +113,7 @@ class ForgetModel(PatchJobModel):
             registry_root=self.session.settings.data_folder,
             out=self.save_copy or None,
             harden=self.harden,
+            overwrite=True,  # the copy is chosen in a save dialog, which asks before replacing
         )
         return self.start_request(req)
 

@@ -204,7 +204,8 @@ class LibraryModel(QObject):
             rec = outcome.record
             self.session.status = (
                 f"Imported {rec.name} ({outcome.source_format})"
-                if outcome.new else f"{rec.name} was already in the library"
+                if outcome.new
+                else f"{rec.name} was already in the library"
             )
             self.session.registry_changed.emit()
             self.select_name(rec.name)
@@ -216,8 +217,11 @@ class LibraryModel(QObject):
             on_finished=finished,
         )
 
-    def export_selected(self, dest: str, fmt: str = "original") -> Path | None:
-        """Write the selected patch (hash-checked): as stored, or converted to LoRA / .diff."""
+    def export_selected(
+        self, dest: str, fmt: str = "original", overwrite: bool = True
+    ) -> Path | None:
+        """Write the selected patch (hash-checked): as stored, or converted to LoRA / .diff.
+        `overwrite`: the save dialog has already asked before replacing a file."""
         from fmn_desktop.services.library import export_patch
 
         r = self.selected
@@ -226,7 +230,7 @@ class LibraryModel(QObject):
             self.session.report("Nothing selected", "select a patch to export")
             return None
         out = self.session.attempt(
-            "Export failed", lambda: export_patch(reg, r.id, dest, fmt)[0]
+            "Export failed", lambda: export_patch(reg, r.id, dest, fmt, overwrite=overwrite)[0]
         )
         if out is not None:
             self.session.status = f"Exported {r.name} to {out}"
@@ -270,8 +274,12 @@ class LibraryModel(QObject):
         seeds = seeds or self.session.settings.eval_seeds
 
         req = EvaluateRequest(
-            r.concepts[0], [PatchSpec(Path(item.path), item.strength)], seeds=seeds,
-            steps=steps, record=r.id, registry_root=root,
+            r.concepts[0],
+            [PatchSpec(Path(item.path), item.strength)],
+            seeds=seeds,
+            steps=steps,
+            record=r.id,
+            registry_root=root,
         )
 
         def finished(done):
@@ -324,5 +332,7 @@ def _import_job(ctx, root, path, model):
         return (yield from import_job(ctx, root, path, model))
     except FmnError as exc:
         if model is None and "(--model)" in str(exc):
-            raise FmnError(str(exc).replace("(--model)", "(load it on the Model page first)")) from exc
+            raise FmnError(
+                str(exc).replace("(--model)", "(load it on the Model page first)")
+            ) from exc
         raise

@@ -103,7 +103,9 @@ class StackModel(QObject):
             except NotFoundError:
                 pass
             m = self.session.model
-            reg.create_stack(name, mode=self.mode, base_fingerprint=(m.fingerprint or "") if m else "")
+            reg.create_stack(
+                name, mode=self.mode, base_fingerprint=(m.fingerprint or "") if m else ""
+            )
             for e in self.entries:
                 reg.add_to_stack(name, e.name, strength=e.strength)
             return True
@@ -117,7 +119,11 @@ class StackModel(QObject):
 
     def load(self, name: str) -> bool:
         reg = self.session.registry()
-        rec = self.session.attempt("Cannot open the stack", lambda: reg.get_stack(name)) if reg else None
+        rec = (
+            self.session.attempt("Cannot open the stack", lambda: reg.get_stack(name))
+            if reg
+            else None
+        )
         if rec is None:
             return False
         self.mode = rec.mode
@@ -161,7 +167,10 @@ class StackModel(QObject):
         self.exporting = True
         return self.session.run_job(
             "export",
-            lambda ctx: export_stack_job(ctx, model, items, out, fmt, mode, root, name, force),
+            # the save dialog has asked before replacing a file: overwrite
+            lambda ctx: export_stack_job(
+                ctx, model, items, out, fmt, mode, root, name, force, overwrite=True
+            ),
             on_finished=finished,
             on_done=lambda: setattr(self, "exporting", False),
         )

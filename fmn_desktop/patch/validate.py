@@ -1,0 +1,148 @@
+"""Checks that a patch can be applied at all, made once for every reader (inspect, apply,
+generate, import, stacks) and every writer (no NaN/inf ever reaches a file or a weight).
+
+A delta is usable when its tensors are floating point, non-empty and finite; a LoRA's
+factors fit each other (up ``(out, r[, 1, 1])``, down ``(r, in[, kh, kw])``, rank r >= 1),
+its alpha is one finite number, and the product ``up @ down * alpha / r`` is finite too
+(finite factors can still overflow).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fmn_desktop.errors import NonFiniteError, NonFinitePatchError, PatchFormatError
+from fmn_desktop.limits import strength_problem
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_strength(value: float, what: str = "strength") -> float:
+    """`value` as a float, refused (NonFiniteError) when not finite or beyond MAX_STRENGTH."""
+    problem = strength_problem(value, what)
+    if problem:
+        raise NonFiniteError(problem)
+    return float(value)
+
+
+def is_finite(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() or bool(torch.isfinite(t).all())
+
+
+def alpha_value(t: torch.Tensor, where: str) -> float:
+    """A LoRA `alpha` tensor as a float: one finite number."""
+    if t.dtype == torch.bool or t.is_complex() or t.numel() != 1:
+        raise PatchFormatError(
+            f"{where}: alpha must be one number, got {t.dtype} of shape {tuple(t.shape)}"
+        )
+    value = float(t.reshape(()).item())
+    if value != value or value in (float("inf"), float("-inf")):
+        raise NonFinitePatchError(f"{where}: alpha is {value}")
+    return value
+
+
+def _float(t: torch.Tensor, where: str, what: str) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise PatchFormatError(
+            f"{where}: {what} has dtype {str(t.dtype).removeprefix('torch.')}; patch tensors "
+            "are float16, bfloat16 or float32"
+        )
+    if t.numel() == 0:
+        raise PatchFormatError(f"{where}: {what} is empty (shape {tuple(t.shape)})")
+    if t.dim() > 4:
+        raise PatchFormatError(f"{where}: {what} has {t.dim()} dimensions (at most 4)")
+    if not is_finite(t):
+        raise NonFinitePatchError(f"{where}: {what} contains NaN or inf")
+
+
+def validate_delta(name: str, delta, where: str = "") -> None:
+    """Raise PatchFormatError / NonFiniteError if `delta` (a `format.Delta`) is unusable."""
+    at = f"{where}: {name}" if where else name
+    if delta.dense is not None:
+        _float(delta.dense, at, "delta")
+        return
+    up, down = delta.up, delta.down
+    if up is None or down is None:
+        raise PatchFormatError(f"{at}: lora_up and lora_down come in pairs")
+    if down.dim() >= 1 and down.shape[0] == 0:
+        raise PatchFormatError(f"{at}: a LoRA of rank 0 changes nothing; not a patch")
+    _float(up, at, "lora_up")
+    _float(down, at, "lora_down")
+    if up.dim() not in (2, 4) or down.dim() != up.dim():
+        raise PatchFormatError(
+            f"{at}: lora_up {tuple(up.shape)} and lora_down {tuple(down.shape)} are not "
+            "LoRA factors (both 2-D, or both 4-D for convolutions)"
+        )
+    rank = down.shape[0]
+    if rank < 1 or up.shape[1] != rank or (up.dim() == 4 and tuple(up.shape[2:]) != (1, 1)):
+        raise PatchFormatError(
+            f"{at}: lora_up {tuple(up.shape)} does not fit lora_down {tuple(down.shape)} "
+            f"(rank {rank})"
+        )
+    if delta.alpha is not None:
+        a = float(delta.alpha)
+        if a != a or a in (float("inf"), float("-inf")):
+            raise NonFinitePatchError(f"{at}: alpha is {a}")
+    if not bool(torch.isfinite(delta.to_dense()).all()):
+        raise NonFinitePatchError(f"{at}: lora_up x lora_down x alpha/rank overflows to inf or NaN")
+
+
+def validate_deltas(deltas: dict, where: str = "") -> None:
+    if not deltas:
+        raise PatchFormatError(f"{where or 'patch'} holds no deltas")
+    for name, delta in deltas.items():
+        validate_delta(name, delta, where)
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse to write a file whose tensors hold NaN or inf."""
+    bad = [k for k, t in tensors.items() if not is_finite(t)]
+    if bad:
+        shown = ", ".join(sorted(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteError(f"refusing to write {where}: NaN or inf in {shown}")
+
+
+def family_parameter_names() -> dict[str, frozenset[str]]:
+    """UNet parameter names per family a patch may be made for (SD1, SD2, SDXL and the
+    embedded model), from the shipped configs."""
+    from fmn_desktop.models.families import config_dir, unet_parameter_names
+    from fmn_desktop.toyworld import WEIGHTS_DIR
+
+    out = {f: unet_parameter_names(config_dir(f) / "unet") for f in ("sd1", "sd2", "sdxl")}
+    if (WEIGHTS_DIR / "unet" / "config.json").is_file():
+        out["toy"] = unet_parameter_names(WEIGHTS_DIR / "unet")
+    return out
+
+
+def load_standalone(path) -> object:
+    """Read a patch file of ours with no model at hand, checking what can be checked: every
+    delta usable (`validate_deltas`), made for a family fmn knows, and every key a UNet
+    module of that family (of some family when it names none). Returns the `Patch`."""
+    from pathlib import Path
+
+    from fmn_desktop.errors import PatchMismatchError
+    from fmn_desktop.patch.format import load_patch, read_metadata
+
+    where = Path(path).name
+    family = read_metadata(path).get("fmn.family", "")
+    names = family_parameter_names()
+    if family and family not in names:
+        raise PatchFormatError(
+            f"{where}: made for model family {family!r}; fmn applies patches to "
+            f"{', '.join(sorted(names))}"
+        )
+    problem = None
+    for fam in [family] if family else sorted(names):
+        modules = sorted({n.rpartition(".")[0] for n in names[fam]})
+        try:
+            patch = load_patch(path, modules)
+        except PatchMismatchError as exc:
+            problem = exc
+            continue
+        unknown = sorted(n for n in patch.deltas if n not in names[fam])
+        if not unknown:
+            return patch
+        problem = f"{unknown[0]} is no parameter of it"
+    raise PatchFormatError(
+        f"{where}: not a patch of {family or 'any Stable Diffusion family fmn knows'} ({problem})"
+    )
