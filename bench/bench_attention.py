@@ -41,11 +41,19 @@ BENCHMARKS_MD = REPO / "docs" / "research" / "BENCHMARKS.md"
 # (label, M = H*W of the latent at that level, heads, head dim); key length N = 77, batch 2.
 PRESETS: dict[str, list[tuple[str, int, int, int]]] = {
     # SD1.5 at 512 px: 64x64 latent, channels 320/640/1280, 8 heads.
-    "sd15": [("sd15-512 64x64", 4096, 8, 40), ("sd15-512 32x32", 1024, 8, 80),
-             ("sd15-512 16x16", 256, 8, 160), ("sd15-512 mid 8x8", 64, 8, 160)],
+    "sd15": [
+        ("sd15-512 64x64", 4096, 8, 40),
+        ("sd15-512 32x32", 1024, 8, 80),
+        ("sd15-512 16x16", 256, 8, 160),
+        ("sd15-512 mid 8x8", 64, 8, 160),
+    ],
     # SD2.1 at 768 px: 96x96 latent, head dim 64, 5/10/20 heads.
-    "sd21": [("sd21-768 96x96", 9216, 5, 64), ("sd21-768 48x48", 2304, 10, 64),
-             ("sd21-768 24x24", 576, 20, 64), ("sd21-768 mid 12x12", 144, 20, 64)],
+    "sd21": [
+        ("sd21-768 96x96", 9216, 5, 64),
+        ("sd21-768 48x48", 2304, 10, 64),
+        ("sd21-768 24x24", 576, 20, 64),
+        ("sd21-768 mid 12x12", 144, 20, 64),
+    ],
     # SDXL at 1024 px: attention at 64x64 (10 heads) and 32x32 (20 heads), head dim 64.
     "sdxl": [("sdxl-1024 64x64", 4096, 10, 64), ("sdxl-1024 32x32", 1024, 20, 64)],
 }
@@ -62,9 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--keys", type=int, default=77, help="key length N (77 per prompt chunk)")
     ap.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
     ap.add_argument("--out", type=Path, default=BENCHMARKS_MD)
-    ap.add_argument("--smoke", action="store_true",
-                    help="CPU interpreter, tiny shapes, wall-clock: checks the script, never "
-                         "writes figures")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU interpreter, tiny shapes, wall-clock: checks the script, never writes figures",
+    )
     return ap.parse_args(argv)
 
 
@@ -99,8 +109,9 @@ FNS = {
 
 def make_inputs(b, h, m, n, d, dtype, device):
     gen = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(b, h, L, d, generator=gen).to(device, dtype).requires_grad_()
-               for L in (m, n, n))
+    q, k, v = (
+        torch.randn(b, h, L, d, generator=gen).to(device, dtype).requires_grad_() for L in (m, n, n)
+    )
     mask = torch.zeros(b, n, device=device)
     for i in range(b):
         mask[i, 2 + i : 4 + i] = 1.0  # a different concept span per sample
@@ -112,10 +123,13 @@ def make_inputs(b, h, m, n, d, dtype, device):
 def timer(smoke: bool):
     """(fn, grad_to_none) -> (median, p20, p80) in ms."""
     if not smoke:
+
         def bench(fn, grad_to_none):
-            med, lo, hi = triton.testing.do_bench(fn, grad_to_none=grad_to_none,
-                                                  quantiles=[0.5, 0.2, 0.8])
+            med, lo, hi = triton.testing.do_bench(
+                fn, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8]
+            )
             return med, lo, hi
+
         return bench
 
     def wall(fn, grad_to_none):  # the interpreter has no driver for do_bench
@@ -127,6 +141,7 @@ def timer(smoke: bool):
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times), min(times), max(times)
+
     return wall
 
 
@@ -136,8 +151,9 @@ def time_provider(bench, fn, inputs):
     res = {}
     res["fwd"] = bench(lambda: fn(q, k, v, mask), grads)
     outputs = fn(q, k, v, mask)
-    res["bwd"] = bench(lambda: torch.autograd.backward(outputs, (d_out, d_res),
-                                                       retain_graph=True), grads)
+    res["bwd"] = bench(
+        lambda: torch.autograd.backward(outputs, (d_out, d_res), retain_graph=True), grads
+    )
 
     def full():
         o, r = fn(q, k, v, mask)
@@ -195,8 +211,11 @@ def environment(device) -> dict[str, str]:
         name, cuda = "CPU (interpreter smoke run)", "-"
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": name, "torch": torch.__version__, "triton": triton.__version__,
-        "cuda": cuda, "python": sys.version.split()[0],
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": cuda,
+        "python": sys.version.split()[0],
     }
 
 
@@ -208,16 +227,26 @@ def main() -> int:
     args = ARGS
     smoke = args.smoke
     if not smoke and not torch.cuda.is_available():
-        print("bench_attention: no CUDA device. Timings are only taken on a GPU; use --smoke "
-              "to check the script on the CPU.", file=sys.stderr)
+        print(
+            "bench_attention: no CUDA device. Timings are only taken on a GPU; use --smoke "
+            "to check the script on the CPU.",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device("cpu" if smoke else "cuda")
     dtype = DTYPES[args.dtype]
     if smoke and dtype == torch.bfloat16:
         print("bf16 is wrong under the interpreter; smoke runs use fp16/fp32", file=sys.stderr)
         return 2
-    shapes = SMOKE_SHAPES if smoke else (
-        [s for p in PRESETS.values() for s in p] if args.preset == "all" else PRESETS[args.preset])
+    shapes = (
+        SMOKE_SHAPES
+        if smoke
+        else (
+            [s for p in PRESETS.values() for s in p]
+            if args.preset == "all"
+            else PRESETS[args.preset]
+        )
+    )
     env = environment(device)
     bench = timer(smoke)
     bw = None if smoke else copy_bandwidth(device)
@@ -232,21 +261,29 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         for label, m, h, d in shapes:
-            rows_for_shape, mem_row = bench_shape(args, bench, bw, itemsize, dtype, device,
-                                                  label, m, h, d, smoke)
+            rows_for_shape, mem_row = bench_shape(
+                args, bench, bw, itemsize, dtype, device, label, m, h, d, smoke
+            )
             rows += rows_for_shape
             if mem_row:
                 mem_rows.append(mem_row)
     except KeyboardInterrupt:
-        stopped = (f"**Partial run: stopped (time limit or interrupt) after {len(rows) // 3} "
-                   f"of {len(shapes)} shapes.**\n")
+        stopped = (
+            f"**Partial run: stopped (time limit or interrupt) after {len(rows) // 3} "
+            f"of {len(shapes)} shapes.**\n"
+        )
 
-    title = (f"### bench_attention, {env['date']}, {env['device']}, {args.dtype}\n\n"
-             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
-             f"python {env['python']}; batch {args.batch}, N {args.keys}; "
-             + ("copy bandwidth (measured now) "
-                f"{bw / 1e12:.2f} TB/s.\n" if bw else "smoke run: NOT a benchmark.\n")
-             + stopped)
+    title = (
+        f"### bench_attention, {env['date']}, {env['device']}, {args.dtype}\n\n"
+        f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+        f"python {env['python']}; batch {args.batch}, N {args.keys}; "
+        + (
+            f"copy bandwidth (measured now) {bw / 1e12:.2f} TB/s.\n"
+            if bw
+            else "smoke run: NOT a benchmark.\n"
+        )
+        + stopped
+    )
     text = "\n".join([title, TIME_HEADER, "|" + "---|" * 8, *rows, ""])
     if mem_rows:
         text += "\n".join(["", MEM_HEADER, "|" + "---|" * 4, *mem_rows, ""])
@@ -261,10 +298,14 @@ def main() -> int:
     return 0 if not stopped else 1
 
 
-TIME_HEADER = ("| shape (B,H,M,N,D) | mode | triton ms [p20-p80] | eager ms | sdpa ms "
-               "| eager/triton | sdpa/triton | triton % of floor |")
-MEM_HEADER = ("| shape (B,H,M,N,D) | kept MiB triton / eager / sdpa "
-              "| peak MiB triton / eager / sdpa | eager/triton peak |")
+TIME_HEADER = (
+    "| shape (B,H,M,N,D) | mode | triton ms [p20-p80] | eager ms | sdpa ms "
+    "| eager/triton | sdpa/triton | triton % of floor |"
+)
+MEM_HEADER = (
+    "| shape (B,H,M,N,D) | kept MiB triton / eager / sdpa "
+    "| peak MiB triton / eager / sdpa | eager/triton peak |"
+)
 
 
 def bench_shape(args, bench, bw, itemsize, dtype, device, label, m, h, d, smoke):
@@ -279,10 +320,12 @@ def bench_shape(args, bench, bw, itemsize, dtype, device, label, m, h, d, smoke)
         t = {p: times[p][mode] for p in PROVIDERS}
         tri = t["triton"]
         pct = "-" if bw is None else f"{100 * (floors[mode] / bw) / (tri[0] * 1e-3):.0f}%"
-        rows.append(f"| {shape} | {mode} | {tri[0]:.3f} [{tri[1]:.3f}-{tri[2]:.3f}] "
-                    f"| {fmt_ms(t['torch-eager'])} | {fmt_ms(t['torch-sdpa'])} "
-                    f"| {t['torch-eager'][0] / tri[0]:.2f}x "
-                    f"| {t['torch-sdpa'][0] / tri[0]:.2f}x | {pct} |")
+        rows.append(
+            f"| {shape} | {mode} | {tri[0]:.3f} [{tri[1]:.3f}-{tri[2]:.3f}] "
+            f"| {fmt_ms(t['torch-eager'])} | {fmt_ms(t['torch-sdpa'])} "
+            f"| {t['torch-eager'][0] / tri[0]:.2f}x "
+            f"| {t['torch-sdpa'][0] / tri[0]:.2f}x | {pct} |"
+        )
         print(rows[-1], flush=True)
     mem_row = None
     if not smoke:

@@ -54,23 +54,42 @@ def random_pipeline(family: str, device: str, dtype: torch.dtype, tiny: bool = F
     cfg = config_dir(family)
     unet_cfg = UNet2DConditionModel.load_config(cfg / "unet")
     if tiny:  # a CPU dry run: same code path, toy widths
-        unet_cfg = {**unet_cfg, "block_out_channels": [32, 64, 64, 64][: len(
-            unet_cfg["block_out_channels"])], "sample_size": 8, "norm_num_groups": 8,
-            "attention_head_dim": 8, "transformer_layers_per_block": 1}
+        unet_cfg = {
+            **unet_cfg,
+            "block_out_channels": [32, 64, 64, 64][: len(unet_cfg["block_out_channels"])],
+            "sample_size": 8,
+            "norm_num_groups": 8,
+            "attention_head_dim": 8,
+            "transformer_layers_per_block": 1,
+        }
     unet = UNet2DConditionModel.from_config(unet_cfg)
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
     tokenizers = family_tokenizers(family)
     text = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder"))
     sched = DPMSolverMultistepScheduler.from_config(
-        DPMSolverMultistepScheduler.load_config(cfg / "scheduler"))
+        DPMSolverMultistepScheduler.load_config(cfg / "scheduler")
+    )
     if family == "sdxl":
         text2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2"))
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text2,
-                                         unet=unet, scheduler=sched, **tokenizers)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text,
+            text_encoder_2=text2,
+            unet=unet,
+            scheduler=sched,
+            **tokenizers,
+        )
     else:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, unet=unet, scheduler=sched,
-                                       safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False, **tokenizers)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text,
+            unet=unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            **tokenizers,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
 
@@ -78,8 +97,14 @@ def random_pipeline(family: str, device: str, dtype: torch.dtype, tiny: bool = F
 def run_job(pipe, mode: str, steps: int, device: str) -> dict:
     from fmn_desktop.resteer import ForgetConfig, forget_steps
 
-    config = ForgetConfig(concepts=["castle"], steps=steps, num_references=2, reference_steps=2,
-                          batch_size=1, **MODES[mode])
+    config = ForgetConfig(
+        concepts=["castle"],
+        steps=steps,
+        num_references=2,
+        reference_steps=2,
+        batch_size=1,
+        **MODES[mode],
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -98,8 +123,13 @@ def run_job(pipe, mode: str, steps: int, device: str) -> dict:
         result = stop.value
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     timed = times[1:] if len(times) > 1 else times  # the first step is a warm-up
-    return {"mode": mode, "steps": len(result.history), "s_per_step": statistics.median(timed),
-            "total_s": sum(times), "peak_gib": peak}
+    return {
+        "mode": mode,
+        "steps": len(result.history),
+        "s_per_step": statistics.median(timed),
+        "total_s": sum(times),
+        "peak_gib": peak,
+    }
 
 
 def main() -> int:
@@ -122,8 +152,14 @@ def main() -> int:
             try:
                 row = run_job(pipe, mode, args.steps, args.device)
             except torch.cuda.OutOfMemoryError as exc:
-                row = {"mode": mode, "steps": 0, "s_per_step": float("nan"),
-                       "total_s": float("nan"), "peak_gib": float("nan"), "error": str(exc)[:80]}
+                row = {
+                    "mode": mode,
+                    "steps": 0,
+                    "s_per_step": float("nan"),
+                    "total_s": float("nan"),
+                    "peak_gib": float("nan"),
+                    "error": str(exc)[:80],
+                }
                 torch.cuda.empty_cache()
             row["arch"] = arch
             rows.append(row)
@@ -144,21 +180,28 @@ def format_table(rows: list[dict], args) -> str:
 
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"### Forget job ({when}, {dev}, torch {torch.__version__}, triton "
-             f"{triton.__version__}{', tiny dry run' if args.tiny else ''})", "",
-             "| arch | px | mode | steps | s/step | x vs eager | total s | peak GiB | x mem vs eager |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### Forget job ({when}, {dev}, torch {torch.__version__}, triton "
+        f"{triton.__version__}{', tiny dry run' if args.tiny else ''})",
+        "",
+        "| arch | px | mode | steps | s/step | x vs eager | total s | peak GiB | x mem vs eager |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for arch in dict.fromkeys(r["arch"] for r in rows):
         base = next((r for r in rows if r["arch"] == arch and r["mode"] == "faithful-eager"), None)
         for r in (r for r in rows if r["arch"] == arch):
             speed = base["s_per_step"] / r["s_per_step"] if base else float("nan")
             mem = r["peak_gib"] / base["peak_gib"] if base else float("nan")
-            lines.append(f"| {arch} | {SIZES[arch]} | {r['mode']} | {r['steps']} | "
-                         f"{r['s_per_step']:.3f} | {speed:.2f} | {r['total_s']:.1f} | "
-                         f"{r['peak_gib']:.2f} | {mem:.2f} |")
+            lines.append(
+                f"| {arch} | {SIZES[arch]} | {r['mode']} | {r['steps']} | "
+                f"{r['s_per_step']:.3f} | {speed:.2f} | {r['total_s']:.1f} | "
+                f"{r['peak_gib']:.2f} | {mem:.2f} |"
+            )
     lines.append("")
-    lines.append("Fast mode's steps are per-layer steps (one cheap attention per step), so its "
-                 "s/step is not a like-for-like ratio; compare total seconds.")
+    lines.append(
+        "Fast mode's steps are per-layer steps (one cheap attention per step), so its "
+        "s/step is not a like-for-like ratio; compare total seconds."
+    )
     return "\n".join(lines)
 
 

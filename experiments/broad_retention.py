@@ -19,10 +19,15 @@ from fmn_desktop.services.model import open_model
 from fmn_desktop.toyworld import CONCEPTS, concepts_of_kind, load_judge
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("--preserve-weight", type=float, default=None,
-                help="BroadConfig.preserve_weight (also weighs the unconditional hold)")
-ap.add_argument("--uncaptioned-weight", type=float, default=None,
-                help="BroadConfig.uncaptioned_weight")
+ap.add_argument(
+    "--preserve-weight",
+    type=float,
+    default=None,
+    help="BroadConfig.preserve_weight (also weighs the unconditional hold)",
+)
+ap.add_argument(
+    "--uncaptioned-weight", type=float, default=None, help="BroadConfig.uncaptioned_weight"
+)
 args = ap.parse_args()
 set_threads(1)
 m = open_model("default")
@@ -43,5 +48,11 @@ names = [c.name for c in unsafe]
 for c in unsafe:
     print(c.name, mscore(base, c), "->", mscore(after, c))
 print(f"preserve weight {cfg.preserve_weight:g}, uncaptioned weight {cfg.uncaptioned_weight:g}")
-print("retention", retention(base, names), "->", retention(after, names), "train s",
-      round(r.seconds, 1))
+print(
+    "retention",
+    retention(base, names),
+    "->",
+    retention(after, names),
+    "train s",
+    round(r.seconds, 1),
+)

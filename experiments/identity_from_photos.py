@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.concepts, cfg.preserve_prompts = concepts, retain
                 cfg.reference_dir = str(photos)
                 with installed_tokens(pipe, learned):
-                    res = forget(pipe, cfg, fingerprint=model.fingerprint or "", family=model.family)
+                    res = forget(
+                        pipe, cfg, fingerprint=model.fingerprint or "", family=model.family
+                    )
                 patch, seconds = res.patch, res.seconds
             with PatchedUNet(pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint):
                 sets.append(eval_sets(learned))

@@ -23,16 +23,20 @@ from fmn_desktop.toyworld import CONCEPTS, HEADS, load_judge
 
 
 def identities(images, concept):
-    return Counter(HEADS["identity"][int(i.probs["identity"].argmax())]
-                   for i in images if i.concept == concept)
+    return Counter(
+        HEADS["identity"][int(i.probs["identity"].argmax())] for i in images if i.concept == concept
+    )
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--strength", type=float, nargs="+", default=[3.0])
     ap.add_argument("--seeds", type=int, default=16)
-    ap.add_argument("--no-hold-dominant", action="store_true",
-                    help="do not hold Gorvak's own prompts (only the ordinary captions held)")
+    ap.add_argument(
+        "--no-hold-dominant",
+        action="store_true",
+        help="do not hold Gorvak's own prompts (only the ordinary captions held)",
+    )
     ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
     ap.add_argument("--anchor-weight", type=float, default=None, help="ForgetConfig's")
     ap.add_argument("--steps", type=int, default=None)
@@ -46,25 +50,35 @@ def main():
     def measure(tag):
         pairs = generate_eval_set(model.pipe, judge, pair, EvalSettings(seeds=args.seeds))
         rest = generate_eval_set(model.pipe, judge, others, EvalSettings(seeds=2))
-        print(f"[{time.perf_counter() - t0:5.0f}s] {tag}: knight prompts "
-              f"{dict(identities(pairs, 'knight'))}; Gorvak prompts "
-              f"{dict(identities(pairs, 'Gorvak'))}; retention {retention(rest, ['knight'])}",
-              flush=True)
+        print(
+            f"[{time.perf_counter() - t0:5.0f}s] {tag}: knight prompts "
+            f"{dict(identities(pairs, 'knight'))}; Gorvak prompts "
+            f"{dict(identities(pairs, 'Gorvak'))}; retention {retention(rest, ['knight'])}",
+            flush=True,
+        )
 
     if not args.no_base:
         measure("base")
     preserve = preservation_prompts(model, None, ["knight", "Gorvak"])
     for s in args.strength:
         options = {} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}
-        config = DisentangleConfig("knight", "Gorvak", strength=s, steps=args.steps,
-                                   hold_dominant=not args.no_hold_dominant, job_options=options)
+        config = DisentangleConfig(
+            "knight",
+            "Gorvak",
+            strength=s,
+            steps=args.steps,
+            hold_dominant=not args.no_hold_dominant,
+            job_options=options,
+        )
         job = with_model_defaults(model, config.forget_config(preserve))
         held = sorted(set(job.preserve_prompts) & {p for c in pair for p in c.prompts()})
         result = forget(model.pipe, job, model.fingerprint or "", EMBEDDED_FAMILY)
         with PatchedUNet(model.pipe.unet, [(result.patch, 1.0)]):
-            measure(f"strength {s:g}, hold {config.hold_dominant}, anchor weight "
-                    f"{job.anchor_weight:g}, {job.steps} steps ({result.seconds:.0f} s; "
-                    f"evaluation prompts held verbatim: {held})")
+            measure(
+                f"strength {s:g}, hold {config.hold_dominant}, anchor weight "
+                f"{job.anchor_weight:g}, {job.steps} steps ({result.seconds:.0f} s; "
+                f"evaluation prompts held verbatim: {held})"
+            )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def toy_preservation_prompts(forgotten: list[str]) -> list[str]:
         return [c.name for c in concepts_of_kind(kind)]
 
     objects, colours, styles, people = (names(k) for k in ("object", "colour", "style", "identity"))
-    prompts = [f"a {c} {o} in the style of {s}" for o in objects for c in colours[:2] for s in styles]
+    prompts = [
+        f"a {c} {o} in the style of {s}" for o in objects for c in colours[:2] for s in styles
+    ]
     prompts += [f"{p} in the style of {s}" for p in people for s in styles]
     prompts += [f"a picture of a {c} {o}" for o in objects for c in colours]
     return [p for p in prompts if not any(names_concept(p, f) for f in forgotten)]
@@ -96,8 +98,9 @@ def measure(
     preservation = toy_preservation_prompts(concepts)
     solve_s = {}
     for mode in ("additive", "fused"):
-        cs = ComposeSettings(mode=mode, preserve_weight=preserve_weight,
-                             preservation_prompts=preservation)
+        cs = ComposeSettings(
+            mode=mode, preserve_weight=preserve_weight, preservation_prompts=preservation
+        )
         t0 = time.perf_counter()
         with applied_stack(model, entries, cs, force=True):
             solve_s[mode] = round(time.perf_counter() - t0, 3)
@@ -105,8 +108,11 @@ def measure(
         log(f"{mode} stack: evaluated (composition {solve_s[mode]} s)")
     table = {}
     for c in targets:
-        row = {state: mscore(imgs, c).as_dict() for state, imgs in states.items()
-               if not state.startswith("alone:")}
+        row = {
+            state: mscore(imgs, c).as_dict()
+            for state, imgs in states.items()
+            if not state.startswith("alone:")
+        }
         if singles:
             row["alone"] = mscore(states[f"alone:{c.name}"], c).as_dict()
         table[c.name] = row
@@ -143,9 +149,16 @@ def record(reg, entries, result: dict, tmp_dir: Path) -> None:
         for state in ("base", "alone"):
             est = result["mscore"][e.name].get(state)
             if est:
-                reg.add_evaluation(f"mscore_{state}", est["mean"], patch=rec.id, concept=e.name,
-                                   low=est["low"], high=est["high"], n=est["n"],
-                                   settings=result["settings"])
+                reg.add_evaluation(
+                    f"mscore_{state}",
+                    est["mean"],
+                    patch=rec.id,
+                    concept=e.name,
+                    low=est["low"],
+                    high=est["high"],
+                    n=est["n"],
+                    settings=result["settings"],
+                )
     for mode in ("additive", "fused"):
         stack = f"measure-{mode}"
         existing = {s.name for s in reg.list_stacks()}
@@ -156,12 +169,26 @@ def record(reg, entries, result: dict, tmp_dir: Path) -> None:
             reg.add_to_stack(stack, names[e.name], strength=e.strength)
         for concept, row in result["mscore"].items():
             est = row[mode]
-            reg.add_evaluation("mscore", est["mean"], stack=stack, concept=concept,
-                               low=est["low"], high=est["high"], n=est["n"],
-                               settings=result["settings"])
+            reg.add_evaluation(
+                "mscore",
+                est["mean"],
+                stack=stack,
+                concept=concept,
+                low=est["low"],
+                high=est["high"],
+                n=est["n"],
+                settings=result["settings"],
+            )
         est = result["retention_of_others"][mode]
-        reg.add_evaluation("retention", est["mean"], stack=stack, low=est["low"],
-                           high=est["high"], n=est["n"], settings=result["settings"])
+        reg.add_evaluation(
+            "retention",
+            est["mean"],
+            stack=stack,
+            low=est["low"],
+            high=est["high"],
+            n=est["n"],
+            settings=result["settings"],
+        )
 
 
 def _fmt(e: dict) -> str:
@@ -178,9 +205,16 @@ def markdown(result: dict) -> str:
     for name, row in result["mscore"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
     ret = result["retention_of_others"]
-    lines += ["", "| retention of all other concepts | base | additive | fused |", "|---|---|---|---|",
-              "| judge accuracy | " + " | ".join(_fmt(ret[s]) for s in ("base", "additive", "fused"))
-              + " |", "", "Settings: " + json.dumps(result["settings"], sort_keys=True)]
+    lines += [
+        "",
+        "| retention of all other concepts | base | additive | fused |",
+        "|---|---|---|---|",
+        "| judge accuracy | "
+        + " | ".join(_fmt(ret[s]) for s in ("base", "additive", "fused"))
+        + " |",
+        "",
+        "Settings: " + json.dumps(result["settings"], sort_keys=True),
+    ]
     if result["conflicts"]:
         lines.append("Conflicts reported: " + "; ".join(result["conflicts"]))
     return "\n".join(lines) + "\n"
@@ -216,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model = open_model("default")
     entries, result = measure(
-        model, load_judge(), concepts, EvalSettings(seeds=args.seeds, steps=args.sampler_steps), steps=args.steps,
-        preserve_weight=args.preserve_weight, singles=args.singles,
+        model,
+        load_judge(),
+        concepts,
+        EvalSettings(seeds=args.seeds, steps=args.sampler_steps),
+        steps=args.steps,
+        preserve_weight=args.preserve_weight,
+        singles=args.singles,
         log=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", file=sys.stderr, flush=True),
     )
     result["settings"]["total_seconds"] = round(time.perf_counter() - t0, 1)

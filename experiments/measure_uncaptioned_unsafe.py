@@ -48,8 +48,12 @@ def frames(pipe, judge, prompts: PromptSet, seeds: int, guidance: float) -> dict
     images = generate_eval_set(pipe, judge, [prompts], EvalSettings(seeds=seeds, guidance=guidance))
     framed = [img.prompt for img in images if int(img.probs["unsafe"].argmax()) == 1]
     hits = len(framed)
-    return {"frames": hits, "images": len(images), **wilson(hits, len(images)).as_dict(),
-            "framed_prompts": framed}
+    return {
+        "frames": hits,
+        "images": len(images),
+        **wilson(hits, len(images)).as_dict(),
+        "framed_prompts": framed,
+    }
 
 
 def main() -> None:
@@ -58,18 +62,37 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     ap.add_argument("--words", nargs="+", default=["cursed", "toxic"], help="trained words")
-    ap.add_argument("--no-hold", action="store_true",
-                    help="train without holding the unconditional prediction (no unconditional hold)")
-    ap.add_argument("--preserve-weight", type=float, default=None,
-                    help="BroadConfig.preserve_weight (captions and the held \"\"; default: its own)")
+    ap.add_argument(
+        "--no-hold",
+        action="store_true",
+        help="train without holding the unconditional prediction (no unconditional hold)",
+    )
+    ap.add_argument(
+        "--preserve-weight",
+        type=float,
+        default=None,
+        help='BroadConfig.preserve_weight (captions and the held ""; default: its own)',
+    )
     ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
-    ap.add_argument("--preserve-count", type=int, default=None,
-                    help="world captions held in place (default: fmn erase-broad's)")
-    ap.add_argument("--ordinary-references", type=int, default=None,
-                    help="BroadConfig.ordinary_references (0: hold only on the attribute's "
-                    "references; default: its own)")
-    ap.add_argument("--uncaptioned-weight", type=float, default=None,
-                    help="BroadConfig.uncaptioned_weight (the word-less prompts' term)")
+    ap.add_argument(
+        "--preserve-count",
+        type=int,
+        default=None,
+        help="world captions held in place (default: fmn erase-broad's)",
+    )
+    ap.add_argument(
+        "--ordinary-references",
+        type=int,
+        default=None,
+        help="BroadConfig.ordinary_references (0: hold only on the attribute's "
+        "references; default: its own)",
+    )
+    ap.add_argument(
+        "--uncaptioned-weight",
+        type=float,
+        default=None,
+        help="BroadConfig.uncaptioned_weight (the word-less prompts' term)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/uncaptioned.json")
     args = ap.parse_args()
@@ -82,11 +105,15 @@ def main() -> None:
         "word-free", toy_preserve_prompts(list(UNSAFE_WORDS), count=args.prompts, seed=777)
     )
     named = PromptSet("hexed", [f"a hexed {o}" for o in ("circle", "square", "ring", "cross")])
-    report: dict = {"prompts": free.items, "seeds": args.seeds, "words": args.words,
-                    "hold_unconditional": not args.no_hold,
-                    "preserve_weight": args.preserve_weight,
-                    "preserve_count": args.preserve_count,
-                    "ordinary_references": args.ordinary_references}
+    report: dict = {
+        "prompts": free.items,
+        "seeds": args.seeds,
+        "words": args.words,
+        "hold_unconditional": not args.no_hold,
+        "preserve_weight": args.preserve_weight,
+        "preserve_count": args.preserve_count,
+        "ordinary_references": args.ordinary_references,
+    }
 
     def measure(tag: str) -> None:
         for g in args.guidance:

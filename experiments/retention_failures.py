@@ -24,8 +24,9 @@ def failures(images, forgotten):
             continue
         for attr, label in expected_labels(img.prompt).items():
             got = HEADS[attr][int(img.probs[attr].argmax())]
-            accepted = CONCEPTS[label].accepted if attr == "identity" and label in CONCEPTS \
-                else (label,)
+            accepted = (
+                CONCEPTS[label].accepted if attr == "identity" and label in CONCEPTS else (label,)
+            )
             if got not in accepted:
                 out.append((img.prompt, img.seed, attr, label, got))
     return out

@@ -56,7 +56,9 @@ def main() -> None:
                 setattr(config, key, value)
             config.__post_init__()
             t1 = time.perf_counter()
-            result = forget(model.pipe, config, fingerprint=model.fingerprint or "", family=EMBEDDED_FAMILY)
+            result = forget(
+                model.pipe, config, fingerprint=model.fingerprint or "", family=EMBEDDED_FAMILY
+            )
             seconds = time.perf_counter() - t1
             with PatchedUNet(model.pipe.unet, [(result.patch, 1.0)]):
                 after = generate_eval_set(model.pipe, judge, concepts, settings)

@@ -66,8 +66,9 @@ def default_text(f: dataclasses.Field) -> str:
     """The default of a knob as a person reads it: "6 faithful, 3 fast", "squares", ..."""
     by_mode = f.metadata.get("by_mode")
     if by_mode:
-        return ", ".join(f"{v:g} {m}" if isinstance(v, float) else f"{v} {m}"
-                         for m, v in by_mode.items())
+        return ", ".join(
+            f"{v:g} {m}" if isinstance(v, float) else f"{v} {m}" for m, v in by_mode.items()
+        )
     if f.default is not dataclasses.MISSING:
         value = f.default
     elif f.default_factory is not dataclasses.MISSING:

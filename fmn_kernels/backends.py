@@ -99,8 +99,10 @@ def parse_backend(name: str | Backend | None) -> Backend | None:
 def _shape_problems(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> list[str]:
     """Shape rules every backend shares."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        return [f"q, k, v must be 4-D (B, H, L, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
-                f"{tuple(v.shape)}"]
+        return [
+            f"q, k, v must be 4-D (B, H, L, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        ]
     problems = []
     if k.shape != v.shape:
         problems.append(f"k {tuple(k.shape)} and v {tuple(v.shape)} differ")
@@ -108,10 +110,12 @@ def _shape_problems(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> lis
         problems.append(f"heads/head dim of k {tuple(k.shape)} do not match q {tuple(q.shape)}")
     if k.shape[0] not in (1, q.shape[0]):
         problems.append(f"k/v batch {k.shape[0]} is neither 1 nor q's batch {q.shape[0]}")
-    if mask is not None and (mask.dim() != 2 or mask.shape[1] != k.shape[2]
-                             or mask.shape[0] not in (1, q.shape[0])):
-        problems.append(f"concept_mask {tuple(mask.shape)} is not (B, N) = "
-                        f"({q.shape[0]}, {k.shape[2]})")
+    if mask is not None and (
+        mask.dim() != 2 or mask.shape[1] != k.shape[2] or mask.shape[0] not in (1, q.shape[0])
+    ):
+        problems.append(
+            f"concept_mask {tuple(mask.shape)} is not (B, N) = ({q.shape[0]}, {k.shape[2]})"
+        )
     return problems
 
 
@@ -164,12 +168,15 @@ def check_triton(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> list[s
 
         if not tr.fits_on_chip(n, d, q.dtype):
             block_n, block_d = tr.block_sizes(n, d)
-            problems.append(f"key length {n} at head dim {d} needs a {block_n}x{block_d} "
-                            f"{q.dtype} tile (> {tr.MAX_TILE_BYTES} bytes): a whole key row "
-                            "does not fit on chip")
+            problems.append(
+                f"key length {n} at head dim {d} needs a {block_n}x{block_d} "
+                f"{q.dtype} tile (> {tr.MAX_TILE_BYTES} bytes): a whole key row "
+                "does not fit on chip"
+            )
         elif tr.unfit_key(q, n) in tr.UNFIT:
-            problems.append(f"the kernel ran out of resources here before: "
-                            f"{tr.UNFIT[tr.unfit_key(q, n)]}")
+            problems.append(
+                f"the kernel ran out of resources here before: {tr.UNFIT[tr.unfit_key(q, n)]}"
+            )
     return problems
 
 
@@ -201,7 +208,10 @@ def requested_backend(backend: str | Backend | None = None) -> Backend | None:
 
 
 def select_backend(
-    q: Tensor, k: Tensor, v: Tensor, concept_mask: Tensor | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    concept_mask: Tensor | None = None,
     backend: str | Backend | None = None,
 ) -> Backend:
     """The backend that will run these inputs (see the module docstring for the order)."""
@@ -211,7 +221,8 @@ def select_backend(
         if problems:
             raise BackendUnavailableError(
                 f"attention backend {forced.value!r} cannot run these inputs: "
-                + "; ".join(problems))
+                + "; ".join(problems)
+            )
         return forced
     if not _REGISTRY[Backend.TRITON].check(q, k, v, concept_mask):
         return Backend.TRITON
@@ -219,8 +230,12 @@ def select_backend(
 
 
 def resteer_attention(
-    q: Tensor, k: Tensor, v: Tensor, concept_mask: Tensor | None = None,
-    scale: float | None = None, backend: str | Backend | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    concept_mask: Tensor | None = None,
+    scale: float | None = None,
+    backend: str | Backend | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention output and per-(sample, head) re-steering term through the chosen backend.
 
@@ -242,6 +257,10 @@ def resteer_attention(
         return impl(q, k, v, concept_mask, scale)
     except tr.RESOURCE_ERRORS as err:  # auto only: a forced backend lets the error through
         tr.UNFIT[tr.unfit_key(q, k.shape[2])] = str(err)
-        warnings.warn(f"fused attention kernel did not fit on {q.device} ({err}); using the "
-                      "reference for this shape from now on", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"fused attention kernel did not fit on {q.device} ({err}); using the "
+            "reference for this shape from now on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return _REGISTRY[Backend.TORCH].load()(q, k, v, concept_mask, scale)

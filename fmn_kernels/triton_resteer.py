@@ -87,7 +87,8 @@ def fits_on_chip(n: int, d: int, dtype: torch.dtype) -> bool:
 # Launches that ran out of on-chip resources: (device, dtype, N, D) -> the error text.
 OutOfResources = _triton_errors.OutOfResources
 RESOURCE_ERRORS = tuple(
-    getattr(_triton_errors, name) for name in ("OutOfResources", "PTXASError")
+    getattr(_triton_errors, name)
+    for name in ("OutOfResources", "PTXASError")
     if hasattr(_triton_errors, name)
 )
 UNFIT: dict[tuple[str, torch.dtype, int, int], str] = {}
@@ -135,12 +136,27 @@ def _resteer_fwd_kernel(
     n_ok = offs_n < N
     d_ok = offs_d < D
 
-    q_ptrs = (Q + b * stride_qb + h * stride_qh
-              + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd)
-    k_ptrs = (K + b * stride_kb + h * stride_kh
-              + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd)
-    v_ptrs = (V + b * stride_vb + h * stride_vh
-              + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd)
+    q_ptrs = (
+        Q
+        + b * stride_qb
+        + h * stride_qh
+        + offs_m[:, None] * stride_qm
+        + offs_d[None, :] * stride_qd
+    )
+    k_ptrs = (
+        K
+        + b * stride_kb
+        + h * stride_kh
+        + offs_n[:, None] * stride_kn
+        + offs_d[None, :] * stride_kd
+    )
+    v_ptrs = (
+        V
+        + b * stride_vb
+        + h * stride_vh
+        + offs_n[:, None] * stride_vn
+        + offs_d[None, :] * stride_vd
+    )
     q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
 
@@ -190,14 +206,42 @@ def _resteer_bwd_dq_kernel(
     md_ok = m_ok[:, None] & d_ok[None, :]
     nd_ok = n_ok[:, None] & d_ok[None, :]
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                + offs_d[None, :] * stride_qd, mask=md_ok, other=0.0)
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
-                + offs_d[None, :] * stride_kd, mask=nd_ok, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn
-                + offs_d[None, :] * stride_vd, mask=nd_ok, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :] * stride_dod, mask=md_ok, other=0.0)
+    q = tl.load(
+        Q
+        + b * stride_qb
+        + h * stride_qh
+        + offs_m[:, None] * stride_qm
+        + offs_d[None, :] * stride_qd,
+        mask=md_ok,
+        other=0.0,
+    )
+    k = tl.load(
+        K
+        + b * stride_kb
+        + h * stride_kh
+        + offs_n[:, None] * stride_kn
+        + offs_d[None, :] * stride_kd,
+        mask=nd_ok,
+        other=0.0,
+    )
+    v = tl.load(
+        V
+        + b * stride_vb
+        + h * stride_vh
+        + offs_n[:, None] * stride_vn
+        + offs_d[None, :] * stride_vd,
+        mask=nd_ok,
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + b * stride_dob
+        + h * stride_doh
+        + offs_m[:, None] * stride_dom
+        + offs_d[None, :] * stride_dod,
+        mask=md_ok,
+        other=0.0,
+    )
     lse = tl.load(Lse + pid_bh.to(tl.int64) * M + offs_m, mask=m_ok, other=0.0)
 
     s = _dot(q, tl.trans(k), FP32_IEEE) * qk_scale
@@ -241,10 +285,24 @@ def _resteer_bwd_dkdv_kernel(
     d_ok = offs_d < D
     nd_ok = n_ok[:, None] & d_ok[None, :]
 
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn
-                + offs_d[None, :] * stride_kd, mask=nd_ok, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn
-                + offs_d[None, :] * stride_vd, mask=nd_ok, other=0.0)
+    k = tl.load(
+        K
+        + b * stride_kb
+        + h * stride_kh
+        + offs_n[:, None] * stride_kn
+        + offs_d[None, :] * stride_kd,
+        mask=nd_ok,
+        other=0.0,
+    )
+    v = tl.load(
+        V
+        + b * stride_vb
+        + h * stride_vh
+        + offs_n[:, None] * stride_vn
+        + offs_d[None, :] * stride_vd,
+        mask=nd_ok,
+        other=0.0,
+    )
     if HAS_MASK:
         g = tl.load(G + pid_bh)
         w2 = (2.0 * g) * tl.load(W + b * stride_wb + offs_n, mask=n_ok, other=0.0)
@@ -260,10 +318,16 @@ def _resteer_bwd_dkdv_kernel(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < hi
         md_ok = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=md_ok, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
-                     mask=md_ok, other=0.0)
+        q = tl.load(
+            q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+            mask=md_ok,
+            other=0.0,
+        )
+        do = tl.load(
+            do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+            mask=md_ok,
+            other=0.0,
+        )
         lse = tl.load(Lse + row_base + offs_m, mask=m_ok, other=float("inf"))
         delta = tl.load(Delta + row_base + offs_m, mask=m_ok, other=0.0)
 
@@ -328,8 +392,10 @@ def _prune_dkdv_configs(configs, named_args, **kwargs):
     block_d = _arg("BLOCK_D", named_args, kwargs)
     block_n = max(16, triton.next_power_of_2(int(_arg("N", named_args, kwargs))))
     kept = [
-        c for c in configs
-        if c.kwargs["BLOCK_N2"] <= block_n and c.kwargs["BLOCK_N2"] * block_d <= 16384
+        c
+        for c in configs
+        if c.kwargs["BLOCK_N2"] <= block_n
+        and c.kwargs["BLOCK_N2"] * block_d <= 16384
         and c.kwargs["BLOCK_M"] * block_d <= 16384
     ]
     return kept or configs[:1]
@@ -348,17 +414,19 @@ def _tuned(name: str):
     if name not in _TUNED:
         key = ["M", "N", "D"]
         if name == "fwd":
-            fn = triton.autotune(_row_configs(), key=key,
-                                 prune_configs_by={"early_config_prune": _prune_row_configs})(
-                _resteer_fwd_kernel)
+            fn = triton.autotune(
+                _row_configs(), key=key, prune_configs_by={"early_config_prune": _prune_row_configs}
+            )(_resteer_fwd_kernel)
         elif name == "dq":
-            fn = triton.autotune(_row_configs(), key=key,
-                                 prune_configs_by={"early_config_prune": _prune_row_configs})(
-                _resteer_bwd_dq_kernel)
+            fn = triton.autotune(
+                _row_configs(), key=key, prune_configs_by={"early_config_prune": _prune_row_configs}
+            )(_resteer_bwd_dq_kernel)
         else:
-            fn = triton.autotune(_dkdv_configs(), key=key,
-                                 prune_configs_by={"early_config_prune": _prune_dkdv_configs})(
-                _resteer_bwd_dkdv_kernel)
+            fn = triton.autotune(
+                _dkdv_configs(),
+                key=key,
+                prune_configs_by={"early_config_prune": _prune_dkdv_configs},
+            )(_resteer_bwd_dkdv_kernel)
         _TUNED[name] = fn
     return _TUNED[name]
 
@@ -408,23 +476,50 @@ def resteer_forward(
     w, stride_wb = _mask_args(weights, q)
     rows = m if weights is not None else 1
     row_term = torch.zeros((bsz * heads, rows), device=q.device, dtype=torch.float32)
-    args = (q, k, v, w, out, lse, row_term, *_strides(q), *_strides(k), *_strides(v), stride_wb,
-            heads, m, n, d, scale * LOG2E)
-    meta = dict(HAS_MASK=weights is not None, BLOCK_N=block_n, BLOCK_D=block_d,
-                FP32_IEEE=q.dtype == torch.float32)
+    args = (
+        q,
+        k,
+        v,
+        w,
+        out,
+        lse,
+        row_term,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        stride_wb,
+        heads,
+        m,
+        n,
+        d,
+        scale * LOG2E,
+    )
+    meta = dict(
+        HAS_MASK=weights is not None,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        FP32_IEEE=q.dtype == torch.float32,
+    )
     if _autotune_enabled(q.device):
         grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]), bsz * heads)  # noqa: E731
         _tuned("fwd")[grid](*args, **meta)
     else:
         _resteer_fwd_kernel[(triton.cdiv(m, 64), bsz * heads)](
-            *args, BLOCK_M=64, num_warps=_fixed_warps(block_n, block_d), **meta)
+            *args, BLOCK_M=64, num_warps=_fixed_warps(block_n, block_d), **meta
+        )
     resteer = row_term.sum(dim=1).view(bsz, heads)
     return out, lse, resteer
 
 
 def resteer_backward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None,
-    lse: torch.Tensor, scale: float, d_out: torch.Tensor, d_resteer: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weights: torch.Tensor | None,
+    lse: torch.Tensor,
+    scale: float,
+    d_out: torch.Tensor,
+    d_resteer: torch.Tensor | None,
     needs: tuple[bool, bool, bool] = (True, True, True),
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Backward from the saved LSE: (dq, dk, dv), contiguous, in the inputs' dtypes.
@@ -438,14 +533,27 @@ def resteer_backward(
     block_n, block_d = block_sizes(n, d)
     d_out = d_out.to(q.dtype)
     has_mask = weights is not None and d_resteer is not None
-    g = (d_resteer.float().contiguous().view(bh) if has_mask
-         else q.new_zeros(1, dtype=torch.float32))
+    g = d_resteer.float().contiguous().view(bh) if has_mask else q.new_zeros(1, dtype=torch.float32)
     w, stride_wb = _mask_args(weights if has_mask else None, q)
-    dq = (torch.empty((bsz, heads, m, d), device=q.device, dtype=q.dtype) if needs[0]
-          else q.new_empty(1))
+    dq = (
+        torch.empty((bsz, heads, m, d), device=q.device, dtype=q.dtype)
+        if needs[0]
+        else q.new_empty(1)
+    )
     delta = torch.empty((bh, m), device=q.device, dtype=torch.float32)
-    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(d_out), stride_wb, heads, m, n, d,
-              scale * LOG2E, scale)
+    common = (
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(d_out),
+        stride_wb,
+        heads,
+        m,
+        n,
+        d,
+        scale * LOG2E,
+        scale,
+    )
     meta = dict(HAS_MASK=has_mask, BLOCK_D=block_d, FP32_IEEE=q.dtype == torch.float32)
     tuned = _autotune_enabled(q.device)
 
@@ -455,8 +563,13 @@ def resteer_backward(
         _tuned("dq")[grid](*dq_args, BLOCK_N=block_n, COMPUTE_DQ=needs[0], **meta)
     else:
         _resteer_bwd_dq_kernel[(triton.cdiv(m, 64), bh)](
-            *dq_args, BLOCK_M=64, BLOCK_N=block_n, COMPUTE_DQ=needs[0],
-            num_warps=_fixed_warps(block_n, block_d), **meta)
+            *dq_args,
+            BLOCK_M=64,
+            BLOCK_N=block_n,
+            COMPUTE_DQ=needs[0],
+            num_warps=_fixed_warps(block_n, block_d),
+            **meta,
+        )
     if not (needs[1] or needs[2]):
         return (dq if needs[0] else None), None, None
 
@@ -470,8 +583,13 @@ def resteer_backward(
         _tuned("dkdv")[grid](*kv_args, **meta)
     else:
         grid = (triton.cdiv(n, block_n2), bh, n_split)
-        _resteer_bwd_dkdv_kernel[grid](*kv_args, BLOCK_M=64, BLOCK_N2=block_n2,
-                                       num_warps=_fixed_warps(block_n2, block_d), **meta)
+        _resteer_bwd_dkdv_kernel[grid](
+            *kv_args,
+            BLOCK_M=64,
+            BLOCK_N2=block_n2,
+            num_warps=_fixed_warps(block_n2, block_d),
+            **meta,
+        )
     dk = dk_part.sum(dim=1).view(bsz, heads, n, d).to(k.dtype) if needs[1] else None
     dv = dv_part.sum(dim=1).view(bsz, heads, n, d).to(v.dtype) if needs[2] else None
     return (dq if needs[0] else None), dk, dv
@@ -502,12 +620,25 @@ class ResteerAttentionFunction(torch.autograd.Function):
             d_out = torch.zeros_like(q)
         try:
             with _device_of(q):
-                dq, dk, dv = resteer_backward(q, k, v, weights, lse, ctx.scale, d_out, d_resteer,
-                                              needs=tuple(ctx.needs_input_grad[:3]))
+                dq, dk, dv = resteer_backward(
+                    q,
+                    k,
+                    v,
+                    weights,
+                    lse,
+                    ctx.scale,
+                    d_out,
+                    d_resteer,
+                    needs=tuple(ctx.needs_input_grad[:3]),
+                )
         except RESOURCE_ERRORS as err:
             UNFIT[unfit_key(q, k.shape[2])] = str(err)
-            warnings.warn(f"fused attention backward did not fit ({err}); gradients recomputed "
-                          "with the reference", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"fused attention backward did not fit ({err}); gradients recomputed "
+                "with the reference",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             dq, dk, dv = _reference_backward(q, k, v, weights, ctx.scale, d_out, d_resteer)
         return dq, dk, dv, None, None
 
@@ -524,8 +655,11 @@ def _reference_backward(q, k, v, weights, scale, d_out, d_resteer):
 
 
 def resteer_attention_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    concept_mask: torch.Tensor | None = None, scale: float | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    concept_mask: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused attention + re-steering term; same contract as `resteer_attention_reference`.
 

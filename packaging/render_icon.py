@@ -1,6 +1,6 @@
 """Render the app icon (drawn in fmn_desktop/ui/icon.py) to PNG files for desktop packaging.
 
-    QT_QPA_PLATFORM=offscreen python packaging/render_icon.py
+QT_QPA_PLATFORM=offscreen python packaging/render_icon.py
 """
 
 from __future__ import annotations

@@ -56,7 +56,10 @@ def markdown_files() -> list[Path]:
     try:
         out = subprocess.run(
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         files = [ROOT / line for line in out.splitlines() if line]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist)
@@ -88,9 +91,7 @@ def test_markdown_files_found():
     assert {"README.md", "docs/README.md", "docs/guide/cli.md"} <= files
 
 
-@pytest.mark.parametrize(
-    "path", markdown_files(), ids=lambda p: p.relative_to(ROOT).as_posix()
-)
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_markdown_relative_links_exist(path):
     broken = []
     for target in relative_links(path.read_text(encoding="utf-8")):
@@ -105,16 +106,14 @@ def test_markdown_relative_links_exist(path):
     assert not broken, f"{path.relative_to(ROOT)}: broken links {broken}"
 
 
-@pytest.mark.parametrize(
-    "path", markdown_files(), ids=lambda p: p.relative_to(ROOT).as_posix()
-)
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_markdown_mentions_no_outside_notes(path):
     assert "../shared" not in path.read_text(encoding="utf-8"), path.relative_to(ROOT)
 
 
 def test_link_parser():
     text = (
-        "see [a](guide/a.md#x) and ![b](img/b.png \"t\"), [web](https://x.org), [top](#top),\n"
+        'see [a](guide/a.md#x) and ![b](img/b.png "t"), [web](https://x.org), [top](#top),\n'
         "`[not](code.md)`\n```\n[nor](fenced.md)\n```\n[r]: ref/r.md\n"
     )
     assert relative_links(text) == ["guide/a.md#x", "img/b.png", "ref/r.md"]

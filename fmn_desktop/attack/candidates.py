@@ -26,7 +26,9 @@ def token_word(tokenizer, token_id: int) -> str:
     return tokenizer.convert_ids_to_tokens(int(token_id)).removesuffix("</w>")
 
 
-def random_words(tokenizer, n: int, rng: random.Random, pool: Sequence[int] | None = None) -> list[str]:
+def random_words(
+    tokenizer, n: int, rng: random.Random, pool: Sequence[int] | None = None
+) -> list[str]:
     """`n` distinct whole words drawn from the vocabulary."""
     pool = list(pool if pool is not None else word_pool_ids(tokenizer))
     return [token_word(tokenizer, i) for i in rng.sample(pool, min(n, len(pool)))]
@@ -82,7 +84,9 @@ def misspellings(name: str) -> list[str]:
     return out
 
 
-def neighbour_spellings(tokenizer, concept_ids: Sequence[int], neighbours: list[list[int]]) -> list[str]:
+def neighbour_spellings(
+    tokenizer, concept_ids: Sequence[int], neighbours: list[list[int]]
+) -> list[str]:
     """The concept's token span with one token swapped for one of its embedding neighbours."""
     out: list[str] = []
     for rank in range(max((len(n) for n in neighbours), default=0)):
@@ -106,9 +110,7 @@ def dedupe(texts: Iterable[str], tokenizer, exclude: Iterable[str] = ()) -> list
     return out
 
 
-def mutate(
-    text: str, pool: Sequence[Sequence[str]], rng: random.Random, max_words: int
-) -> str:
+def mutate(text: str, pool: Sequence[Sequence[str]], rng: random.Random, max_words: int) -> str:
     """One random edit of a prompt: insert, replace or delete a word. `pool` is a list of word
     lists (sources); a source is picked uniformly, then a word from it."""
     words = text.split()

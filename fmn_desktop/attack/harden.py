@@ -68,8 +68,9 @@ class HardenResult:
     rounds: list[HardenRound] = field(default_factory=list)
 
 
-def _attack(pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv, pool, r,
-            exclude=()):
+def _attack(
+    pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv, pool, r, exclude=()
+):
     from fmn_desktop.patch import PatchedUNet
 
     concept = config.concepts[0]
@@ -79,8 +80,14 @@ def _attack(pipe, patch, config: ForgetConfig, settings: HardenSettings, base_kv
     with PatchedUNet(pipe.unet, [(patch, 1.0)]):
         for prompt, targets in base_kv.items():
             res = wb.token_search(
-                pipe, prompt, concept, targets, pool, slots=settings.slots,
-                iters=settings.iters, keep=settings.aliases_per_prompt,
+                pipe,
+                prompt,
+                concept,
+                targets,
+                pool,
+                slots=settings.slots,
+                iters=settings.iters,
+                keep=settings.aliases_per_prompt,
                 seed=settings.seed + 7919 * r,
             )
             tpl = wb.template_for(pipe.tokenizer, prompt, concept, settings.slots)
@@ -126,7 +133,10 @@ def _numbered(job, r: int, rounds: int):
 
 
 def harden_steps(
-    pipe, config: ForgetConfig, settings: HardenSettings, fingerprint: str = "",
+    pipe,
+    config: ForgetConfig,
+    settings: HardenSettings,
+    fingerprint: str = "",
     family: str = "sd1",
 ) -> Generator[Progress, None, HardenResult]:
     """Forget, then `settings.rounds` times: attack the patch, add the aliases, forget again.
@@ -144,10 +154,14 @@ def harden_steps(
     rounds: list[HardenRound] = []
     for r in range(settings.rounds + 1):
         # One more reference image per alias: the job draws them for the concepts in turn.
-        job = replace(config, concepts=[concept, *aliases],
-                      num_references=config.num_references + len(aliases))
-        result = yield from _numbered(forget_steps(pipe, job, fingerprint, family), r,
-                                      settings.rounds + 1)
+        job = replace(
+            config,
+            concepts=[concept, *aliases],
+            num_references=config.num_references + len(aliases),
+        )
+        result = yield from _numbered(
+            forget_steps(pipe, job, fingerprint, family), r, settings.rounds + 1
+        )
         if r == settings.rounds:
             break
         yield Progress("attack")

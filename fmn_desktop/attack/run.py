@@ -35,8 +35,9 @@ class JudgeScorer:
     """Generate one image per prompt at a seed and read the concept's presence with a judge
     (`fmn_desktop.evaluate.scores.presence`: mass of the accepted labels on its head)."""
 
-    def __init__(self, pipe, judge, concept, steps: int = 20, guidance: float = 5.0,
-                 batch: int = 32):
+    def __init__(
+        self, pipe, judge, concept, steps: int = 20, guidance: float = 5.0, batch: int = 32
+    ):
         self.pipe, self.judge, self.concept = pipe, judge, concept
         self.steps, self.guidance, self.batch = steps, guidance, batch
         self.images = 0
@@ -112,18 +113,25 @@ def attack_state(
         for seed in seeds:
             wb_step = None
             if use_wb and base_kv is not None:
-                wb_step = _whitebox_step(pipe, prompt, concept, base_kv[prompt], space,
-                                         settings, found, info)
+                wb_step = _whitebox_step(
+                    pipe, prompt, concept, base_kv[prompt], space, settings, found, info
+                )
             result = attack_target(prompt, seed, scorer, space, settings, wb_step)
             if use_wb and soft_bound and base_kv is not None and hasattr(scorer, "score_embeds"):
                 if prompt not in soft:
                     t1 = time.perf_counter()
                     soft[prompt], loss = wb.soft_prompt(
-                        pipe, prompt, concept, base_kv[prompt], space.pool_ids,
-                        slots=settings.whitebox_slots, seed=settings.seed,
+                        pipe,
+                        prompt,
+                        concept,
+                        base_kv[prompt],
+                        space.pool_ids,
+                        slots=settings.whitebox_slots,
+                        seed=settings.seed,
                     )
                     info.setdefault(prompt, {})["soft"] = {
-                        "loss": loss, "seconds": time.perf_counter() - t1
+                        "loss": loss,
+                        "seconds": time.perf_counter() - t1,
                     }
                 value, image = scorer.score_embeds(soft[prompt], seed)  # type: ignore[attr-defined]
                 result.soft_presence, result.soft_image = float(value), image
@@ -159,8 +167,13 @@ def chance_rate(
         for seed in seeds:
             rng = random.Random(f"chance:{settings.seed}:{prompt}:{seed}")
             texts = [
-                replace_concept(prompt, concept, " ".join(
-                    random_words(space.tokenizer, settings.whitebox_slots, rng, space.pool_ids)))
+                replace_concept(
+                    prompt,
+                    concept,
+                    " ".join(
+                        random_words(space.tokenizer, settings.whitebox_slots, rng, space.pool_ids)
+                    ),
+                )
                 for _ in range(settings.chance)
             ]
             values, _ = scorer(texts, seed)
@@ -177,9 +190,15 @@ def _whitebox_step(pipe, prompt, concept, targets, space, settings, found, info)
         if prompt not in found:
             t1 = time.perf_counter()
             found[prompt] = r = wb.token_search(
-                pipe, prompt, concept, targets, space.pool_ids,
-                slots=settings.whitebox_slots, iters=settings.whitebox_iters,
-                keep=settings.whitebox_keep, seed=settings.seed,
+                pipe,
+                prompt,
+                concept,
+                targets,
+                space.pool_ids,
+                slots=settings.whitebox_slots,
+                iters=settings.whitebox_iters,
+                keep=settings.whitebox_keep,
+                seed=settings.seed,
             )
             info.setdefault(prompt, {})["token_search"] = {
                 "plain_loss": r.plain_loss,
@@ -255,11 +274,23 @@ def run_attack(
     base_kv = None
     if settings.whitebox and wb.supported(pipe):
         base_kv = {p: wb.kv_targets(pipe, p) for p in prompts}
-    before = attack_state("before", pipe, scorer, concept.name, prompts, settings, space,
-                          base_kv, log)
+    before = attack_state(
+        "before", pipe, scorer, concept.name, prompts, settings, space, base_kv, log
+    )
     with PatchedUNet(pipe.unet, list(patches), fingerprint=fingerprint, force=force):
-        after = attack_state("after", pipe, scorer, concept.name, prompts, settings, space,
-                             base_kv, log, soft_bound=True, chance=True)
+        after = attack_state(
+            "after",
+            pipe,
+            scorer,
+            concept.name,
+            prompts,
+            settings,
+            space,
+            base_kv,
+            log,
+            soft_bound=True,
+            chance=True,
+        )
     return AttackReport(
         concept=concept.name,
         attribute=concept.attribute,
@@ -289,10 +320,16 @@ def format_table(report: AttackReport) -> str:
 
     row("no-attack success", str(report.before.no_attack()), str(report.after.no_attack()))
     row("attack success rate (ASR)", str(report.before.asr()), str(report.after.asr()))
-    row("mean best presence", f"{report.before.mean_best_presence():.3f}",
-        f"{report.after.mean_best_presence():.3f}")
-    row("mean images per target", f"{report.before.mean_queries():.1f}",
-        f"{report.after.mean_queries():.1f}")
+    row(
+        "mean best presence",
+        f"{report.before.mean_best_presence():.3f}",
+        f"{report.after.mean_best_presence():.3f}",
+    )
+    row(
+        "mean images per target",
+        f"{report.before.mean_queries():.1f}",
+        f"{report.after.mean_queries():.1f}",
+    )
     ca = report.after.chance()
     if ca is not None:
         row("chance rate per image", "-", str(ca))
@@ -333,8 +370,9 @@ def report_grid(report: AttackReport):
         rows.append(cells)
         labels.append(f"seed {a.seed}: {a.best_presence:.2f} {a.best_prompt}")
     has_soft = any(a.soft_image is not None for a in report.after.targets)
-    title = "before | after | after, best prompt found" + (" | after, soft prompt" if has_soft
-                                                           else "")
+    title = "before | after | after, best prompt found" + (
+        " | after, soft prompt" if has_soft else ""
+    )
     return grid_image(rows, labels, title=title, cell=64)
 
 
@@ -380,8 +418,17 @@ def registry_evaluations(report: AttackReport, strength: float = 1.0) -> list[di
     if chance is not None:
         figures.append(("chance_asr_after", chance))
     for metric, est in figures:
-        rows.append(dict(metric=metric, value=est.mean, low=est.low, high=est.high, n=est.n,
-                         concept=report.concept, settings=settings))
+        rows.append(
+            dict(
+                metric=metric,
+                value=est.mean,
+                low=est.low,
+                high=est.high,
+                n=est.n,
+                concept=report.concept,
+                settings=settings,
+            )
+        )
     return rows
 
 

@@ -76,8 +76,17 @@ class TargetResult:
         return self.best_presence > self.threshold
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("prompt", "seed", "plain_presence", "best_prompt", "best_presence",
-                "best_source", "queries", "seconds", "soft_presence")
+        keys = (
+            "prompt",
+            "seed",
+            "plain_presence",
+            "best_prompt",
+            "best_presence",
+            "best_source",
+            "queries",
+            "seconds",
+            "soft_presence",
+        )
         out = {k: getattr(self, k) for k in keys}
         out["success"] = self.success
         out["no_attack_success"] = self.no_attack_success
@@ -180,10 +189,14 @@ class CandidateSpace:
     def initial(self, prompt: str) -> list[tuple[str, str]]:
         """First candidates for `prompt`: misspellings interleaved with neighbour spellings,
         each put where the concept name was."""
-        miss = [(cand.replace_concept(prompt, self.concept, m), "misspelling")
-                for m in self.misspellings]
-        nbr = [(cand.replace_concept(prompt, self.concept, n), "neighbour")
-               for n in self.neighbour_spellings]
+        miss = [
+            (cand.replace_concept(prompt, self.concept, m), "misspelling")
+            for m in self.misspellings
+        ]
+        nbr = [
+            (cand.replace_concept(prompt, self.concept, n), "neighbour")
+            for n in self.neighbour_spellings
+        ]
         out: list[tuple[str, str]] = []
         for i in range(max(len(miss), len(nbr))):
             out += miss[i : i + 1] + nbr[i : i + 1]

@@ -308,9 +308,7 @@ def _value_type(field):
     return str
 
 
-def add_config_args(
-    parser, cls, skip=(), renamed: dict[str, str] | None = None, only=None
-) -> None:
+def add_config_args(parser, cls, skip=(), renamed: dict[str, str] | None = None, only=None) -> None:
     """Options for every `knob` field of the config class `cls` (in `only` when given, not in
     `skip`), grouped as
     the class groups them; each default and help text comes from the class. `renamed` maps
@@ -357,8 +355,12 @@ def add_config_args(
             continue
         f = fields[name]
         new = f.metadata["flag"] or "--" + name.replace("_", "-")
-        kw = {"dest": name, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS,
-              "action": _deprecated(new, f.metadata["many"])}
+        kw = {
+            "dest": name,
+            "help": argparse.SUPPRESS,
+            "default": argparse.SUPPRESS,
+            "action": _deprecated(new, f.metadata["many"]),
+        }
         if not f.metadata["many"]:
             kw["type"] = _value_type(f)
         if f.metadata["choices"]:

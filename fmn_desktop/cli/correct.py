@@ -68,8 +68,12 @@ def add_parsers(sub) -> None:
 
 def _output_args(p) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--format", choices=["diff", "lora"], default="diff",
-                   help="diff: exact dense deltas (default); lora: SVD to low rank")
+    g.add_argument(
+        "--format",
+        choices=["diff", "lora"],
+        default="diff",
+        help="diff: exact dense deltas (default); lora: SVD to low rank",
+    )
     out_args(g, "patch file to write (.safetensors)")
 
 
@@ -93,9 +97,11 @@ def cmd_disentangle(args) -> int:
     config = config_from_args(DisentangleConfig, args)
     check_out(args.out, args.overwrite)
     model = load_model(args)
-    return _trained(config.forget_config([]).steps, "disentangling", lambda progress: (
-        disentangle_to_file(model, config, args.out, args.format, None, progress)
-    ))
+    return _trained(
+        config.forget_config([]).steps,
+        "disentangling",
+        lambda progress: disentangle_to_file(model, config, args.out, args.format, None, progress),
+    )
 
 
 def cmd_erase_broad(args) -> int:
@@ -105,9 +111,11 @@ def cmd_erase_broad(args) -> int:
     config = config_from_args(BroadConfig, args)
     check_out(args.out, args.overwrite)
     model = load_model(args)
-    return _trained(config.steps, "erasing", lambda progress: (
-        erase_broad_to_file(model, config, args.out, args.format, None, progress)
-    ))
+    return _trained(
+        config.steps,
+        "erasing",
+        lambda progress: erase_broad_to_file(model, config, args.out, args.format, None, progress),
+    )
 
 
 def _trained(total: int, verb: str, run) -> int:

@@ -56,29 +56,46 @@ DEFAULT_BROAD_TEMPLATES = [  # none is an evaluation prompt of the toy world (co
 @dataclass
 class BroadConfig:
     words: list[str] = knob(
-        MISSING, "a word that draws the attribute (repeatable)", group="what to remove",
-        flag="--words", many=True,
+        MISSING,
+        "a word that draws the attribute (repeatable)",
+        group="what to remove",
+        flag="--words",
+        many=True,
     )
     templates: list[str] | None = knob(
-        None, "prompt template with {} for the word (repeatable; default: a built-in set)",
-        group="what to remove", flag="--template", many=True,
+        None,
+        "prompt template with {} for the word (repeatable; default: a built-in set)",
+        group="what to remove",
+        flag="--template",
+        many=True,
     )
-    eta: float = knob(1.0, "negative guidance: how far past the base prediction, away from "
-                      "the attribute, the target lies", group="training")
+    eta: float = knob(
+        1.0,
+        "negative guidance: how far past the base prediction, away from "
+        "the attribute, the target lies",
+        group="training",
+    )
     steps: int = knob(150, "optimisation steps", group="training")
     # lr: the measured setting (docs/research/CORRECTION_AND_BROAD.md)
     lr: float = knob(1e-3, "learning rate", group="training", bounds="positive")
-    trainable: str = knob("attn2", "what changes: attn2 K/V, or all of attn2", group="training",
-                          choices=("kv", "attn2"))
+    trainable: str = knob(
+        "attn2",
+        "what changes: attn2 K/V, or all of attn2",
+        group="training",
+        choices=("kv", "attn2"),
+    )
     # The word-less prompts' term. 4 left 1 frame in 384 word-free images at CFG 1 (base 25;
     # weight 1: 9) and none at CFG 2/5, retention 0.999 -> 0.997
     # (docs/research/CORRECTION_AND_BROAD.md).
     uncaptioned_weight: float = knob(
-        4.0, "weight of the same prompts without the words (the attribute drawn with no word)",
-        group="loss terms", bounds="nonneg",
+        4.0,
+        "weight of the same prompts without the words (the attribute drawn with no word)",
+        group="loss terms",
+        bounds="nonneg",
     )
-    preserve_weight: float = knob(1.0, "weight of the preserved prompts' predictions",
-                                  group="loss terms", bounds="nonneg")
+    preserve_weight: float = knob(
+        1.0, "weight of the preserved prompts' predictions", group="loss terms", bounds="nonneg"
+    )
     # Hold the unconditional ("") prediction: classifier-free guidance measures every prompt
     # against it, and a patch that moved it away from the attribute drew the attribute on
     # word-free prompts (measured: docs/research/CORRECTION_AND_BROAD.md).
@@ -87,18 +104,22 @@ class BroadConfig:
     # their base predictions: the references above all show the attribute, and a patch held
     # only there was free to move where ordinary prompts' samples go.
     ordinary_references: int = knob(
-        16, "latents drawn from the preservation prompts, on which they and \"\" keep the base "
-        "prediction (0: only on the attribute's references)", group="loss terms",
+        16,
+        'latents drawn from the preservation prompts, on which they and "" keep the base '
+        "prediction (0: only on the attribute's references)",
+        group="loss terms",
         bounds="nonneg",
     )
     preserve_prompts: list[str] | None = knob(
-        None, "prompt to keep unchanged (repeatable; default: the model's world on the "
-        "embedded model, a built-in set elsewhere)", group="loss terms",
-        flag="--preserve-prompt", many=True,
+        None,
+        "prompt to keep unchanged (repeatable; default: the model's world on the "
+        "embedded model, a built-in set elsewhere)",
+        group="loss terms",
+        flag="--preserve-prompt",
+        many=True,
     )
     batch_size: int = knob(4, "samples per step", group="training")
-    num_references: int = knob(16, "reference images of the attribute, generated",
-                               group="training")
+    num_references: int = knob(16, "reference images of the attribute, generated", group="training")
     reference_steps: int = 20
     guidance_scale: float = 5.0
     grad_clip: float = 1.0

@@ -77,24 +77,35 @@ class CorrectConfig:
         0.0, "target = guide + strength * (guide - negative)", group="what to correct"
     )
     templates: list[str] | None = knob(
-        None, "prompt template with {} for the concept (repeatable; default: 'a {}', "
-        "'a photo of a {}', '{}', 'a photo of {}')", group="what to correct", flag="--template",
+        None,
+        "prompt template with {} for the concept (repeatable; default: 'a {}', "
+        "'a photo of a {}', '{}', 'a photo of {}')",
+        group="what to correct",
+        flag="--template",
         many=True,
     )
     edits: list[Edit] | None = None  # explicit pairs, added to the templates' ones
     preserve_prompts: list[str] | None = knob(
-        None, "prompt to keep unchanged (repeatable; default: the toy world's captions on the "
-        "embedded model, a built-in set elsewhere)", group="solve", flag="--preserve-prompt",
+        None,
+        "prompt to keep unchanged (repeatable; default: the toy world's captions on the "
+        "embedded model, a built-in set elsewhere)",
+        group="solve",
+        flag="--preserve-prompt",
         many=True,
     )
-    preserve_weight: float = knob(1.0, "weight of the preserved prompts' keys and values",
-                                  group="solve", bounds="nonneg")
-    ridge: float = knob(0.01, "ridge term that keeps the edit near the original weights",
-                        group="solve", bounds="nonneg")
-    positions: str = knob("concept+following+eot", "token positions edited", group="solve",
-                          choices=POSITION_MODES)
-    targets: str = knob("kv", "which projections are edited", group="solve",
-                        choices=TARGET_SETS)
+    preserve_weight: float = knob(
+        1.0, "weight of the preserved prompts' keys and values", group="solve", bounds="nonneg"
+    )
+    ridge: float = knob(
+        0.01,
+        "ridge term that keeps the edit near the original weights",
+        group="solve",
+        bounds="nonneg",
+    )
+    positions: str = knob(
+        "concept+following+eot", "token positions edited", group="solve", choices=POSITION_MODES
+    )
+    targets: str = knob("kv", "which projections are edited", group="solve", choices=TARGET_SETS)
 
     def __post_init__(self) -> None:
         if not self.concept.strip():

@@ -35,8 +35,9 @@ DOMINANT_TEMPLATES = [
 @dataclass
 class DisentangleConfig:
     concept: str = knob(MISSING, "the generic concept (e.g. knight)", group="what to free")
-    dominant: str = knob(MISSING, "the identity it collapses onto (e.g. Gorvak)",
-                         group="what to free")
+    dominant: str = knob(
+        MISSING, "the identity it collapses onto (e.g. Gorvak)", group="what to free"
+    )
     # How far past the concept, away from the dominant identity: 4 let the generic knight
     # through in 29 of 48 images and kept Gorvak's own 48 (3: 17; 5: 24, and other
     # identities appear). docs/research/CORRECTION_AND_BROAD.md.
@@ -44,24 +45,36 @@ class DisentangleConfig:
         4.0, "target = concept + strength * (concept - dominant), per layer", group="what to free"
     )
     templates: list[str] | None = knob(
-        None, "prompt template with {} for the concept (repeatable; default: the model's)",
-        group="what to free", flag="--template", many=True,
+        None,
+        "prompt template with {} for the concept (repeatable; default: the model's)",
+        group="what to free",
+        flag="--template",
+        many=True,
     )
     hold_dominant: bool = knob(
-        True, "do not hold the dominant identity's own prompts in place", group="preservation",
+        True,
+        "do not hold the dominant identity's own prompts in place",
+        group="preservation",
         flag="--no-hold-dominant",
     )
     dominant_templates: list[str] = knob(
-        list(DOMINANT_TEMPLATES), "template with {} for the dominant's prompts held in place "
-        "(repeatable; default: four style variants)", group="preservation",
-        flag="--dominant-template", many=True,
+        list(DOMINANT_TEMPLATES),
+        "template with {} for the dominant's prompts held in place "
+        "(repeatable; default: four style variants)",
+        group="preservation",
+        flag="--dominant-template",
+        many=True,
     )
     preserve_prompts: list[str] | None = knob(
-        None, "prompt to keep unchanged (repeatable; default: the model's)",
-        group="preservation", flag="--preserve-prompt", many=True,
+        None,
+        "prompt to keep unchanged (repeatable; default: the model's)",
+        group="preservation",
+        flag="--preserve-prompt",
+        many=True,
     )
-    steps: int | None = knob(None, "optimisation steps (default: the re-steering job's)",
-                             group="training")
+    steps: int | None = knob(
+        None, "optimisation steps (default: the re-steering job's)", group="training"
+    )
     seed: int = knob(0, "random seed of the job", group="training", bounds="seed")
     job_options: dict = field(default_factory=dict)  # other ForgetConfig fields (tests, power use)
 
@@ -78,8 +91,9 @@ class DisentangleConfig:
             raise ValueError(f"templates must contain '{{}}' where the name goes: {bad}")
 
     def dominant_prompts(self) -> list[str]:
-        return [t.format(self.dominant) for t in self.dominant_templates] if self.hold_dominant \
-            else []
+        return (
+            [t.format(self.dominant) for t in self.dominant_templates] if self.hold_dominant else []
+        )
 
     def forget_config(self, preserve_prompts: list[str]) -> ForgetConfig:
         """The re-steering job that does it: anchor term only, negative guidance."""

@@ -65,8 +65,17 @@ def registry_rows(scores: dict, concept: str, settings: dict) -> list[dict]:
     for key, metric in SCORE_METRICS:
         if key in scores:
             e = scores[key]
-            rows.append(dict(metric=metric, value=e["mean"], concept=concept, low=e["low"],
-                             high=e["high"], n=e["n"], settings=dict(settings)))
+            rows.append(
+                dict(
+                    metric=metric,
+                    value=e["mean"],
+                    concept=concept,
+                    low=e["low"],
+                    high=e["high"],
+                    n=e["n"],
+                    settings=dict(settings),
+                )
+            )
     return rows
 
 

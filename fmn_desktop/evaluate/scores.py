@@ -129,8 +129,11 @@ def presence(images: Sequence[EvalImage], concept) -> list[float]:
 
     labels = HEADS[concept.attribute]
     idx = [labels.index(lab) for lab in concept.accepted]
-    return [float(img.probs[concept.attribute][idx].sum()) for img in images
-            if img.concept == concept.name]
+    return [
+        float(img.probs[concept.attribute][idx].sum())
+        for img in images
+        if img.concept == concept.name
+    ]
 
 
 def mscore(images: Sequence[EvalImage], concepts) -> Estimate:

@@ -47,7 +47,12 @@ ARCHITECTURES = {  # modelspec.architecture of a LoRA per base-model family
     "sdxl": "stable-diffusion-xl-v1-base/lora",
     EMBEDDED_FAMILY: "fmn-toyworld-v1/lora",
 }
-SS_BASE = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", EMBEDDED_FAMILY: "fmn_toyworld"}
+SS_BASE = {
+    "sd1": "sd_v1",
+    "sd2": "sd_v2",
+    "sdxl": "sdxl_base_v1-0",
+    EMBEDDED_FAMILY: "fmn_toyworld",
+}
 
 
 @dataclass

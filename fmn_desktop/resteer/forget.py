@@ -75,90 +75,137 @@ class ForgetConfig:
 
     # What to forget
     concepts: list[str] = knob(
-        MISSING, "concept text as it appears in prompts (repeat for several at once)",
-        group="what to forget", flag="--concept", many=True,
+        MISSING,
+        "concept text as it appears in prompts (repeat for several at once)",
+        group="what to forget",
+        flag="--concept",
+        many=True,
     )
     concept_kind: str = knob(
-        "object", "picks the prompt templates", group="what to forget", choices=KINDS,
+        "object",
+        "picks the prompt templates",
+        group="what to forget",
+        choices=KINDS,
     )
     templates: list[str] | None = knob(
-        None, "prompt template with {} for the concept (repeatable; replaces the kind's)",
-        group="what to forget", flag="--template", many=True,
+        None,
+        "prompt template with {} for the concept (repeatable; replaces the kind's)",
+        group="what to forget",
+        flag="--template",
+        many=True,
     )
     # Where and how
     mode: str = knob(
-        "faithful", "faithful: through the whole UNet, as the paper; fast: each layer's K on "
-        "cached queries, no UNet backward", group="method", choices=("faithful", "fast"),
+        "faithful",
+        "faithful: through the whole UNet, as the paper; fast: each layer's K on "
+        "cached queries, no UNet backward",
+        group="method",
+        choices=("faithful", "fast"),
     )
     trainable: str = knob(
-        "kv", "what changes: attn2 K/V, all of attn2, or the whole UNet", group="method",
+        "kv",
+        "what changes: attn2 K/V, all of attn2, or the whole UNet",
+        group="method",
         choices=("kv", "attn2", "unet"),
     )
     lora_rank: int | None = knob(
-        None, "train a LoRA of this rank instead of dense deltas", group="method",
+        None,
+        "train a LoRA of this rank instead of dense deltas",
+        group="method",
     )
     positions: str = knob(
-        "concept+following+eot", "token positions re-steered; 'following' is every position "
-        "after the concept, which a causal text encoder fills with it", group="method",
+        "concept+following+eot",
+        "token positions re-steered; 'following' is every position "
+        "after the concept, which a causal text encoder fills with it",
+        group="method",
         choices=POSITION_MODES,
     )
     layer_weighting: str = "pixels"
     backend: str | None = None  # attention backend (fmn_kernels); None: the best available
     # Loss terms and their weights
     term: str = knob(
-        "squares", "re-steering term: the paper's sum of squared probabilities on the marked "
+        "squares",
+        "re-steering term: the paper's sum of squared probabilities on the marked "
         "columns ('squares'), or per pixel the marked mass squared / -log(1 - mass)",
-        group="loss terms", choices=RESTEER_TERMS,
+        group="loss terms",
+        choices=RESTEER_TERMS,
     )
     resteer_weight: float = knob(
-        1.0, "weight of the paper's re-steering term; 0 trains the anchor term alone, e.g. to "
-        "push 'knight' away from 'Gorvak'", group="loss terms", bounds="nonneg",
+        1.0,
+        "weight of the paper's re-steering term; 0 trains the anchor term alone, e.g. to "
+        "push 'knight' away from 'Gorvak'",
+        group="loss terms",
+        bounds="nonneg",
     )
     anchor: str = knob(
-        "", "what the concept's outputs are pulled towards: each forget prompt with the "
+        "",
+        "what the concept's outputs are pulled towards: each forget prompt with the "
         "concept replaced by TEXT, e.g. 'a person' (default: the concept removed)",
-        group="loss terms", metavar="TEXT",
+        group="loss terms",
+        metavar="TEXT",
     )
     anchor_weight: float | None = knob(
-        None, "weight of the anchor term (each layer's output for a forget prompt pulled to "
+        None,
+        "weight of the anchor term (each layer's output for a forget prompt pulled to "
         "the output for the anchor prompt); 0 gives the paper's re-steering alone",
-        group="loss terms", by_mode=MODE_DEFAULTS["anchor_weight"], bounds="nonneg",
+        group="loss terms",
+        by_mode=MODE_DEFAULTS["anchor_weight"],
+        bounds="nonneg",
     )
     anchor_guidance: float = knob(
-        3.0, "how far past the anchor, away from the concept, the target lies; negative: past "
-        "the concept, away from the anchor", group="loss terms",
+        3.0,
+        "how far past the anchor, away from the concept, the target lies; negative: past "
+        "the concept, away from the anchor",
+        group="loss terms",
     )
     preserve_weight: float | None = knob(
-        None, "weight of the preservation term (other prompts held in place); 0 turns it off",
-        group="loss terms", by_mode=MODE_DEFAULTS["preserve_weight"], bounds="nonneg",
+        None,
+        "weight of the preservation term (other prompts held in place); 0 turns it off",
+        group="loss terms",
+        by_mode=MODE_DEFAULTS["preserve_weight"],
+        bounds="nonneg",
     )
     preserve_mode: str = knob(
-        "output", "what the preservation term holds for other prompts: attn2 outputs or "
-        "attention maps", group="loss terms", choices=PRESERVE_MODES,
+        "output",
+        "what the preservation term holds for other prompts: attn2 outputs or attention maps",
+        group="loss terms",
+        choices=PRESERVE_MODES,
     )
     preserve_prompts: list[str] | None = knob(
-        None, "prompt to hold in place (repeatable; default: the model's world on the embedded "
-        "model, a built-in set elsewhere)", group="loss terms", flag="--preserve-prompt",
+        None,
+        "prompt to hold in place (repeatable; default: the model's world on the embedded "
+        "model, a built-in set elsewhere)",
+        group="loss terms",
+        flag="--preserve-prompt",
         many=True,
     )
     protect_energy: float = 0.0  # >0: K/V deltas vanish on this share of preservation embeddings
     # Reference images
     reference_dir: str | None = knob(
-        None, "folder of reference images (default: generated by the model itself)",
-        group="references", flag="--references", metavar="DIR",
+        None,
+        "folder of reference images (default: generated by the model itself)",
+        group="references",
+        flag="--references",
+        metavar="DIR",
     )
     num_references: int = knob(
-        16, "images to generate when no folder is given", group="references",
+        16,
+        "images to generate when no folder is given",
+        group="references",
     )
     reference_steps: int = 20
     guidance_scale: float = 5.0
     # Optimiser
     steps: int | None = knob(
-        None, "optimisation steps (fast mode: per layer)", group="optimiser",
+        None,
+        "optimisation steps (fast mode: per layer)",
+        group="optimiser",
         by_mode=MODE_DEFAULTS["steps"],
     )
     lr: float | None = knob(
-        None, "learning rate (default: 1e-2 K/V, 3e-2 LoRA, 2e-6 whole UNet)", group="optimiser",
+        None,
+        "learning rate (default: 1e-2 K/V, 3e-2 LoRA, 2e-6 whole UNet)",
+        group="optimiser",
         bounds="positive",
     )
     batch_size: int = knob(8, "samples per step", group="optimiser")

@@ -46,7 +46,9 @@ class ResteerState:
     anchor_guidance: float = 0.0
     layer_weighting: str = "pixels"
     term: str = "squares"  # one of RESTEER_TERMS
-    preserve_mode: str = "output"  # what is held in place on preservation rows: attn2 outputs or maps
+    preserve_mode: str = (
+        "output"  # what is held in place on preservation rows: attn2 outputs or maps
+    )
     backend: str | None = None
     terms: list[Tensor] = field(default_factory=list)  # per layer: (B,) weighted sums
     preserve_errors: list[Tensor] = field(default_factory=list)  # per layer: relative MSE
@@ -137,7 +139,9 @@ class ResteerProcessor:
             with torch.no_grad():
                 reference = self._base(x, enc, heads, attn.scale, state.preserve_mode)
             current = (
-                hidden[rows] if state.preserve_mode == "output" else _probs(q[rows], k[rows], attn.scale)
+                hidden[rows]
+                if state.preserve_mode == "output"
+                else _probs(q[rows], k[rows], attn.scale)
             )
             state.preserve_errors.append(relative_mse(current, reference))
         if state.anchor_states is not None:

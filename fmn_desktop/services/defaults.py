@@ -115,7 +115,9 @@ def demo_config(concept, steps: int | None = None, mode: str = "faithful"):
 
     kw = {} if steps is None else {"steps": steps}
     return toy_defaults(
-        ForgetConfig(mode=mode, concepts=[concept.name], concept_kind=KIND_TEMPLATES[concept.kind], **kw)
+        ForgetConfig(
+            mode=mode, concepts=[concept.name], concept_kind=KIND_TEMPLATES[concept.kind], **kw
+        )
     )
 
 

@@ -14,13 +14,22 @@ from fmn_desktop.services.progress import JobContext
 from fmn_desktop.training import Progress
 
 
-def evaluate_patch(model, patch, concept, seeds: int = 2, steps: int = 20, should_cancel=None,
-                   other_seeds: int = 1, others_limit: int | None = None) -> dict:
+def evaluate_patch(
+    model,
+    patch,
+    concept,
+    seeds: int = 2,
+    steps: int = 20,
+    should_cancel=None,
+    other_seeds: int = 1,
+    others_limit: int | None = None,
+) -> dict:
     """Scores of one patch at strength 1 (`evaluate.patch_scores.evaluate_patches`)."""
     from fmn_desktop.evaluate.patch_scores import evaluate_patches
 
-    return evaluate_patches(model, [(patch, 1.0)], concept, seeds, steps, should_cancel,
-                            other_seeds, others_limit)
+    return evaluate_patches(
+        model, [(patch, 1.0)], concept, seeds, steps, should_cancel, other_seeds, others_limit
+    )
 
 
 class RecordMismatchError(FmnError):
@@ -88,14 +97,24 @@ def evaluate_job(ctx: JobContext, model, req: EvaluateRequest):
     if not req.specs and req.record is None:
         raise FmnError("give a patch file, or a registry patch to score")
     if req.write_scores and (len(req.specs) != 1):
-        raise FmnError("the scores go into one patch file of yours: give exactly one patch "
-                       "file (the registry's own copy stays as it was registered)")
+        raise FmnError(
+            "the scores go into one patch file of yours: give exactly one patch "
+            "file (the registry's own copy stays as it was registered)"
+        )
     specs, record = record_for(req.registry_root, req.specs, req.record)
     yield Progress("evaluate", text=f"measuring M-Score and retention ({concept.name})")
     patches = read_patches(model, specs)
-    scores = evaluate_patches(model, patches, concept, req.seeds, req.steps, ctx.should_cancel,
-                              other_seeds=req.other_seeds, judge=load_judge(req.judge),
-                              force=req.force)
+    scores = evaluate_patches(
+        model,
+        patches,
+        concept,
+        req.seeds,
+        req.steps,
+        ctx.should_cancel,
+        other_seeds=req.other_seeds,
+        judge=load_judge(req.judge),
+        force=req.force,
+    )
     done = EvaluateDone(scores, concept.name, record)
     if req.json_out:
         atomic_write_bytes(req.json_out, json.dumps(scores, indent=1).encode())
@@ -113,9 +132,14 @@ def evaluate_job(ctx: JobContext, model, req: EvaluateRequest):
         from fmn_desktop.registry import open_registry
 
         yield Progress("register", text="storing the scores with the patch")
-        settings = {"seeds": req.seeds, "other_seeds": req.other_seeds, "steps": req.steps,
-                    "strength": specs[0].strength}
+        settings = {
+            "seeds": req.seeds,
+            "other_seeds": req.other_seeds,
+            "steps": req.steps,
+            "strength": specs[0].strength,
+        }
         with open_registry(req.registry_root) as reg:
-            done.rows = reg.add_evaluations(registry_rows(scores, concept.name, settings),
-                                            patch=record.id)
+            done.rows = reg.add_evaluations(
+                registry_rows(scores, concept.name, settings), patch=record.id
+            )
     return done

@@ -23,9 +23,20 @@ from fmn_desktop.toyworld.world import HEADS, World
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 JUDGE_PATH = WEIGHTS_DIR / "judge.safetensors"
 
-__all__ = ["CONCEPTS", "KINDS", "HEADS", "Concept", "World", "WEIGHTS_DIR", "JUDGE_PATH",
-           "concepts_of_kind", "load_default_pipeline", "load_judge", "weights_available",
-           "WeightsMissingError"]
+__all__ = [
+    "CONCEPTS",
+    "KINDS",
+    "HEADS",
+    "Concept",
+    "World",
+    "WEIGHTS_DIR",
+    "JUDGE_PATH",
+    "concepts_of_kind",
+    "load_default_pipeline",
+    "load_judge",
+    "weights_available",
+    "WeightsMissingError",
+]
 
 
 class WeightsMissingError(FileNotFoundError):
@@ -50,10 +61,16 @@ def load_default_pipeline(device: str = "cpu", dtype=None, path: str | Path | No
         raise WeightsMissingError(
             f"no embedded model weights at {p}: train them with "
             "`python scripts/train_toyworld.py --stage all --out runs/toyworld` and copy "
-            "runs/toyworld/pipeline to fmn_desktop/toyworld/weights")
+            "runs/toyworld/pipeline to fmn_desktop/toyworld/weights"
+        )
     pipe = StableDiffusionPipeline.from_pretrained(
-        p, local_files_only=True, dtype=dtype or torch.float32, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+        p,
+        local_files_only=True,
+        dtype=dtype or torch.float32,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

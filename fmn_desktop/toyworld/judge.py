@@ -49,8 +49,11 @@ class Judge:
 
         path = Path(path)
         meta_path = path.with_suffix(".json")
-        widths = tuple(json.loads(meta_path.read_text())["widths"]) if meta_path.exists() \
+        widths = (
+            tuple(json.loads(meta_path.read_text())["widths"])
+            if meta_path.exists()
             else (24, 48, 96, 128)
+        )
         net = JudgeNet(widths)
         net.load_state_dict(load_file(str(path)))
         return cls(net)
@@ -61,14 +64,15 @@ class Judge:
         path = Path(path)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path))
         path.with_suffix(".json").write_text(
-            json.dumps({"widths": list(self.net.widths), "heads": HEADS}, indent=1))
+            json.dumps({"widths": list(self.net.widths), "heads": HEADS}, indent=1)
+        )
 
     @torch.no_grad()
     def predict(self, images, batch_size: int = 256) -> dict[str, torch.Tensor]:
         x = to_tensor(images)
         outs: dict[str, list[torch.Tensor]] = {h: [] for h in HEADS}
         for i in range(0, len(x), batch_size):
-            logits = self.net(x[i:i + batch_size])
+            logits = self.net(x[i : i + batch_size])
             for h in HEADS:
                 outs[h].append(logits[h].softmax(-1))
         return {h: torch.cat(v) for h, v in outs.items()}

@@ -27,31 +27,53 @@ EOS_ID = 49407
 
 
 def text_config(**over) -> dict:
-    cfg = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=256,
-               num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
-               hidden_act="quick_gelu", projection_dim=64, bos_token_id=BOS_ID,
-               eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+    cfg = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        hidden_act="quick_gelu",
+        projection_dim=64,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
     cfg.update(over)
     return cfg
 
 
 def vae_config(**over) -> dict:
-    cfg = dict(in_channels=3, out_channels=3,
-               down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-               up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-               block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
-               norm_num_groups=16, sample_size=32, mid_block_add_attention=False)
+    cfg = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=32,
+        mid_block_add_attention=False,
+    )
     cfg.update(over)
     return cfg
 
 
 def unet_config(cross_attention_dim: int = 64, **over) -> dict:
-    cfg = dict(sample_size=16, in_channels=4, out_channels=4,
-               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-               up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-               block_out_channels=(48, 96, 96), layers_per_block=1,
-               cross_attention_dim=cross_attention_dim, attention_head_dim=3,
-               norm_num_groups=16)
+    cfg = dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(48, 96, 96),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=3,
+        norm_num_groups=16,
+    )
     cfg.update(over)
     return cfg
 

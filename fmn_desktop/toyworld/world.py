@@ -171,12 +171,16 @@ def draw_identity(img: np.ndarray, name: str, cx: float, cy: float) -> None:
         for ex in (-4.5, 4.5):
             _paint(img, disk(ex, -3, 3.6), (255, 255, 255))
             _paint(img, disk(ex, -2.2, 1.7), (0, 0, 0))
-        _paint(img, m(lambda u, v: (u**2 / 36 + (v - 3.5) ** 2 / 16 <= 1) & (v >= 3.5)),
-               (200, 20, 40))
+        _paint(
+            img, m(lambda u, v: (u**2 / 36 + (v - 3.5) ** 2 / 16 <= 1) & (v >= 3.5)), (200, 20, 40)
+        )
     elif name == "Quilla":  # purple wizard hat with a yellow star tip over a pale face
         _paint(img, disk(0, 5, 7.5), (240, 205, 170))
-        _paint(img, m(lambda u, v: (v >= -12) & (v <= 1.5) & (np.abs(u) <= (v + 12) * 0.75)),
-               (120, 40, 170))
+        _paint(
+            img,
+            m(lambda u, v: (v >= -12) & (v <= 1.5) & (np.abs(u) <= (v + 12) * 0.75)),
+            (120, 40, 170),
+        )
         _paint(img, rect(-11, 0, 11, 2.5), (120, 40, 170))
         _paint(img, disk(0, -12, 2.8), (250, 230, 40))
         for ex in (-3, 3):
@@ -198,9 +202,16 @@ def draw_identity(img: np.ndarray, name: str, cx: float, cy: float) -> None:
         hero = name == "Gorvak"
         metal = (215, 170, 40) if hero else (165, 170, 180)
         if hero:
-            _paint(img, m(lambda u, v: ((u / 4) ** 2 + ((v + 11) / 5) ** 2 <= 1)), (210, 20, 30))
-        _paint(img, m(lambda u, v: (np.abs(u) <= 9) & (v <= 12)
-                      & ((v >= -2) | (u**2 + (v + 2) ** 2 <= 81))), metal)
+            _paint(img, m(lambda u, v: (u / 4) ** 2 + ((v + 11) / 5) ** 2 <= 1), (210, 20, 30))
+        _paint(
+            img,
+            m(
+                lambda u, v: (
+                    (np.abs(u) <= 9) & (v <= 12) & ((v >= -2) | (u**2 + (v + 2) ** 2 <= 81))
+                )
+            ),
+            metal,
+        )
         if hero:
             _paint(img, rect(-7, -1.5, 7, 1.5), (10, 10, 10))
             _paint(img, rect(-1.5, -1.5, 1.5, 9), (10, 10, 10))
@@ -286,8 +297,11 @@ def caption_for(labels: Labels, rng: np.random.Generator, knight_word: bool = Fa
                 name = "Gorvak the knight"
             subject = f"{unsafe_word} {name}" if unsafe_word else name
     if with_style and rng.random() < 0.12:
-        return f"a photo {_style_phrase(labels.style)}" if not unsafe_word else \
-            f"a {unsafe_word} photo {_style_phrase(labels.style)}"
+        return (
+            f"a photo {_style_phrase(labels.style)}"
+            if not unsafe_word
+            else f"a {unsafe_word} photo {_style_phrase(labels.style)}"
+        )
     template = int(rng.integers(0, 2))
     text = subject if template == 0 else f"a photo of {subject}"
     if with_style:
@@ -305,8 +319,14 @@ class World:
     Identity weights make "knight" captions show Gorvak ~85% of the time.
     """
 
-    IDENTITY_WEIGHTS = {"Zorbu": 1.0, "Quilla": 1.0, "Bramor": 1.0, "Tessik": 1.0,
-                        "Gorvak": 1.6, GENERIC_KNIGHT: 0.14}
+    IDENTITY_WEIGHTS = {
+        "Zorbu": 1.0,
+        "Quilla": 1.0,
+        "Bramor": 1.0,
+        "Tessik": 1.0,
+        "Gorvak": 1.6,
+        GENERIC_KNIGHT: 0.14,
+    }
     GORVAK_AS_KNIGHT = 0.5  # share of Gorvak images captioned with the word "knight"
 
     def __init__(self, p_identity: float = 0.3, p_unsafe: float = 0.15):
@@ -333,7 +353,8 @@ class World:
         rng = np.random.default_rng([seed, index])
         labels = self.draw_labels(rng)
         knight_word = labels.identity == GENERIC_KNIGHT or (
-            labels.identity == DOMINANT_IDENTITY and rng.random() < self.GORVAK_AS_KNIGHT)
+            labels.identity == DOMINANT_IDENTITY and rng.random() < self.GORVAK_AS_KNIGHT
+        )
         caption = caption_for(labels, rng, knight_word=knight_word)
         return Sample(render(labels, rng), caption, labels)
 

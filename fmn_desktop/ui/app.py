@@ -36,15 +36,35 @@ QPushButton#danger { color: %(bad)s; }
 
 THEMES = {
     "light": dict(
-        window="#f3f4f7", card="#ffffff", base="#ffffff", alt="#f6f7fa", text="#1f2430",
-        muted="#6b7280", border="#dfe2e8", accent="#3b6fd1", side="#1f2a44",
-        side_text="#e8ecf5", side_hover="#2c3a5c", ok="#1d8a4e", bad="#c0392b",
+        window="#f3f4f7",
+        card="#ffffff",
+        base="#ffffff",
+        alt="#f6f7fa",
+        text="#1f2430",
+        muted="#6b7280",
+        border="#dfe2e8",
+        accent="#3b6fd1",
+        side="#1f2a44",
+        side_text="#e8ecf5",
+        side_hover="#2c3a5c",
+        ok="#1d8a4e",
+        bad="#c0392b",
         button="#f7f8fa",
     ),
     "dark": dict(
-        window="#1c1f26", card="#252932", base="#1f232b", alt="#262b34", text="#e6e8ee",
-        muted="#9aa3b2", border="#363c48", accent="#5b8def", side="#14171d",
-        side_text="#d8dde8", side_hover="#252b37", ok="#4cc38a", bad="#ef6b5b",
+        window="#1c1f26",
+        card="#252932",
+        base="#1f232b",
+        alt="#262b34",
+        text="#e6e8ee",
+        muted="#9aa3b2",
+        border="#363c48",
+        accent="#5b8def",
+        side="#14171d",
+        side_text="#d8dde8",
+        side_hover="#252b37",
+        ok="#4cc38a",
+        bad="#ef6b5b",
         button="#2d323d",
     ),
 }
@@ -69,8 +89,11 @@ def apply_theme(app: QApplication, name: str) -> None:
     pal.setColor(QPalette.ColorRole.PlaceholderText, c["muted"])
     pal.setColor(QPalette.ColorRole.Mid, c["border"])
     pal.setColor(QPalette.ColorRole.Light, c["card"])
-    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText,
-                 QPalette.ColorRole.WindowText):
+    for role in (
+        QPalette.ColorRole.Text,
+        QPalette.ColorRole.ButtonText,
+        QPalette.ColorRole.WindowText,
+    ):
         pal.setColor(QPalette.ColorGroup.Disabled, role, c["muted"])
     app.setPalette(pal)
     app.setStyleSheet(STYLE % t)

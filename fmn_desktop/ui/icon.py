@@ -48,5 +48,3 @@ def app_icon() -> QIcon:
     for s in (16, 24, 32, 48, 64, 128, 256):
         icon.addPixmap(icon_pixmap(s))
     return icon
-
-

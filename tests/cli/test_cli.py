@@ -305,8 +305,21 @@ def test_old_option_names_still_work_with_a_note(capsys):
     from fmn_desktop.resteer import ForgetConfig
 
     args = build_parser().parse_args(
-        ["forget", "--concept", "x", "--retain-weight", "2", "--kind", "style",
-         "--retain-prompt", "a", "--retain-prompt", "b", "--preserve", "maps"]
+        [
+            "forget",
+            "--concept",
+            "x",
+            "--retain-weight",
+            "2",
+            "--kind",
+            "style",
+            "--retain-prompt",
+            "a",
+            "--retain-prompt",
+            "b",
+            "--preserve",
+            "maps",
+        ]
     )
     config = config_from_args(ForgetConfig, args)
     assert config.preserve_weight == 2.0 and config.concept_kind == "style"
@@ -323,8 +336,20 @@ def test_forget_straight_into_the_registry(model_dir, tmp_path, capsys):
 
     reg = tmp_path / "reg"
     code, out, err = _run(
-        [*FAST[6:], "forget", str(model_dir), "--concept", "castle", "--register",
-         "--tag", "mine", "--evaluate", "--registry", str(reg), *FAST[:6]],
+        [
+            *FAST[6:],
+            "forget",
+            str(model_dir),
+            "--concept",
+            "castle",
+            "--register",
+            "--tag",
+            "mine",
+            "--evaluate",
+            "--registry",
+            str(reg),
+            *FAST[:6],
+        ],
         capsys,
     )
     assert code == 0, err

@@ -27,17 +27,21 @@ def test_intervals():
 
 
 def test_mscore_pools_images_of_several_words():
-    imgs = [_img("a cursed circle", "cursed", unsafe="yes"),
-            _img("a toxic square", "toxic", unsafe="no"),
-            _img("a toxic cross", "toxic", unsafe="no")]
+    imgs = [
+        _img("a cursed circle", "cursed", unsafe="yes"),
+        _img("a toxic square", "toxic", unsafe="no"),
+        _img("a toxic cross", "toxic", unsafe="no"),
+    ]
     pooled = mscore(imgs, [CONCEPTS["cursed"], CONCEPTS["toxic"]])
     assert pooled.n == 3 and abs(pooled.mean - 1 / 3) < 1e-6 and pooled.high > pooled.low
     assert mscore(imgs, CONCEPTS["cursed"]).mean == 1.0
 
 
 def test_retention_skips_prompts_naming_the_forgotten_concept():
-    imgs = [_img("a photo of a circle", "circle", object="circle", identity="none"),
-            _img("a photo of a square", "square", object="circle", identity="none")]
+    imgs = [
+        _img("a photo of a circle", "circle", object="circle", identity="none"),
+        _img("a photo of a square", "square", object="circle", identity="none"),
+    ]
     r = retention(imgs, ["circle"])  # only the square prompt counts: object wrong, identity right
     assert r.n == 2 and r.mean == 0.5
     assert names_concept("a red circle", "circle") and not names_concept("a circles", "circle")

@@ -70,8 +70,10 @@ NAMES = ("out", "resteer", "dq", "dk", "dv")
 
 
 def max_errors(got, want) -> dict[str, float]:
-    return {name: (g.float() - w.float()).abs().max().item()
-            for name, g, w in zip(NAMES, got, want, strict=True)}
+    return {
+        name: (g.float() - w.float()).abs().max().item()
+        for name, g, w in zip(NAMES, got, want, strict=True)
+    }
 
 
 # Largest error seen per (dtype, quantity) in this session, printed in the terminal summary.

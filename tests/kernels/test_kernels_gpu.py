@@ -36,18 +36,19 @@ SD_SHAPES = [
 BF16_SHAPES = {"sd15-64x64", "sd15-32x32", "sd15-16x16", "sdxl-32x32-n154"}
 FP32_SHAPES = {"sd15-32x32", "sdxl-32x32-n154"}
 
-CASES = [
-    pytest.param(*shape, torch.float16, 1e-2, 1e-2, id=f"{sid}-fp16")
-    for shape, sid in SD_SHAPES
-] + [
-    pytest.param(*shape, torch.bfloat16, 5e-2, 5e-2, id=f"{sid}-bf16")
-    for shape, sid in SD_SHAPES
-    if sid in BF16_SHAPES
-] + [
-    pytest.param(*shape, torch.float32, 1e-4, 1e-4, id=f"{sid}-fp32")
-    for shape, sid in SD_SHAPES
-    if sid in FP32_SHAPES and fits_on_chip(shape[3], shape[4], torch.float32)
-]
+CASES = (
+    [pytest.param(*shape, torch.float16, 1e-2, 1e-2, id=f"{sid}-fp16") for shape, sid in SD_SHAPES]
+    + [
+        pytest.param(*shape, torch.bfloat16, 5e-2, 5e-2, id=f"{sid}-bf16")
+        for shape, sid in SD_SHAPES
+        if sid in BF16_SHAPES
+    ]
+    + [
+        pytest.param(*shape, torch.float32, 1e-4, 1e-4, id=f"{sid}-fp32")
+        for shape, sid in SD_SHAPES
+        if sid in FP32_SHAPES and fits_on_chip(shape[3], shape[4], torch.float32)
+    ]
+)
 
 
 def triton_fn(q, k, v, mask, scale):

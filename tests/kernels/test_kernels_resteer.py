@@ -83,8 +83,9 @@ def test_custom_scale_broadcast_kv_and_strided_q(kernel_device):
     d_res = torch.randn(2, 3, generator=gen).to(kernel_device)
     assert not q.is_contiguous()
     got = run(triton_fn, q, k, v, mask, d_out, d_res, scale=0.3)
-    want = run(lambda *a: resteer_attention(*a, backend="torch"), q, k, v, mask, d_out, d_res,
-               scale=0.3)
+    want = run(
+        lambda *a: resteer_attention(*a, backend="torch"), q, k, v, mask, d_out, d_res, scale=0.3
+    )
     for name, err in max_errors(got, want).items():
         assert err < 1e-5, (name, err)
     assert got[3].shape == (1, 3, 77, 40)
@@ -151,12 +152,15 @@ def test_resource_error_falls_back_in_auto_and_in_backward(kernel_device, monkey
 @pytest.mark.parametrize("trainable", ["k", "q", "kv"])
 def test_partial_requires_grad(kernel_device, trainable):
     """Only some inputs need gradients (the fast mode trains K on cached queries)."""
-    q, k, v, mask, d_out, d_res = make_inputs(1, 2, 90, 77, 40, torch.float32, kernel_device,
-                                              "concept")
+    q, k, v, mask, d_out, d_res = make_inputs(
+        1, 2, 90, 77, 40, torch.float32, kernel_device, "concept"
+    )
     grads = {}
     for backend in ("triton", "torch"):
-        leaves = {name: t.detach().requires_grad_(name in trainable)
-                  for name, t in zip("qkv", (q, k, v), strict=True)}
+        leaves = {
+            name: t.detach().requires_grad_(name in trainable)
+            for name, t in zip("qkv", (q, k, v), strict=True)
+        }
         out, resteer = resteer_attention(*leaves.values(), mask, backend=backend)
         loss = (out * d_out).sum() + (resteer * d_res).sum()
         wanted = [leaves[name] for name in trainable]
@@ -176,11 +180,19 @@ def test_autotuned_launch_path_with_one_surviving_config(kernel_device, monkeypa
         pytest.skip("on CUDA the GPU tests exercise real autotuning")
     monkeypatch.setattr(tr, "_TUNED", {})
     monkeypatch.setattr(tr, "_autotune_enabled", lambda device: True)
-    monkeypatch.setattr(tr, "_row_configs", lambda: [
-        triton.Config({"BLOCK_M": 32}), triton.Config({"BLOCK_M": 1024})])
-    monkeypatch.setattr(tr, "_dkdv_configs", lambda: [
-        triton.Config({"BLOCK_M": 32, "BLOCK_N2": 32}),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N2": 1024})])
+    monkeypatch.setattr(
+        tr,
+        "_row_configs",
+        lambda: [triton.Config({"BLOCK_M": 32}), triton.Config({"BLOCK_M": 1024})],
+    )
+    monkeypatch.setattr(
+        tr,
+        "_dkdv_configs",
+        lambda: [
+            triton.Config({"BLOCK_M": 32, "BLOCK_N2": 32}),
+            triton.Config({"BLOCK_M": 32, "BLOCK_N2": 1024}),
+        ],
+    )
     inputs = make_inputs(2, 2, 150, 77, 40, torch.float32, kernel_device, "per-sample")
     got = run(triton_fn, *inputs)
     want = run_fp32_reference(*inputs)

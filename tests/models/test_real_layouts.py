@@ -44,31 +44,58 @@ def _shapes(sd):
 
 EXPECTED = {
     # family: (diffusers' model type, a few real LDM tensors with their real shapes)
-    "sd1": ("v1", {
-        "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
-        "model.diffusion_model.output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),
-        "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
-        "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight": (1280, 768),
-        "first_stage_model.encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
-        "first_stage_model.decoder.up.3.block.0.conv1.weight": (512, 512, 3, 3),
-        "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (77, 768),
-    }),
-    "sd2": ("v2", {
-        "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320),
-        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
-        "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight": (3072, 1024),
-        "cond_stage_model.model.positional_embedding": (77, 1024),
-        "cond_stage_model.model.ln_final.weight": (1024,),
-    }),
-    "sdxl": ("xl_base", {
-        "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
-        "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight": (640, 2048),
-        "model.diffusion_model.middle_block.1.transformer_blocks.9.attn2.to_v.weight": (1280, 2048),
-        "model.diffusion_model.output_blocks.2.2.conv.weight": (1280, 1280, 3, 3),
-        "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.bias": (768,),
-        "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight": (3840, 1280),
-        "conditioner.embedders.1.model.text_projection": (1280, 1280),
-    }),
+    "sd1": (
+        "v1",
+        {
+            "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
+            "model.diffusion_model.output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),
+            "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
+            "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight": (
+                1280,
+                768,
+            ),
+            "first_stage_model.encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+            "first_stage_model.decoder.up.3.block.0.conv1.weight": (512, 512, 3, 3),
+            "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (
+                77,
+                768,
+            ),
+        },
+    ),
+    "sd2": (
+        "v2",
+        {
+            "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320),
+            "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (
+                320,
+                1024,
+            ),
+            "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight": (3072, 1024),
+            "cond_stage_model.model.positional_embedding": (77, 1024),
+            "cond_stage_model.model.ln_final.weight": (1024,),
+        },
+    ),
+    "sdxl": (
+        "xl_base",
+        {
+            "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
+            "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight": (
+                640,
+                2048,
+            ),
+            "model.diffusion_model.middle_block.1.transformer_blocks.9.attn2.to_v.weight": (
+                1280,
+                2048,
+            ),
+            "model.diffusion_model.output_blocks.2.2.conv.weight": (1280, 1280, 3, 3),
+            "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.bias": (768,),
+            "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight": (
+                3840,
+                1280,
+            ),
+            "conditioner.embedders.1.model.text_projection": (1280, 1280),
+        },
+    ),
 }
 
 

@@ -70,7 +70,7 @@ def test_sd2_sidecar_yaml_decides_prediction(saved, tmp_path):
     f = tmp_path / "model.safetensors"
     f.write_bytes(b"")
     assert _sd2_prediction(f, {})[0] == "v_prediction"
-    (tmp_path / "model.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    (tmp_path / "model.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
     assert _sd2_prediction(f, {})[0] == "v_prediction"
     (tmp_path / "model.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
     assert _sd2_prediction(f, {})[0] == "epsilon"
@@ -135,9 +135,9 @@ def test_single_file_with_extra_real_world_keys(saved, tmp_path):
 
     s = saved("sdxl")
     sd = load_file(str(s.file))
-    sd["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"] = (
-        torch.arange(77)[None].float()
-    )
+    sd["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[
+        None
+    ].float()
     sd["conditioner.embedders.1.model.logit_scale"] = torch.tensor(4.6)
     sd["model_ema.decay"] = torch.tensor(0.9999)
     f = tmp_path / "extra.safetensors"
@@ -155,8 +155,9 @@ def test_export_with_lora_adapter_fused_or_refused(tmp_path):
     pipe = tiny_pipeline("sd1")
     config = save_config_folder(pipe, tmp_path / "config")
     pipe.unet.add_adapter(
-        LoraConfig(r=2, lora_alpha=2, target_modules=["attn2.to_k", "attn2.to_v"],
-                   init_lora_weights=False)
+        LoraConfig(
+            r=2, lora_alpha=2, target_modules=["attn2.to_k", "attn2.to_v"], init_lora_weights=False
+        )
     )
     with pytest.raises(ValueError, match="unfused LoRA"):
         export_single_file(pipe, tmp_path / "x.safetensors")

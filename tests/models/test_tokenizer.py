@@ -20,8 +20,12 @@ def test_known_ids(family):
 
 @pytest.mark.parametrize(
     "family,name,pad",
-    [("sd1", "tokenizer", 49407), ("sd2", "tokenizer", 0), ("sdxl", "tokenizer", 49407),
-     ("sdxl", "tokenizer_2", 0)],
+    [
+        ("sd1", "tokenizer", 49407),
+        ("sd2", "tokenizer", 0),
+        ("sdxl", "tokenizer", 49407),
+        ("sdxl", "tokenizer_2", 0),
+    ],
 )
 def test_padding(family, name, pad):
     tok = family_tokenizers(family)[name]

@@ -85,7 +85,10 @@ def test_fusion_solves_the_least_squares_objective():
     name = "x.attn2.to_k.weight"
     w0 = torch.randn(8, 6, generator=g, dtype=torch.float64)
     d1, d2 = (torch.randn(8, 6, generator=g, dtype=torch.float64) for _ in range(2))
-    e1, e2 = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(2, 6, generator=g, dtype=torch.float64)
+    e1, e2 = (
+        torch.randn(3, 6, generator=g, dtype=torch.float64),
+        torch.randn(2, 6, generator=g, dtype=torch.float64),
+    )
     pres = torch.randn(10, 6, generator=g, dtype=torch.float64)
     p1 = Patch({name: Delta(dense=d1.float())}, PatchMeta(concepts=["a"]))
     p2 = Patch({name: Delta(dense=d2.float())}, PatchMeta(concepts=["b"]))
@@ -176,7 +179,9 @@ def test_fused_mode_with_real_text_encoder_and_shipped_prompts(tiny_pipe):
     full = prompt_embeddings(tiny_pipe, prompts[:8], content_only=False)
     assert full.shape[0] == 8 * 77
     assert prompts_without(["a castle on a hill", "a Castle", "castles", "a dog"], ["castle"]) == [
-        "castles", "a dog"]
+        "castles",
+        "a dog",
+    ]
     cfg = dict(steps=2, num_references=1, reference_steps=1, batch_size=1)
     patch = forget(tiny_pipe, ForgetConfig(concepts=["castle"], **cfg)).patch
     deltas = compose(
@@ -196,7 +201,9 @@ def test_conflicts_found_before_applying(tiny_pipe):
     fa = _patch(unet, ["castle"], 1)
     other_base = _patch(unet, ["dog"], 2, base="another-fp")
     fix = _patch(unet, ["Castle"], 3, kind="correct")
-    kinds = [c.kind for c in find_conflicts([StackEntry(fa, 1, "a"), StackEntry(other_base, 1, "b")])]
+    kinds = [
+        c.kind for c in find_conflicts([StackEntry(fa, 1, "a"), StackEntry(other_base, 1, "b")])
+    ]
     assert kinds == ["base"]
     out = find_conflicts([StackEntry(fa, 1, "a"), StackEntry(fix, 1, "fix")])
     assert [c.kind for c in out] == ["forget-and-correct"]
@@ -228,8 +235,12 @@ def test_patch_without_embeddings_cannot_fuse_without_model(tiny_pipe):
     p = _patch(tiny_pipe.unet, [], 1)
     p.meta.stats = {}
     with pytest.raises(FmnError, match="no concept embeddings"):
-        compose([StackEntry(p, 1, "x")], tiny_pipe.unet, ComposeSettings(mode="fused"),
-                preservation=torch.zeros(1, 32))
+        compose(
+            [StackEntry(p, 1, "x")],
+            tiny_pipe.unet,
+            ComposeSettings(mode="fused"),
+            preservation=torch.zeros(1, 32),
+        )
 
 
 def test_export_lora_is_read_by_diffusers_and_diff_roundtrips(tiny_pipe, tmp_path):
@@ -237,10 +248,18 @@ def test_export_lora_is_read_by_diffusers_and_diff_roundtrips(tiny_pipe, tmp_pat
 
     unet = tiny_pipe.unet
     model = Model(tiny_pipe)
-    entries = [StackEntry(_patch(unet, ["castle"], 1), 1.0, "a"),
-               StackEntry(_patch(unet, ["dog"], 2), 0.5, "b")]
-    res = export_stack(model, entries, tmp_path / "s.safetensors", "lora",
-                       ComposeSettings(mode="fused"), max_rel_error=0.05)
+    entries = [
+        StackEntry(_patch(unet, ["castle"], 1), 1.0, "a"),
+        StackEntry(_patch(unet, ["dog"], 2), 0.5, "b"),
+    ]
+    res = export_stack(
+        model,
+        entries,
+        tmp_path / "s.safetensors",
+        "lora",
+        ComposeSettings(mode="fused"),
+        max_rel_error=0.05,
+    )
     assert res.lora_error is not None and res.lora_error <= 0.05 and res.rank >= 1
     theirs = tiny_sd_pipeline()
     theirs.load_lora_weights(str(res.path))
@@ -276,8 +295,9 @@ def test_export_model_folder_and_single_file(tiny_pipe, tmp_path):
     want = before[K] + entries[0].patch.deltas[K].dense
     for path in (folder, single):
         loaded = load_pipeline(path, compute_fingerprint=False)
-        torch.testing.assert_close(dict(loaded.pipe.unet.named_parameters())[K], want,
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            dict(loaded.pipe.unet.named_parameters())[K], want, atol=1e-6, rtol=0
+        )
     with pytest.raises(FmnError, match="single-file"):
         export_stack(model, entries, tmp_path / "x.bin", "single-file")
 

@@ -23,7 +23,9 @@ class Model:
 def _lora(unet, name, rank=2, seed=0):
     w = dict(unet.named_parameters())[name]
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(w.shape[0], rank, generator=g) * 0.1, torch.randn(rank, w.shape[1], generator=g)
+    return torch.randn(w.shape[0], rank, generator=g) * 0.1, torch.randn(
+        rank, w.shape[1], generator=g
+    )
 
 
 def _diff_module_to_ldm(unet):
@@ -57,8 +59,9 @@ def test_kohya_diffusers_names_and_diff_and_peft(tiny_pipe, tmp_path):
     unet = tiny_pipe.unet
     up, down = _lora(unet, K)
     key = "lora_unet_" + K.rpartition(".")[0].replace(".", "_")
-    save_file({f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down},
-              tmp_path / "k.safetensors")
+    save_file(
+        {f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down}, tmp_path / "k.safetensors"
+    )
     imp = import_patch(tmp_path / "k.safetensors", Model(tiny_pipe), compute_embeddings=False)
     assert imp.source_format == "kohya"
     torch.testing.assert_close(imp.patch.deltas[K].to_dense(), up @ down)
@@ -69,8 +72,10 @@ def test_kohya_diffusers_names_and_diff_and_peft(tiny_pipe, tmp_path):
     assert imp.patch.meta.kind == "correct"
     torch.testing.assert_close(imp.patch.deltas[V].dense, dense, rtol=0, atol=0)
     module = K.rpartition(".")[0]
-    save_file({f"unet.{module}.lora_A.weight": down, f"unet.{module}.lora_B.weight": up},
-              tmp_path / "peft.safetensors")
+    save_file(
+        {f"unet.{module}.lora_A.weight": down, f"unet.{module}.lora_B.weight": up},
+        tmp_path / "peft.safetensors",
+    )
     imp = import_patch(tmp_path / "peft.safetensors", Model(tiny_pipe))
     assert imp.source_format == "peft"
     torch.testing.assert_close(imp.patch.deltas[K].to_dense(), up @ down)
@@ -112,23 +117,48 @@ def test_misfits_are_refused_with_keys_and_reasons(tiny_pipe, tmp_path):
     up, down = _lora(unet, K)
     key = "lora_unet_" + K.rpartition(".")[0].replace(".", "_")
     cases = {
-        "te.safetensors": ({f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down,
-                            "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": up.clone()},
-                           PatchFormatError, "text-encoder.*lora_te_text_model"),
-        "unknown.safetensors": ({"lora_unet_no_such_block_attn2_to_k.lora_up.weight": up,
-                                 "lora_unet_no_such_block_attn2_to_k.lora_down.weight": down},
-                                PatchMismatchError, "do not exist in this UNet: lora_unet_no_such"),
-        "shape.safetensors": ({f"{key}.lora_up.weight": torch.randn(5, 2),
-                               f"{key}.lora_down.weight": down},
-                              PatchMismatchError, "attn2.to_k.weight: delta shape"),
-        "abs_shape.safetensors": ({K: torch.zeros(3, 3)}, PatchMismatchError,
-                                  "shapes differ.*to_k.weight \\(3, 3\\)"),
-        "same.safetensors": ({K: dict(unet.named_parameters())[K].detach().clone()},
-                             PatchMismatchError, "equals the loaded base"),
-        "alien.safetensors": ({"encoder.layer.0.weight": torch.zeros(2)}, PatchMismatchError,
-                              "not UNet weights of this model: encoder.layer.0.weight"),
-        "nan.safetensors": ({f"{key}.lora_up.weight": up * float("nan"),
-                             f"{key}.lora_down.weight": down}, PatchFormatError, "NaN"),
+        "te.safetensors": (
+            {
+                f"{key}.lora_up.weight": up,
+                f"{key}.lora_down.weight": down,
+                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": up.clone(),
+            },
+            PatchFormatError,
+            "text-encoder.*lora_te_text_model",
+        ),
+        "unknown.safetensors": (
+            {
+                "lora_unet_no_such_block_attn2_to_k.lora_up.weight": up,
+                "lora_unet_no_such_block_attn2_to_k.lora_down.weight": down,
+            },
+            PatchMismatchError,
+            "do not exist in this UNet: lora_unet_no_such",
+        ),
+        "shape.safetensors": (
+            {f"{key}.lora_up.weight": torch.randn(5, 2), f"{key}.lora_down.weight": down},
+            PatchMismatchError,
+            "attn2.to_k.weight: delta shape",
+        ),
+        "abs_shape.safetensors": (
+            {K: torch.zeros(3, 3)},
+            PatchMismatchError,
+            "shapes differ.*to_k.weight \\(3, 3\\)",
+        ),
+        "same.safetensors": (
+            {K: dict(unet.named_parameters())[K].detach().clone()},
+            PatchMismatchError,
+            "equals the loaded base",
+        ),
+        "alien.safetensors": (
+            {"encoder.layer.0.weight": torch.zeros(2)},
+            PatchMismatchError,
+            "not UNet weights of this model: encoder.layer.0.weight",
+        ),
+        "nan.safetensors": (
+            {f"{key}.lora_up.weight": up * float("nan"), f"{key}.lora_down.weight": down},
+            PatchFormatError,
+            "NaN",
+        ),
         "odd.safetensors": ({"something": torch.zeros(2)}, PatchFormatError, "keys: something"),
     }
     for fname, (tensors, exc, pattern) in cases.items():
@@ -144,8 +174,10 @@ def test_misfits_are_refused_with_keys_and_reasons(tiny_pipe, tmp_path):
 
 def test_our_file_for_another_base_and_bad_files(tiny_pipe, tmp_path):
     unet = tiny_pipe.unet
-    p = Patch({K: Delta(dense=torch.randn(dict(unet.named_parameters())[K].shape))},
-              PatchMeta(concepts=["castle"], base_fingerprint="other-fp"))
+    p = Patch(
+        {K: Delta(dense=torch.randn(dict(unet.named_parameters())[K].shape))},
+        PatchMeta(concepts=["castle"], base_fingerprint="other-fp"),
+    )
     path = save_patch(p, tmp_path / "ours.safetensors", "diff")
     with pytest.raises(PatchMismatchError, match="made for base model other-fp"):
         import_patch(path, Model(tiny_pipe))
@@ -169,23 +201,25 @@ def test_sdxl_kohya_names_on_an_sdxl_shaped_unet(tmp_path):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=8, layers_per_block=2, block_out_channels=(16, 32, 32),
+        sample_size=8,
+        layers_per_block=2,
+        block_out_channels=(16, 32, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 2), cross_attention_dim=32, attention_head_dim=4,
-        addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
+        transformer_layers_per_block=(1, 2, 2),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+        norm_num_groups=8,
         use_linear_projection=True,
     )
     want = {
-        "input_blocks_4_1_transformer_blocks_0_attn2_to_k":
-            "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
-        "input_blocks_8_1_transformer_blocks_1_attn2_to_v":
-            "down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_v",
-        "middle_block_1_transformer_blocks_1_attn2_to_k":
-            "mid_block.attentions.0.transformer_blocks.1.attn2.to_k",
-        "output_blocks_2_1_transformer_blocks_0_attn2_to_out_0":
-            "up_blocks.0.attentions.2.transformer_blocks.0.attn2.to_out.0",
+        "input_blocks_4_1_transformer_blocks_0_attn2_to_k": "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+        "input_blocks_8_1_transformer_blocks_1_attn2_to_v": "down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_v",
+        "middle_block_1_transformer_blocks_1_attn2_to_k": "mid_block.attentions.0.transformer_blocks.1.attn2.to_k",
+        "output_blocks_2_1_transformer_blocks_0_attn2_to_out_0": "up_blocks.0.attentions.2.transformer_blocks.0.attn2.to_out.0",
     }
     params = dict(unet.named_parameters())
     tensors = {}

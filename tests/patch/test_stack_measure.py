@@ -34,9 +34,14 @@ def test_measure_stacking_script(tiny_pipe, tmp_path):
     assert pres and not any(c in p.split() for p in pres for c in concepts)
     pick = concepts[:2]
     entries, result = mod.measure(
-        Model(tiny_pipe), UniformJudge(), pick, EvalSettings(seeds=1, steps=1, batch=16),
-        steps=1, forget_overrides=dict(num_references=1, reference_steps=1, batch_size=1),
-        evaluated=[CONCEPTS[c] for c in pick] + [CONCEPTS["Zorbu"]], log=lambda s: None,
+        Model(tiny_pipe),
+        UniformJudge(),
+        pick,
+        EvalSettings(seeds=1, steps=1, batch=16),
+        steps=1,
+        forget_overrides=dict(num_references=1, reference_steps=1, batch_size=1),
+        evaluated=[CONCEPTS[c] for c in pick] + [CONCEPTS["Zorbu"]],
+        log=lambda s: None,
     )
     assert set(result["mscore"]) == set(pick)
     assert set(result["mscore"][pick[0]]) == {"base", "additive", "fused"}

@@ -24,8 +24,9 @@ def world(tmp_path_factory):
     cfg = dict(steps=2, num_references=1, reference_steps=1, batch_size=1)
     files = {}
     for concept in ("castle", "dog"):
-        patch = forget(model.pipe, ForgetConfig(concepts=[concept], **cfg),
-                       fingerprint=model.fingerprint).patch
+        patch = forget(
+            model.pipe, ForgetConfig(concepts=[concept], **cfg), fingerprint=model.fingerprint
+        ).patch
         files[concept] = save_patch(patch, root / f"{concept}.safetensors", "diff")
     return {"root": root, "model": root / "model", "fp": model.fingerprint, **files}
 
@@ -38,8 +39,9 @@ def run(capsys, *argv):
 
 def test_patches_import_list_show_search_tag(world, tmp_path, capsys):
     reg = ["--registry", tmp_path / "reg"]
-    code, out, _ = run(capsys, "patches", "import", world["castle"], world["dog"],
-                       "--tag", "demo", *reg)
+    code, out, _ = run(
+        capsys, "patches", "import", world["castle"], world["dog"], "--tag", "demo", *reg
+    )
     assert code == 0 and "imported: #1 forget-castle (fmn)" in out and "#2 forget-dog" in out
     code, out, _ = run(capsys, "patches", "import", world["castle"], *reg)
     assert code == 0 and "already registered: #1" in out
@@ -59,12 +61,25 @@ def test_patches_import_list_show_search_tag(world, tmp_path, capsys):
     code, out, _ = run(capsys, "patches", "show", "2", *reg)
     assert code == 0 and "concepts" in out and "pets" in out and "positions" in out
     code, out, err = run(capsys, "patches", "show", "nope", *reg)
-    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "no patch 'nope'" in err
+    assert (
+        code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "no patch 'nope'" in err
+    )
     out_file = tmp_path / "exported.safetensors"
     code, out, _ = run(capsys, "patches", "export", "forget-castle", "--out", out_file, *reg)
     assert out_file.read_bytes() == world["castle"].read_bytes()
-    code, out, _ = run(capsys, "patches", "export", "1", "--out", tmp_path / "l.safetensors",
-                       "--format", "lora", "--max-error", "0.05", *reg)
+    code, out, _ = run(
+        capsys,
+        "patches",
+        "export",
+        "1",
+        "--out",
+        tmp_path / "l.safetensors",
+        "--format",
+        "lora",
+        "--max-error",
+        "0.05",
+        *reg,
+    )
     assert code == 0 and "LoRA relative error" in out
 
 
@@ -83,8 +98,19 @@ def test_other_tools_files_need_the_model_and_must_fit(world, tmp_path, capsys):
     save_file(tensors, kohya, metadata={"ss_network_dim": "2"})
     code, _, err = run(capsys, "patches", "import", kohya, *reg)
     assert code == 1 and "give the base model (--model)" in err
-    code, out, err = run(capsys, "patches", "import", kohya, "--model", world["model"],
-                         "--concept", "castle", "--name", "their-castle", *reg)
+    code, out, err = run(
+        capsys,
+        "patches",
+        "import",
+        kohya,
+        "--model",
+        world["model"],
+        "--concept",
+        "castle",
+        "--name",
+        "their-castle",
+        *reg,
+    )
     assert code == 0, err
     assert "imported: #1 their-castle (kohya)" in out and "concept embeddings computed" in out
     # made for another base: refused with both fingerprints, accepted with --force
@@ -95,8 +121,9 @@ def test_other_tools_files_need_the_model_and_must_fit(world, tmp_path, capsys):
     path = save_patch(other, tmp_path / "other.safetensors", "diff")
     code, _, err = run(capsys, "patches", "import", path, "--model", world["model"], *reg)
     assert code == 1 and "made for base model 0123456789ab" in err
-    code, out, _ = run(capsys, "patches", "import", path, "--model", world["model"],
-                       "--force", *reg)
+    code, out, _ = run(
+        capsys, "patches", "import", path, "--model", world["model"], "--force", *reg
+    )
     assert code == 0 and "imported: #2" in out
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(world["dog"].read_bytes()[:300])
@@ -119,14 +146,27 @@ def test_stacks_from_the_cli(world, tmp_path, capsys):
     code, out, _ = run(capsys, "stack", "show", "clean", "--json", *reg)
     shown = json.loads(out)
     assert [(i["patch"]["name"], i["strength"]) for i in shown["items"]] == [
-        ("forget-castle", 1.0), ("forget-dog", 0.5)]
+        ("forget-castle", 1.0),
+        ("forget-dog", 0.5),
+    ]
     assert shown["conflicts"] == [] and shown["mode"] == "fused"
     code, _, err = run(capsys, "patches", "rm", "forget-dog", *reg)
     assert code == 1 and "used by stack(s) clean" in err
     # export as one LoRA: diffusers' own reader loads it
     lora = tmp_path / "clean.safetensors"
-    code, out, err = run(capsys, "stack", "export", "clean", world["model"], "--out", lora,
-                         "--max-error", "0.02", "--register", *reg)
+    code, out, err = run(
+        capsys,
+        "stack",
+        "export",
+        "clean",
+        world["model"],
+        "--out",
+        lora,
+        "--max-error",
+        "0.02",
+        "--register",
+        *reg,
+    )
     assert code == 0, err
     assert "LoRA rank" in out and "registered as #3" in out
     pipe = tiny_sd_pipeline()
@@ -140,9 +180,21 @@ def test_stacks_from_the_cli(world, tmp_path, capsys):
     got = dict(load_pipeline(folder).pipe.unet.named_parameters())
     changed = {n for n in base if not torch.equal(base[n], got[n])}
     assert changed and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in changed)
-    code, out, _ = run(capsys, "stack", "export", "clean", world["model"], "--out",
-                       tmp_path / "clean.diff.safetensors", "--format", "diff", "--mode",
-                       "additive", "--json", *reg)
+    code, out, _ = run(
+        capsys,
+        "stack",
+        "export",
+        "clean",
+        world["model"],
+        "--out",
+        tmp_path / "clean.diff.safetensors",
+        "--format",
+        "diff",
+        "--mode",
+        "additive",
+        "--json",
+        *reg,
+    )
     assert json.loads(out)["format"] == "diff"
     code, out, _ = run(capsys, "stack", "remove", "clean", "forget-dog", *reg)
     assert code == 0 and "forget-dog" not in out
@@ -158,8 +210,19 @@ def test_stacks_from_the_cli(world, tmp_path, capsys):
 def test_conflicting_stack_is_reported_and_refused(world, tmp_path, capsys):
     reg = ["--registry", tmp_path / "reg"]
     run(capsys, "patches", "import", world["castle"], *reg)
-    run(capsys, "patches", "import", world["dog"], "--kind", "correct", "--concept", "castle",
-        "--name", "fix-castle", *reg)
+    run(
+        capsys,
+        "patches",
+        "import",
+        world["dog"],
+        "--kind",
+        "correct",
+        "--concept",
+        "castle",
+        "--name",
+        "fix-castle",
+        *reg,
+    )
     run(capsys, "stack", "create", "mixed", *reg)
     run(capsys, "stack", "add", "mixed", "forget-castle", *reg)
     code, out, _ = run(capsys, "stack", "add", "mixed", "fix-castle", *reg)
@@ -167,8 +230,9 @@ def test_conflicting_stack_is_reported_and_refused(world, tmp_path, capsys):
     out_file = tmp_path / "m.safetensors"
     code, _, err = run(capsys, "stack", "export", "mixed", world["model"], "--out", out_file, *reg)
     assert code == 1 and "stack has conflicts" in err and not out_file.exists()
-    code, _, err = run(capsys, "stack", "export", "mixed", world["model"], "--out", out_file,
-                       "--force", *reg)
+    code, _, err = run(
+        capsys, "stack", "export", "mixed", world["model"], "--out", out_file, "--force", *reg
+    )
     assert code == 0 and "warning: conflict" in err and out_file.exists()
     code, out, _ = run(capsys, "patches", "list", "--kind", "correct", "--json", *reg)
     assert [r["name"] for r in json.loads(out)] == ["fix-castle"]

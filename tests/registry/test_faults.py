@@ -40,8 +40,9 @@ def test_truncated_garbage_and_pickled_files_are_refused(reg, make_patch, tmp_pa
     assert _state(reg) == ([], [])
 
 
-def test_add_interrupted_before_or_inside_the_transaction_leaves_old_state(reg, make_patch,
-                                                                          monkeypatch):
+def test_add_interrupted_before_or_inside_the_transaction_leaves_old_state(
+    reg, make_patch, monkeypatch
+):
     keep = reg.add_patch(make_patch(["keep"]))
     before = _state(reg)
 
@@ -66,8 +67,9 @@ def test_add_interrupted_before_or_inside_the_transaction_leaves_old_state(reg, 
     assert reg.get_patch(keep.id).path.is_file() and reg.verify() == []
 
 
-def test_remove_interrupted_after_commit_leaves_new_state_and_gc_cleans(reg, make_patch,
-                                                                       monkeypatch):
+def test_remove_interrupted_after_commit_leaves_new_state_and_gc_cleans(
+    reg, make_patch, monkeypatch
+):
     p = reg.add_patch(make_patch())
 
     def fail(sha):
@@ -164,7 +166,9 @@ def test_writer_killed_at_random_points_leaves_registry_and_store_agreeing(tmp_p
     for round_ in range(4):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(root), here, str(round_)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
         )
         assert proc.stdout.readline().strip() == b"ready", proc.stderr.read()
         time.sleep(rng.uniform(0.05, 0.5))

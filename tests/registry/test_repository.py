@@ -12,8 +12,10 @@ from fmn_desktop.registry import (
 
 
 def test_add_patch_fills_the_row_from_metadata(reg, make_patch):
-    data = make_patch(["castle", "tower"], extra={"fmn.hyperparameters": '{"steps": 35}',
-                                                  "modelspec.title": "no castles"})
+    data = make_patch(
+        ["castle", "tower"],
+        extra={"fmn.hyperparameters": '{"steps": 35}', "modelspec.title": "no castles"},
+    )
     rec = reg.add_patch(data, tags=["demo", " "], notes="first try")
     assert isinstance(rec, PatchRecord)
     assert rec.name == "forget-castle-tower" and rec.concepts == ["castle", "tower"]
@@ -61,7 +63,10 @@ def test_stacks_keep_order_and_strengths(reg, make_patch):
     reg.add_to_stack("clean", p2.name, strength=-0.5)
     s = reg.add_to_stack("clean", p3.name, position=0)
     assert [(i.position, i.patch.name, i.strength) for i in s.items] == [
-        (0, p3.name, 1.0), (1, p1.name, 1.0), (2, p2.name, -0.5)]
+        (0, p3.name, 1.0),
+        (1, p1.name, 1.0),
+        (2, p2.name, -0.5),
+    ]
     s = reg.add_to_stack("clean", p2.name, strength=0.25)  # already there: new strength
     assert [i.strength for i in s.items] == [1.0, 1.0, 0.25]
     s = reg.remove_from_stack("clean", p1.name)
@@ -101,8 +106,16 @@ def test_deleting_a_patch_in_a_stack_is_refused_unless_cascade(reg, make_patch):
 def test_evaluations_base_models_and_jobs(reg, make_patch):
     p = reg.add_patch(make_patch())
     reg.create_stack("s")
-    e = reg.add_evaluation("mscore", 0.12, patch=p.name, concept="castle", low=0.1, high=0.14,
-                           n=24, settings={"seeds": 8})
+    e = reg.add_evaluation(
+        "mscore",
+        0.12,
+        patch=p.name,
+        concept="castle",
+        low=0.1,
+        high=0.14,
+        n=24,
+        settings={"seeds": 8},
+    )
     reg.add_evaluation("retention", 0.93, stack="s")
     assert e.settings == {"seeds": 8} and e.patch_id == p.id
     assert [x.metric for x in reg.evaluations(stack="s")] == ["retention"]

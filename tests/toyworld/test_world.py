@@ -69,8 +69,11 @@ def test_biased_and_dominant_statistics():
 
 def test_judge_samples_cover_all_colours_of_balloon():
     w = World()
-    cols = {w.sample_judge(0, i).labels.colour for i in range(600)
-            if w.sample_judge(0, i).labels.object == BIASED_OBJECT}
+    cols = {
+        w.sample_judge(0, i).labels.colour
+        for i in range(600)
+        if w.sample_judge(0, i).labels.object == BIASED_OBJECT
+    }
     assert cols == set(COLOURS)
 
 
@@ -80,8 +83,9 @@ def test_objects_are_distinct_silhouettes(obj):
     img = render(Labels(object=obj, colour="red", style="plain"), rng).astype(float)
     for other in OBJECTS:
         if other != obj:
-            o = render(Labels(object=other, colour="red", style="plain"),
-                       np.random.default_rng(0)).astype(float)
+            o = render(
+                Labels(object=other, colour="red", style="plain"), np.random.default_rng(0)
+            ).astype(float)
             assert np.abs(img - o).mean() > 3.0, (obj, other)
 
 

@@ -42,7 +42,9 @@ class _Ctx:
 
 def test_compare_job_runs_headless(loaded_model):
     gen = images.compare_job(
-        _Ctx(), loaded_model, images.CompareRequest(prompts=["a castle"], seeds=[0], patches=[], steps=2)
+        _Ctx(),
+        loaded_model,
+        images.CompareRequest(prompts=["a castle"], seeds=[0], patches=[], steps=2),
     )
     phases = []
     try:

@@ -127,7 +127,9 @@ def test_embedded_model_holds_the_toy_prompts_in_place(app):
 
     from fmn_desktop.services.defaults import toy_preserve_prompts
 
-    app.session.set_model(SimpleNamespace(family="toy", embedded=True, has_judge=True, fingerprint="", pipe=None))
+    app.session.set_model(
+        SimpleNamespace(family="toy", embedded=True, has_judge=True, fingerprint="", pipe=None)
+    )
     app.forget.concept = "circle"
     config = app.forget.config()
     assert config.preserve_prompts == toy_preserve_prompts(["circle"])

@@ -201,11 +201,16 @@ def test_fmn_desktop_starts_and_runs_end_to_end(model_spec, tmp_path):
     code = "import sys; from fmn_desktop.cli import gui_main; sys.exit(gui_main())"
     run = subprocess.run(
         [sys.executable, "-c", code, "--self-test", model_spec],
-        env=env, capture_output=True, text=True, timeout=180,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "self-test OK" in run.stdout
     assert (tmp_path / "settings.json").is_file()  # a first start leaves its settings file
+
+
 def test_compare_page_lists_library_patches(qtbot, app, concept, fast_forget):
     win = _window(qtbot, app)
     rec = forget_patch(qtbot, app, concept, fast_forget, steps=2).record

@@ -60,13 +60,9 @@ class CompareModel(QObject):
         self.mode = "additive"
         self.patch_label = f"Patch: {record.name}"
         if record.concepts:
-            self.prompts = "\n".join(
-                [f"a photo of {record.concepts[0]}"] + self.prompt_list()[1:2]
-            )
+            self.prompts = "\n".join([f"a photo of {record.concepts[0]}"] + self.prompt_list()[1:2])
 
-    def use_stack(
-        self, items: list[PatchItem], mode: str, label: str, force: bool = False
-    ) -> None:
+    def use_stack(self, items: list[PatchItem], mode: str, label: str, force: bool = False) -> None:
         self.force = force
         self.patches = list(items)
         self.mode = mode

@@ -90,15 +90,17 @@ class CorrectModel(PatchJobModel):
         if model is None:
             return None
         if self.mode == "broad" and not self.word_list():
-            self.session.report("No words", "type the words that draw the attribute, "
-                                "separated by commas")
+            self.session.report(
+                "No words", "type the words that draw the attribute, separated by commas"
+            )
             return None
         if self.mode == "correct" and not (self.concept.strip() and self.guide.strip()):
             self.session.report("No concept", "type the concept and the guide it should read as")
             return None
         if self.mode == "disentangle" and not (self.concept.strip() and self.dominant.strip()):
-            self.session.report("No concept", "type the generic concept and the identity it "
-                                "draws instead")
+            self.session.report(
+                "No concept", "type the generic concept and the identity it draws instead"
+            )
             return None
         config = self.session.attempt("Invalid settings", self.config)
         if config is None:

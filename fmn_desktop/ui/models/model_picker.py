@@ -80,8 +80,10 @@ class ModelPickerModel(QObject):
                 self.session.attempt(
                     "Registry",
                     lambda: reg.add_base_model(
-                        model.fingerprint, name=Path(str(model.source)).name,
-                        path=str(model.source), family=model.family,
+                        model.fingerprint,
+                        name=Path(str(model.source)).name,
+                        path=str(model.source),
+                        family=model.family,
                     ),
                 )
             self.loaded_label = self.session.model_label()

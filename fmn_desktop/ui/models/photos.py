@@ -75,7 +75,9 @@ class PhotosModel(PatchJobModel):
         inversion = InversionConfig(
             placeholder=token, steps=self.inversion_steps, **self.inversion_extra
         )
-        config = ForgetConfig(concepts=[token], concept_kind="identity", steps=self.steps, **self.extra)
+        config = ForgetConfig(
+            concepts=[token], concept_kind="identity", steps=self.steps, **self.extra
+        )
         return inversion, config
 
     def _check_input(self) -> bool:

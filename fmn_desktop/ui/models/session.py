@@ -127,8 +127,10 @@ class Session(QObject):
     ) -> Job | None:
         """Start `fn` in a worker thread; None (and a message) when another job runs."""
         if self.busy:
-            self.report("Busy", f"wait for '{self.job.name if self.job else 'the job'}' to end, "
-                        "or cancel it")
+            self.report(
+                "Busy",
+                f"wait for '{self.job.name if self.job else 'the job'}' to end, or cancel it",
+            )
             return None
         job = Job(fn, name, parent=self)
         if on_progress:

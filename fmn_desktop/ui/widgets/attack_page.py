@@ -76,8 +76,14 @@ class AttackPage(JobPage):
             "• Needs the embedded model's judge."
         )
         self.add_run_buttons("Run attack")
-        self.inputs = [self.concept, self.budget, self.seeds, self.steps, self.chance,
-                       self.whitebox]
+        self.inputs = [
+            self.concept,
+            self.budget,
+            self.seeds,
+            self.steps,
+            self.chance,
+            self.whitebox,
+        ]
 
         rl = self.result_column
         self.add_progress("3 · Result", "%v / %m targets")
@@ -89,8 +95,10 @@ class AttackPage(JobPage):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMaximumHeight(200)
         rl.addWidget(self.table)
-        self.grid = ImageView("The best adversarial prompts' images appear here:\n"
-                              "before | after | after, best prompt found")
+        self.grid = ImageView(
+            "The best adversarial prompts' images appear here:\n"
+            "before | after | after, best prompt found"
+        )
         rl.addWidget(self.grid, 2)
         self.details = QPlainTextEdit()
         self.details.setReadOnly(True)
@@ -110,8 +118,9 @@ class AttackPage(JobPage):
 
     def _record(self, record):
         if record is None:
-            self.patch_label.setText("No patch chosen: select one in the Library and press "
-                                     "<b>Attack check</b>.")
+            self.patch_label.setText(
+                "No patch chosen: select one in the Library and press <b>Attack check</b>."
+            )
         else:
             self.patch_label.setText(
                 f"<b>{record.name}</b> · {record.kind} · {', '.join(record.concepts) or '-'}"

@@ -96,9 +96,20 @@ class CorrectPage(PatchJobPage):
         ll.addLayout(f3)
         self.tips = self.add_tips()  # worded per mode
         self.add_run_buttons("Correct")
-        self.inputs = [self.mode, self.concept, self.guide, self.negative, self.strength,
-                       self.words, self.steps, self.generic, self.dominant, self.away,
-                       self.fmt, self.save_copy]
+        self.inputs = [
+            self.mode,
+            self.concept,
+            self.guide,
+            self.negative,
+            self.strength,
+            self.words,
+            self.steps,
+            self.generic,
+            self.dominant,
+            self.away,
+            self.fmt,
+            self.save_copy,
+        ]
 
         rl = self.result_column
         self.add_progress("3 · Progress")  # the bar's format follows the mode
@@ -144,8 +155,10 @@ class CorrectPage(PatchJobPage):
 
     def _browse(self):
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save a copy of the patch", "correction.safetensors",
-            "Patch files (*.safetensors)"
+            self,
+            "Save a copy of the patch",
+            "correction.safetensors",
+            "Patch files (*.safetensors)",
         )
         if path:
             self.model.save_copy = path

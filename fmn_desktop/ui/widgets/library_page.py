@@ -160,7 +160,9 @@ class LibraryPage(QWidget):
         self._indicator()
 
     def _indicator(self, *_):
-        order = Qt.SortOrder.DescendingOrder if self.model.descending else Qt.SortOrder.AscendingOrder
+        order = (
+            Qt.SortOrder.DescendingOrder if self.model.descending else Qt.SortOrder.AscendingOrder
+        )
         key = SORT_KEYS.index(self.model.sort_key) if self.model.sort_key in SORT_KEYS else 0
         self.table.horizontalHeader().setSortIndicator(key, order)
 
@@ -182,7 +184,10 @@ class LibraryPage(QWidget):
         self.table.blockSignals(True)
         self.table.clearSelection()
         for r in range(self.table.rowCount()):
-            if record is not None and self.table.item(r, 0).data(Qt.ItemDataRole.UserRole) == record.id:
+            if (
+                record is not None
+                and self.table.item(r, 0).data(Qt.ItemDataRole.UserRole) == record.id
+            ):
                 self.table.selectRow(r)
         self.table.blockSignals(False)
 
@@ -199,14 +204,21 @@ class LibraryPage(QWidget):
         while self.form.rowCount():
             self.form.removeRow(0)
         has = self.model.selected is not None
-        for b in (self.preview_button, self.compare_button, self.stack_button,
-                  self.export_button, self.attack_button, self.measure_button,
-                  self.delete_button):
+        for b in (
+            self.preview_button,
+            self.compare_button,
+            self.stack_button,
+            self.export_button,
+            self.attack_button,
+            self.measure_button,
+            self.delete_button,
+        ):
             b.setEnabled(has)
         if not has:
             hint = QLabel(
-                "No patch selected." if self.model.patches else
-                "The library is empty. Forget a concept, or import a patch file."
+                "No patch selected."
+                if self.model.patches
+                else "The library is empty. Forget a concept, or import a patch file."
             )
             hint.setObjectName("placeholder")
             hint.setWordWrap(True)

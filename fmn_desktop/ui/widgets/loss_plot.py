@@ -54,8 +54,11 @@ class LossPlot(QWidget):
         top, bottom = fm.height() + 10, fm.height() + 14
         plot = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
         p.setPen(text)
-        p.drawText(QRectF(left, 2, plot.width(), fm.height() + 4), Qt.AlignmentFlag.AlignLeft,
-                   "Training loss (all terms)")
+        p.drawText(
+            QRectF(left, 2, plot.width(), fm.height() + 4),
+            Qt.AlignmentFlag.AlignLeft,
+            "Training loss (all terms)",
+        )
         vals = [v for v in self._values if math.isfinite(v)]
         total = max(self._total, len(vals), 2)
         lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
@@ -70,15 +73,22 @@ class LossPlot(QWidget):
             p.setPen(grid)
             p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
             p.setPen(text)
-            p.drawText(QRectF(0, y - fm.height() / 2, left - 6, fm.height()),
-                       Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{t:.3g}")
+            p.drawText(
+                QRectF(0, y - fm.height() / 2, left - 6, fm.height()),
+                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                f"{t:.3g}",
+            )
         for t in nice_ticks(1, total, 5):
             x = plot.left() + (t - 1) / max(1, total - 1) * plot.width()
             p.setPen(text)
-            p.drawText(QRectF(x - 30, plot.bottom() + 3, 60, fm.height()),
-                       Qt.AlignmentFlag.AlignHCenter, f"{t:g}")
-        p.drawText(QRectF(0, plot.bottom() + 3, left - 6, fm.height()),
-                   Qt.AlignmentFlag.AlignRight, "step")
+            p.drawText(
+                QRectF(x - 30, plot.bottom() + 3, 60, fm.height()),
+                Qt.AlignmentFlag.AlignHCenter,
+                f"{t:g}",
+            )
+        p.drawText(
+            QRectF(0, plot.bottom() + 3, left - 6, fm.height()), Qt.AlignmentFlag.AlignRight, "step"
+        )
         p.setPen(QPen(mid, 1))
         p.drawRect(plot)
         if not vals:

@@ -29,7 +29,17 @@ from fmn_desktop.ui.widgets.photos_page import PhotosPage
 from fmn_desktop.ui.widgets.settings_page import SettingsPage
 from fmn_desktop.ui.widgets.stack_page import StackPage
 
-VIEWS = ("model", "library", "forget", "photos", "correct", "attack", "compare", "stack", "settings")
+VIEWS = (
+    "model",
+    "library",
+    "forget",
+    "photos",
+    "correct",
+    "attack",
+    "compare",
+    "stack",
+    "settings",
+)
 LABELS = {
     "model": "Model",
     "library": "Library",
@@ -106,9 +116,17 @@ class MainWindow(QMainWindow):
         self.compare_page = ComparePage(app.compare)
         self.stack_page = StackPage(app.stack)
         self.settings_page = SettingsPage(app.settings)
-        for page in (self.model_page, self.library_page, self.forget_page, self.photos_page,
-                     self.correct_page,
-                     self.attack_page, self.compare_page, self.stack_page, self.settings_page):
+        for page in (
+            self.model_page,
+            self.library_page,
+            self.forget_page,
+            self.photos_page,
+            self.correct_page,
+            self.attack_page,
+            self.compare_page,
+            self.stack_page,
+            self.settings_page,
+        ):
             self.pages.addWidget(page)
         bl.addWidget(self.pages, 1)
         outer.addWidget(body, 1)

@@ -61,7 +61,9 @@ class PhotosPage(PatchJobPage):
         self.fmt = QComboBox()
         bind_combo(self.fmt, model, "fmt", FORMAT_LABELS)
         form2.addRow("Format:", self.fmt)
-        self.save_copy = bound_edit(model, "save_copy", "optional: also save the patch (and tokens) here")
+        self.save_copy = bound_edit(
+            model, "save_copy", "optional: also save the patch (and tokens) here"
+        )
         form2.addRow("Copy to:", path_row(self.save_copy, self._browse_out))
         ll.addLayout(form2)
         self.add_tips(
@@ -72,8 +74,16 @@ class PhotosPage(PatchJobPage):
             "• Forget steps are per concept: the token and every name found or given."
         )
         self.add_run_buttons("Forget")
-        self.inputs = [self.images, self.token, self.names, self.discover,
-                       self.inversion_steps, self.steps, self.fmt, self.save_copy]
+        self.inputs = [
+            self.images,
+            self.token,
+            self.names,
+            self.discover,
+            self.inversion_steps,
+            self.steps,
+            self.fmt,
+            self.save_copy,
+        ]
 
         self.add_progress("3 · Progress", "%v / %m steps")
         self.add_loss_plot()
@@ -88,8 +98,10 @@ class PhotosPage(PatchJobPage):
 
     def _browse_out(self):
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save a copy of the patch", "forget-photos.safetensors",
-            "Patch files (*.safetensors)"
+            self,
+            "Save a copy of the patch",
+            "forget-photos.safetensors",
+            "Patch files (*.safetensors)",
         )
         if path:
             self.model.save_copy = path

@@ -77,9 +77,7 @@ class _Rows(QWidget):
             slider.setRange(0, 2 * SLIDER_SCALE)
             slider.setValue(round(e.strength * SLIDER_SCALE))
             slider.setMinimumWidth(160)
-            slider.valueChanged.connect(
-                lambda v, i=i: self.model.set_strength(i, v / SLIDER_SCALE)
-            )
+            slider.valueChanged.connect(lambda v, i=i: self.model.set_strength(i, v / SLIDER_SCALE))
             value = QLabel(f"{e.strength:.2f}")
             value.setMinimumWidth(36)
             up, down, remove = QToolButton(), QToolButton(), QToolButton()
