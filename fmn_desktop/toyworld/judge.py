@@ -101,13 +101,16 @@ ABSTAIN_GRID = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95
 
 
 def calibrate_abstain(judge: Judge, x: torch.Tensor, targets: dict[str, torch.Tensor],
-                      grid=ABSTAIN_GRID) -> tuple[float, dict]:
+                      grid=ABSTAIN_GRID, max_loss: float = 0.001) -> tuple[float, dict]:
     """The abstain threshold on calibration images `x` with per-head target probabilities.
 
     Readings whose target is clear (one label >= 0.9) should be right and not abstain;
     readings whose target is even (no label above 0.65: a near 50/50 blend, half a shape)
-    should abstain. The threshold maximises the sum of both rates over `grid`, pooled over
-    heads; returns it with the rates at every grid value."""
+    should abstain. The threshold is the grid value that abstains on the most even readings
+    while keeping right clear readings within `max_loss` (0.1 point) of the best grid value:
+    an abstention on a clear image is a false failure in every retention figure, so it is
+    priced higher than a confident reading of a blend. Returns it with the rates at every
+    grid value, pooled over heads."""
     probs = judge.predict(x)
     top, idx, clear_ok, even = [], [], [], []
     for h in HEADS:
@@ -125,6 +128,12 @@ def calibrate_abstain(judge: Judge, x: torch.Tensor, targets: dict[str, torch.Te
         kept_right = float(((clear_ok[clear] == 1) & (top[clear] >= g)).float().mean())
         abstained = float((top[even] < g).float().mean()) if even.any() else 0.0
         rates[float(g)] = {"clear_right_and_kept": kept_right, "even_abstained": abstained}
-    best = max(rates, key=lambda g: rates[g]["clear_right_and_kept"] + rates[g]["even_abstained"])
-    return best, {"clear_readings": int(clear.sum()), "even_readings": int(even.sum()),
-                  "rates": rates}
+    return select_abstain(rates, max_loss), {"clear_readings": int(clear.sum()),
+                                             "even_readings": int(even.sum()), "rates": rates}
+
+
+def select_abstain(rates: dict[float, dict], max_loss: float = 0.001) -> float:
+    """The rule of `calibrate_abstain` on its per-threshold rates."""
+    floor = max(r["clear_right_and_kept"] for r in rates.values()) - max_loss
+    ok = [g for g, r in rates.items() if r["clear_right_and_kept"] >= floor]
+    return max(ok, key=lambda g: (rates[g]["even_abstained"], -g))
