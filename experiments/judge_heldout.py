@@ -15,7 +15,8 @@ Per judge, set and head:
 - for ``empty``: ``says_none``: object and identity both read "none" (sure), per image.
 
 The threshold is each judge's own calibrated one (`Judge.abstain`; 0 for a judge without
-one: never unsure) and, for comparison, the one given by --threshold for every judge.
+one: never unsure), 0 (``argmax``: the most probable label, never unsure) and, for comparison,
+the one given by --threshold for every judge.
 """
 
 import argparse
@@ -111,7 +112,7 @@ def main():
     result = {"seed": args.seed, "n": args.n, "n_off": args.n_off, "judges": {}}
     for name, path in judges.items():
         judge = Judge.load(path)
-        thresholds = {"own": judge.abstain, "fixed": args.threshold}
+        thresholds = {"own": judge.abstain, "argmax": 0.0, "fixed": args.threshold}
         result["judges"][name] = {"path": path, "abstain": judge.abstain, "sets": {
             s: measure(judge, x, t, thresholds) for s, (x, t) in sets.items()}}
     result["seconds"] = time.perf_counter() - t0
@@ -123,7 +124,7 @@ def main():
 
 def print_table(result: dict) -> None:
     names = list(result["judges"])
-    for tag in ("own", "fixed"):
+    for tag in ("own", "argmax", "fixed"):
         print(f"\naccuracy (threshold: {tag}), " + " | ".join(names))
         for s in SETS:
             cells = []
