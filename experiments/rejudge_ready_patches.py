@@ -6,7 +6,8 @@ seeds, base and each patch applied), read by every judge given; the patches are 
         --judge old=/tmp/old/judge.safetensors --judge new=fmn_desktop/toyworld/weights/judge.safetensors
 
 With --write, the last judge's scores replace those in each patch file's metadata (the tensors
-are kept byte for byte) and in the manifest (with the new sha256).
+are kept byte for byte) and in the manifest (with the new sha256); --from-json takes the
+scores from an earlier run's --out file instead of measuring again.
 """
 
 import argparse
@@ -57,11 +58,16 @@ def main():
     ap.add_argument("--dir", default="patches")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--out", default="")
+    ap.add_argument("--from-json", default="", help="scores of an earlier run (its --out)")
     args = ap.parse_args()
     set_threads(1)
     t0 = time.perf_counter()
     folder = Path(args.dir)
     manifest = json.loads((folder / "manifest.json").read_text())
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        write(folder, manifest, result, list(next(iter(result.values())))[-1])
+        return
     seeds = manifest["patches"][0]["scores"]["eval_seeds"]
     model = open_model("default")
     panel = JudgePanel.from_specs(args.judge)
@@ -91,16 +97,19 @@ def main():
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     if args.write:
-        last = names[-1]
-        for entry in manifest["patches"]:
-            scores = result[entry["concept"]][last]
-            entry["scores"] = scores
-            entry["sha256"] = rewrite_scores(folder / entry["file"], scores)
-        tmp = folder / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        tmp.replace(folder / "manifest.json")
-        print(f"wrote judge {last}'s scores into {folder}", flush=True)
+        write(folder, manifest, result, names[-1])
     print(f"done in {time.perf_counter() - t0:.0f}s")
+
+
+def write(folder: Path, manifest: dict, result: dict, judge: str) -> None:
+    for entry in manifest["patches"]:
+        scores = result[entry["concept"]][judge]
+        entry["scores"] = scores
+        entry["sha256"] = rewrite_scores(folder / entry["file"], scores)
+    tmp = folder / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(folder / "manifest.json")
+    print(f"wrote judge {judge}'s scores into {folder}", flush=True)
 
 
 if __name__ == "__main__":
