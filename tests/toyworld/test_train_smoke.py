@@ -16,7 +16,8 @@ _spec.loader.exec_module(train_toyworld)
 main = train_toyworld.main
 
 TINY = {
-    "n_train": 96, "n_heldout": 32, "n_judge": 64, "n_judge_recon": 16,
+    "n_train": 96, "n_heldout": 32, "n_judge": 64, "n_judge_recon": 16, "n_judge_off": 48,
+    "n_judge_off_recon": 8, "n_judge_calib": 32,
     "text_steps": 2, "text_batch": 16, "vae_steps": 2, "vae_batch": 4,
     "judge_steps": 2, "judge_batch": 8, "vaedec_steps": 2, "unet_batch": 4, "eval_seeds": 1, "eval_steps": 2,
     "unet_cfg": {"block_out_channels": [16, 16, 16], "norm_num_groups": 8,
