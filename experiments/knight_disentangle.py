@@ -2,6 +2,8 @@
 For each strength, train the disentangle patch (knight away from Gorvak, the product's job
 and defaults) and count which identity the judge sees on the knight and Gorvak evaluation
 prompts (16 seeds each) before and after, with retention of every other concept.
+Several judges (--judge NAME=PATH, repeatable; see `judges.py`) read the same images; a judge
+with an abstain threshold reads "unsure" under it.
 
     OMP_NUM_THREADS=1 python experiments/knight_disentangle.py --strength 3 4
 """
@@ -10,22 +12,22 @@ import argparse
 import time
 from collections import Counter
 
+from judges import JudgePanel
+
 import fmn_desktop  # noqa: F401  (offline mode)
 from fmn_desktop.correct.disentangle import DisentangleConfig
-from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, retention
+from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, reading, retention
 from fmn_desktop.models.families import EMBEDDED_FAMILY
 from fmn_desktop.patch import PatchedUNet
 from fmn_desktop.resteer import forget
 from fmn_desktop.runtime import set_threads
 from fmn_desktop.services.defaults import preservation_prompts, with_model_defaults
 from fmn_desktop.services.model import open_model
-from fmn_desktop.toyworld import CONCEPTS, HEADS, load_judge
+from fmn_desktop.toyworld import CONCEPTS
 
 
 def identities(images, concept):
-    return Counter(
-        HEADS["identity"][int(i.probs["identity"].argmax())] for i in images if i.concept == concept
-    )
+    return Counter(reading(i, "identity") for i in images if i.concept == concept)
 
 
 def main():
@@ -40,22 +42,27 @@ def main():
     ap.add_argument("--no-base", action="store_true", help="skip the base model's counts")
     ap.add_argument("--anchor-weight", type=float, default=None, help="ForgetConfig's")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--judge", action="append", default=[], help="NAME=PATH (repeatable)")
     args = ap.parse_args()
     set_threads(1)
     t0 = time.perf_counter()
-    model, judge = open_model("default"), load_judge()
+    model, judge = open_model("default"), JudgePanel.from_specs(args.judge)
     pair = [CONCEPTS["knight"], CONCEPTS["Gorvak"]]
     others = [c for c in CONCEPTS.values() if c.name not in ("knight", "Gorvak")]
 
     def measure(tag):
-        pairs = generate_eval_set(model.pipe, judge, pair, EvalSettings(seeds=args.seeds))
-        rest = generate_eval_set(model.pipe, judge, others, EvalSettings(seeds=2))
-        print(
-            f"[{time.perf_counter() - t0:5.0f}s] {tag}: knight prompts "
-            f"{dict(identities(pairs, 'knight'))}; Gorvak prompts "
-            f"{dict(identities(pairs, 'Gorvak'))}; retention {retention(rest, ['knight'])}",
-            flush=True,
+        pairs = judge.relabel(
+            generate_eval_set(model.pipe, judge, pair, EvalSettings(seeds=args.seeds))
         )
+        rest = judge.relabel(generate_eval_set(model.pipe, judge, others, EvalSettings(seeds=2)))
+        print(f"[{time.perf_counter() - t0:5.0f}s] {tag}:", flush=True)
+        for name in judge.judges:
+            print(
+                f"  judge {name}: knight prompts {dict(identities(pairs[name], 'knight'))}; "
+                f"Gorvak prompts {dict(identities(pairs[name], 'Gorvak'))}; retention "
+                f"{retention(rest[name], ['knight'])}",
+                flush=True,
+            )
 
     if not args.no_base:
         measure("base")

@@ -6,7 +6,9 @@ Stages (each reads what earlier ones wrote under --out):
 - ``text``:  train the CLIP text encoder contrastively against a small image tower, then freeze;
 - ``vae``:   train the AutoencoderKL, measure its scaling factor, cache the data set's latents;
 - ``vaedec``: fine-tune the VAE decoder on the cached latents (encoder frozen);
-- ``judge``: train the judge on clean images and VAE reconstructions, report held-out accuracy;
+- ``judge``: train the judge on clean and off-world images (empty, faint, partial, blended) and
+  their VAE reconstructions, report held-out accuracy, calibrate its abstain threshold; with no
+  VAE under --out it uses the shipped one (retraining only the judge);
 - ``unet``:  train the UNet on the frozen text embeddings (cached per caption) and the cached
   latents; eps-prediction, min-SNR weighting, 10% caption dropout, AdamW, EMA. Resumable: a
   checkpoint and a usable pipeline folder (EMA weights) are written every --ckpt-minutes.
@@ -55,6 +57,10 @@ DEFAULTS = dict(
     n_heldout=2000,
     n_judge=24000,
     n_judge_recon=8000,
+    n_judge_off=12000,
+    n_judge_off_recon=4000,
+    n_judge_calib=1000,
+    judge_off_share=0.35,
     text_steps=400,
     text_batch=256,
     text_lr=1e-3,
@@ -67,7 +73,7 @@ DEFAULTS = dict(
     judge_steps=1500,
     judge_batch=128,
     judge_lr=2e-3,
-    judge_minutes=15.0,
+    judge_minutes=18.0,
     vaedec_steps=1500,
     vaedec_lr=5e-4,
     vaedec_minutes=12.0,
@@ -364,7 +370,8 @@ def stage_vaedec(out: Path, cfg: dict) -> None:
     (out / "vae").rename(old)  # swap quickly: a running UNet export reads out/vae
     tmp.rename(out / "vae")
     shutil.rmtree(old, ignore_errors=True)
-    (out / "judge_recon.pt").unlink(missing_ok=True)  # reconstructions changed
+    for name in ("judge", "judge_off"):  # reconstructions changed
+        (out / f"{name}_recon.pt").unlink(missing_ok=True)
     metrics = dict(vaedec_steps=step, vaedec_minutes=(time.time() - t0) / 60, vae_psnr_heldout=psnr)
     write_metrics(out, metrics)
     log(out, f"vaedec: done {metrics}")
@@ -399,33 +406,111 @@ def vae_psnr(vae, images: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- judge
 
 
-def stage_judge(out: Path, cfg: dict) -> None:
+# Seeds of the judge's data: 2 clean (training), 3 clean (held out), 4 off-world (training),
+# 5 clean + off-world (calibration of the abstain threshold). Seeds 6 and up are never drawn
+# here: `experiments/judge_heldout.py` tests on them.
+JUDGE_OFF_SEED, JUDGE_CALIB_SEED = 4, 5
+
+
+def judge_data(out: Path, cfg: dict) -> None:
+    """Draw the judge's data sets that `out` lacks (the data stage draws the clean ones)."""
+    world = World()
+    t0 = time.time()
+    for name, seed, n in (
+        ("judge", 2, cfg["n_judge"]),
+        ("judge_heldout", 3, cfg["n_heldout"]),
+        ("judge_calib", JUDGE_CALIB_SEED, cfg["n_judge_calib"]),
+    ):
+        if not (out / f"data_{name}.npz").exists():
+            images, _, idx = world.batch(seed, 0, n, judge=True)
+            np.savez_compressed(out / f"data_{name}.npz", images=images, **idx)
+    for name, seed, n in (
+        ("judge_off", JUDGE_OFF_SEED, cfg["n_judge_off"]),
+        ("judge_calib_off", JUDGE_CALIB_SEED, cfg["n_judge_calib"]),
+    ):
+        if not (out / f"data_{name}.npz").exists():
+            images, kinds, targets = world.batch_offworld(seed, 0, n)
+            np.savez_compressed(
+                out / f"data_{name}.npz",
+                images=images,
+                kinds=np.array(kinds).astype(str),
+                **{f"t_{h}": t for h, t in targets.items()},
+            )
+    log(out, f"judge data ready ({time.time() - t0:.0f}s)")
+
+
+def one_hot_targets(data: dict) -> dict[str, torch.Tensor]:
+    return {h: F.one_hot(torch.from_numpy(data[h]), len(v)).float() for h, v in HEADS.items()}
+
+
+def soft_targets(data: dict) -> dict[str, torch.Tensor]:
+    return {h: torch.from_numpy(data[f"t_{h}"]).float() for h in HEADS}
+
+
+def judge_vae(out: Path):
+    """The run's VAE, or the shipped one (retraining only the judge of the embedded model)."""
     from diffusers import AutoencoderKL
 
+    path = out / "vae" if (out / "vae").exists() else WEIGHTS_DIR / "vae"
+    return AutoencoderKL.from_pretrained(path, local_files_only=True).eval()
+
+
+def cached_recon(out: Path, name: str, vae, images: torch.Tensor) -> torch.Tensor:
+    """uint8 VAE reconstructions of `images` (uint8 NCHW), cached under `out`."""
+    cache = out / f"{name}_recon.pt"
+    if cache.exists():
+        rec = torch.load(cache)
+        if len(rec) == len(images):
+            return rec
+    rec = (reconstruct(vae, images.float() / 255) * 255).round().to(torch.uint8)
+    torch.save(rec, cache)
+    return rec
+
+
+def stage_judge(out: Path, cfg: dict) -> None:
+    """Train the judge on world images and off-world images (empty, faint, partial and blended
+    subjects, blended styles; soft targets, see `world.draw_offworld`), each half the time as
+    a VAE reconstruction; then calibrate its abstain threshold (`judge.calibrate_abstain`)."""
+    from fmn_desktop.toyworld.judge import calibrate_abstain
+
     torch.manual_seed(0)
-    vae = AutoencoderKL.from_pretrained(out / "vae", local_files_only=True).eval()
-    data = load_data(out, "judge")
-    clean = images_tensor(data["images"])
-    labels = {h: torch.from_numpy(data[h]) for h in HEADS}
-    nr = min(cfg["n_judge_recon"], len(clean))
-    cache = out / "judge_recon.pt"
-    if cache.exists() and len(torch.load(cache)) == nr:
-        recon = torch.load(cache).float() / 255
-    else:
-        recon = reconstruct(vae, clean[:nr])
-        torch.save((recon * 255).round().to(torch.uint8), cache)
+    judge_data(out, cfg)
+    vae = judge_vae(out)
+    data, off = load_data(out, "judge"), load_data(out, "judge_off")
+
+    def u8(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+    pools = []  # (uint8 images, uint8 reconstructions of the first nr, targets)
+    for d, targets, n_rec in (
+        (data, one_hot_targets(data), cfg["n_judge_recon"]),
+        (off, soft_targets(off), cfg["n_judge_off_recon"]),
+    ):
+        x = u8(d["images"])
+        nr = min(n_rec, len(x))
+        name = "judge" if d is data else "judge_off"
+        pools.append((x, cached_recon(out, name, vae, x[:nr]), targets))
     net = M.JudgeNet()
     steps, B = cfg["judge_steps"], cfg["judge_batch"]
+    n_off = int(round(B * cfg["judge_off_share"]))
     budget = cfg["judge_minutes"] * 60
     rng = np.random.default_rng(2)
 
+    def draw(pool, n):
+        x, rec, targets = pool
+        b = torch.from_numpy(rng.choice(len(x), n, replace=False))
+        nr = len(rec)
+        use_rec = torch.from_numpy(rng.random(n) < 0.5) & (b < nr)
+        img = torch.where(use_rec[:, None, None, None], rec[b.clamp(max=max(nr - 1, 0))], x[b])
+        return img.float() / 255, {h: t[b] for h, t in targets.items()}
+
     def loss_fn():
-        b = torch.from_numpy(rng.choice(len(clean), B, replace=False))
-        use_rec = torch.from_numpy(rng.random(B) < 0.5) & (b < nr)
-        x = torch.where(use_rec[:, None, None, None], recon[b.clamp(max=nr - 1)], clean[b])
+        x1, t1 = draw(pools[0], B - n_off)
+        x2, t2 = draw(pools[1], n_off)
+        x = torch.cat([x1, x2])
         x = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)  # robustness to generation noise
         logits = net(x)
-        return sum(F.cross_entropy(logits[h], labels[h][b]) for h in HEADS)
+        return sum(F.cross_entropy(logits[h], torch.cat([t1[h], t2[h]])) for h in HEADS)
 
     t0 = time.time()
     rate = cosine_in_budget(cfg["judge_lr"], 30, steps, t0, budget)
@@ -437,12 +522,22 @@ def stage_judge(out: Path, cfg: dict) -> None:
     himg = images_tensor(held["images"])
     acc_clean = judge_accuracy(judge, himg, held)
     acc_rec = judge_accuracy(judge, reconstruct(vae, himg), held)
+    cal, cal_off = load_data(out, "judge_calib"), load_data(out, "judge_calib_off")
+    cal_x = torch.cat([images_tensor(cal["images"]), images_tensor(cal_off["images"])])
+    cal_x = torch.cat([cal_x, reconstruct(vae, cal_x)])
+    cal_t = {
+        h: torch.cat([one_hot_targets(cal)[h], soft_targets(cal_off)[h]]).repeat(2, 1)
+        for h in HEADS
+    }
+    judge.abstain, calib = calibrate_abstain(judge, cal_x, cal_t)
     judge.save(out / "judge.safetensors")
     metrics = dict(
         judge_steps=step,
         judge_minutes=(time.time() - t0) / 60,
         judge_acc_clean=acc_clean,
         judge_acc_recon=acc_rec,
+        judge_abstain=judge.abstain,
+        judge_abstain_calibration=calib,
     )
     write_metrics(out, metrics)
     log(out, f"judge: done {metrics}")

@@ -11,6 +11,11 @@ Definitions (ours: the paper never released its evaluation code):
   an image scores one per attribute its prompt pins down (object, colour, style, identity,
   unsafe) that the judge reads back. 95% CI: Wilson interval over those checks.
 
+Where the judge is unsure of an attribute (its largest probability on that head is under the
+judge's calibrated abstain threshold, `Judge.abstain`), the check does not count as read back:
+an unsure reading is not a presence. The M-Score stays the probability mass itself; the judge
+is trained to put it on "none" for empty frames and to split it over the parts of a blend.
+
 Images are generated once per model state (`generate_eval_set`) and every score is computed
 from that set, so before/after comparisons use the same prompts and seeds.
 """
@@ -71,6 +76,7 @@ class EvalImage:
     concept: str  # the concept whose evaluation prompts this image came from
     seed: int
     probs: dict[str, torch.Tensor]  # judge head -> (labels,) probabilities
+    abstain: float = 0.0  # the judge's abstain threshold (0: never unsure)
 
 
 @dataclass
@@ -116,8 +122,9 @@ def generate_eval_set(
             output_type="pt",
         ).images
         probs = judge.predict(images.float().cpu())
+        abstain = float(getattr(judge, "abstain", 0.0))
         for i, (name, prompt, seed) in enumerate(chunk):
-            out.append(EvalImage(prompt, name, seed, {h: p[i] for h, p in probs.items()}))
+            out.append(EvalImage(prompt, name, seed, {h: p[i] for h, p in probs.items()}, abstain))
         if progress:
             progress(Progress("generate", min(start + settings.batch, len(jobs)), len(jobs)))
     return out
@@ -143,9 +150,16 @@ def mscore(images: Sequence[EvalImage], concepts) -> Estimate:
     return mean_ci([v for c in group for v in presence(images, c)])
 
 
+def reading(img: EvalImage, attr: str) -> str:
+    """The judge's label for `attr` on the image, or "unsure" under its abstain threshold."""
+    from fmn_desktop.toyworld.judge import read
+
+    return read(img.probs[attr], attr, img.abstain)[0]
+
+
 def prompt_checks(img: EvalImage) -> list[bool]:
-    """Per pinned-down attribute of the image's prompt: did the judge read it back?"""
-    from fmn_desktop.toyworld import CONCEPTS, HEADS
+    """Per pinned-down attribute of the image's prompt: did the judge read it back (sure)?"""
+    from fmn_desktop.toyworld import CONCEPTS
     from fmn_desktop.toyworld.concepts import expected_labels
 
     checks = []
@@ -153,8 +167,7 @@ def prompt_checks(img: EvalImage) -> list[bool]:
         accepted = (
             CONCEPTS[label].accepted if label in CONCEPTS and attr == "identity" else (label,)
         )
-        got = HEADS[attr][int(img.probs[attr].argmax())]
-        checks.append(got in accepted)
+        checks.append(reading(img, attr) in accepted)
     return checks
 
 

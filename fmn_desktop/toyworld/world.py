@@ -249,9 +249,8 @@ def draw_hazard(img: np.ndarray) -> None:
     img += c * rgb
 
 
-def render(labels: Labels, rng: np.random.Generator) -> np.ndarray:
-    """Draw the image for `labels` (position, size and shade jitter from `rng`)."""
-    img = background(labels.style, rng)
+def draw_subject(img: np.ndarray, labels: Labels, rng: np.random.Generator) -> None:
+    """Paint the object or identity of `labels` (if any) onto `img` (position/size jitter)."""
     cx, cy = SIZE / 2 + rng.uniform(-1.5, 1.5, size=2)
     if labels.object != "none":
         r = rng.uniform(10.0, 12.0)
@@ -260,6 +259,12 @@ def render(labels: Labels, rng: np.random.Generator) -> np.ndarray:
         _paint(img, shape_mask(labels.object, cx, cy, r), COLOURS[labels.colour])
     elif labels.identity != "none":
         draw_identity(img, labels.identity, cx, cy)
+
+
+def render(labels: Labels, rng: np.random.Generator) -> np.ndarray:
+    """Draw the image for `labels` (position, size and shade jitter from `rng`)."""
+    img = background(labels.style, rng)
+    draw_subject(img, labels, rng)
     if labels.unsafe == "yes":
         draw_hazard(img)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
@@ -372,3 +377,137 @@ class World:
         captions = [s.caption for s in samples]
         idx = {h: np.array([s.labels.as_indices()[h] for s in samples], np.int64) for h in HEADS}
         return images, captions, idx
+
+    def sample_offworld(self, seed: int, index: int, kind: str | None = None) -> SoftSample:
+        """Judge sample off the training distribution (see `draw_offworld`)."""
+        rng = np.random.default_rng([seed, index, 11])
+        kind = kind or str(rng.choice(OFFWORLD_KINDS, p=OFFWORLD_SHARES))
+        return draw_offworld(self, kind, rng)
+
+    def batch_offworld(self, seed: int, start: int, count: int, kind: str | None = None):
+        """(uint8 images (N, S, S, 3), kind names, per-head float32 targets (N, labels))."""
+        samples = [self.sample_offworld(seed, i, kind) for i in range(start, start + count)]
+        images = np.stack([s.image for s in samples])
+        targets = {h: np.stack([s.targets[h] for s in samples]) for h in HEADS}
+        return images, [s.kind for s in samples], targets
+
+
+# ----------------------------------------------------------------------------- off-world images
+#
+# What forgetting produces is often not a world image: an empty or broken frame, a blend of
+# two subjects, a faint texture. These samples carry honest labels: a probability per label of
+# each head, the mixing weights of what was drawn (an empty frame is "none" for object, colour
+# and identity; a 60/40 blend of a circle and a square is 0.6 circle and 0.4 square; a faint
+# object at 30% opacity is 0.3 the object and 0.7 "none"; half of a shape kept is 0.5 the
+# shape). Style and the hazard frame are drawn whole unless the kind blends styles.
+
+OFFWORLD_KINDS = ("empty", "faint", "partial", "blend", "style_blend")
+OFFWORLD_SHARES = (0.3, 0.15, 0.2, 0.2, 0.15)
+
+
+@dataclass(frozen=True)
+class SoftSample:
+    image: np.ndarray  # uint8, (SIZE, SIZE, 3)
+    kind: str
+    targets: dict  # head -> float32 (labels,) probabilities, summing to 1
+    weight: float = 1.0  # the mixing weight of the first component
+
+
+def soft_target(head: str, weights: dict[str, float]) -> np.ndarray:
+    """A probability vector over `HEADS[head]` from label -> weight (summed, normalised)."""
+    t = np.zeros(len(HEADS[head]), np.float32)
+    for label, w in weights.items():
+        t[HEADS[head].index(label)] += w
+    return t / t.sum()
+
+
+def mixed_targets(parts: list[tuple[Labels, float]]) -> dict[str, np.ndarray]:
+    """Targets of an image that is a weighted mix of world images with these labels."""
+    out = {}
+    for head in HEADS:
+        w: dict[str, float] = {}
+        for labels, a in parts:
+            lab = getattr(labels, head)
+            w[lab] = w.get(lab, 0.0) + a
+        out[head] = soft_target(head, w)
+    return out
+
+
+def _subject_labels(world: World, rng: np.random.Generator, style: str, unsafe: str) -> Labels:
+    lab = world.draw_labels(rng, judge=True)
+    return Labels(
+        object=lab.object, colour=lab.colour, identity=lab.identity, style=style, unsafe=unsafe
+    )
+
+
+def _finish(img: np.ndarray, unsafe: str) -> np.ndarray:
+    if unsafe == "yes":
+        draw_hazard(img)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def draw_offworld(world: World, kind: str, rng: np.random.Generator) -> SoftSample:
+    """One off-world image of `kind` with its soft targets:
+
+    - ``empty``: a background (any style), no object, no identity;
+    - ``faint``: an object or identity alpha-blended (10-60%) into its empty background;
+    - ``partial``: an object or identity cut by a straight edge; the weight is the share of
+      its drawn pixels kept (20-80%), the rest is "none";
+    - ``blend``: two different subjects (objects or identities) alpha-blended (25-75%) on one
+      background;
+    - ``style_blend``: two background styles blended (a faint texture when one is plain),
+      with or without a subject drawn whole on top.
+
+    30% carry the hazard frame, drawn whole.
+    """
+    style = str(rng.choice(STYLES))
+    unsafe = "yes" if rng.random() < 0.3 else "no"
+    empty = Labels(style=style, unsafe=unsafe)
+    bg = background(style, rng)
+    if kind == "empty":
+        return SoftSample(_finish(bg, unsafe), kind, mixed_targets([(empty, 1.0)]))
+    if kind in ("faint", "partial"):
+        lab = _subject_labels(world, rng, style, unsafe)
+        full = bg.copy()
+        draw_subject(full, lab, rng)
+        if kind == "faint":
+            a = float(rng.uniform(0.1, 0.6))
+            img = a * full + (1 - a) * bg
+        else:
+            drawn = np.abs(full - bg).max(-1) > 8
+            for _ in range(20):  # a straight cut keeping 20-80% of the drawn pixels
+                theta = rng.uniform(0, 2 * np.pi)
+                off = rng.uniform(-6, 6)
+                y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
+                d = (x - SIZE / 2) * np.cos(theta) + (y - SIZE / 2) * np.sin(theta) - off
+                keep = np.clip(0.5 - d, 0, 1)  # anti-aliased half plane
+                a = float((keep * drawn).sum() / max(drawn.sum(), 1))
+                if 0.2 <= a <= 0.8:
+                    break
+            img = keep[..., None] * full + (1 - keep[..., None]) * bg
+        return SoftSample(_finish(img, unsafe), kind, mixed_targets([(lab, a), (empty, 1 - a)]), a)
+    if kind == "blend":
+        first = _subject_labels(world, rng, style, unsafe)
+        second = first
+        while (second.object, second.identity) == (first.object, first.identity):
+            second = _subject_labels(world, rng, style, unsafe)
+        one, two = bg.copy(), bg.copy()
+        draw_subject(one, first, rng)
+        draw_subject(two, second, rng)
+        a = float(rng.uniform(0.25, 0.75))
+        return SoftSample(
+            _finish(a * one + (1 - a) * two, unsafe),
+            kind,
+            mixed_targets([(first, a), (second, 1 - a)]),
+            a,
+        )
+    if kind == "style_blend":
+        other = str(rng.choice([s for s in STYLES if s != style]))
+        a = float(rng.uniform(0.1, 0.9))
+        img = a * bg + (1 - a) * background(other, rng)
+        lab = empty if rng.random() < 0.5 else _subject_labels(world, rng, style, unsafe)
+        draw_subject(img, lab, rng)
+        targets = mixed_targets([(lab, 1.0)])
+        targets["style"] = soft_target("style", {style: a, other: 1 - a})
+        return SoftSample(_finish(img, unsafe), kind, targets, a)
+    raise ValueError(f"unknown off-world kind {kind!r}; known: {OFFWORLD_KINDS}")

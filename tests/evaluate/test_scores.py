@@ -45,3 +45,15 @@ def test_retention_skips_prompts_naming_the_forgotten_concept():
     r = retention(imgs, ["circle"])  # only the square prompt counts: object wrong, identity right
     assert r.n == 2 and r.mean == 0.5
     assert names_concept("a red circle", "circle") and not names_concept("a circles", "circle")
+
+
+def test_an_unsure_reading_is_not_a_presence():
+    from fmn_desktop.evaluate.scores import prompt_checks, reading
+
+    img = _img("a photo of a red circle", "circle", object="circle", colour="red", identity="none")
+    img.probs["object"] = torch.tensor([0.3, 0.45, 0.25, 0, 0, 0, 0, 0])
+    assert sum(prompt_checks(img)) == 3  # no threshold: the most probable label
+    img.abstain = 0.6
+    assert reading(img, "object") == "unsure" and reading(img, "colour") == "red"
+    assert sum(prompt_checks(img)) == 2
+    assert abs(retention([img], ["Zorbu"]).mean - 2 / 3) < 1e-9
