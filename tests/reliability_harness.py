@@ -827,7 +827,7 @@ def child_output(fd: int) -> None:
 def _warm() -> None:
     """What every child would otherwise compute again: the CLI's parser, the families' names."""
     import fmn_desktop.cli as cli
-    from fmn_desktop.patch.validate import family_parameter_names
+    from fmn_desktop.patch.standalone import family_parameter_names
 
     family_parameter_names()
     if cli._PARSER is None:

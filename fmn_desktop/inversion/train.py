@@ -79,8 +79,7 @@ ImagesArg = str | os.PathLike | Sequence[str | os.PathLike] | torch.Tensor
 def read_images(pipe, images: ImagesArg) -> torch.Tensor:
     """(N, 3, S, S) in [-1, 1] at the pipeline's resolution, from a folder, files or a tensor
     (already in [-1, 1]; resized if its size differs)."""
-    from fmn_desktop.resteer.encode import load_images, resolution
-    from fmn_desktop.resteer.forget import load_reference_dir
+    from fmn_desktop.resteer.encode import load_images, load_reference_dir, resolution
 
     size = resolution(pipe)
     if isinstance(images, torch.Tensor):

@@ -104,7 +104,7 @@ class _Batch:
 def fast_steps(pipe, config, inputs, gen: torch.Generator) -> Generator:
     """Yields Progress per (layer, step), the layer as its text; returns {param name: Delta}
     for every to_k, and the history."""
-    from fmn_desktop.resteer.forget import _select, _timesteps
+    from fmn_desktop.resteer.sampling import select_rows, timesteps
 
     unet = pipe.unet
     device, dtype = unet.device, unet.dtype
@@ -112,16 +112,16 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator) -> Generator:
     idx, pick = inputs.sample(n, gen)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     x0 = inputs.latents[idx].to(device, dtype)
-    t = _timesteps(sched, n, gen).to(device)
+    t = timesteps(sched, n, gen).to(device)
     noisy = sched.add_noise(x0, torch.randn(x0.shape, generator=gen).to(device, dtype), t)
     emb_c = inputs.embeds[pick.to(inputs.embeds.device)]
     mask = inputs.mask[pick].to(device)
-    q_c = cache_queries(unet, noisy, t, emb_c, _select(inputs.added, pick))
+    q_c = cache_queries(unet, noisy, t, emb_c, select_rows(inputs.added, pick))
     emb_r = q_r = emb_a = projector = None
     if config.preserve_weight > 0 and inputs.preserve_embeds is not None:
         rpick = inputs.sample_preserve(n, gen)
         emb_r = inputs.preserve_embeds[rpick.to(inputs.preserve_embeds.device)]
-        q_r = cache_queries(unet, noisy, t, emb_r, _select(inputs.preserve_added, rpick))
+        q_r = cache_queries(unet, noisy, t, emb_r, select_rows(inputs.preserve_added, rpick))
     if config.anchor_weight > 0 and inputs.anchor_embeds is not None:
         emb_a = inputs.anchor_embeds[pick.to(inputs.anchor_embeds.device)]
     if config.protect_energy > 0 and inputs.preserve_embeds is not None:

@@ -17,7 +17,6 @@ import re
 import time
 from collections.abc import Callable, Generator
 from dataclasses import MISSING, asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
@@ -38,6 +37,7 @@ from fmn_desktop.resteer.processor import (
     cross_attention_modules,
     resteer_hooks,
 )
+from fmn_desktop.resteer.sampling import concat_rows, select_rows, timesteps
 from fmn_desktop.resteer.trainable import TrainableDeltas, protect_projector, target_parameters
 from fmn_desktop.training import Progress, run_to_end
 from fmn_desktop.training.loop import Optimiser
@@ -260,10 +260,6 @@ class ForgetResult:
     seconds: float = 0.0
 
 
-def _timesteps(scheduler, n: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
-
-
 @dataclass
 class JobInputs:
     """What both modes train on: prompts, masks, embeddings, reference latents, preserve set."""
@@ -420,11 +416,11 @@ def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Ge
         idx, pick = inputs.sample(b, gen)
         x0 = inputs.latents[idx].to(device, unet.dtype)
         noise = torch.randn(x0.shape, generator=gen).to(device, x0.dtype)
-        t = _timesteps(noise_sched, b, gen).to(device)
+        t = timesteps(noise_sched, b, gen).to(device)
         noisy = noise_sched.add_noise(x0, noise, t)
         emb = inputs.embeds[pick.to(inputs.embeds.device)]
         mask = inputs.mask[pick]
-        cond = _select(inputs.added, pick)
+        cond = select_rows(inputs.added, pick)
         if use_preserve:
             rpick = inputs.sample_preserve(b, gen)
             noisy = torch.cat([noisy, noisy])
@@ -432,7 +428,7 @@ def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Ge
             remb = inputs.preserve_embeds
             emb = torch.cat([emb, remb[rpick.to(remb.device)]])
             mask = torch.cat([mask, torch.zeros_like(mask)])
-            cond = _concat(cond, _select(inputs.preserve_added, rpick))
+            cond = concat_rows(cond, select_rows(inputs.preserve_added, rpick))
             state.preserve_rows = torch.arange(2 * b, device=device) >= b
         state.mask = mask
         if inputs.anchor_embeds is not None:
@@ -501,25 +497,3 @@ def _prompts_for_latents(
         same = [j for j in range(n) if owners[j] == owners[int(latent_prompt[i])]]
         picks.append(same[int(torch.randint(0, len(same), (1,), generator=gen))])
     return torch.tensor(picks)
-
-
-def _select(added: dict | None, idx: torch.Tensor) -> dict | None:
-    if added is None:
-        return None
-    return {k: v[idx.to(v.device)] for k, v in added.items()}
-
-
-def _concat(a: dict | None, b: dict | None) -> dict | None:
-    if a is None:
-        return None
-    return {k: torch.cat([a[k], b[k]]) for k in a}
-
-
-def load_reference_dir(path: str | Path) -> list[Path]:
-    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-    if not Path(path).is_dir():
-        raise TrainingError(f"reference folder {path} does not exist or is not a folder")
-    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in exts)
-    if not files:
-        raise TrainingError(f"no images (png, jpg, webp, bmp) in reference folder {path}")
-    return files

@@ -60,13 +60,13 @@ def import_file(
     """Register a patch file; nothing that can never be applied is registered.
 
     Our own files need no model: they are checked completely without one (usable tensors,
-    names of a known family's UNet; `patch.validate.load_standalone`). Other tools' files
+    names of a known family's UNet; `patch.standalone.load_standalone`). Other tools' files
     (kohya, PEFT, `.diff`, ESD/UCE absolute weights) need `model`, are checked against it
     (keys, shapes, base) and stored converted. `force` does one thing: accept a patch made
     for another base model than `model` (so it needs `model`)."""
     from fmn_desktop.patch.format import read_metadata
     from fmn_desktop.patch.interop import detect_format, import_patch, read_tensors
-    from fmn_desktop.patch.validate import load_standalone
+    from fmn_desktop.patch.standalone import load_standalone
 
     path = Path(path)
     if force and model is None:

@@ -97,7 +97,7 @@ def forget_from_photos(
         save_embedding,
     )
     from fmn_desktop.inversion.names import discover_names
-    from fmn_desktop.resteer.forget import load_reference_dir
+    from fmn_desktop.resteer.encode import load_reference_dir
 
     started = time.perf_counter()
     out = Path(out)

@@ -16,7 +16,8 @@ from fmn_desktop.patch.stack import (
     additive_deltas,
     stack_patch,
 )
-from fmn_desktop.patch.validate import check_strength, load_standalone
+from fmn_desktop.patch.standalone import load_standalone
+from fmn_desktop.patch.validate import check_strength
 
 K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 KEY = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"

@@ -15,7 +15,7 @@ from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
 
 FORMAT_LABELS = {"lora": "Low-rank (LoRA)", "diff": "Exact deltas (.diff)"}
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # resteer.forget.load_reference_dir's
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # resteer.encode.load_reference_dir's
 STAGE_TEXT = {"inversion": "Learning the token", "forget": "Forgetting"}
 
 
