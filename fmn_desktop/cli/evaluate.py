@@ -322,7 +322,6 @@ def _registry_root(args) -> str | None:
 def cmd_evaluate(args) -> int:
     from fmn_desktop.evaluate.patch_scores import format_scores
     from fmn_desktop.services.evaluate import EvaluateRequest, evaluate_job
-    from fmn_desktop.services.model import judged_concept
     from fmn_desktop.services.progress import JobContext, run_job
 
     if args.seeds < 1 or args.other_seeds < 1 or args.steps < 1:
@@ -337,7 +336,6 @@ def cmd_evaluate(args) -> int:
     check_judge(args, "scores need")
     specs = resolve_record(args)
     model = load_model(args)
-    judged_concept(model, args.concept, args.judge)
     req = EvaluateRequest(
         args.concept,
         specs,
@@ -366,14 +364,13 @@ def cmd_evaluate(args) -> int:
 def check_judge(args, needs: str) -> None:
     """Before loading anything: the concept must be the toy world's, and a model other than
     the embedded one needs `--judge`. `needs` words the error, e.g. "scores need"."""
-    from fmn_desktop.services.model import is_default
-    from fmn_desktop.toyworld import CONCEPTS
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.services.model import is_default, world_concept
 
-    if args.concept not in CONCEPTS:
-        raise UsageError(
-            f"unknown concept {args.concept!r}: the judge knows the toy world's "
-            f"concepts only ({', '.join(CONCEPTS)})"
-        )
+    try:
+        world_concept(args.concept)
+    except FmnError as exc:
+        raise UsageError(str(exc)) from exc
     if not is_default(args.model) and args.judge is None:
         raise UsageError(
             f"{needs} a judge, and only the embedded model has one; give --judge FILE for "

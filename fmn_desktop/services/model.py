@@ -86,14 +86,19 @@ def judged_concept(model, name: str, judge: str | None = None):
     """The toy-world concept `name`, checked for scoring: images are judged by the embedded
     model's judge (or `judge`, a judge file for a toy-world checkpoint). A clear error when
     `model` has no judge or the judge does not know `name`."""
-    from fmn_desktop.toyworld import CONCEPTS
-
     if not getattr(model, "has_judge", False) and judge is None:
         raise FmnError(
             "scores need a judge, and only the embedded model has one: load the embedded "
             "model, or give a judge file for a toy-world checkpoint (no judge exists for "
             "other models)"
         )
+    return world_concept(name)
+
+
+def world_concept(name: str):
+    """The toy-world concept `name`; a clear error when the judge does not know it."""
+    from fmn_desktop.toyworld import CONCEPTS
+
     if name not in CONCEPTS:
         raise FmnError(
             f"unknown concept {name!r}: the judge knows the toy world's concepts only "
