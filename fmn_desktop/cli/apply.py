@@ -17,6 +17,7 @@ from fmn_desktop.cli.common import (
     positive_int,
     safe,
     seed_int,
+    stack_mode_arg,
     status,
 )
 
@@ -36,8 +37,11 @@ def add_parsers(sub) -> None:
         "patches", nargs="+", metavar="PATCH[:STRENGTH]", type=patch_spec, help=SPEC_HELP
     )
     out_args(p, "a new folder (diffusers layout) or a file ending in .safetensors")
+    stack_mode_arg(p)
     p.add_argument(
-        "--force", action="store_true", help="apply even if a patch was made for another base model"
+        "--force",
+        action="store_true",
+        help="apply even if a patch was made for another base model, or patches conflict",
     )
     p.set_defaults(handler=cmd_apply)
 
@@ -66,7 +70,10 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--size", type=image_size, default=None, help="image size in pixels (a multiple of 8)"
     )
-    p.add_argument("--force", action="store_true", help="apply patches made for another base")
+    stack_mode_arg(p)
+    p.add_argument(
+        "--force", action="store_true", help="apply patches made for another base, or that conflict"
+    )
     out_args(p, "PNG file to write")
     p.set_defaults(handler=cmd_generate)
 
@@ -87,7 +94,9 @@ def cmd_apply(args) -> int:
     check_out(args.out, args.overwrite, model=True)
     model = load_model(args)
     with status(f"writing {args.out}"):
-        out = apply_to_file(model, args.patches, args.out, args.force, args.overwrite)
+        out = apply_to_file(
+            model, args.patches, args.out, args.force, args.overwrite, mode=args.stack_mode
+        )
     print(f"wrote {out}")
     return 0
 
@@ -109,6 +118,7 @@ def cmd_generate(args) -> int:
         size=args.size,
         force=args.force,
         overwrite=args.overwrite,
+        mode=args.stack_mode,
     )
     print(f"wrote {out}")
     return 0

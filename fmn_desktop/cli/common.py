@@ -5,6 +5,7 @@ from files (names, metadata) without letting it drive the terminal."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -184,6 +185,20 @@ def check_out(path, overwrite: bool, model: bool = False) -> None:
             raise UsageError(str(exc)) from None
 
 
+def stack_mode_arg(p: argparse.ArgumentParser, default: str | None = "additive") -> None:
+    """`--stack-mode`: how several patches compose, as a stack does (one way everywhere)."""
+    p.add_argument(
+        "--stack-mode",
+        choices=("additive", "fused"),
+        default=default,
+        help="how several patches compose, as a stack does: additive (sum of the changes) or "
+        "fused (one closed-form solve that keeps each concept's change and the rest of the "
+        "model); conflicting patches are refused unless --force (default: "
+        + (default or "additive, or the registry stack's mode")
+        + ")",
+    )
+
+
 def model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
         p.add_argument("model", nargs="?", default="default", help=MODEL_HELP)
@@ -276,6 +291,31 @@ def step_bar(total: int, verb: str):
             bar.set_postfix(loss=f"{p.loss:.4f}")
 
     return bar, progress
+
+
+@contextlib.contextmanager
+def image_bar(unit: str = "image"):
+    """A progress callback for a scoring job: its messages as lines, the images it counts
+    ("base model", "patched") on a bar on stderr."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def report(value):
+        nonlocal bar
+        if not value.total:
+            print(f"{value.text} ...", file=sys.stderr, flush=True)
+            return
+        if bar is None:
+            bar = tqdm(total=value.total, unit=unit, file=sys.stderr)
+        bar.set_description(value.text or value.phase)
+        bar.update(value.step - bar.n)
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def phase_printer(progress=None):

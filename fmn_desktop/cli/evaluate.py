@@ -7,30 +7,36 @@ from pathlib import Path
 
 from fmn_desktop.cli.common import (
     UsageError,
+    check_out,
     finite_float,
     forget_default,
     fraction,
+    image_bar,
     load_model,
     model_args,
     nonneg_int,
-    phase_printer,
     positive_int,
     registry_arg,
     seed_int,
+    stack_mode_arg,
 )
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="M-Score of a concept and retention of the others, before and after patches",
-        description="Generate the concept's evaluation prompts (SEEDS seeds each) and every "
-        "other concept's (OTHER_SEEDS each) without and with the patches, score them with the "
-        "embedded model's judge, and print the M-Score (how much of the concept is drawn) and "
-        "the retention of everything else, with 95%% intervals. These are the figures the "
-        "app stores with a patch it makes. Needs the toy world's judge (docs/research/CONCEPTBENCH.md).",
-        epilog="example: fmn evaluate --patch patches/forget-Zorbu.safetensors --concept Zorbu "
-        "--record forget-zorbu",
+        help="score patches or a stack: M-Score, other words kept, retention, neighbours",
+        description="Generate held-out prompts (ones no job trained on: every colour, style, "
+        "unsafe word and slot the concept combines with) at seeds no job drew, without and "
+        "with the patches, and score the images with the embedded model's judge: per forgotten "
+        "concept its M-Score (how much of it is drawn), the other words of its prompts still "
+        "drawn and what the judge reads instead; then the retention of everything else and "
+        "the concepts that lost the most. Several patches are composed as a stack is (same "
+        "conflict check). 95%% intervals throughout. Needs the toy world's judge "
+        "(docs/research/CONCEPTBENCH.md).",
+        epilog="examples: fmn evaluate --patch patches/forget-Zorbu.safetensors; "
+        "fmn evaluate --patch patches/forget-Zorbu.safetensors --patch "
+        "patches/forget-circle.safetensors --stack-mode fused",
     )
     model_args(p)
     p.add_argument(
@@ -40,34 +46,61 @@ def add_parsers(sub) -> None:
         metavar="PATH[:STRENGTH]",
         help="patch to apply (repeatable; with --record and no --patch, the registry patch itself)",
     )
-    p.add_argument("--concept", required=True, help="a concept of the toy world, e.g. Zorbu")
+    p.add_argument(
+        "--concept",
+        action="append",
+        default=[],
+        help="a concept of the toy world to score, e.g. Zorbu (repeatable; default: the "
+        "concepts the patches name)",
+    )
+    stack_mode_arg(p, default=None)
+    p.add_argument(
+        "--prompts",
+        type=positive_int,
+        default=24,
+        help="held-out prompts per forgotten concept (default: %(default)s)",
+    )
     p.add_argument(
         "--seeds",
         type=positive_int,
         default=2,
-        help="seeds per evaluation prompt of the concept (default: %(default)s)",
+        help="seeds per held-out prompt of a forgotten concept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--neighbour-prompts",
+        type=positive_int,
+        default=3,
+        help="held-out prompts per other concept (default: %(default)s)",
     )
     p.add_argument(
         "--other-seeds",
-        type=nonneg_int,
+        type=positive_int,
         default=1,
-        help="seeds per prompt of every other concept (default: %(default)s)",
+        help="seeds per held-out prompt of every other concept (default: %(default)s)",
     )
     p.add_argument(
         "--steps", type=positive_int, default=20, help="sampling steps (default: %(default)s)"
     )
     p.add_argument("--judge", help="judge weights (default: the embedded model's)")
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument(
         "--write-scores",
         action="store_true",
         help="store the scores in the (single) patch file's metadata, atomically",
     )
+    p.add_argument("--record", metavar="NAME", help="store the scores with registry patch NAME")
     p.add_argument(
-        "--record", metavar="NAME", help="store mscore and retention with registry patch NAME"
+        "--stack",
+        metavar="NAME",
+        help="score registry stack NAME (its patches and mode) and store the scores with it",
     )
-    registry_arg(p, " for --record")
-    p.add_argument("--force", action="store_true", help="apply patches made for another base")
+    registry_arg(p, " for --record and --stack")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply patches made for another base, or that conflict",
+    )
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser(
@@ -196,7 +229,10 @@ def add_parsers(sub) -> None:
         default=None,
         help="registry folder for --record (default: $FMN_REGISTRY, else the user data folder)",
     )
-    p.add_argument("--force", action="store_true", help="apply patches made for another base")
+    stack_mode_arg(p)
+    p.add_argument(
+        "--force", action="store_true", help="apply patches made for another base, or that conflict"
+    )
     p.set_defaults(handler=cmd_attack)
 
 
@@ -295,6 +331,7 @@ def cmd_attack(args) -> int:
         out_dir=args.out_dir,
         judge=args.judge,
         force=args.force,
+        mode=args.stack_mode,
     )
     model = load_model(args)
 
@@ -324,53 +361,70 @@ def cmd_evaluate(args) -> int:
     from fmn_desktop.services.evaluate import EvaluateRequest, evaluate_job
     from fmn_desktop.services.progress import JobContext, run_job
 
-    if args.seeds < 1 or args.other_seeds < 1 or args.steps < 1:
-        raise UsageError("--seeds, --other-seeds and --steps must be at least 1")
-    if not args.patch and not args.record:
-        raise UsageError("give --patch FILE[:STRENGTH], or --record NAME for a registry patch")
+    if not args.patch and not args.record and not args.stack:
+        raise UsageError(
+            "give --patch FILE[:STRENGTH], --record NAME for a registry patch, or --stack NAME"
+        )
+    if args.stack and (args.patch or args.record):
+        raise UsageError("--stack scores a registry stack alone (no --patch or --record)")
     if args.write_scores and len(args.patch) != 1:
         raise UsageError(
             "--write-scores rewrites one patch file of yours: name it with one "
             "--patch (the registry's own copy stays as it was registered)"
         )
-    check_judge(args, "scores need")
+    if args.json:
+        check_out(args.json, args.overwrite)
+    for name in args.concept:
+        check_judge(args, "scores need", name)
+    if not args.concept:
+        check_judge(args, "scores need")
     specs = resolve_record(args)
     model = load_model(args)
     req = EvaluateRequest(
-        args.concept,
+        list(args.concept),
         specs,
         seeds=args.seeds,
         other_seeds=args.other_seeds,
         steps=args.steps,
+        prompts=args.prompts,
+        neighbour_prompts=args.neighbour_prompts,
+        mode=args.stack_mode,
         judge=args.judge,
         force=args.force,
         record=args.record,
-        registry_root=_registry_root(args) if args.record else None,
+        stack=args.stack,
+        registry_root=_registry_root(args) if (args.record or args.stack) else None,
         write_scores=args.write_scores,
         json_out=args.json,
+        overwrite=args.overwrite,
     )
-    done = run_job(evaluate_job(JobContext(phase_printer()), model, req))
+    with image_bar() as progress:
+        done = run_job(evaluate_job(JobContext(progress), model, req))
     print(format_scores(done.scores, done.concept))
     for path in done.written:
         print(f"wrote {path}")
     if done.record is not None:
+        what = "stack" if args.stack else "patch"
         print(
-            f"recorded {', '.join(r.metric for r in done.rows)} with registry patch "
+            f"recorded {', '.join(r.metric for r in done.rows)} with registry {what} "
             f"{done.record.name}"
         )
     return 0
 
 
-def check_judge(args, needs: str) -> None:
-    """Before loading anything: the concept must be the toy world's, and a model other than
-    the embedded one needs `--judge`. `needs` words the error, e.g. "scores need"."""
+def check_judge(args, needs: str, concept: str | None = None) -> None:
+    """Before loading anything: the concept (`concept`, else `args.concept`, if any) must be
+    the toy world's, and a model other than the embedded one needs `--judge`. `needs` words
+    the error, e.g. "scores need"."""
     from fmn_desktop.errors import FmnError
     from fmn_desktop.services.model import is_default, world_concept
 
-    try:
-        world_concept(args.concept)
-    except FmnError as exc:
-        raise UsageError(str(exc)) from exc
+    name = concept if concept is not None else getattr(args, "concept", None)
+    if isinstance(name, str):
+        try:
+            world_concept(name)
+        except FmnError as exc:
+            raise UsageError(str(exc)) from exc
     if not is_default(args.model) and args.judge is None:
         raise UsageError(
             f"{needs} a judge, and only the embedded model has one; give --judge FILE for "

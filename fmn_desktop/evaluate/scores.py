@@ -85,7 +85,7 @@ class EvalSettings:
     steps: int = 20
     guidance: float = 5.0
     first_seed: int = 1000
-    batch: int = 32
+    batch: int = 16  # images per pipeline call (and per progress report)
 
 
 def names_concept(prompt: str, concept: str) -> bool:
@@ -93,7 +93,6 @@ def names_concept(prompt: str, concept: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(concept.lower())}(?!\w)", prompt.lower()) is not None
 
 
-@torch.no_grad()
 def generate_eval_set(
     pipe,
     judge,
@@ -110,6 +109,20 @@ def generate_eval_set(
         for p in c.prompts()
         for s in range(settings.seeds)
     ]
+    return generate_judged(pipe, judge, jobs, settings, progress)
+
+
+@torch.no_grad()
+def generate_judged(
+    pipe,
+    judge,
+    jobs: Sequence[tuple[str, str, int]],
+    settings: EvalSettings | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> list[EvalImage]:
+    """Generate one image per (concept name, prompt, seed) of `jobs` and judge it
+    (`settings` gives the sampler steps, guidance and batch; `progress`: images done of all)."""
+    settings = settings or EvalSettings()
     out: list[EvalImage] = []
     for start in range(0, len(jobs), settings.batch):
         chunk = jobs[start : start + settings.batch]

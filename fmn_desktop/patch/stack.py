@@ -535,12 +535,24 @@ def applied_stack(
 ) -> Iterator[Patch]:
     """Apply a stack to a loaded model's UNet for the duration of the block; the weights
     are restored bit-exactly afterwards. Yields the composed patch."""
+    patch = composed_patch(model, entries, settings, force)
+    with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint, force=True):
+        yield patch
+
+
+def composed_patch(
+    model,
+    entries: Sequence[StackEntry],
+    settings: ComposeSettings | None = None,
+    force: bool = False,
+) -> Patch:
+    """The stack checked against a loaded model (fit, conflicts: refused unless `force`) and
+    composed into one patch for it, to apply at strength 1."""
     pipe = model.pipe
     check_stack(entries, pipe.unet, model.fingerprint, force)
     patch = stack_patch(entries, pipe.unet, settings, pipe)
     patch.meta.base_fingerprint = model.fingerprint or patch.meta.base_fingerprint
-    with PatchedUNet(pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint, force=True):
-        yield patch
+    return patch
 
 
 # --------------------------------------------------------------------------- export

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fmn_desktop.services.patches import PatchSpec, read_patches
+from fmn_desktop.services.patches import PatchSpec, composed_patches
 from fmn_desktop.training import Progress
 
 
@@ -23,7 +23,8 @@ class AttackRequest:
     record: str | int | None = None
     out_dir: str | None = None  # also write attack.json / attack.png there
     judge: str | None = None  # judge file for a toy-world checkpoint (None: the embedded one)
-    force: bool = False
+    force: bool = False  # apply patches made for another base model, or that conflict
+    mode: str = "additive"  # how several patches compose, as a stack does
 
 
 @dataclass
@@ -66,7 +67,7 @@ def attack_job(ctx, model, req: AttackRequest):
     total = 2 * attack_targets(req.concept, s)
     yield Progress("attack", 0, total, text="loading the judge and the patch")
     judge = load_judge(req.judge)
-    patches = read_patches(model, specs)
+    composed = composed_patches(model, specs, req.mode, req.force)
     words = prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
     done = [0]
 
@@ -81,10 +82,10 @@ def attack_job(ctx, model, req: AttackRequest):
         model.pipe,
         judge,
         concept,
-        patches,
+        [(composed, 1.0)],
         s,
         fingerprint=model.fingerprint,
-        force=req.force,
+        force=True,  # checked when composed
         extra_words=words,
         model_name=model_name(model),
         patch_info=[{"file": str(s.path), "strength": s.strength} for s in specs],

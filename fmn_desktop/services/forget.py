@@ -137,7 +137,7 @@ def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
     """`forget_job` once its patch file name is settled."""
     from fmn_desktop.services.evaluate import evaluate_patch
     from fmn_desktop.services.library import register_file
-    from fmn_desktop.services.model import scoreable_concept
+    from fmn_desktop.services.model import scoreable_concepts
 
     harden = None
     if req.harden:
@@ -158,17 +158,19 @@ def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
         harden=harden,
     )
     scores: dict = {}
-    concept = scoreable_concept(model, config.concepts) if req.evaluate else None
-    if concept is not None:
-        yield Progress("evaluate", text=f"measuring M-Score and retention ({concept.name})")
+    concepts = scoreable_concepts(model, config.concepts) if req.evaluate else None
+    named = ", ".join(c.name for c in concepts or [])
+    if concepts:
+        yield Progress("evaluate", text=f"scoring {named} on held-out prompts")
         scores = evaluate_patch(
             model,
             outcome.patch,
-            concept,
+            concepts,
             req.eval_seeds,
             req.eval_steps,
             ctx.should_cancel,
             others_limit=req.eval_others,
+            progress=ctx.progress,
         )
         outcome.patch.meta.scores = scores
         save_patch(outcome.patch, out)
@@ -182,7 +184,7 @@ def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
 
             settings = {"seeds": req.eval_seeds, "steps": req.eval_steps}
             with open_registry(req.registry_root) as reg:
-                reg.add_evaluations(registry_rows(scores, concept.name, settings), patch=record.id)
+                reg.add_evaluations(registry_rows(scores, named, settings), patch=record.id)
     return ForgetDone(
         None if tmp else Path(out),
         record,
@@ -190,5 +192,5 @@ def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
         outcome.final_loss,
         scores,
         outcome.lora_error,
-        concept.name if concept is not None else None,
+        named or None,
     )

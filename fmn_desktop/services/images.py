@@ -119,6 +119,7 @@ def generate_grid_file(
     size: int | None = None,
     force: bool = False,
     overwrite: bool = False,
+    mode: str = "additive",
 ):
     """A PNG grid (one row per prompt, one column per seed) of the base model, and beside it
     the model with `patches` (`PatchSpec`s) applied when any are given. Returns the path."""
@@ -128,7 +129,7 @@ def generate_grid_file(
     from fmn_desktop.imaging import save_png, side_by_side
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.services.output import check_output_file
-    from fmn_desktop.services.patches import read_patches
+    from fmn_desktop.services.patches import composed_patches
 
     out = check_output_file(out, overwrite)
     if not prompts or not seeds:
@@ -140,15 +141,17 @@ def generate_grid_file(
         raise FmnError(f"guidance {guidance} is not a finite number")
     if size is not None and (not 8 <= int(size) <= 4096 or int(size) % 8):
         raise FmnError(f"size {size} is no image size (a multiple of 8, 8 to 4096)")
-    loaded = read_patches(model, patches)
     kw = dict(steps=int(steps), guidance=float(guidance), size=size)
+    composed = composed_patches(model, list(patches), mode, force)
     image = grid_image(
         generate_images(model.pipe, prompts, seeds, **kw),
         prompts,
-        title="base model" if loaded else None,
+        title="base model" if composed is not None else None,
     )
-    if loaded:
-        with PatchedUNet(model.pipe.unet, loaded, fingerprint=model.fingerprint, force=force):
+    if composed is not None:
+        with PatchedUNet(
+            model.pipe.unet, [(composed, 1.0)], fingerprint=model.fingerprint, force=True
+        ):
             after = grid_image(
                 generate_images(model.pipe, prompts, seeds, **kw),
                 prompts,

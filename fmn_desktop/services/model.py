@@ -107,14 +107,16 @@ def world_concept(name: str):
     return CONCEPTS[name]
 
 
-def scoreable_concept(model, concepts):
-    """The embedded model's concept for a job on `concepts`, when its judge can score it
-    (one concept of the toy world); else None."""
-    if not getattr(model, "has_judge", False) or len(concepts) != 1:
+def scoreable_concepts(model, concepts) -> list | None:
+    """The embedded model's concepts for a job on `concepts`, when its judge can score them
+    all (concepts of the toy world); else None."""
+    if not getattr(model, "has_judge", False) or not concepts:
         return None
     from fmn_desktop.toyworld import CONCEPTS
 
-    return CONCEPTS.get(concepts[0])
+    if not all(c in CONCEPTS for c in concepts):
+        return None
+    return [CONCEPTS[c] for c in concepts]
 
 
 def model_name(model) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -38,6 +39,44 @@ def read_patches(model, specs: Sequence[PatchSpec]) -> list[tuple[Patch, float]]
     """The patch files of `specs`, checked against `model`'s UNet, with their strengths."""
     names = unet_module_names(model.pipe.unet)
     return [(load_patch(s.path, names), s.strength) for s in specs]
+
+
+STACK_MODES = ("additive", "fused")
+
+
+def spec_entries(model, specs: Sequence[PatchSpec]):
+    """`patch.stack.StackEntry`s of patch files (named after the files)."""
+    from fmn_desktop.patch.stack import StackEntry
+
+    return [
+        StackEntry(patch, strength, spec.path.name)
+        for (patch, strength), spec in zip(read_patches(model, specs), specs)
+    ]
+
+
+def composed_patches(model, specs: Sequence[PatchSpec], mode: str = "additive", force=False):
+    """Several patch files as one patch for `model`, composed exactly as a stack is (the same
+    fit and conflict checks, additive or fused): the one way every command puts several
+    patches on a model. None when `specs` is empty."""
+    from fmn_desktop.patch.stack import ComposeSettings, composed_patch
+
+    if not specs:
+        return None
+    return composed_patch(model, spec_entries(model, specs), ComposeSettings(mode=mode), force)
+
+
+@contextlib.contextmanager
+def applied_patches(model, specs: Sequence[PatchSpec], mode: str = "additive", force=False):
+    """`composed_patches` on `model`'s UNet for the block (restored bit-exactly after);
+    yields the composed patch (None, and the model untouched, without specs)."""
+    from fmn_desktop.patch import PatchedUNet
+
+    patch = composed_patches(model, specs, mode, force)
+    if patch is None:
+        yield None
+        return
+    with PatchedUNet(model.pipe.unet, [(patch, 1.0)], fingerprint=model.fingerprint, force=True):
+        yield patch
 
 
 @dataclass(frozen=True)
@@ -134,14 +173,14 @@ def apply_to_file(
     out: str | os.PathLike,
     force: bool = False,
     overwrite: bool = False,
+    mode: str = "additive",
 ) -> Path:
-    """Write `model` with patches applied as a diffusers folder, or a single `.safetensors`
-    (an existing one is replaced only with `overwrite`). No NaN/inf weight is ever written."""
+    """Write `model` with patches applied (composed as a stack in `mode`) as a diffusers
+    folder, or a single `.safetensors` (an existing one is replaced only with `overwrite`).
+    No NaN/inf weight is ever written."""
     from fmn_desktop.models import save_model
-    from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.services.output import check_output_model
 
     check_output_model(out, overwrite)
-    patches = read_patches(model, specs)
-    with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=force):
+    with applied_patches(model, specs, mode, force):
         return save_model(model.pipe, out, family=model.architecture_family, replace=overwrite)

@@ -22,6 +22,7 @@ READY = Path(__file__).parents[2] / "patches" / "forget-Zorbu.safetensors"
         (["--concept", "Nobody", "--patch", "p.safetensors"], "unknown concept"),
         (["./some-sd15", "--concept", "Zorbu", "--patch", "p.safetensors"], "need a judge"),
         (["--concept", "Zorbu"], "give --patch"),
+        (["--stack", "s", "--patch", "p.safetensors"], "alone"),
         (["--concept", "Zorbu", "--patch", "p.safetensors", "--seeds", "0"], "out of range"),
         (
             [
@@ -97,7 +98,8 @@ def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys, others):
     )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
-    assert "M-Score of Zorbu" in stdout and "recorded mscore, retention" in stdout
+    assert "Zorbu:" in stdout and "M-Score" in stdout and "other words kept" in stdout
+    assert "recorded mscore, retention, coattr_retention, worst_neighbour_drop" in stdout
     scores = json.loads(out.read_text())
     # the embedded model draws Zorbu from its prompts; the shipped patch removes it
     assert scores["mscore_before"]["mean"] > 0.9 > 0.1 > scores["mscore_after"]["mean"]
@@ -106,9 +108,11 @@ def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys, others):
     with open_registry(tmp_path / "reg") as reg:
         stored = {e.metric: e for e in reg.evaluations(patch="zorbu")}
     assert stored["mscore"].value == scores["mscore_after"]["mean"]
-    assert stored["retention"].settings == {
-        "seeds": 1,
-        "other_seeds": 1,
-        "steps": steps,
-        "strength": 1.0,
-    }
+    settings = stored["retention"].settings
+    assert (settings["seeds"], settings["other_seeds"], settings["steps"]) == (1, 1, steps)
+    assert (settings["strength"], settings["mode"]) == (1.0, "additive")
+    zorbu = scores["concepts"]["Zorbu"]
+    # the held-out prompts name styles and unsafe words beside Zorbu: those are kept
+    assert zorbu["coattr_after"]["n"] > 0 and zorbu["coattr_after"]["mean"] > 0.7
+    assert sum(zorbu["readings_after"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert scores["neighbours"] and "Zorbu" not in {r["concept"] for r in scores["neighbours"]}
