@@ -198,12 +198,13 @@ def evaluate_patches(
     should_cancel: Callable[[], bool] | None = None,
     progress: Callable | None = None,
     judge=None,
-    base: Sequence[EvalImage] | None = None,
+    cache: dict | None = None,
 ) -> dict:
     """Scores (module docstring) of `patches` on `model`, composed as a stack in `mode`
     (`patch.stack.StackEntry`s, or (patch, strength) pairs) against the toy-world `concepts`
-    they forget. `exclude`: the prompts the jobs trained on (never scored). `base`: the base
-    model's images of an earlier call with the same plan, to skip regenerating them."""
+    they forget. `exclude`: the prompts the jobs trained on (never scored). `cache`: a dict kept
+    between calls on the same model, where the base model's judged images are kept by their
+    (concept, prompt, seed) list, so a second stack over the same concepts reuses them."""
     from fmn_desktop.errors import CancelledError
     from fmn_desktop.evaluate.heldout import job_prompts
     from fmn_desktop.evaluate.scores import EvalSettings, generate_judged
@@ -220,6 +221,8 @@ def evaluate_patches(
     others = [c for c in CONCEPTS.values() if c.name not in names][: plan.others_limit]
     jobs = scoring_jobs(forgotten, others, plan, exclude)
     settings = EvalSettings(steps=plan.steps, guidance=plan.guidance)
+    key = (tuple(jobs), plan.steps, plan.guidance, id(judge))
+    base = cache.get(key) if cache is not None else None
     total = len(jobs) * (1 if base is not None else 2)
 
     def report(offset: int, text: str):
@@ -233,6 +236,8 @@ def evaluate_patches(
 
     if base is None:
         base = generate_judged(model.pipe, judge, jobs, settings, report(0, "base model"))
+        if cache is not None:
+            cache[key] = base
     done = total - len(jobs)
     with applied_stack(model, entries, ComposeSettings(mode=mode), force=force):
         after = generate_judged(model.pipe, judge, jobs, settings, report(done, "patched"))

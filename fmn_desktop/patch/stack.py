@@ -134,7 +134,7 @@ class StackEntry:
 
 @dataclass
 class Conflict:
-    kind: str  # "base" | "forget-and-correct" | "opposite-aims"
+    kind: str  # "base" | "forget-and-correct" | "opposite-aims" | "fusion-loses"
     message: str
     entries: tuple[str, ...] = ()
 
@@ -358,6 +358,28 @@ class FusionSolver:
             )
         return out
 
+    def kept(self, solved: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> dict:
+        """Per patch key: the share of its own K/V change, on its own concept embeddings,
+        that the fused solution keeps (1 - relative error; 1.0 when nothing is lost).
+
+        A patch whose share is low is one the fusion cannot honour beside the others and the
+        preservation set: its concept may come back in the stack."""
+        out = {}
+        for k in sorted(self._entries):
+            patch, strength, g = self._entries[k]
+            err = ref = 0.0
+            for name, delta in patch.deltas.items():
+                if name not in solved or not is_kv(name):
+                    continue
+                want = delta.to_dense(params[name].shape).cpu().to(torch.float64) * strength
+                if want.dim() != 2 or want.shape[1] != g.shape[0]:
+                    continue
+                miss = solved[name].to(torch.float64) - want
+                err += float(((miss @ g) * miss).sum())
+                ref += float(((want @ g) * want).sum())
+            out[k] = 1.0 if ref <= 0 else max(0.0, 1.0 - math.sqrt(max(err, 0.0) / ref))
+        return out
+
 
 def _weight(value: float, what: str) -> float:
     """A non-negative finite weight of the fusion (preservation weight, ridge)."""
@@ -410,11 +432,13 @@ def compose(
     settings: ComposeSettings | None = None,
     pipe=None,
     preservation: torch.Tensor | None = None,
+    report: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """The stack's total delta per parameter (fp32, CPU), additive or fused.
 
     Fused mode needs the preservation embeddings: pass them, or a `pipe` to encode the
-    preservation prompts with its text encoder.
+    preservation prompts with its text encoder. A `report` dict receives, in fused mode,
+    "kept": per entry key, the share of its change the fusion keeps (`FusionSolver.kept`).
     """
     settings = settings or ComposeSettings()
     params = {n: p.detach() for n, p in unet.named_parameters()}
@@ -427,7 +451,10 @@ def compose(
     solver = FusionSolver(preservation, settings.preserve_weight, settings.ridge)
     for key, e in zip(entry_keys(entries), entries):
         solver.add(key, e.patch, e.strength, entry_embeddings(e, pipe))
-    return solver.solve(params)
+    solved = solver.solve(params)
+    if report is not None:
+        report["kept"] = solver.kept(solved, params)
+    return solved
 
 
 def entry_keys(entries: Sequence[StackEntry]) -> list[str]:
@@ -489,12 +516,14 @@ def stack_patch(
     settings: ComposeSettings | None = None,
     pipe=None,
     title: str = "",
+    report: dict | None = None,
 ) -> Patch:
-    """The stack as one patch of dense deltas (apply it at strength 1)."""
+    """The stack as one patch of dense deltas (apply it at strength 1); `report` as for
+    `compose`."""
     settings = settings or ComposeSettings()
     if not entries:
         raise FmnError("the stack is empty: add patches first")
-    deltas = compose(entries, unet, settings, pipe)
+    deltas = compose(entries, unet, settings, pipe, report=report)
     bad = sorted(n for n, d in deltas.items() if not bool(torch.isfinite(d).all()))
     if bad:
         raise NonFiniteError(f"the stack's total change is not finite for {', '.join(bad[:3])}")
@@ -550,9 +579,39 @@ def composed_patch(
     composed into one patch for it, to apply at strength 1."""
     pipe = model.pipe
     check_stack(entries, pipe.unet, model.fingerprint, force)
-    patch = stack_patch(entries, pipe.unet, settings, pipe)
+    report: dict = {}
+    patch = stack_patch(entries, pipe.unet, settings, pipe, report=report)
+    losers = fusion_losses(report)
+    if losers and not force:
+        raise StackConflictError(
+            "the fused stack cannot honour every patch (use force to apply anyway, or stack "
+            "additively): " + "; ".join(c.message for c in losers)
+        )
     patch.meta.base_fingerprint = model.fingerprint or patch.meta.base_fingerprint
+    if "kept" in report:
+        patch.meta.hyperparameters["fusion_kept"] = {
+            k: round(v, 4) for k, v in report["kept"].items()
+        }
     return patch
+
+
+# A fused patch that keeps less than this share of its change on its own concept tokens is
+# reported: below it, measured concepts came back in fused stacks.
+FUSION_KEEP_MIN = 0.8
+
+
+def fusion_losses(report: dict, minimum: float = FUSION_KEEP_MIN) -> list[Conflict]:
+    """Conflicts for the entries a fused solve could not honour (`compose`'s report)."""
+    return [
+        Conflict(
+            "fusion-loses",
+            f"{key!r} keeps {share:.0%} of its change on its own concept tokens in the fused "
+            f"stack (under {minimum:.0%}): its concept may come back",
+            (key,),
+        )
+        for key, share in sorted(report.get("kept", {}).items())
+        if share < minimum
+    ]
 
 
 # --------------------------------------------------------------------------- export

@@ -124,6 +124,51 @@ def test_fusion_keeps_each_patch_on_its_own_concepts():
     torch.testing.assert_close(fused @ basis[4:].T, w0 @ basis[4:].T, atol=1e-4, rtol=1e-4)
 
 
+def test_fusion_reports_the_share_of_each_patch_it_keeps():
+    """Orthogonal concepts are kept whole; two patches pulling one concept apart are not,
+    and the composed stack refuses them, naming the patch, unless forced."""
+    g = torch.Generator().manual_seed(2)
+    name = "x.attn2.to_v.weight"
+    w0 = torch.randn(16, 8, generator=g)
+    basis = torch.linalg.qr(torch.randn(8, 8, generator=g))[0].T
+    d1, d2 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+
+    def patch(d, e):
+        return Patch(
+            {name: Delta(dense=d)}, PatchMeta(concepts=["c"], stats={"concept_embeddings": e})
+        )
+
+    apart = FusionSolver(None, ridge=1e-6)
+    apart.add("a", patch(d1, basis[:2]))
+    apart.add("b", patch(d2, basis[2:4]))
+    kept = apart.kept(apart.solve({name: w0}), {name: w0})
+    assert kept["a"] > 0.999 and kept["b"] > 0.999
+    same = FusionSolver(None, ridge=1e-6)
+    same.add("a", patch(d1, basis[:2]))
+    same.add("b", patch(-d1, basis[:2]))  # opposite changes on the same tokens: both lost
+    kept = same.kept(same.solve({name: w0}), {name: w0})
+    assert kept["a"] < 0.05 and kept["b"] < 0.05
+
+
+def test_a_fused_stack_that_loses_a_patch_is_refused(tiny_pipe):
+    from fmn_desktop.patch.stack import composed_patch, fusion_losses
+
+    a = _patch(tiny_pipe.unet, ["castle"], 1)
+    b = _patch(tiny_pipe.unet, ["tower"], 2)
+    b.meta.stats["concept_embeddings"] = a.meta.stats["concept_embeddings"].clone()
+    entries = [StackEntry(a, 1.0, "castle"), StackEntry(b, 1.0, "tower")]
+    settings = ComposeSettings(mode="fused", preserve_weight=0.0)
+    report = {}
+    compose(entries, tiny_pipe.unet, settings, tiny_pipe, report=report)
+    losers = fusion_losses(report)
+    assert {c.entries[0] for c in losers} == {"castle", "tower"}
+    assert "keeps" in losers[0].message
+    with pytest.raises(StackConflictError, match="cannot honour every patch"):
+        composed_patch(Model(tiny_pipe), entries, settings)
+    patch = composed_patch(Model(tiny_pipe), entries, settings, force=True)
+    assert set(patch.meta.hyperparameters["fusion_kept"]) == {"castle", "tower"}
+
+
 def test_fused_is_bit_identical_whatever_the_order(tiny_pipe):
     unet = tiny_pipe.unet
     pres = torch.randn(20, unet.config.cross_attention_dim)
