@@ -76,10 +76,13 @@ def ldm_modules(module_names: Iterable[str]) -> dict[str, str]:
     layout = layout_of(names)
     if layout is None:
         return {}
-    out = {}
-    for module in names:
+    out, taken = {}, set()
+    # Deepest first: a container can share its leaf's LDM path (`downsamplers.0` and
+    # `downsamplers.0.conv` are both `op`), and the parameters live in the leaf.
+    for module in sorted(names, key=lambda m: -m.count(".")):
         ldm = _ldm_param(f"{module}.weight", layout)
-        if ldm is not None:
+        if ldm is not None and ldm not in taken:
+            taken.add(ldm)
             out[module] = ldm.rpartition(".")[0]
     return out
 
