@@ -38,7 +38,7 @@ def unfit_summary(shapes: Mapping[str, Sequence[int]], show: int = 2) -> str:
     def kind(name: str) -> str:
         if name.endswith(".bias"):
             return "biases"
-        return "convolutions wider than 1x1" if len(shapes[name]) == 4 else "1-D weights"
+        return "convolutions wider than 1x1" if len(shapes[name]) == 4 else "normalisation weights"
 
     kinds = ", ".join(sorted({kind(n) for n in unfit}))
     named = "; ".join(describe_param(n, shapes[n]) for n in unfit[:show])

@@ -59,7 +59,7 @@ def choose_format(model, config: ForgetConfig, fmt: str) -> tuple[str, str | Non
     if fmt == "lora":
         raise FmnError(
             f"a LoRA cannot hold what trainable set {config.trainable!r} changes: {what}; "
-            "write the patch as .diff (format diff), or train a LoRA (lora_rank)"
+            "write it as .diff (--format diff), or train a LoRA (--lora-rank)"
         )
     return "diff", (
         f"writing a .diff patch (full deltas), not LoRA: trainable set {config.trainable!r} "
