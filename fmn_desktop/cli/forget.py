@@ -123,9 +123,11 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--format",
-        choices=["lora", "diff"],
-        default="lora",
-        help="patch file layout (default: lora)",
+        choices=["auto", "lora", "diff"],
+        default="auto",
+        help="patch file layout: lora, diff (full deltas), or auto: LoRA when it can hold what "
+        "--trainable changes (kv: yes; attn2, unet: biases and 3x3 convolutions, so .diff) "
+        "(default: auto)",
     )
     p.add_argument(
         "--export-rank",
@@ -209,7 +211,12 @@ def add_parsers(sub) -> None:
         renamed=FORGET_RENAMED,
     )
     p.add_argument(
-        "--format", choices=["lora", "diff"], default="lora", help="patch layout (default: lora)"
+        "--format",
+        choices=["auto", "lora", "diff"],
+        default="auto",
+        help="patch file layout: lora, diff (full deltas), or auto: LoRA when it can hold what "
+        "--trainable changes (kv: yes; attn2, unet: biases and 3x3 convolutions, so .diff) "
+        "(default: auto)",
     )
     out_args(p, "patch file to write (.safetensors)")
     p.add_argument(
@@ -253,8 +260,9 @@ def cmd_forget(args) -> int:
         bar.close()
     extra = "" if done.lora_error is None else f", LoRA relative error {done.lora_error:.4f}"
     if done.path is not None:
+        layout = "LoRA" if done.fmt == "lora" else ".diff"
         print(
-            f"wrote {done.path} ({done.path.stat().st_size / 1024:.1f} KiB, "
+            f"wrote {done.path} ({layout}, {done.path.stat().st_size / 1024:.1f} KiB, "
             f"{done.seconds:.1f} s, final loss {done.final_loss:.4f}{extra})"
         )
     if done.scores:

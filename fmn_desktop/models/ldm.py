@@ -78,6 +78,14 @@ def unet_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.
     return out
 
 
+def unet_key_to_ldm(key: str, config) -> str:
+    """The LDM name (without the prefix) of one diffusers UNet tensor name; KeyError if none."""
+    layers = config["layers_per_block"]
+    if not isinstance(layers, int):
+        raise KeyError(key)
+    return _unet_key(key, layers, layers + 1, list(config["up_block_types"]))
+
+
 def _unet_key(key: str, layers: int, step: int, up_types: list[str]) -> str:
     for src, dst in _UNET_TOP.items():
         if key.startswith(src + "."):

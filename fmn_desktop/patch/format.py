@@ -2,11 +2,11 @@
 
 A patch maps UNet parameter names (diffusers layout, e.g.
 ``down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight``) to a delta, dense or
-low-rank, plus metadata. On disk it uses the names other tools read:
+low-rank, plus metadata. On disk it uses the names other tools read (`naming.py`: kohya's
+``lora_unet_`` keys, block modules by diffusers paths on SD1/SD2 and by LDM paths on SDXL):
 
-- LoRA: ``lora_unet_<module path, dots as _>.lora_down.weight`` / ``.lora_up.weight`` /
-  ``.alpha`` (scale alpha/rank), as kohya's sd-scripts write for SD1/SD2 and diffusers'
-  ``load_lora_weights`` converts;
+- LoRA: ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` (scale
+  alpha/rank), as kohya's sd-scripts write them;
 - full deltas: ``lora_unet_<module>.diff`` (and ``.diff_b`` for biases), as ComfyUI and A1111
   load them.
 
@@ -32,6 +32,7 @@ from safetensors.torch import save
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
 from fmn_desktop.fileio import atomic_write_bytes, looks_pickled
 from fmn_desktop.models.families import EMBEDDED_FAMILY
+from fmn_desktop.patch.naming import LORA_PREFIX, file_key, key_lookup
 from fmn_desktop.patch.validate import (
     alpha_value,
     check_finite_tensors,
@@ -40,7 +41,6 @@ from fmn_desktop.patch.validate import (
 )
 
 FORMAT_VERSION = "1"
-LORA_PREFIX = "lora_unet_"
 ARCHITECTURES = {  # modelspec.architecture of a LoRA per base-model family
     "sd1": "stable-diffusion-v1/lora",
     "sd2": "stable-diffusion-v2-768-v/lora",
@@ -216,12 +216,6 @@ class Patch:
         return bool(self.deltas) and all(d.is_lora for d in self.deltas.values())
 
 
-def kohya_name(param_name: str) -> tuple[str, str]:
-    """(kohya module key, 'weight' | 'bias') of a diffusers UNet parameter name."""
-    module, _, leaf = param_name.rpartition(".")
-    return LORA_PREFIX + module.replace(".", "_"), leaf
-
-
 def save_patch(patch: Patch, path: str | os.PathLike, fmt: str | None = None) -> Path:
     """Write `patch` atomically as `fmt` ("lora" or "diff"; default: lora if every delta is).
 
@@ -243,7 +237,7 @@ def patch_bytes(patch: Patch, fmt: str | None = None, what: str = "patch") -> by
     tensors: dict[str, torch.Tensor] = {}
     ranks, alphas = set(), set()
     for name, delta in sorted(patch.deltas.items()):
-        key, leaf = kohya_name(name)
+        key, leaf = file_key(name, patch.meta.family)
         if fmt == "lora":
             if not delta.is_lora:
                 raise PatchFormatError(
@@ -310,11 +304,12 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -> Patch:
     """Read a patch file (ours, kohya LoRA or `.diff`).
 
-    `module_names` (the UNet's module paths, see `unet_module_names`) resolves kohya keys to
-    parameter names; without it names are resolved only if the file carries ours.
+    `module_names` (the UNet's module paths, see `unet_module_names`) resolves kohya keys
+    (diffusers or LDM module paths) to parameter names; without it the keys are kept as they
+    are (module path with underscores), which writing a patch reproduces.
     """
     raw, meta = read_tensors(path)
-    lookup = {LORA_PREFIX + m.replace(".", "_"): m for m in (module_names or [])}
+    lookup = key_lookup(module_names or [])
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in raw.items():
         if not key.startswith(LORA_PREFIX):

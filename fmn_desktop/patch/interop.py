@@ -4,9 +4,8 @@ Recognised layouts (safetensors only; pickles are refused):
 
 - ours (``fmn.*`` metadata) and kohya LoRA / ``.diff`` with diffusers module paths
   (``lora_unet_down_blocks_0_attentions_0_..._attn2_to_k.lora_down.weight``), as kohya's
-  sd-scripts write for SD1/SD2;
-- kohya LoRA / ``.diff`` with original LDM module paths, as SDXL kohya files use
-  (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k``);
+  sd-scripts write for SD1/SD2, or original LDM module paths, as SDXL kohya files use
+  (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k``), or a mix (`naming.py`);
 - PEFT / diffusers LoRA (``unet.<module>.lora_A.weight`` / ``lora_B``);
 - absolute weights of other erasure tools (ESD / UCE style): UNet tensors under diffusers
   names (optionally ``unet.``-prefixed) or LDM names (``model.diffusion_model.``); the delta is
@@ -27,7 +26,8 @@ import torch
 
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
 from fmn_desktop.patch.apply import check_compatible
-from fmn_desktop.patch.format import LORA_PREFIX, Delta, Patch, PatchMeta, read_tensors
+from fmn_desktop.patch.format import Delta, Patch, PatchMeta, read_tensors
+from fmn_desktop.patch.naming import LORA_PREFIX, key_lookup, uses_ldm_blocks
 from fmn_desktop.patch.validate import FLOAT_DTYPES, alpha_value, validate_deltas
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -78,11 +78,7 @@ def detect_format(keys: list[str], metadata: dict[str, str]) -> str:
     if any(k.startswith(LORA_PREFIX) for k in keys):
         if "fmn.format_version" in metadata:
             return "fmn"
-        ldm_heads = tuple(
-            LORA_PREFIX + b for b in ("input_blocks", "middle_block", "output_blocks")
-        )
-        ldm = [k for k in keys if k.startswith(ldm_heads)]
-        return "kohya-ldm" if ldm else "kohya"
+        return "kohya-ldm" if uses_ldm_blocks(keys) else "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in keys):
         return "peft"
     weights = [k for k in keys if k.endswith((".weight", ".bias")) and k not in text]
@@ -281,13 +277,10 @@ def import_patch(
     fmt = detect_format(list(raw), metadata)
     unet = model.pipe.unet
     notes: list[str] = []
-    if fmt in ("fmn", "kohya"):
-        lookup = {LORA_PREFIX + m.replace(".", "_"): m for m in unet_module_names(unet)}
-        deltas = _group_kohya(raw, lookup, name, unet_only, notes)
-    elif fmt == "kohya-ldm":
-        lookup = {LORA_PREFIX + k.replace(".", "_"): v for k, v in ldm_module_map(unet).items()}
-        deltas = _group_kohya(raw, lookup, name, unet_only, notes)
-        notes.append("LDM (SDXL kohya) module names mapped to diffusers names")
+    if fmt in ("fmn", "kohya", "kohya-ldm"):
+        deltas = _group_kohya(raw, key_lookup(unet_module_names(unet)), name, unet_only, notes)
+        if fmt == "kohya-ldm":
+            notes.append("LDM (SDXL kohya) module names mapped to diffusers names")
     elif fmt == "peft":
         deltas = _group_peft(raw, set(unet_module_names(unet)), name)
     else:

@@ -2,9 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 
 from fmn_desktop.patch.format import Delta, Patch
+
+
+def lora_fits(shape: Sequence[int]) -> bool:
+    """Whether LoRA can hold a delta of this shape: a matrix (linear weight) or a 1x1 conv."""
+    return len(shape) == 2 or (len(shape) == 4 and tuple(shape[2:]) == (1, 1))
+
+
+def describe_param(name: str, shape: Sequence[int]) -> str:
+    """A UNet parameter in words: what it is and the module (diffusers path) it belongs to."""
+    module, _, leaf = name.rpartition(".")
+    if leaf == "bias":
+        return f"the bias of {module}"
+    if len(shape) == 4:
+        return f"the {shape[2]}x{shape[3]} convolution {module}"
+    if len(shape) == 1:
+        return f"the normalisation weight of {module}"
+    return f"the weight of {module}"
+
+
+def lora_unfit(shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """Parameters (of name -> delta shape) that LoRA cannot hold, sorted."""
+    return sorted(n for n, shape in shapes.items() if not lora_fits(shape))
+
+
+def unfit_summary(shapes: Mapping[str, Sequence[int]], show: int = 2) -> str:
+    """'N of the M changed parameters are biases, ... (the first few named)', for a message."""
+    unfit = lora_unfit(shapes)
+
+    def kind(name: str) -> str:
+        if name.endswith(".bias"):
+            return "biases"
+        return "convolutions wider than 1x1" if len(shapes[name]) == 4 else "normalisation weights"
+
+    kinds = ", ".join(sorted({kind(n) for n in unfit}))
+    named = "; ".join(describe_param(n, shapes[n]) for n in unfit[:show])
+    more = f"; and {len(unfit) - show} more" if len(unfit) > show else ""
+    return f"{len(unfit)} of the {len(shapes)} changed parameters are {kinds} ({named}{more})"
 
 
 def svd_lowrank(
@@ -53,12 +92,16 @@ def to_lora(
     such as diffusers' kohya converter mis-scale files whose ranks vary by module. Biases and
     other 1-D deltas cannot be low-rank and are refused: write such patches as .diff.
     """
-    dense: dict[str, torch.Tensor] = {}
-    for name, delta in patch.deltas.items():
-        d = delta.dense.float() if delta.dense is not None else delta.to_dense()
-        if d.dim() < 2 or (d.dim() == 4 and d.shape[2:] != (1, 1)):
-            raise ValueError(f"{name}: only linear and 1x1 conv deltas convert to LoRA; use .diff")
-        dense[name] = d
+    dense = {
+        name: delta.dense.float() if delta.dense is not None else delta.to_dense()
+        for name, delta in patch.deltas.items()
+    }
+    shapes = {name: tuple(d.shape) for name, d in dense.items()}
+    if lora_unfit(shapes):
+        raise ValueError(
+            f"a LoRA cannot hold this patch: {unfit_summary(shapes)}; "
+            "only linear weights and 1x1 convolutions convert to LoRA: write it as .diff"
+        )
     if rank is None:
         if max_rel_error is None:
             raise ValueError("give rank or max_rel_error")

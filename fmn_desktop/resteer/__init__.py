@@ -4,6 +4,7 @@ from fmn_desktop.prompts.tokens import POSITION_MODES, concept_mask
 from fmn_desktop.resteer.forget import (
     ForgetConfig,
     ForgetResult,
+    changed_parameters,
     default_lr,
     forget,
     forget_steps,
@@ -13,6 +14,7 @@ __all__ = [
     "POSITION_MODES",
     "ForgetConfig",
     "ForgetResult",
+    "changed_parameters",
     "concept_mask",
     "default_lr",
     "forget",

@@ -347,6 +347,14 @@ def anchor_prompt(prompt: str, concept: str, anchor: str) -> str:
     return " ".join(out.split())
 
 
+def changed_parameters(unet, config: ForgetConfig) -> list[str]:
+    """The UNet parameters a forget job with `config` changes (known before it runs): the
+    fast mode trains every attn2 `to_k`, the faithful mode the trainable set."""
+    if config.mode == "fast":
+        return [n for n, _ in unet.named_parameters() if n.endswith(".attn2.to_k.weight")]
+    return target_parameters(unet, config.trainable, bool(config.lora_rank))
+
+
 def forget_steps(
     pipe, config: ForgetConfig, fingerprint: str = "", family: str = "sd1"
 ) -> Generator[Progress, None, ForgetResult]:

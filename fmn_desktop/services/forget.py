@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from fmn_desktop.resteer import ForgetConfig, forget
 from fmn_desktop.services.progress import JobContext
 from fmn_desktop.training import Progress
 
+log = logging.getLogger(__name__)
+FORMATS = ("auto", "lora", "diff")
+
 
 @dataclass
 class ForgetOutcome:
@@ -26,13 +30,49 @@ class ForgetOutcome:
     seconds: float
     lora_error: float | None
     final_loss: float
+    fmt: str = "lora"  # the layout written
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_format(model, config: ForgetConfig, fmt: str) -> tuple[str, str | None]:
+    """The layout ("lora" or "diff") a forget job with `config` writes, decided before it
+    trains, and a note when "auto" picked .diff.
+
+    "auto" is LoRA where a LoRA can hold every parameter the job changes (linear weights and
+    1x1 convolutions: the default attn2 K/V), else .diff (biases and 3x3 convolutions of
+    `--trainable attn2` / `unet`). An explicit "lora" that cannot hold them is refused here,
+    not after training.
+    """
+    from fmn_desktop.errors import FmnError
+    from fmn_desktop.patch.lowrank import lora_unfit, unfit_summary
+    from fmn_desktop.resteer import changed_parameters
+
+    if fmt not in FORMATS:
+        raise FmnError(f"unknown patch format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if fmt == "diff":
+        return "diff", None
+    names = set(changed_parameters(model.pipe.unet, config))
+    shapes = {n: tuple(p.shape) for n, p in model.pipe.unet.named_parameters() if n in names}
+    if not lora_unfit(shapes):
+        return "lora", None
+    what = unfit_summary(shapes)
+    if fmt == "lora":
+        raise FmnError(
+            f"a LoRA cannot hold what trainable set {config.trainable!r} changes: {what}; "
+            "write it as .diff (--format diff), or train a LoRA (--lora-rank)"
+        )
+    return "diff", (
+        f"writing a .diff patch (full deltas), not LoRA: trainable set {config.trainable!r} "
+        f"changes parameters a LoRA cannot hold: {what}. ComfyUI and A1111 read .diff; "
+        "diffusers' load_lora_weights and kohya's scripts read LoRA only"
+    )
 
 
 def forget_to_file(
     model,
     config: ForgetConfig,
     out: str | os.PathLike,
-    fmt: str = "lora",
+    fmt: str = "auto",
     export_rank: int | None = None,
     max_rel_error: float = 0.01,
     progress: Callable[[Progress], None] | None = None,
@@ -40,7 +80,8 @@ def forget_to_file(
     extra: dict[str, str] | None = None,
     harden=None,
 ) -> ForgetOutcome:
-    """Run a forget job on `model` and write the patch to `out` (LoRA or .diff).
+    """Run a forget job on `model` and write the patch to `out` as `fmt` (see
+    `choose_format`: "auto", "lora" or "diff"; the layout is settled before training).
 
     `harden` (attack.harden.HardenSettings) makes it an adversarially hardened job: forget,
     attack the patch, forget the prompts found too, for its rounds. Dense deltas written as
@@ -50,10 +91,14 @@ def forget_to_file(
     from fmn_desktop.errors import FmnError
 
     out = Path(out)
-    if fmt not in ("lora", "diff"):
-        raise FmnError(f"unknown patch format {fmt!r}; valid: lora, diff")
     if out.is_dir():
         raise FmnError(f"{out} is a folder; give a file name ending in .safetensors")
+    fmt, note = choose_format(model, config, fmt)
+    notes = [note] if note else []
+    if note:
+        log.info(note)
+        if progress is not None:
+            progress(Progress("format", text=note))
     if harden is not None:
         from fmn_desktop.attack.harden import harden as run_harden
 
@@ -79,7 +124,7 @@ def forget_to_file(
     patch.meta.hyperparameters["seconds"] = round(result.seconds, 3)
     patch.meta.extra.update(extra or {})
     patch, err = write_patch(patch, out, fmt, export_rank, max_rel_error)
-    return ForgetOutcome(out, patch, result.seconds, err, result.history[-1].loss)
+    return ForgetOutcome(out, patch, result.seconds, err, result.history[-1].loss, fmt, notes)
 
 
 @dataclass
@@ -95,7 +140,7 @@ class ForgetRequest:
     registry_root: str | None = None  # None: keep the file only
     out: str | None = None  # None: a temporary file (registered, then removed)
     tags: list[str] = field(default_factory=list)
-    fmt: str = "lora"
+    fmt: str = "auto"  # auto (LoRA where it can hold the changes, else .diff), lora, diff
     export_rank: int | None = None  # LoRA rank of dense deltas (None: within 1% error)
     harden: int = 0  # adversarial hardening rounds
     harden_spellings: int | None = None  # None: the hardening default
@@ -112,6 +157,8 @@ class ForgetDone:
     scores: dict
     lora_error: float | None = None
     concept: str | None = None  # the concept the scores are of
+    fmt: str = "lora"  # the layout written
+    notes: list[str] = field(default_factory=list)  # e.g. why .diff was written
 
 
 def forget_job(ctx: JobContext, model, req: ForgetRequest):
@@ -193,4 +240,6 @@ def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
         scores,
         outcome.lora_error,
         named or None,
+        outcome.fmt,
+        outcome.notes,
     )

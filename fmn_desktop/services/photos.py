@@ -35,7 +35,7 @@ class PhotosRequest:
     search_vocabulary: bool = False
     threshold: float = 0.5
     steps_per_concept: bool = True  # the config's steps count per re-steered concept
-    fmt: str = "lora"
+    fmt: str = "auto"  # services.forget.choose_format
     export_rank: int | None = None
     registry_root: str | None = None  # None: keep the files only
     out: str | None = None  # None: a temporary patch (registered, then removed)

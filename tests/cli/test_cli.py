@@ -357,3 +357,30 @@ def test_forget_straight_into_the_registry(model_dir, tmp_path, capsys):
     with open_registry(reg) as r:
         (rec,) = r.list_patches()
     assert rec.concepts == ["castle"] and "mine" in rec.tags and rec.path.is_file()
+
+
+def test_forget_writes_diff_where_lora_cannot_hold_the_trainable_set(
+    model_dir, tmp_path, capsys, monkeypatch
+):
+    """--trainable attn2 changes biases: the default format (auto) picks .diff before training
+    and says so; an explicit --format lora is refused before any training."""
+    out = tmp_path / "attn2.safetensors"
+    args = ["--threads", "1", "forget", str(model_dir), "--concept", "castle", *FAST[:6]]
+    code, stdout, err = _run([*args, "--trainable", "attn2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "writing a .diff patch" in err and "the bias of" in err and "(.diff," in stdout
+    patch = load_patch(out)
+    assert not patch.is_lora and any(n.endswith(".bias") for n in patch.deltas)
+
+    import fmn_desktop.services.forget as service
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before checking the format")
+
+    monkeypatch.setattr(service, "forget", no_training)
+    refused = tmp_path / "refused.safetensors"
+    code, _, err = _run(
+        [*args, "--trainable", "unet", "--format", "lora", "--out", str(refused)], capsys
+    )
+    assert code == 1 and "a LoRA cannot hold" in err and "convolution" in err
+    assert not refused.exists()
