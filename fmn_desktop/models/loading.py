@@ -63,6 +63,7 @@ from fmn_desktop.models.families import (
     load_tokenizer,
 )
 from fmn_desktop.models.fingerprint import fingerprint_unet
+from fmn_desktop.models.lean import folder_components, single_file_components
 from fmn_desktop.runtime import hub_offline
 
 
@@ -285,6 +286,8 @@ def _load_folder(path: Path, family, prediction_type, dtype) -> LoadedModel:
     if variant:
         kwargs["variant"] = variant
         notes.append(f"weights variant {variant}")
+    # Weights read once without a memory map (lean.py); the rest as from_pretrained does.
+    kwargs.update(folder_components(path, dtype, variant))
     pipe = cls.from_pretrained(str(path), **kwargs)
     prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
     _set_prediction_type(pipe, prediction)
@@ -402,6 +405,16 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
     return _from_single_file(path, detected, cfg, prediction, dtype, notes, standard=True)
 
 
+def _no_extras(cls, components: dict) -> dict:
+    """None for the optional parts a single file never holds (safety checker, feature
+    extractor, image encoder), so that a config folder naming them does not load them."""
+    extras = ("safety_checker", "feature_extractor", "image_encoder")
+    out: dict[str, Any] = {n: None for n in extras if n in cls._optional_components}
+    if "safety_checker" in out:
+        out["requires_safety_checker"] = False
+    return {k: v for k, v in out.items() if k not in components}
+
+
 def _from_single_file(path, detected, cfg: Path, prediction, dtype, notes, *, standard: bool):
     tokenizers = {}
     for name in ("tokenizer", "tokenizer_2") if detected == "sdxl" else ("tokenizer",):
@@ -417,8 +430,16 @@ def _from_single_file(path, detected, cfg: Path, prediction, dtype, notes, *, st
             tokenizers[name] = load_tokenizer(shipped)
     cls = _pipeline_class(detected)
     try:
-        pipe = cls.from_single_file(
-            str(path), config=str(cfg), local_files_only=True, torch_dtype=dtype, **tokenizers
+        # What diffusers' from_single_file does, with the file read once and without a
+        # memory map (lean.py): peak memory about the weights' size, not twice it.
+        components = single_file_components(path, cfg, dtype)
+        pipe = cls.from_pretrained(
+            str(cfg),
+            local_files_only=True,
+            torch_dtype=dtype,
+            **_no_extras(cls, components),
+            **components,
+            **tokenizers,
         )
     except _load_errors() as exc:
         if not standard or "shape" not in str(exc):
