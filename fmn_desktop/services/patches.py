@@ -136,12 +136,19 @@ def apply_to_file(
     overwrite: bool = False,
 ) -> Path:
     """Write `model` with patches applied as a diffusers folder, or a single `.safetensors`
-    (an existing one is replaced only with `overwrite`). No NaN/inf weight is ever written."""
-    from fmn_desktop.models import save_model
-    from fmn_desktop.patch import PatchedUNet
+    (an existing one is replaced only with `overwrite`). No NaN/inf weight is ever written.
+    A single file is written tensor by tensor with each patched weight computed as it is
+    written: `model` is never modified and no copy of it is made."""
+    from fmn_desktop.models import export_single_file, save_model
+    from fmn_desktop.patch import PatchedUNet, patched_weights
     from fmn_desktop.services.output import check_output_model
 
     check_output_model(out, overwrite)
     patches = read_patches(model, specs)
+    if Path(out).suffix.lower() == ".safetensors":
+        weights = patched_weights(model.pipe.unet, patches, model.fingerprint, force)
+        return export_single_file(
+            model.pipe, out, family=model.architecture_family, unet_weights=weights
+        )
     with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=force):
         return save_model(model.pipe, out, family=model.architecture_family, replace=overwrite)
