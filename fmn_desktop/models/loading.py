@@ -8,7 +8,7 @@
 - A diffusers folder is read with `from_pretrained(local_files_only=True)`; its family comes
   from `model_index.json` and the UNet / text encoder configs.
 - A single `.safetensors` file in the original (LDM / A1111) layout: the family comes from
-  its tensor names, and it is loaded with diffusers' `from_single_file` against a local
+  its tensor names, and it is converted with diffusers' single-file code against a local
   config folder (`local_files_only=True`): the `config` argument if given; else the configs
   fmn's exporter embeds in its files (`fmn.configs` metadata: the exact architecture of the
   toy model or any fine-tune); else the family's shipped config folder. Tokenizers use the
@@ -23,6 +23,8 @@
 - Pickled `.ckpt/.pt/.pth/.bin` files are read only with torch's restricted
   `weights_only` unpickler (see checkpoint.py), then go the same way through a temporary
   safetensors copy in the system temp folder.
+Weights are read once, without a memory map (lean.py): loading peaks near the weights' own
+size instead of twice it, with the very tensors diffusers' loaders would give.
 Nothing here reaches the network, whatever the environment says: every load passes
 `local_files_only=True`, runs with huggingface_hub's offline switch on (`hub_offline`), and
 single files always get a local config folder.
