@@ -232,6 +232,9 @@ def main() -> None:
                 rows.append(measure("folder", folder, args.dtype, code=args.code))
             elif scenario == "file":
                 rows.append(measure("file", single, args.dtype, code=args.code))
+            elif args.dtype != "fp32":
+                print("apply skipped: fmn apply runs in fp32 on the CPU (fp16 is for CUDA)")
+                continue
             else:
                 patch = _patch(args.family, root)
                 out = root / "applied.safetensors"
