@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-from fmn_desktop.fileio import atomic_folder, atomic_path
-from fmn_desktop.models.ldm import pipeline_family, pipeline_to_ldm
+from fmn_desktop.fileio import atomic_folder
+from fmn_desktop.models.families import LDM_UNET
+from fmn_desktop.models.ldm import pipeline_family, pipeline_to_ldm, plain_state_dict, unet_to_ldm
+from fmn_desktop.models.tensorfile import TensorSpec, write_tensors
 from fmn_desktop.training import Progress
 
 MODELSPEC_ARCH = {
@@ -35,15 +37,18 @@ def export_single_file(
     dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
     progress: Callable[[Progress], None] | None = None,
+    unet_weights: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> Path:
     """Write `pipe`'s UNet, VAE and text encoder(s) as one LDM-layout safetensors file.
 
     `dtype` casts floating tensors (e.g. torch.float16 halves the file); default keeps them.
+    `unet_weights(name, weight)`, when given, returns what to write for each UNet parameter
+    (by its diffusers name): a patched copy is written without touching `pipe`.
+    The file is written tensor by tensor (each cast, checked for NaN/inf and written in
+    turn), so an export needs no second copy of the model in memory.
     The file records `fmn.family` and `fmn.prediction_type` (read back by load_pipeline,
     which settles SD2's v/epsilon question) and `modelspec.architecture`.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(
@@ -52,15 +57,30 @@ def export_single_file(
     family = family or pipeline_family(pipe)
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     state = pipeline_to_ldm(pipe, family)
-    total = len(state)
-    tensors: dict[str, torch.Tensor] = {}
-    for i, (name, value) in enumerate(state.items()):
-        value = value.detach()
-        if dtype is not None and value.is_floating_point():
-            value = value.to(dtype)
-        tensors[name] = value.to("cpu").contiguous()
-        if progress is not None and (i % 200 == 0 or i == total - 1):
-            progress(Progress("export", i + 1, total))
+    unet_names = {}
+    if unet_weights is not None:
+        # LDM name -> diffusers name: the mapping passes values through, so map the names
+        names = {k: k for k in plain_state_dict(pipe.unet)}
+        unet_names = {LDM_UNET + k: v for k, v in unet_to_ldm(names, pipe.unet.config).items()}
+
+    def out_dtype(value: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and value.is_floating_point() else value.dtype
+
+    specs = {name: TensorSpec(out_dtype(v), tuple(v.shape)) for name, v in state.items()}
+    total = len(specs)
+    done = 0
+
+    def produce(name: str) -> torch.Tensor:
+        nonlocal done
+        value = state.pop(name).detach()  # dropped once written (q/k/v concatenations)
+        if name in unet_names:
+            value = unet_weights(unet_names[name], value)
+        value = value.to(device="cpu", dtype=out_dtype(value))
+        done += 1
+        if progress is not None and (done % 200 == 1 or done == total):
+            progress(Progress("export", done, total))
+        return value
+
     meta = {
         "format": "pt",
         "fmn.family": family,
@@ -70,10 +90,11 @@ def export_single_file(
     }
     meta[EMBEDDED_CONFIGS_KEY] = embedded_configs(pipe)
     meta.update(metadata or {})
-    check_finite(tensors)
-    with atomic_path(path) as tmp:
-        save_file(_unshare(tensors), str(tmp), metadata=meta)
-    return path
+    return write_tensors(path, specs, produce, meta, check=_check_one_finite)
+
+
+def _check_one_finite(name: str, tensor: torch.Tensor) -> None:
+    check_finite({name: tensor})
 
 
 EMBEDDED_CONFIGS_KEY = "fmn.configs"
@@ -125,19 +146,6 @@ def write_embedded_configs(text: str, folder: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     return folder
-
-
-def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory: clone any that do."""
-    seen: set[tuple[int, int]] = set()
-    out = {}
-    for name, t in tensors.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
-        if key in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone()
-        seen.add(key)
-        out[name] = t
-    return out
 
 
 def save_config_folder(pipe, folder: str | os.PathLike) -> Path:

@@ -8,7 +8,7 @@
 - A diffusers folder is read with `from_pretrained(local_files_only=True)`; its family comes
   from `model_index.json` and the UNet / text encoder configs.
 - A single `.safetensors` file in the original (LDM / A1111) layout: the family comes from
-  its tensor names, and it is loaded with diffusers' `from_single_file` against a local
+  its tensor names, and it is converted with diffusers' single-file code against a local
   config folder (`local_files_only=True`): the `config` argument if given; else the configs
   fmn's exporter embeds in its files (`fmn.configs` metadata: the exact architecture of the
   toy model or any fine-tune); else the family's shipped config folder. Tokenizers use the
@@ -23,6 +23,8 @@
 - Pickled `.ckpt/.pt/.pth/.bin` files are read only with torch's restricted
   `weights_only` unpickler (see checkpoint.py), then go the same way through a temporary
   safetensors copy in the system temp folder.
+Weights are read once, without a memory map (lean.py): loading peaks near the weights' own
+size instead of twice it, with the very tensors diffusers' loaders would give.
 Nothing here reaches the network, whatever the environment says: every load passes
 `local_files_only=True`, runs with huggingface_hub's offline switch on (`hub_offline`), and
 single files always get a local config folder.
@@ -63,6 +65,7 @@ from fmn_desktop.models.families import (
     load_tokenizer,
 )
 from fmn_desktop.models.fingerprint import fingerprint_unet
+from fmn_desktop.models.lean import folder_components, single_file_components
 from fmn_desktop.runtime import hub_offline
 
 
@@ -285,6 +288,8 @@ def _load_folder(path: Path, family, prediction_type, dtype) -> LoadedModel:
     if variant:
         kwargs["variant"] = variant
         notes.append(f"weights variant {variant}")
+    # Weights read once without a memory map (lean.py); the rest as from_pretrained does.
+    kwargs.update(folder_components(path, dtype, variant))
     pipe = cls.from_pretrained(str(path), **kwargs)
     prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
     _set_prediction_type(pipe, prediction)
@@ -402,6 +407,16 @@ def _load_safetensors(path: Path, family, prediction_type, dtype, config) -> Loa
     return _from_single_file(path, detected, cfg, prediction, dtype, notes, standard=True)
 
 
+def _no_extras(cls, components: dict) -> dict:
+    """None for the optional parts a single file never holds (safety checker, feature
+    extractor, image encoder), so that a config folder naming them does not load them."""
+    extras = ("safety_checker", "feature_extractor", "image_encoder")
+    out: dict[str, Any] = {n: None for n in extras if n in cls._optional_components}
+    if "safety_checker" in out:
+        out["requires_safety_checker"] = False
+    return {k: v for k, v in out.items() if k not in components}
+
+
 def _from_single_file(path, detected, cfg: Path, prediction, dtype, notes, *, standard: bool):
     tokenizers = {}
     for name in ("tokenizer", "tokenizer_2") if detected == "sdxl" else ("tokenizer",):
@@ -417,8 +432,16 @@ def _from_single_file(path, detected, cfg: Path, prediction, dtype, notes, *, st
             tokenizers[name] = load_tokenizer(shipped)
     cls = _pipeline_class(detected)
     try:
-        pipe = cls.from_single_file(
-            str(path), config=str(cfg), local_files_only=True, torch_dtype=dtype, **tokenizers
+        # What diffusers' from_single_file does, with the file read once and without a
+        # memory map (lean.py): peak memory about the weights' size, not twice it.
+        components = single_file_components(path, cfg, dtype)
+        pipe = cls.from_pretrained(
+            str(cfg),
+            local_files_only=True,
+            torch_dtype=dtype,
+            **_no_extras(cls, components),
+            **components,
+            **tokenizers,
         )
     except _load_errors() as exc:
         if not standard or "shape" not in str(exc):

@@ -1,6 +1,6 @@
 """Patch files, low-rank conversion, and applying patches to a loaded UNet."""
 
-from fmn_desktop.patch.apply import PatchedUNet, check_compatible
+from fmn_desktop.patch.apply import PatchedUNet, check_compatible, patched_weights
 from fmn_desktop.patch.format import (
     Delta,
     Patch,
@@ -19,6 +19,7 @@ __all__ = [
     "PatchedUNet",
     "check_compatible",
     "load_patch",
+    "patched_weights",
     "read_metadata",
     "save_patch",
     "svd_lowrank",

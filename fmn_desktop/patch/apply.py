@@ -9,7 +9,7 @@ overflows at 65504) is refused with every weight left as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -75,22 +75,16 @@ class PatchedUNet:
         for patch, _ in self.patches:
             check_compatible(patch, self.unet, self.fingerprint, self.force)
         params = dict(self.unet.named_parameters())
-        totals: dict[str, torch.Tensor] = {}
-        for patch, strength in self.patches:
-            for name, delta in patch.deltas.items():
-                dense = delta.to_dense(params[name].shape).to(params[name].device) * float(strength)
-                totals[name] = totals[name] + dense if name in totals else dense
+        names = dict.fromkeys(n for patch, _ in self.patches for n in patch.deltas)
         with torch.no_grad():
-            for name, total in totals.items():
+            for name in names:
                 weight = params[name]
                 base = self._backup[name] if name in self._backup else weight.detach()
-                new = (base.float() + total).to(weight.dtype)
-                if not bool(torch.isfinite(new).all()):
+                try:
+                    new = _patched(name, base, self.patches)
+                except NonFiniteError:
                     self.restore()
-                    raise NonFiniteError(
-                        f"{name}: the patched weight would hold NaN or inf ({weight.dtype}); "
-                        "lower the strength, or the patch is broken"
-                    )
+                    raise
                 if name not in self._backup:
                     self._backup[name] = weight.detach().clone()
                 weight.copy_(new)
@@ -108,3 +102,43 @@ class PatchedUNet:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+def _patched(name: str, base: torch.Tensor, patches: list[tuple[Patch, float]]) -> torch.Tensor:
+    """`base + sum_i s_i dW_i` for parameter `name`, summed in fp32 and cast back to the
+    weight's dtype; NonFiniteError if the result holds NaN or inf."""
+    total = None
+    for patch, strength in patches:
+        delta = patch.deltas.get(name)
+        if delta is not None:
+            dense = delta.to_dense(base.shape).to(base.device) * float(strength)
+            total = dense if total is None else total + dense
+    if total is None:
+        return base
+    new = (base.float() + total).to(base.dtype)
+    if not bool(torch.isfinite(new).all()):
+        raise NonFiniteError(
+            f"{name}: the patched weight would hold NaN or inf ({base.dtype}); "
+            "lower the strength, or the patch is broken"
+        )
+    return new
+
+
+def patched_weights(
+    unet: torch.nn.Module,
+    patches: Iterable[tuple[Patch, float]],
+    fingerprint: str | None = None,
+    force: bool = False,
+) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """The patches as a function `(parameter name, weight) -> patched weight`, for writing a
+    patched copy tensor by tensor while `unet` itself stays untouched (no backups, no second
+    copy of the model). Checked like `PatchedUNet`; the weights are the same bits."""
+    patches = [(p, check_strength(s)) for p, s in patches]
+    for patch, _ in patches:
+        check_compatible(patch, unet, fingerprint, force)
+
+    def weight(name: str, base: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return _patched(name, base.detach(), patches)
+
+    return weight

@@ -177,10 +177,21 @@ def apply_to_file(
 ) -> Path:
     """Write `model` with patches applied (composed as a stack in `mode`) as a diffusers
     folder, or a single `.safetensors` (an existing one is replaced only with `overwrite`).
-    No NaN/inf weight is ever written."""
-    from fmn_desktop.models import save_model
+    No NaN/inf weight is ever written. A single file is written tensor by tensor with each
+    patched weight computed as it is written: `model` is never modified and no copy of it
+    is made."""
+    from fmn_desktop.models import export_single_file, save_model
+    from fmn_desktop.patch import PatchedUNet, patched_weights
     from fmn_desktop.services.output import check_output_model
 
     check_output_model(out, overwrite)
-    with applied_patches(model, specs, mode, force):
+    composed = composed_patches(model, specs, mode, force)
+    patches = [] if composed is None else [(composed, 1.0)]
+    if Path(out).suffix.lower() == ".safetensors":
+        # checked against the model when composed
+        weights = patched_weights(model.pipe.unet, patches, model.fingerprint, True)
+        return export_single_file(
+            model.pipe, out, family=model.architecture_family, unet_weights=weights
+        )
+    with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=True):
         return save_model(model.pipe, out, family=model.architecture_family, replace=overwrite)

@@ -218,3 +218,51 @@ def test_written_files_get_the_usual_mode_not_the_temporary_files(tmp_path):
     assert path.read_bytes() == b"data"
     assert path.stat().st_mode & 0o777 == 0o666 & ~fileio._UMASK
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temporary left
+
+
+def test_streamed_patched_export_equals_patching_in_place(tiny_pipe, tmp_path):
+    """`export_single_file(unet_weights=patched_weights(...))` writes the very file that
+    exporting a model patched in place writes, and leaves the model untouched."""
+    from safetensors.torch import load_file
+
+    from fmn_desktop.errors import NonFiniteError
+    from fmn_desktop.models import export_single_file
+    from fmn_desktop.patch import patched_weights
+
+    unet = tiny_pipe.unet
+    before = _snapshot(unet)
+    patch = _dense_patch(unet)
+    patches = [(patch, 0.7), (patch, -0.2)]
+    streamed = export_single_file(
+        tiny_pipe,
+        tmp_path / "streamed.safetensors",
+        unet_weights=patched_weights(unet, patches, "base-fp"),
+    )
+    assert all(torch.equal(p, before[n]) for n, p in unet.named_parameters())
+    with PatchedUNet(unet, patches, fingerprint="base-fp"):
+        in_place = export_single_file(tiny_pipe, tmp_path / "in_place.safetensors")
+    a, b = load_file(str(streamed)), load_file(str(in_place))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert streamed.read_bytes() == in_place.read_bytes()
+    ldm_k = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    assert not torch.equal(
+        a[ldm_k],
+        load_file(str(export_single_file(tiny_pipe, tmp_path / "base.safetensors")))[ldm_k],
+    )
+
+    with pytest.raises(PatchMismatchError):
+        patched_weights(unet, patches, "another-base")
+    huge = Patch({K: Delta(dense=torch.full(before[K].shape, 1e37))}, PatchMeta([]))
+    with pytest.raises(NonFiniteError):
+        export_single_file(
+            tiny_pipe,
+            tmp_path / "bad.safetensors",
+            unet_weights=patched_weights(unet, [(huge, 100.0)]),
+        )
+    assert not (tmp_path / "bad.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "base.safetensors",
+        "in_place.safetensors",
+        "streamed.safetensors",
+    ]
