@@ -78,7 +78,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("patch", help="patch file (.safetensors)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_inspect)
+    p.set_defaults(handler=cmd_inspect, torch_free=True)
 
 
 def cmd_apply(args) -> int:

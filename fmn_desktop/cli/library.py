@@ -26,7 +26,7 @@ from fmn_desktop.cli.common import (
     safe,
     strength,
 )
-from fmn_desktop.registry.repository import REF_HELP
+from fmn_desktop.registry.records import REF_HELP
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -65,12 +65,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--kind", choices=["forget", "correct"])
     p.add_argument("--tag")
     p.add_argument("--concept")
-    p.set_defaults(handler=patches_list)
+    p.set_defaults(handler=patches_list, torch_free=True)
 
     p = ps.add_parser("show", help="one patch in full")
     _common(p)
     p.add_argument("patch", help=REF_HELP)
-    p.set_defaults(handler=patches_show)
+    p.set_defaults(handler=patches_show, torch_free=True)
 
     p = ps.add_parser(
         "import",
@@ -113,19 +113,19 @@ def add_parsers(sub) -> None:
     _common(p)
     p.add_argument("patch", help=REF_HELP)
     p.add_argument("--cascade", action="store_true", help="also take it out of its stacks")
-    p.set_defaults(handler=patches_rm)
+    p.set_defaults(handler=patches_rm, torch_free=True)
 
     p = ps.add_parser("tag", help="add (or --remove) tags")
     _common(p)
     p.add_argument("patch", help=REF_HELP)
     p.add_argument("tags", nargs="+", metavar="TAG")
     p.add_argument("--remove", action="store_true", help="remove these tags instead")
-    p.set_defaults(handler=patches_tag)
+    p.set_defaults(handler=patches_tag, torch_free=True)
 
     p = ps.add_parser("search", help="full-text search over names, concepts, tags and notes")
     _common(p)
     p.add_argument("query")
-    p.set_defaults(handler=patches_search)
+    p.set_defaults(handler=patches_search, torch_free=True)
 
     sp = sub.add_parser(
         "stack",
@@ -140,11 +140,11 @@ def add_parsers(sub) -> None:
     p.add_argument("name")
     p.add_argument("--mode", choices=["additive", "fused"], default="additive")
     p.add_argument("--notes", default="")
-    p.set_defaults(handler=stack_create)
+    p.set_defaults(handler=stack_create, torch_free=True)
 
     p = ss.add_parser("list", help="all stacks")
     _common(p)
-    p.set_defaults(handler=stack_list)
+    p.set_defaults(handler=stack_list, torch_free=True)
 
     p = ss.add_parser("add", help="add a patch (or change its strength)")
     _common(p)
@@ -168,7 +168,7 @@ def add_parsers(sub) -> None:
     p = ss.add_parser("delete", help="delete a stack (its patches stay registered)")
     _common(p)
     p.add_argument("stack")
-    p.set_defaults(handler=stack_delete)
+    p.set_defaults(handler=stack_delete, torch_free=True)
 
     p = ss.add_parser("show", help="a stack's patches and its conflicts")
     _common(p)

@@ -58,7 +58,9 @@ from fmn_desktop.registry.errors import (
 from fmn_desktop.registry.header import Header, parse_header
 from fmn_desktop.registry.location import DB_NAME, STORE_NAME, registry_dir
 from fmn_desktop.registry.migrations import migrations
-from fmn_desktop.registry.records import (
+from fmn_desktop.registry.records import (  # noqa: F401  (REF_HELP re-exported)
+    REF_HELP,
+    SHA_PREFIX_MIN,
     BaseModelRecord,
     EvaluationRecord,
     JobRecord,
@@ -73,13 +75,8 @@ STACK_MODES = ("additive", "fused")
 JOB_STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
 GC_GRACE_S = 3600.0
 ID_RE = re.compile(r"(?:#|id:)\s*(\d+)", re.IGNORECASE)
-SHA_PREFIX_MIN = 6
 SHORT_ID_RE = re.compile(r"\d{1,5}")  # a bare number of fewer than SHA_PREFIX_MIN digits
 SHA_PREFIX_RE = re.compile(r"[0-9a-f]{6,64}")
-REF_HELP = (
-    "a patch: its name, #ID (or id:ID, or a number of up to 5 digits), or a sha256 prefix "
-    f"of at least {SHA_PREFIX_MIN} hex digits (digits only included)"
-)
 
 
 def parse_id(text: str) -> int | None:
