@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
         description="Generate the concept's evaluation prompts (SEEDS seeds each) and every "
         "other concept's (OTHER_SEEDS each) without and with the patches, score them with the "
         "embedded model's judge, and print the M-Score (how much of the concept is drawn) and "
-        "the retention of everything else, with 95%% intervals. These are the figures the "
+        "the retention of everything else, with 95% intervals. These are the figures the "
         "app stores with a patch it makes. Needs the toy world's judge (docs/research/CONCEPTBENCH.md).",
         epilog="example: fmn evaluate --patch patches/forget-Zorbu.safetensors --concept Zorbu "
         "--record forget-zorbu",

@@ -447,6 +447,8 @@ def _print_stack(rec, conflicts=None) -> None:
         print(table(rows, ["#", "patch", "strength", "kind", "concepts", "base"]))
     for c in conflicts or []:
         print(safe(f"conflict ({c.kind}): {c.message}"))
+    if rec.items and not conflicts:
+        print("no conflicts")
 
 
 def stack_create(args) -> int:

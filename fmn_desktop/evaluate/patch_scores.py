@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from fmn_desktop.wording import count
+
 SCORE_METRICS = (("mscore_after", "mscore"), ("retention_after", "retention"))
 
 
@@ -87,7 +89,7 @@ def format_scores(scores: dict, concept: str) -> str:
 
     return (
         f"M-Score of {concept}: {est(scores['mscore_before'])} -> {est(scores['mscore_after'])} "
-        f"({scores['eval_seeds']} seeds per prompt)\n"
+        f"({count(scores['eval_seeds'], 'seed')} per prompt)\n"
         f"retention of the others: {est(scores['retention_before'])} -> "
-        f"{est(scores['retention_after'])} ({scores['retention_seeds']} seeds per prompt)"
+        f"{est(scores['retention_after'])} ({count(scores['retention_seeds'], 'seed')} per prompt)"
     )
