@@ -122,9 +122,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--remove", action="store_true", help="remove these tags instead")
     p.set_defaults(handler=patches_tag, torch_free=True)
 
-    p = ps.add_parser("search", help="full-text search over names, concepts, tags and notes")
+    p = ps.add_parser(
+        "search",
+        help="find patches by name, concept, concept kind, tag, note or file name",
+        description="Patches matching every word: in the name, title, concepts, tags or "
+        "notes (a word's start is enough: 'cast' finds 'castle'), or in what the patch is: "
+        "forget/correct, lora/diff, the concept's kind (identity, object, style; on the "
+        "embedded model also colour, unsafe) and the name of the file it was imported from.",
+        epilog="example: fmn patches search zorbu identity",
+    )
     _common(p)
-    p.add_argument("query")
+    p.add_argument("query", nargs="+", metavar="WORD")
     p.set_defaults(handler=patches_search, torch_free=True)
 
     sp = sub.add_parser(
@@ -413,7 +421,8 @@ def patches_tag(args) -> int:
 
 def patches_search(args) -> int:
     with _open(args) as reg:
-        _print_patches(reg.search(args.query), args.json, safe(f"nothing matches {args.query!r}"))
+        query = " ".join(args.query)
+        _print_patches(reg.search(query), args.json, safe(f"nothing matches {query!r}"))
     return 0
 
 
