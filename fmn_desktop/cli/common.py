@@ -42,6 +42,53 @@ def safe(value: object) -> str:
     return _CONTROL.sub(_escape, str(value))
 
 
+# ----------------------------------------------------------------------------- readable values
+SHOWN_ITEMS = 3  # a long list shows its count and this many items (--json has them all)
+ITEM_WIDTH = 40
+
+
+def interval(mean: float, low: float | None, high: float | None, n: int | None = None) -> str:
+    """ "0.031 [0.010, 0.052]" (an estimate with its 95% interval), ", n=12" with a count."""
+    text = f"{mean:.3f}"
+    if low is not None and high is not None:
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text + (f", n={n}" if n is not None else "")
+
+
+def readable(value: object) -> str:
+    """A metadata value (hyper-parameter, score) for a person: estimates as intervals,
+    floats to 4 significant digits, long lists as their count and first items, text without
+    JSON quotes. One line; `safe` still applies to what came from a file."""
+    if isinstance(value, dict):
+        if {"mean", "low", "high"} <= set(value) and all(
+            isinstance(value[k], (int, float)) for k in ("mean", "low", "high")
+        ):
+            n = value.get("n")
+            return interval(
+                value["mean"], value["low"], value["high"], n if isinstance(n, int) else None
+            )
+        return "{" + ", ".join(f"{k}: {readable(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        if len(value) <= SHOWN_ITEMS:
+            return ", ".join(_item(v) for v in value) or "(none)"
+        shown = ", ".join(_item(v) for v in value[:SHOWN_ITEMS])
+        return f"{len(value)}: {shown}, … ({len(value) - SHOWN_ITEMS} more)"
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value) if value != "" else '""'
+
+
+def _item(value: object) -> str:
+    text = readable(value)
+    if len(text) > ITEM_WIDTH:
+        text = text[: ITEM_WIDTH - 1] + "…"
+    return f'"{text}"' if isinstance(value, str) else text
+
+
 # ----------------------------------------------------------------------------- argument types
 MAX_SIZE = 4096  # image side in pixels
 MAX_COUNT = 1_000_000  # steps, seeds, references, ...

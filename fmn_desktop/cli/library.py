@@ -17,12 +17,14 @@ from fmn_desktop.cli.common import (
     UsageError,
     check_out,
     fraction,
+    interval,
     load_model,
     model_args,
     nonneg_float,
     nonneg_int,
     out_args,
     positive_int,
+    readable,
     safe,
     strength,
 )
@@ -320,10 +322,13 @@ def patches_show(args) -> int:
         ("stacks", ", ".join(stacks) or "-"),
         ("file", rec.path),
     ]
-    rows += [(f"  {k}", json.dumps(v)) for k, v in sorted(rec.hyperparameters.items())]
-    rows += [(f"score {k}", json.dumps(v)) for k, v in sorted(rec.scores.items())]
+    rows += [(f"  {k}", readable(v)) for k, v in sorted(rec.hyperparameters.items())]
+    rows += [(f"score {k}", readable(v)) for k, v in sorted(rec.scores.items())]
     rows += [
-        (f"eval {e.metric}" + (f" {e.concept}" if e.concept else ""), f"{e.value:.4f}")
+        (
+            f"eval {e.metric}" + (f" {e.concept}" if e.concept else ""),
+            interval(e.value, e.low, e.high, e.n),
+        )
         for e in evals
     ]
     rows = [(safe(k), safe(v)) for k, v in rows]
