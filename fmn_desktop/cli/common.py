@@ -338,6 +338,36 @@ def phase_printer(progress=None):
     return report
 
 
+def count_bar(unit: str):
+    """A progress callback for a job that counts its work (`step` of `total`, e.g. images):
+    a bar on stderr, described by the report's text; reports that count nothing print
+    their text as a line. Returns (callback, close)."""
+    bar = None
+
+    def report(p):
+        nonlocal bar
+        if p.total:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=p.total, unit=unit, file=sys.stderr)
+            if p.text:
+                bar.set_description(p.text)
+            bar.total = p.total
+            bar.update(p.step - bar.n)
+        elif p.text:
+            if bar is not None:
+                bar.write(f"{p.text} ...", file=sys.stderr)
+            else:
+                print(f"{p.text} ...", file=sys.stderr, flush=True)
+
+    def close():
+        if bar is not None:
+            bar.close()
+
+    return report, close
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 

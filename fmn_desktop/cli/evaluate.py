@@ -7,13 +7,13 @@ from pathlib import Path
 
 from fmn_desktop.cli.common import (
     UsageError,
+    count_bar,
     finite_float,
     forget_default,
     fraction,
     load_model,
     model_args,
     nonneg_int,
-    phase_printer,
     positive_int,
     registry_arg,
     seed_int,
@@ -349,7 +349,11 @@ def cmd_evaluate(args) -> int:
         write_scores=args.write_scores,
         json_out=args.json,
     )
-    done = run_job(evaluate_job(JobContext(phase_printer()), model, req))
+    report, close = count_bar("image")
+    try:
+        done = run_job(evaluate_job(JobContext(report), model, req))
+    finally:
+        close()
     print(format_scores(done.scores, done.concept))
     for path in done.written:
         print(f"wrote {path}")

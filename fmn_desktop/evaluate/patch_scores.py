@@ -22,35 +22,49 @@ def evaluate_patches(
     others_limit: int | None = None,
     judge=None,
     force: bool = False,
+    progress: Callable[[object], None] | None = None,
 ) -> dict:
     """M-Score of `concept` (a toy-world Concept) and retention of the others, before and
     after `patches` (patch, strength) on `model`, with 95% intervals.
 
     Same measures and split as `fmn demo`: `seeds` per prompt of the concept, `other_seeds`
     per prompt of every other concept (or the first `others_limit`); returns the dict stored
-    as patch scores (`PatchMeta.scores`). `force` applies patches made for another base."""
+    as patch scores (`PatchMeta.scores`). `force` applies patches made for another base.
+    `progress` gets a `Progress("evaluate", images done, images in all, text)` after each
+    batch of images, before and after the patches."""
     from fmn_desktop.errors import CancelledError
     from fmn_desktop.evaluate.scores import EvalSettings, generate_eval_set, mscore, retention
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.toyworld import CONCEPTS, load_judge
+    from fmn_desktop.training import Progress
 
     judge = judge or load_judge()
     others = [c for c in CONCEPTS.values() if c.name != concept.name][:others_limit]
 
-    def check(_progress):
-        if should_cancel and should_cancel():
-            raise CancelledError("evaluation cancelled")
+    n_target = len(concept.prompts()) * seeds
+    n_state = n_target + sum(len(c.prompts()) for c in others) * other_seeds
 
-    def measure():
+    def reporter(offset: int, text: str):
+        def report(p):
+            if should_cancel and should_cancel():
+                raise CancelledError("evaluation cancelled")
+            if progress:
+                progress(Progress("evaluate", offset + p.step, 2 * n_state, text=text))
+
+        return report
+
+    def measure(offset: int, text: str):
         target = EvalSettings(seeds=seeds, steps=steps)
         rest = EvalSettings(seeds=other_seeds, steps=steps)
-        return generate_eval_set(model.pipe, judge, [concept], target, progress=check) + (
-            generate_eval_set(model.pipe, judge, others, rest, progress=check)
+        first = reporter(offset, text)
+        then = reporter(offset + n_target, text)
+        return generate_eval_set(model.pipe, judge, [concept], target, progress=first) + (
+            generate_eval_set(model.pipe, judge, others, rest, progress=then)
         )
 
-    base = measure()
+    base = measure(0, "images without the patches")
     with PatchedUNet(model.pipe.unet, list(patches), fingerprint=model.fingerprint, force=force):
-        after = measure()
+        after = measure(n_state, "images with the patches")
     return {
         "mscore_before": mscore(base, concept).as_dict(),
         "mscore_after": mscore(after, concept).as_dict(),

@@ -114,6 +114,7 @@ def evaluate_job(ctx: JobContext, model, req: EvaluateRequest):
         other_seeds=req.other_seeds,
         judge=load_judge(req.judge),
         force=req.force,
+        progress=ctx.progress,
     )
     done = EvaluateDone(scores, concept.name, record)
     if req.json_out:
