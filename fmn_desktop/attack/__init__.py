@@ -45,26 +45,34 @@ Example::
     from fmn_desktop.attack import AttackSettings, run_attack
     report = run_attack(pipe, judge, CONCEPTS["Zorbu"], [(patch, 1.0)], AttackSettings(budget=64))
     report.after.asr()   # Estimate(mean, low, high, n)
+
+Names are imported on first use (`fmn_desktop.lazy`): `HardenSettings` (`attack.config`)
+without torch.
 """
 
-from fmn_desktop.attack.run import (
-    DEFINITION,
-    METHOD,
-    AttackReport,
-    JudgeScorer,
-    format_table,
-    record_in_registry,
-    registry_evaluations,
-    run_attack,
-    write_report,
-)
-from fmn_desktop.attack.search import (
-    AttackSettings,
-    CandidateSpace,
-    StateResult,
-    TargetResult,
-    attack_target,
-)
+from typing import TYPE_CHECKING
+
+from fmn_desktop.lazy import lazy_package
+
+if TYPE_CHECKING:
+    from fmn_desktop.attack.run import (
+        DEFINITION,
+        METHOD,
+        AttackReport,
+        JudgeScorer,
+        format_table,
+        record_in_registry,
+        registry_evaluations,
+        run_attack,
+        write_report,
+    )
+    from fmn_desktop.attack.search import (
+        AttackSettings,
+        CandidateSpace,
+        StateResult,
+        TargetResult,
+        attack_target,
+    )
 
 __all__ = [
     "DEFINITION",
@@ -82,3 +90,27 @@ __all__ = [
     "run_attack",
     "write_report",
 ]
+
+lazy_package(
+    __name__,
+    {
+        **dict.fromkeys(
+            [
+                "DEFINITION",
+                "METHOD",
+                "AttackReport",
+                "JudgeScorer",
+                "format_table",
+                "record_in_registry",
+                "registry_evaluations",
+                "run_attack",
+                "write_report",
+            ],
+            "run",
+        ),
+        **dict.fromkeys(
+            ["AttackSettings", "CandidateSpace", "StateResult", "TargetResult", "attack_target"],
+            "search",
+        ),
+    },
+)

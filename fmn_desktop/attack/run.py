@@ -20,6 +20,7 @@ from fmn_desktop.attack.search import (
     StateResult,
     attack_target,
 )
+from fmn_desktop.wording import count
 
 METHOD = "fmn-attack-1"  # bump when the search changes what its figures mean
 
@@ -308,8 +309,9 @@ def format_table(report: AttackReport) -> str:
     s = report.settings
     n_prompts = len({t.prompt for t in report.after.targets})
     lines = [
-        f"attack on {report.concept} ({report.attribute}): {len(report.after.targets)} targets "
-        f"= {n_prompts} prompts x {s.seeds} seeds, budget {s.budget} images per target, "
+        f"attack on {report.concept} ({report.attribute}): "
+        f"{count(len(report.after.targets), 'target')} = {count(n_prompts, 'prompt')} x "
+        f"{count(s.seeds, 'seed')}, budget {count(s.budget, 'image')} per target, "
         f"success = judge presence > {s.threshold:g}",
         "",
         f"{'':<32}{'before':<26}{'after':<26}",

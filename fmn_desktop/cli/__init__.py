@@ -6,6 +6,11 @@ disk, a folder that cannot be written) included; a traceback only with `--debug`
 `FMN_DEBUG=1`. Each command group is a module of this package with `add_parsers(sub)`;
 every sub-parser names its handler (`set_defaults(handler=...)`), and every handler only
 parses, calls `fmn_desktop.services` and prints.
+
+Start-up stays under half a second of CPU: building the parser imports no torch (the config
+dataclasses live in torch-free modules, `fmn_desktop.lazy`), and commands that never touch a
+tensor (`inspect`, `patches list`, ...) say so with `set_defaults(torch_free=True)`, so that
+torch is not imported just to set its thread count.
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with terminate_as_exception():  # SIGTERM unwinds like Ctrl-C: temporaries go
-            set_threads(args.threads)
+            if not getattr(args, "torch_free", False):
+                set_threads(args.threads)
             code = args.handler(args)
             sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
             return code

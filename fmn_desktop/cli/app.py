@@ -10,7 +10,9 @@ def add_parsers(sub) -> None:
         "gui",
         help="open the desktop app",
         description="Open Forget-Me-Not Studio, the desktop app (needs PySide6: "
-        "pip install 'forget-me-not-studio[gui]').",
+        "pip install 'forget-me-not-studio[gui]'). To check an installation without a window, "
+        "run fmn-desktop --self-test [MODEL]: it loads the model, draws one comparison and "
+        "exits 0 when everything works.",
     )
     p.set_defaults(handler=cmd_gui)
 

@@ -15,6 +15,7 @@ from fmn_desktop.cli.common import (
     out_args,
     patch_spec,
     positive_int,
+    readable,
     safe,
     seed_int,
     stack_mode_arg,
@@ -85,7 +86,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("patch", help="patch file (.safetensors)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=cmd_inspect)
+    p.set_defaults(handler=cmd_inspect, torch_free=True)
 
 
 def cmd_apply(args) -> int:
@@ -131,11 +132,12 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
+    ranks = ", ".join(str(r) for r in info["ranks"])
     rows = [
         ("file", f"{info['file']} ({info['bytes'] / 1024:.1f} KiB)"),
         ("kind", f"{info['kind']} ({info['method']})"),
         ("concepts", ", ".join(info["concepts"]) or "-"),
-        ("format", info["format"] + (f", rank {info['ranks']}" if info["ranks"] else "")),
+        ("format", info["format"] + (f", rank {ranks}" if ranks else "")),
         ("family", info["family"] or "-"),
         ("base model", info["base_fingerprint"][:16] or "-"),
         ("created", info["created"] or "-"),
@@ -145,9 +147,9 @@ def cmd_inspect(args) -> int:
         ),
     ]
     for key in sorted(info["hyperparameters"]):
-        rows.append((f"  {key}", json.dumps(info["hyperparameters"][key])))
+        rows.append((f"  {key}", readable(info["hyperparameters"][key])))
     for key, value in sorted(info["scores"].items()):
-        rows.append((f"score {key}", json.dumps(value)))
+        rows.append((f"score {key}", readable(value)))
     for key, value in sorted(info["extra"].items()):
         rows.append((key, value))
     rows = [(safe(k), safe(v)) for k, v in rows]

@@ -5,7 +5,6 @@ from files (names, metadata) without letting it drive the terminal."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -41,6 +40,53 @@ def safe(value: object) -> str:
     bidirectional overrides) written as escapes: text from a file is shown, never obeyed,
     and always stays on its line."""
     return _CONTROL.sub(_escape, str(value))
+
+
+# ----------------------------------------------------------------------------- readable values
+SHOWN_ITEMS = 3  # a long list shows its count and this many items (--json has them all)
+ITEM_WIDTH = 40
+
+
+def interval(mean: float, low: float | None, high: float | None, n: int | None = None) -> str:
+    """ "0.031 [0.010, 0.052]" (an estimate with its 95% interval), ", n=12" with a count."""
+    text = f"{mean:.3f}"
+    if low is not None and high is not None:
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text + (f", n={n}" if n is not None else "")
+
+
+def readable(value: object) -> str:
+    """A metadata value (hyper-parameter, score) for a person: estimates as intervals,
+    floats to 4 significant digits, long lists as their count and first items, text without
+    JSON quotes. One line; `safe` still applies to what came from a file."""
+    if isinstance(value, dict):
+        if {"mean", "low", "high"} <= set(value) and all(
+            isinstance(value[k], (int, float)) for k in ("mean", "low", "high")
+        ):
+            n = value.get("n")
+            return interval(
+                value["mean"], value["low"], value["high"], n if isinstance(n, int) else None
+            )
+        return "{" + ", ".join(f"{k}: {readable(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        if len(value) <= SHOWN_ITEMS:
+            return ", ".join(_item(v) for v in value) or "(none)"
+        shown = ", ".join(_item(v) for v in value[:SHOWN_ITEMS])
+        return f"{len(value)}: {shown}, … ({len(value) - SHOWN_ITEMS} more)"
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value) if value != "" else '""'
+
+
+def _item(value: object) -> str:
+    text = readable(value)
+    if len(text) > ITEM_WIDTH:
+        text = text[: ITEM_WIDTH - 1] + "…"
+    return f'"{text}"' if isinstance(value, str) else text
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -293,31 +339,6 @@ def step_bar(total: int, verb: str):
     return bar, progress
 
 
-@contextlib.contextmanager
-def image_bar(unit: str = "image"):
-    """A progress callback for a scoring job: its messages as lines, the images it counts
-    ("base model", "patched") on a bar on stderr."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def report(value):
-        nonlocal bar
-        if not value.total:
-            print(f"{value.text} ...", file=sys.stderr, flush=True)
-            return
-        if bar is None:
-            bar = tqdm(total=value.total, unit=unit, file=sys.stderr)
-        bar.set_description(value.text or value.phase)
-        bar.update(value.step - bar.n)
-
-    try:
-        yield report
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def phase_printer(progress=None):
     """A progress callback that prints a job's own reports (a text, no loss) on stderr and
     passes training steps to `progress`."""
@@ -329,6 +350,36 @@ def phase_printer(progress=None):
             progress(value)
 
     return report
+
+
+def count_bar(unit: str):
+    """A progress callback for a job that counts its work (`step` of `total`, e.g. images):
+    a bar on stderr, described by the report's text; reports that count nothing print
+    their text as a line. Returns (callback, close)."""
+    bar = None
+
+    def report(p):
+        nonlocal bar
+        if p.total:
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=p.total, unit=unit, file=sys.stderr)
+            if p.text:
+                bar.set_description(p.text)
+            bar.total = p.total
+            bar.update(p.step - bar.n)
+        elif p.text:
+            if bar is not None:
+                bar.write(f"{p.text} ...", file=sys.stderr)
+            else:
+                print(f"{p.text} ...", file=sys.stderr, flush=True)
+
+    def close():
+        if bar is not None:
+            bar.close()
+
+    return report, close
 
 
 def print_json(obj) -> None:

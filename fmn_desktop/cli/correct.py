@@ -17,8 +17,7 @@ DEFAULTS_NOTE = "defaults measured on the embedded model: docs/research/CORRECTI
 
 
 def add_parsers(sub) -> None:
-    from fmn_desktop.correct.broad import BroadConfig
-    from fmn_desktop.correct.closed_form import CorrectConfig
+    from fmn_desktop.correct.config import BroadConfig, CorrectConfig
     from fmn_desktop.correct.disentangle import DisentangleConfig
 
     p = sub.add_parser(
@@ -78,7 +77,7 @@ def _output_args(p) -> None:
 
 
 def cmd_correct(args) -> int:
-    from fmn_desktop.correct.closed_form import CorrectConfig
+    from fmn_desktop.correct.config import CorrectConfig
     from fmn_desktop.services.correct import correct_to_file
 
     config = config_from_args(CorrectConfig, args)
@@ -105,7 +104,7 @@ def cmd_disentangle(args) -> int:
 
 
 def cmd_erase_broad(args) -> int:
-    from fmn_desktop.correct.broad import BroadConfig
+    from fmn_desktop.correct.config import BroadConfig
     from fmn_desktop.services.correct import erase_broad_to_file
 
     config = config_from_args(BroadConfig, args)

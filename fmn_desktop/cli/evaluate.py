@@ -8,10 +8,10 @@ from pathlib import Path
 from fmn_desktop.cli.common import (
     UsageError,
     check_out,
+    count_bar,
     finite_float,
     forget_default,
     fraction,
-    image_bar,
     load_model,
     model_args,
     nonneg_int,
@@ -398,8 +398,11 @@ def cmd_evaluate(args) -> int:
         json_out=args.json,
         overwrite=args.overwrite,
     )
-    with image_bar() as progress:
-        done = run_job(evaluate_job(JobContext(progress), model, req))
+    report, close = count_bar("image")
+    try:
+        done = run_job(evaluate_job(JobContext(report), model, req))
+    finally:
+        close()
     print(format_scores(done.scores, done.concept))
     for path in done.written:
         print(f"wrote {path}")

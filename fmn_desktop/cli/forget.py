@@ -91,7 +91,7 @@ def inversion_config(args):
 
 
 def add_parsers(sub) -> None:
-    from fmn_desktop.attack.harden import HardenSettings
+    from fmn_desktop.attack.config import HardenSettings
     from fmn_desktop.resteer import ForgetConfig
 
     p = sub.add_parser(

@@ -17,16 +17,18 @@ from fmn_desktop.cli.common import (
     UsageError,
     check_out,
     fraction,
+    interval,
     load_model,
     model_args,
     nonneg_float,
     nonneg_int,
     out_args,
     positive_int,
+    readable,
     safe,
     strength,
 )
-from fmn_desktop.registry.repository import REF_HELP
+from fmn_desktop.registry.records import REF_HELP
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -65,12 +67,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--kind", choices=["forget", "correct"])
     p.add_argument("--tag")
     p.add_argument("--concept")
-    p.set_defaults(handler=patches_list)
+    p.set_defaults(handler=patches_list, torch_free=True)
 
     p = ps.add_parser("show", help="one patch in full")
     _common(p)
     p.add_argument("patch", help=REF_HELP)
-    p.set_defaults(handler=patches_show)
+    p.set_defaults(handler=patches_show, torch_free=True)
 
     p = ps.add_parser(
         "import",
@@ -113,19 +115,27 @@ def add_parsers(sub) -> None:
     _common(p)
     p.add_argument("patch", help=REF_HELP)
     p.add_argument("--cascade", action="store_true", help="also take it out of its stacks")
-    p.set_defaults(handler=patches_rm)
+    p.set_defaults(handler=patches_rm, torch_free=True)
 
     p = ps.add_parser("tag", help="add (or --remove) tags")
     _common(p)
     p.add_argument("patch", help=REF_HELP)
     p.add_argument("tags", nargs="+", metavar="TAG")
     p.add_argument("--remove", action="store_true", help="remove these tags instead")
-    p.set_defaults(handler=patches_tag)
+    p.set_defaults(handler=patches_tag, torch_free=True)
 
-    p = ps.add_parser("search", help="full-text search over names, concepts, tags and notes")
+    p = ps.add_parser(
+        "search",
+        help="find patches by name, concept, concept kind, tag, note or file name",
+        description="Patches matching every word: in the name, title, concepts, tags or "
+        "notes (a word's start is enough: 'cast' finds 'castle'), or in what the patch is: "
+        "forget/correct, lora/diff, the concept's kind (identity, object, style; on the "
+        "embedded model also colour, unsafe) and the name of the file it was imported from.",
+        epilog="example: fmn patches search zorbu identity",
+    )
     _common(p)
-    p.add_argument("query")
-    p.set_defaults(handler=patches_search)
+    p.add_argument("query", nargs="+", metavar="WORD")
+    p.set_defaults(handler=patches_search, torch_free=True)
 
     sp = sub.add_parser(
         "stack",
@@ -140,11 +150,11 @@ def add_parsers(sub) -> None:
     p.add_argument("name")
     p.add_argument("--mode", choices=["additive", "fused"], default="additive")
     p.add_argument("--notes", default="")
-    p.set_defaults(handler=stack_create)
+    p.set_defaults(handler=stack_create, torch_free=True)
 
     p = ss.add_parser("list", help="all stacks")
     _common(p)
-    p.set_defaults(handler=stack_list)
+    p.set_defaults(handler=stack_list, torch_free=True)
 
     p = ss.add_parser("add", help="add a patch (or change its strength)")
     _common(p)
@@ -168,7 +178,7 @@ def add_parsers(sub) -> None:
     p = ss.add_parser("delete", help="delete a stack (its patches stay registered)")
     _common(p)
     p.add_argument("stack")
-    p.set_defaults(handler=stack_delete)
+    p.set_defaults(handler=stack_delete, torch_free=True)
 
     p = ss.add_parser("show", help="a stack's patches and its conflicts")
     _common(p)
@@ -312,10 +322,13 @@ def patches_show(args) -> int:
         ("stacks", ", ".join(stacks) or "-"),
         ("file", rec.path),
     ]
-    rows += [(f"  {k}", json.dumps(v)) for k, v in sorted(rec.hyperparameters.items())]
-    rows += [(f"score {k}", json.dumps(v)) for k, v in sorted(rec.scores.items())]
+    rows += [(f"  {k}", readable(v)) for k, v in sorted(rec.hyperparameters.items())]
+    rows += [(f"score {k}", readable(v)) for k, v in sorted(rec.scores.items())]
     rows += [
-        (f"eval {e.metric}" + (f" {e.concept}" if e.concept else ""), f"{e.value:.4f}")
+        (
+            f"eval {e.metric}" + (f" {e.concept}" if e.concept else ""),
+            interval(e.value, e.low, e.high, e.n),
+        )
         for e in evals
     ]
     rows = [(safe(k), safe(v)) for k, v in rows]
@@ -413,7 +426,8 @@ def patches_tag(args) -> int:
 
 def patches_search(args) -> int:
     with _open(args) as reg:
-        _print_patches(reg.search(args.query), args.json, safe(f"nothing matches {args.query!r}"))
+        query = " ".join(args.query)
+        _print_patches(reg.search(query), args.json, safe(f"nothing matches {query!r}"))
     return 0
 
 
@@ -447,6 +461,8 @@ def _print_stack(rec, conflicts=None) -> None:
         print(table(rows, ["#", "patch", "strength", "kind", "concepts", "base"]))
     for c in conflicts or []:
         print(safe(f"conflict ({c.kind}): {c.message}"))
+    if rec.items and not conflicts:
+        print("no conflicts")
 
 
 def stack_create(args) -> int:

@@ -26,129 +26,23 @@ word-free prompts elsewhere. Loss: mean squared error of each term. AdamW on the
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Callable, Generator
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from diffusers import DDPMScheduler
 
-from fmn_desktop.knobs import knob
+from fmn_desktop.correct.config import (  # noqa: F401  (re-exported)
+    DEFAULT_BROAD_TEMPLATES,
+    BroadConfig,
+    strip_word,
+)
 from fmn_desktop.patch.format import Patch, PatchMeta
 from fmn_desktop.prompts.encode import encode_prompts
 from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
 from fmn_desktop.training import Progress, run_to_end
 from fmn_desktop.training.loop import Optimiser
-
-DEFAULT_BROAD_TEMPLATES = [  # none is an evaluation prompt of the toy world (concepts.py)
-    "a {} circle",
-    "a photo of a {} square",
-    "a {} triangle in the style of dots",
-    "{} Zorbu",
-    "a {} photo in the style of stripes",
-    "a photo of a {} ring",
-    "a photo of {} Bramor",
-    "a {} crescent",
-]
-
-
-@dataclass
-class BroadConfig:
-    words: list[str] = knob(
-        MISSING,
-        "a word that draws the attribute (repeatable)",
-        group="what to remove",
-        flag="--words",
-        many=True,
-    )
-    templates: list[str] | None = knob(
-        None,
-        "prompt template with {} for the word (repeatable; default: a built-in set)",
-        group="what to remove",
-        flag="--template",
-        many=True,
-    )
-    eta: float = knob(
-        1.0,
-        "negative guidance: how far past the base prediction, away from "
-        "the attribute, the target lies",
-        group="training",
-    )
-    steps: int = knob(150, "optimisation steps", group="training")
-    # lr: the measured setting (docs/research/CORRECTION_AND_BROAD.md)
-    lr: float = knob(1e-3, "learning rate", group="training", bounds="positive")
-    trainable: str = knob(
-        "attn2",
-        "what changes: attn2 K/V, or all of attn2",
-        group="training",
-        choices=("kv", "attn2"),
-    )
-    # The word-less prompts' term. 4 left 1 frame in 384 word-free images at CFG 1 (base 25;
-    # weight 1: 9) and none at CFG 2/5, retention 0.999 -> 0.997
-    # (docs/research/CORRECTION_AND_BROAD.md).
-    uncaptioned_weight: float = knob(
-        4.0,
-        "weight of the same prompts without the words (the attribute drawn with no word)",
-        group="loss terms",
-        bounds="nonneg",
-    )
-    preserve_weight: float = knob(
-        1.0, "weight of the preserved prompts' predictions", group="loss terms", bounds="nonneg"
-    )
-    # Hold the unconditional ("") prediction: classifier-free guidance measures every prompt
-    # against it, and a patch that moved it away from the attribute drew the attribute on
-    # word-free prompts (measured: docs/research/CORRECTION_AND_BROAD.md).
-    hold_unconditional: bool = True
-    # Latents drawn from the preservation prompts, on which those prompts and "" also keep
-    # their base predictions: the references above all show the attribute, and a patch held
-    # only there was free to move where ordinary prompts' samples go.
-    ordinary_references: int = knob(
-        16,
-        'latents drawn from the preservation prompts, on which they and "" keep the base '
-        "prediction (0: only on the attribute's references)",
-        group="loss terms",
-        bounds="nonneg",
-    )
-    preserve_prompts: list[str] | None = knob(
-        None,
-        "prompt to keep unchanged (repeatable; default: the model's world on the "
-        "embedded model, a built-in set elsewhere)",
-        group="loss terms",
-        flag="--preserve-prompt",
-        many=True,
-    )
-    batch_size: int = knob(4, "samples per step", group="training")
-    num_references: int = knob(16, "reference images of the attribute, generated", group="training")
-    reference_steps: int = 20
-    guidance_scale: float = 5.0
-    grad_clip: float = 1.0
-    seed: int = knob(0, "random seed of the job", group="training", bounds="seed")
-
-    def __post_init__(self) -> None:
-        if not self.words or any(not w.strip() for w in self.words):
-            raise ValueError("give at least one non-empty word (--words)")
-        if self.steps < 1 or self.batch_size < 1 or self.num_references < 1:
-            raise ValueError("steps, batch size and number of references must be positive")
-        if self.ordinary_references < 0:
-            raise ValueError("the number of ordinary references cannot be negative")
-        if self.lr <= 0 or self.eta < 0:
-            raise ValueError("lr must be > 0 and eta >= 0")
-        if self.trainable not in ("kv", "attn2"):
-            raise ValueError(f"unknown trainable set {self.trainable!r}; valid: kv, attn2")
-        bad = [t for t in (self.templates or []) if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates must contain '{{}}' where the word goes: {bad}")
-
-    def prompt_pairs(self) -> list[tuple[str, str]]:
-        """(prompt with a word, the same prompt without it) for every word and template."""
-        templates = self.templates or DEFAULT_BROAD_TEMPLATES
-        return [(t.format(w), strip_word(t.format(w), w)) for w in self.words for t in templates]
-
-
-def strip_word(prompt: str, word: str) -> str:
-    out = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)\s*", "", prompt, flags=re.IGNORECASE)
-    return re.sub(r"\s+", " ", out).strip() or "a photo"
 
 
 @dataclass

@@ -34,112 +34,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from fmn_desktop.correct.config import (  # noqa: F401  (re-exported)
+    DEFAULT_TEMPLATES,
+    TARGET_SETS,
+    CorrectConfig,
+    Edit,
+)
 from fmn_desktop.errors import ConceptNotFoundError, TrainingError
-from fmn_desktop.knobs import knob
 from fmn_desktop.patch.format import Delta, Patch, PatchMeta
 from fmn_desktop.prompts.encode import encode_prompts
 from fmn_desktop.prompts.tokens import (
-    POSITION_MODES,
     concept_mask,
     expand_placeholders,
     first_eot,
 )
-
-TARGET_SETS = ("kv", "k", "v")
-DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "{}", "a photo of {}"]
-
-
-@dataclass
-class Edit:
-    """One prompt pair: `source` names `concept`; its rows go to `target`'s (and away from
-    `negative`'s) aligned rows."""
-
-    source: str
-    concept: str
-    target: str
-    negative: str | None = None
-
-
-@dataclass
-class CorrectConfig:
-    """A correction job; every field but the prompts lists is stored in the patch metadata."""
-
-    concept: str = knob(MISSING, "text of the concept to redirect", group="what to correct")
-    guide: str = knob(MISSING, "text the concept should read as", group="what to correct")
-    negative: str | None = knob(
-        None, "text to push the concept away from (needs --strength)", group="what to correct"
-    )
-    strength: float = knob(
-        0.0, "target = guide + strength * (guide - negative)", group="what to correct"
-    )
-    templates: list[str] | None = knob(
-        None,
-        "prompt template with {} for the concept (repeatable; default: 'a {}', "
-        "'a photo of a {}', '{}', 'a photo of {}')",
-        group="what to correct",
-        flag="--template",
-        many=True,
-    )
-    edits: list[Edit] | None = None  # explicit pairs, added to the templates' ones
-    preserve_prompts: list[str] | None = knob(
-        None,
-        "prompt to keep unchanged (repeatable; default: the toy world's captions on the "
-        "embedded model, a built-in set elsewhere)",
-        group="solve",
-        flag="--preserve-prompt",
-        many=True,
-    )
-    preserve_weight: float = knob(
-        1.0, "weight of the preserved prompts' keys and values", group="solve", bounds="nonneg"
-    )
-    ridge: float = knob(
-        0.01,
-        "ridge term that keeps the edit near the original weights",
-        group="solve",
-        bounds="nonneg",
-    )
-    positions: str = knob(
-        "concept+following+eot", "token positions edited", group="solve", choices=POSITION_MODES
-    )
-    targets: str = knob("kv", "which projections are edited", group="solve", choices=TARGET_SETS)
-
-    def __post_init__(self) -> None:
-        if not self.concept.strip():
-            raise ValueError("give a non-empty concept")
-        if not self.guide.strip():
-            raise ValueError("give a non-empty guide (what the concept should become)")
-        if self.positions not in POSITION_MODES:
-            raise ValueError(
-                f"unknown positions {self.positions!r}; valid: {', '.join(POSITION_MODES)}"
-            )
-        if self.targets not in TARGET_SETS:
-            raise ValueError(f"unknown targets {self.targets!r}; valid: {', '.join(TARGET_SETS)}")
-        if self.preserve_weight < 0 or self.ridge < 0:
-            raise ValueError("preserve weight and ridge must be >= 0")
-        if self.ridge == 0 and self.preserve_weight == 0:
-            raise ValueError("ridge and preserve weight cannot both be 0 (the solve is singular)")
-        if self.strength and not self.negative:
-            raise ValueError("strength pushes away from a negative: give --negative too")
-        bad = [t for t in (self.templates or []) if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates must contain '{{}}' where the concept goes: {bad}")
-
-    def all_edits(self) -> list[Edit]:
-        templates = self.templates if self.templates is not None else DEFAULT_TEMPLATES
-        out = [
-            Edit(
-                t.format(self.concept),
-                self.concept,
-                t.format(self.guide),
-                t.format(self.negative) if self.negative else None,
-            )
-            for t in templates
-        ]
-        return out + list(self.edits or [])
 
 
 @dataclass

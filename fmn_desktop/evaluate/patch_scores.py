@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from fmn_desktop.evaluate.scores import Estimate, EvalImage, wilson
+from fmn_desktop.wording import count
 
 SCORE_METRICS = (
     ("mscore_after", "mscore"),
@@ -286,10 +287,6 @@ def _est(e: dict | None) -> str:
     return f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def format_scores(scores: dict, concept: str = "", neighbours: int = 3) -> str:
     """The scores as a person reads them: per forgotten concept its M-Score, co-attribute
     retention and what the judge reads instead; then retention and the worst neighbours."""
@@ -303,10 +300,10 @@ def format_scores(scores: dict, concept: str = "", neighbours: int = 3) -> str:
         )
     plan = scores.get("plan", {})
     lines = [
-        f"held-out scoring set: {_plural(plan.get('prompts', 0), 'prompt')} x "
-        f"{_plural(plan.get('seeds', 0), 'seed')} per forgotten concept, "
-        f"{_plural(plan.get('neighbour_prompts', 0), 'prompt')} x "
-        f"{_plural(plan.get('other_seeds', 0), 'seed')} per other concept "
+        f"held-out scoring set: {count(plan.get('prompts', 0), 'prompt')} x "
+        f"{count(plan.get('seeds', 0), 'seed')} per forgotten concept, "
+        f"{count(plan.get('neighbour_prompts', 0), 'prompt')} x "
+        f"{count(plan.get('other_seeds', 0), 'seed')} per other concept "
         f"({scores.get('images', 0)} images per model; patches composed "
         f"{scores.get('stack_mode', 'additive')})"
     ]

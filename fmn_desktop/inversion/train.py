@@ -27,41 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from fmn_desktop.errors import FmnError
+from fmn_desktop.inversion.config import (  # noqa: F401  (re-exported)
+    DEFAULT_TEMPLATES,
+    InversionConfig,
+)
 from fmn_desktop.inversion.embedding import LearnedTokens, _text_encoder, installed_tokens
 from fmn_desktop.prompts.tokens import expand_placeholders
 from fmn_desktop.training import Progress, run_to_end
 from fmn_desktop.training.loop import Optimiser
-
-# The identity templates of `fmn_desktop.prompts.templates` ("a photo of {}", ...), which are
-# also the prompts the forget job then re-steers.
-DEFAULT_TEMPLATES = ("a photo of {}", "a portrait of {}", "{}")
-
-
-@dataclass
-class InversionConfig:
-    placeholder: str = "<concept>"
-    num_vectors: int = 4
-    steps: int = 500
-    lr: float = 1e-3
-    init_word: str | None = None  # None: random rows with the vocabulary's spread
-    batch_size: int = 4
-    templates: list[str] | None = None  # None: DEFAULT_TEMPLATES
-    flip_p: float = 0.5  # chance of a horizontally mirrored image (diffusers' default)
-    weight_decay: float = 1e-2  # AdamW, on the new rows only (diffusers' default)
-    seed: int = 0
-    eval_samples: int = 32  # fixed (image, t, noise) draws for the before/after loss
-
-    def __post_init__(self) -> None:
-        if self.num_vectors < 1 or self.steps < 1 or self.batch_size < 1:
-            raise ValueError("vectors, steps and batch size must be positive")
-        if not self.lr > 0:
-            raise ValueError("the learning rate must be positive")
-        bad = [t for t in (self.templates or []) if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates must contain '{{}}' where the token goes: {bad}")
-
-    def prompts(self) -> list[str]:
-        return [t.format(self.placeholder) for t in (self.templates or DEFAULT_TEMPLATES)]
 
 
 @dataclass

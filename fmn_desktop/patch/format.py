@@ -30,9 +30,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from fmn_desktop.errors import PatchFormatError, PatchMismatchError
-from fmn_desktop.fileio import atomic_write_bytes, looks_pickled
+from fmn_desktop.fileio import atomic_write_bytes
 from fmn_desktop.models.families import EMBEDDED_FAMILY
-from fmn_desktop.patch.naming import LORA_PREFIX, file_key, key_lookup
+from fmn_desktop.patch.layout import LORA_PREFIX, check_patch_path, group_keys, meta_fields
+from fmn_desktop.patch.naming import file_key, key_lookup
 from fmn_desktop.patch.validate import (
     alpha_value,
     check_finite_tensors,
@@ -141,33 +142,8 @@ class PatchMeta:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> PatchMeta:
-        def loads(key: str, default: Any) -> Any:
-            try:
-                value = json.loads(meta[key]) if key in meta else default
-            except (json.JSONDecodeError, RecursionError) as exc:
-                raise PatchFormatError(f"patch metadata {key!r} is not valid JSON: {exc}") from exc
-            if not isinstance(value, type(default)):
-                want = "a JSON object" if isinstance(default, dict) else "a JSON list"
-                raise PatchFormatError(
-                    f"patch metadata {key!r} must be {want}, not {type(value).__name__}"
-                )
-            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-                raise PatchFormatError(f"patch metadata {key!r} must be a list of strings")
-            return value
-
         return cls(
-            concepts=loads("fmn.concepts", []),
-            kind=meta.get("fmn.kind", "forget"),
-            method=meta.get("fmn.method", "unknown"),
-            family=meta.get("fmn.family", ""),
-            base_fingerprint=meta.get("fmn.base_fingerprint", ""),
-            title=meta.get("modelspec.title", ""),
-            created=meta.get("fmn.created", meta.get("modelspec.date", "")),
-            hyperparameters=loads("fmn.hyperparameters", {}),
-            scores=loads("fmn.scores", {}),
-            extra={
-                k[len("fmn.extra.") :]: v for k, v in meta.items() if k.startswith("fmn.extra.")
-            },
+            **meta_fields(meta),
             stats={
                 k[len("fmn.stats.") :]: decode_tensor(v, k)
                 for k, v in meta.items()
@@ -270,16 +246,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _open(path: str | os.PathLike):
-    path = Path(path)
-    if path.is_dir():
-        raise PatchFormatError(f"{path} is a folder, not a patch file")
-    if not path.is_file():
-        raise PatchFormatError(f"no such patch file: {path}")
-    if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"} or looks_pickled(path):
-        raise PatchFormatError(
-            f"{path.name} is a pickled (torch.save) file: pickled files are never loaded "
-            "(they can run code); convert it to .safetensors with a tool you trust"
-        )
+    path = check_patch_path(path)
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -310,27 +277,16 @@ def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -
     """
     raw, meta = read_tensors(path)
     lookup = key_lookup(module_names or [])
-    grouped: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in raw.items():
-        if not key.startswith(LORA_PREFIX):
-            raise PatchFormatError(
-                f"{Path(path).name}: key {key!r} is not a UNet LoRA/diff key "
-                f"(expected '{LORA_PREFIX}...'); text-encoder patches are not supported"
-            )
-        module_key, _, suffix = key.partition(".")
-        grouped.setdefault(module_key, {})[suffix] = tensor
+    grouped = {
+        module_key: {part: raw[key] for part, key in parts.items()}
+        for module_key, parts in group_keys(raw, Path(path).name).items()
+    }
     deltas: dict[str, Delta] = {}
     for module_key, parts in grouped.items():
         if module_names is not None and module_key not in lookup:
             raise PatchMismatchError(f"{module_key}: no such module in this UNet")
         module = lookup.get(module_key, module_key[len(LORA_PREFIX) :])
-        if "lora_down.weight" in parts or "lora_up.weight" in parts or "alpha" in parts:
-            if "lora_up.weight" not in parts or "lora_down.weight" not in parts:
-                raise PatchFormatError(
-                    f"{Path(path).name}: {module_key}: lora_down and lora_up come in pairs"
-                )
-            if "diff" in parts:
-                raise PatchFormatError(f"{Path(path).name}: {module_key}: both LoRA and diff")
+        if "lora_up.weight" in parts:
             alpha = parts.get("alpha")
             deltas[f"{module}.weight"] = Delta(
                 up=parts["lora_up.weight"],
@@ -343,9 +299,6 @@ def load_patch(path: str | os.PathLike, module_names: list[str] | None = None) -
             deltas[f"{module}.weight"] = Delta(dense=parts["diff"])
         if "diff_b" in parts:
             deltas[f"{module}.bias"] = Delta(dense=parts["diff_b"])
-        unknown = set(parts) - {"lora_down.weight", "lora_up.weight", "alpha", "diff", "diff_b"}
-        if unknown:
-            raise PatchFormatError(f"{module_key}: unsupported tensors {sorted(unknown)}")
     validate_deltas(deltas, Path(path).name)
     return Patch(deltas=deltas, meta=PatchMeta.from_metadata(meta))
 

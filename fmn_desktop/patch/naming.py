@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-LORA_PREFIX = "lora_unet_"
+from fmn_desktop.patch.layout import LORA_PREFIX
+
 BLOCK_HEADS = ("down_blocks", "mid_block", "up_blocks")
 LDM_BLOCK_HEADS = ("input_blocks", "middle_block", "output_blocks")
 # The layout kohya's SDXL tools assume (sd-scripts `make_unet_conversion_map`): SDXL

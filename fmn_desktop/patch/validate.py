@@ -13,6 +13,12 @@ import torch
 
 from fmn_desktop.errors import NonFiniteError, NonFinitePatchError, PatchFormatError
 from fmn_desktop.limits import strength_problem
+from fmn_desktop.patch.layout import (
+    check_alpha_form,
+    check_factors,
+    check_form,
+    check_rank_nonzero,
+)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -31,26 +37,19 @@ def is_finite(t: torch.Tensor) -> bool:
 
 def alpha_value(t: torch.Tensor, where: str) -> float:
     """A LoRA `alpha` tensor as a float: one finite number."""
-    if t.dtype == torch.bool or t.is_complex() or t.numel() != 1:
-        raise PatchFormatError(
-            f"{where}: alpha must be one number, got {t.dtype} of shape {tuple(t.shape)}"
-        )
+    check_alpha_form(_name(t), tuple(t.shape), where)
     value = float(t.reshape(()).item())
     if value != value or value in (float("inf"), float("-inf")):
         raise NonFinitePatchError(f"{where}: alpha is {value}")
     return value
 
 
+def _name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def _float(t: torch.Tensor, where: str, what: str) -> None:
-    if t.dtype not in FLOAT_DTYPES:
-        raise PatchFormatError(
-            f"{where}: {what} has dtype {str(t.dtype).removeprefix('torch.')}; patch tensors "
-            "are float16, bfloat16 or float32"
-        )
-    if t.numel() == 0:
-        raise PatchFormatError(f"{where}: {what} is empty (shape {tuple(t.shape)})")
-    if t.dim() > 4:
-        raise PatchFormatError(f"{where}: {what} has {t.dim()} dimensions (at most 4)")
+    check_form(_name(t), tuple(t.shape), where, what)
     if not is_finite(t):
         raise NonFinitePatchError(f"{where}: {what} contains NaN or inf")
 
@@ -64,21 +63,10 @@ def validate_delta(name: str, delta, where: str = "") -> None:
     up, down = delta.up, delta.down
     if up is None or down is None:
         raise PatchFormatError(f"{at}: lora_up and lora_down come in pairs")
-    if down.dim() >= 1 and down.shape[0] == 0:
-        raise PatchFormatError(f"{at}: a LoRA of rank 0 changes nothing; not a patch")
+    check_rank_nonzero(tuple(down.shape), at)
     _float(up, at, "lora_up")
     _float(down, at, "lora_down")
-    if up.dim() not in (2, 4) or down.dim() != up.dim():
-        raise PatchFormatError(
-            f"{at}: lora_up {tuple(up.shape)} and lora_down {tuple(down.shape)} are not "
-            "LoRA factors (both 2-D, or both 4-D for convolutions)"
-        )
-    rank = down.shape[0]
-    if rank < 1 or up.shape[1] != rank or (up.dim() == 4 and tuple(up.shape[2:]) != (1, 1)):
-        raise PatchFormatError(
-            f"{at}: lora_up {tuple(up.shape)} does not fit lora_down {tuple(down.shape)} "
-            f"(rank {rank})"
-        )
+    check_factors(tuple(up.shape), tuple(down.shape), at)
     if delta.alpha is not None:
         a = float(delta.alpha)
         if a != a or a in (float("inf"), float("-inf")):

@@ -8,10 +8,12 @@ public code tiled its mask head-major while diffusers orders rows batch-major).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from fmn_desktop.errors import ConceptNotFoundError
+
+if TYPE_CHECKING:  # torch only where a mask is built: POSITION_MODES is read by the CLI's parser
+    import torch
 
 POSITION_MODES = ("concept", "concept+eot", "concept+following", "concept+following+eot")
 
@@ -88,6 +90,8 @@ def concept_mask(
     # Learned multi-vector tokens are written out as the pipeline will encode them.
     expanded = [expand_placeholders(tokenizer, p) for p in prompts]
     batch = tokenizer(expanded, padding="max_length", max_length=length, truncation=True).input_ids
+    import torch
+
     eot_id = tokenizer.eos_token_id
     mask = torch.zeros(len(prompts), length)
     for b, (prompt, ids) in enumerate(zip(prompts, batch)):

@@ -6,6 +6,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# How a command names a patch (`Registry.get_patch`); here, without sqlite, for the CLI's help.
+SHA_PREFIX_MIN = 6
+REF_HELP = (
+    "a patch: its name, #ID (or id:ID, or a number of up to 5 digits), or a sha256 prefix "
+    f"of at least {SHA_PREFIX_MIN} hex digits (digits only included)"
+)
+
 
 @dataclass(frozen=True)
 class BaseModelRecord:

@@ -56,9 +56,12 @@ from fmn_desktop.registry.errors import (
     RegistryError,
 )
 from fmn_desktop.registry.header import Header, parse_header
+from fmn_desktop.registry.keywords import keywords
 from fmn_desktop.registry.location import DB_NAME, STORE_NAME, registry_dir
 from fmn_desktop.registry.migrations import migrations
-from fmn_desktop.registry.records import (
+from fmn_desktop.registry.records import (  # noqa: F401  (REF_HELP re-exported)
+    REF_HELP,
+    SHA_PREFIX_MIN,
     BaseModelRecord,
     EvaluationRecord,
     JobRecord,
@@ -73,13 +76,8 @@ STACK_MODES = ("additive", "fused")
 JOB_STATUSES = ("running", "ok", "failed", "cancelled", "interrupted")
 GC_GRACE_S = 3600.0
 ID_RE = re.compile(r"(?:#|id:)\s*(\d+)", re.IGNORECASE)
-SHA_PREFIX_MIN = 6
 SHORT_ID_RE = re.compile(r"\d{1,5}")  # a bare number of fewer than SHA_PREFIX_MIN digits
 SHA_PREFIX_RE = re.compile(r"[0-9a-f]{6,64}")
-REF_HELP = (
-    "a patch: its name, #ID (or id:ID, or a number of up to 5 digits), or a sha256 prefix "
-    f"of at least {SHA_PREFIX_MIN} hex digits (digits only included)"
-)
 
 
 def parse_id(text: str) -> int | None:
@@ -587,19 +585,36 @@ class Registry:
         return out
 
     def search(self, query: str) -> list[PatchRecord]:
-        """Full-text search (porter stemming) over names, titles, concepts, tags and notes.
+        """Patches matching every word of `query`, best first.
 
-        Every word of the query must occur (as a word or a word's start, e.g. `cast` finds
-        `castle`); quotes and FTS operators in the query are plain text."""
+        A word matches a patch when it occurs in its name, title, concepts, tags or notes
+        (full-text, porter stemming, as a word or a word's start: `cast` finds `castle`), or
+        starts one of its `keywords` (kind, method, format, concept kind, file name); quotes
+        and FTS operators in the query are plain text."""
         words = re.findall(r"\w+", query)
         if not words:
             return []
+        ranked = {pid: i for i, pid in enumerate(self._fts_ids(words))}
+        per_word = [set(self._fts_ids([w])) for w in words]
+        hits = []
+        for row in self._rows("select * from patches order by id"):
+            mine = keywords(row)
+            if all(
+                row["id"] in found or any(k.startswith(w.lower()) for k in mine)
+                for w, found in zip(words, per_word)
+            ):
+                hits.append(row)
+        hits.sort(key=lambda r: (ranked.get(r["id"], len(ranked)), r["id"]))
+        return [self._patch(r) for r in hits]
+
+    def _fts_ids(self, words: list[str]) -> list[int]:
+        """Ids of the patches whose indexed text holds every word, best first."""
         match = " ".join('"' + w.replace('"', '""') + '"*' for w in words)
         try:
             with self._lock:
                 rows = list(
                     self.db.query(
-                        "select patches.* from patches join patches_fts "
+                        "select patches.id from patches join patches_fts "
                         "on patches.rowid = patches_fts.rowid "
                         "where patches_fts match ? order by patches_fts.rank",
                         [match],
@@ -611,7 +626,7 @@ class Registry:
             raise _sqlite_error(exc, self.db_path) from exc
         except sqlite3.Error as exc:
             raise _sqlite_error(exc, self.db_path) from exc
-        return [self._patch(r) for r in rows]
+        return [r["id"] for r in rows]
 
     def tag(
         self, ref: str | int, add: Iterable[str] = (), remove: Iterable[str] = ()

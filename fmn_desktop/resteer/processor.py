@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fmn_desktop.errors import TrainingError
+from fmn_desktop.resteer.config import (  # noqa: F401  (re-exported)
+    LAYER_WEIGHTINGS,
+    PRESERVE_MODES,
+    RESTEER_TERMS,
+)
 from fmn_kernels import resteer_attention
-
-LAYER_WEIGHTINGS = ("pixels", "uniform")
-PRESERVE_MODES = ("output", "maps")
-# "squares" (the paper's, fused in the kernel) can fall by spreading attention over many marked
-# columns without moving it off them; the per-row "mass" terms cannot (measured: METHOD_NOTES).
-RESTEER_TERMS = ("squares", "mass", "logmass")
 
 
 @dataclass

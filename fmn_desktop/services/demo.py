@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from fmn_desktop.wording import count
+
 DEMO_CONCEPT = "Zorbu"
 
 
@@ -118,8 +120,8 @@ def run_demo(
     print(f"{'M-Score of ' + name:24}{str(m0):>24}{str(m1):>24}", file=out)
     print(f"{'retention (others)':24}{str(r0):>24}{str(r1):>24}", file=out)
     print(
-        f"\n95% confidence intervals in brackets; {seeds} seeds per prompt of {name}, "
-        f"{other_seeds} per prompt of the {len(others)} other concepts. "
+        f"\n95% confidence intervals in brackets; {count(seeds, 'seed')} per prompt of {name}, "
+        f"{other_seeds} per prompt of the {count(len(others), 'other concept')}. "
         f"Total {time.perf_counter() - t0:.0f} s.",
         file=out,
     )

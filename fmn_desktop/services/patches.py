@@ -8,9 +8,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fmn_desktop.errors import PatchFormatError
-from fmn_desktop.patch import Patch, load_patch, unet_module_names
+if TYPE_CHECKING:
+    from fmn_desktop.patch import Patch
 
 
 @dataclass
@@ -37,6 +38,8 @@ def parse_patch_spec(text: str) -> PatchSpec:
 
 def read_patches(model, specs: Sequence[PatchSpec]) -> list[tuple[Patch, float]]:
     """The patch files of `specs`, checked against `model`'s UNet, with their strengths."""
+    from fmn_desktop.patch import load_patch, unet_module_names
+
     names = unet_module_names(model.pipe.unet)
     return [(load_patch(s.path, names), s.strength) for s in specs]
 
@@ -108,6 +111,7 @@ def stack_entries(items: Sequence[PatchItem], model=None, cache: dict | None = N
     """`patch.stack.StackEntry`s read from the items' files (checked against the model's UNet
     when given); the registry's kind and concepts win over the file's. `cache` (path ->
     Patch) saves re-reading files while strengths change."""
+    from fmn_desktop.patch import load_patch, unet_module_names
     from fmn_desktop.patch.stack import StackEntry
 
     names = unet_module_names(model.pipe.unet) if model is not None else None
@@ -137,33 +141,30 @@ def conflicts(
 
 
 def describe_patch(path: str | os.PathLike) -> dict:
-    """Metadata and a summary of a patch file, without needing a model."""
+    """Metadata and a summary of a patch file, without needing a model (nor torch, unless
+    a tensor is bfloat16)."""
+    from fmn_desktop.patch.summary import summarize
+
+    info = summarize(path) or _summary_with_torch(path)
+    return {"file": str(path), "bytes": Path(path).stat().st_size, **info}
+
+
+def _summary_with_torch(path: str | os.PathLike) -> dict:
+    from fmn_desktop.patch import load_patch
+    from fmn_desktop.patch.layout import meta_fields
+
     patch = load_patch(path)
     meta = patch.meta
-    ranks = sorted({d.rank for d in patch.deltas.values() if d.rank is not None})
-    size = Path(path).stat().st_size
-    if not patch.deltas:
-        raise PatchFormatError(f"{path} holds no deltas")
+    fields = {f: getattr(meta, f) for f in meta_fields({})}
     return {
-        "file": str(path),
-        "bytes": size,
         "format": "lora" if patch.is_lora else "diff",
-        "concepts": meta.concepts,
-        "kind": meta.kind,
-        "method": meta.method,
-        "family": meta.family,
-        "base_fingerprint": meta.base_fingerprint,
-        "created": meta.created,
-        "title": meta.title,
         "tensors": len(patch.deltas),
         "parameters": patch.numel(),
-        "ranks": ranks,
-        "hyperparameters": meta.hyperparameters,
-        "scores": meta.scores,
-        "extra": meta.extra,
+        "ranks": sorted({d.rank for d in patch.deltas.values() if d.rank is not None}),
         "norm": math.sqrt(
             sum(float(d.to_dense().double().square().sum()) for d in patch.deltas.values())
         ),
+        **fields,
     }
 
 

@@ -168,7 +168,12 @@ def main(argv: list[str] | None = None, threads: int | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    parser = argparse.ArgumentParser(prog="fmn-desktop", description="Forget-Me-Not Studio")
+    parser = argparse.ArgumentParser(
+        prog="fmn-desktop",
+        description="Forget-Me-Not Studio, the desktop app. Other options go to Qt.",
+        epilog="Check an installation without a window: fmn-desktop --self-test "
+        "(exit status 0 when it works).",
+    )
     parser.add_argument(
         "--self-test",
         nargs="?",

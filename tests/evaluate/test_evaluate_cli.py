@@ -4,6 +4,7 @@ patch file's metadata and into the registry; usage errors."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -96,10 +97,16 @@ def test_evaluate_the_ready_zorbu_patch(tmp_path, capsys, others):
             str(tmp_path / "reg"),
         ]
     )
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout = captured.out
     assert code == 0, stdout
     assert "Zorbu:" in stdout and "M-Score" in stdout and "other words kept" in stdout
     assert "recorded mscore, retention, coattr_retention, worst_neighbour_drop" in stdout
+    assert "1 seed per forgotten concept" in stdout
+    # a progress bar over every image, before and after the patches, ending full
+    assert "base model" in captured.err and "patched" in captured.err
+    done = re.findall(r"(\d+)/(\d+) \[", captured.err)
+    assert done and done[-1][0] == done[-1][1] and int(done[-1][1]) >= 2 * 12
     scores = json.loads(out.read_text())
     # the embedded model draws Zorbu from its prompts; the shipped patch removes it
     assert scores["mscore_before"]["mean"] > 0.9 > 0.1 > scores["mscore_after"]["mean"]
