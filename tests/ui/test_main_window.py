@@ -221,3 +221,34 @@ def test_compare_page_lists_library_patches(qtbot, app, concept, fast_forget):
     assert app.compare.patch_label == f"Patch: {rec.name}"
     combo.activated.emit(0)
     assert app.compare.patches == [] and app.compare.patch_label == "No patch chosen"
+
+
+def test_status_bar_shows_the_current_pages_messages_only(qtbot, app, concept, fast_forget):
+    win = _window(qtbot, app)
+    win.show_view("forget")
+    bar = win.status_text
+    started = []
+    app.session.busy_changed.connect(lambda on: on and started.append(bar.text()))
+    app.forget.concept, app.forget.steps, app.forget.evaluate = concept, 2, False
+    app.forget.extra = dict(fast_forget)
+    assert app.forget.start() is not None
+    win.show_view("library")  # while the forget job runs
+    assert started == ["forget ..."]
+    assert bar.text() == "Running forget on the Forget page ..."
+    wait_idle(qtbot, app.session)
+    # the job's result belongs to the Forget page: not shown on the Library page
+    assert "Registered" in app.session.status and bar.text() == "Ready"
+    win.show_view("forget")
+    assert "Registered" in bar.text()
+    app.stack.add(app.library.patches[0])
+    app.stack.add(app.library.patches[0])  # posts "... is already in the stack" on Stack
+    assert "already" not in bar.text()
+    win.show_view("stack")
+    assert "already in the stack" in bar.text()
+    win.show_view("compare")
+    assert bar.text() == "Ready"
+    app.compare.prompts = ""
+    app.compare.run()  # an error: shown where the user is, until they move on
+    assert bar.text().startswith("No prompt")
+    win.show_view("model")
+    assert bar.text() == "Ready"

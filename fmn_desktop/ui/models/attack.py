@@ -32,6 +32,7 @@ def summary_rows(report) -> list[tuple[str, str, str]]:
 
 
 class AttackModel(JobModel):
+    view = "attack"  # the page its status messages belong to
     record_changed = Signal(object)  # PatchRecord | None
     concept_changed = Signal(str)
     budget_changed = Signal(int)

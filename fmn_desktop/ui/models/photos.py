@@ -36,6 +36,7 @@ def _forget_steps() -> int:
 
 
 class PhotosModel(PatchJobModel):
+    view = "photos"  # the page its status messages belong to
     images_changed = Signal(str)
     token_changed = Signal(str)
     names_changed = Signal(str)
