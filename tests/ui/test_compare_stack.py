@@ -129,3 +129,29 @@ def test_conflicts_are_shown_before_applying(qtbot, app, two_patches, tmp_path):
 def test_empty_stack_export_is_a_message(app, tmp_path):
     assert app.stack.export(str(tmp_path / "x.safetensors")) is None
     assert app.errors[-1][0] == "Empty stack"
+
+
+def test_strength_slider_has_a_scale_that_marks_the_scored_strength(qtbot):
+    from PySide6.QtWidgets import QSlider
+
+    from fmn_desktop.ui.widgets.stack_page import SCORED_STRENGTH, StrengthSlider
+
+    w = StrengthSlider(0.8)
+    qtbot.addWidget(w)
+    w.resize(420, 60)
+    w.show()
+    s = w.slider
+    assert s.tickPosition() == QSlider.TickPosition.TicksBelow and s.tickInterval() == 25
+    assert (w.spin.minimum(), w.spin.maximum(), w.spin.decimals()) == (0.0, 2.0, 2)
+    assert w.spin.text() == "0.80" and s.value() == 80
+    pos = w.scale.positions()
+    assert sorted(pos) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    xs = [pos[v] for v in sorted(pos)]
+    assert xs == sorted(xs) and xs[0] < s.width() // 4 and xs[-1] > 3 * s.width() // 4
+    assert abs(pos[SCORED_STRENGTH] - s.width() / 2) <= 3  # 1.0 is the slider's middle
+    assert "scored" in w.scale.text(SCORED_STRENGTH) and "scored" not in w.scale.text(0.5)
+    assert "measured at 1.0" in s.toolTip()
+    seen = []
+    w.changed.connect(seen.append)
+    s.setValue(150)
+    assert seen == [1.5] and w.spin.text() == "1.50"

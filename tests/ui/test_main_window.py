@@ -62,10 +62,14 @@ def test_library_to_compare_and_stack(qtbot, app, concept, fast_forget):
     assert win.library_page.table.selectionModel().selectedRows()
     win.library_page.stack_button.click()
     assert win.current_view() == "stack" and [e.name for e in app.stack.entries] == [rec.name]
-    slider = win.stack_page.rows.sliders[0]
-    slider.setValue(40)
+    strength = win.stack_page.rows.strengths[0]
+    strength.slider.setValue(40)
     assert app.stack.entries[0].strength == 0.4
-    assert win.stack_page.rows.values[0].text() == "0.40"
+    assert strength.spin.text() == "0.40"  # the value beside the slider
+    strength.spin.setValue(1.25)  # typed in: the slider follows
+    assert app.stack.entries[0].strength == 1.25 and strength.slider.value() == 125
+    app.stack.set_strength(0, 0.8)  # model -> widget
+    assert strength.spin.value() == 0.8 and strength.slider.value() == 80
     win.library_page.compare_button.click()
     assert win.current_view() == "compare" and rec.name in app.compare.patch_label
     assert rec.name in win.compare_page.choice.currentText()

@@ -256,6 +256,13 @@ class LibraryModel(QObject):
         self.session.registry_changed.emit()
         return True
 
+    def attack_refusal(self, record=None) -> str | None:
+        """Why the selected patch is not one for the attack check (a correction), or None."""
+        from fmn_desktop.services.attack import attack_refusal
+
+        r = record or self.selected
+        return attack_refusal(r) if r is not None else None
+
     def stacks_using_selected(self) -> list[str]:
         r, reg = self.selected, self.session.registry()
         if r is None or reg is None:
