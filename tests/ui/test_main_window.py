@@ -256,3 +256,21 @@ def test_status_bar_shows_the_current_pages_messages_only(qtbot, app, concept, f
     assert bar.text().startswith("No prompt")
     win.show_view("model")
     assert bar.text() == "Ready"
+
+
+def test_paths_shown_as_names(qtbot, app, tmp_path, loaded_model):
+    import copy
+
+    win = _window(qtbot, app)
+    folder = tmp_path / "models" / "my-sd15"
+    model = copy.copy(loaded_model)  # the same model, as if read from a folder of the user's
+    model.family, model.source = "sd15", folder  # not the embedded family
+    app.session.set_model(model)
+    assert win.model_badge.text().startswith("● my-sd15 · sd15")
+    assert str(tmp_path) not in win.model_badge.text()
+    assert win.model_badge.toolTip() == str(folder)  # where it lives: on hover
+    data = app.settings.data_folder
+    inside = app.session.display_path(f"{data}/tokens/quilla.tokens.safetensors")
+    assert inside == "tokens/quilla.tokens.safetensors in the data folder"
+    chosen = tmp_path / "out" / "quilla.safetensors"
+    assert app.session.display_path(chosen) == str(chosen)  # a place the user chose: in full

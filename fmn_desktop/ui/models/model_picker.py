@@ -88,7 +88,8 @@ class ModelPickerModel(QObject):
                     ),
                 )
             self.loaded_label = self.session.model_label()
-            self.session.post(f"Loaded {spec_label(spec)}", self.view)
+            name = spec_label(spec) if spec == DEFAULT_SPEC else Path(spec).name
+            self.session.post(f"Loaded {name}", self.view)
             self.loaded.emit(model)
 
         self.loading = True

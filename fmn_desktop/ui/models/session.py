@@ -10,6 +10,7 @@ the user looks at another page does not write over that page's status bar.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
@@ -57,8 +58,25 @@ class Session(QObject):
         m = self._model
         if m is None:
             return "no model loaded"
-        name = "embedded toy model" if m.embedded else str(m.source)
+        # the folder's or file's own name: where it lives is in `model_source()` (a tooltip)
+        name = "embedded toy model" if m.embedded else Path(str(m.source)).name
         return f"{name} · {m.family} · {str(m.device)} · {(m.fingerprint or '')[:10]}"
+
+    def model_source(self) -> str:
+        """Where the loaded model was read from ("" for none or the embedded one)."""
+        m = self._model
+        return "" if m is None or m.embedded else str(m.source)
+
+    def display_path(self, path) -> str:
+        """A file the app wrote, for a message: relative to the data folder when it is in
+        there (its place there is the app's business, e.g. a scratch name), else in full (the
+        user chose it)."""
+        p = Path(path)
+        try:
+            inner = p.resolve().relative_to(Path(self.settings.data_folder).resolve())
+        except (ValueError, OSError):
+            return str(p)
+        return f"{inner.as_posix()} in the data folder"
 
     def require_model(self):
         if self._model is None:

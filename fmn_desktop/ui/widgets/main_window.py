@@ -233,6 +233,7 @@ class MainWindow(QMainWindow):
 
     def _model(self, model):
         self.model_badge.setText(f"● {self.app.session.model_label()}")
+        self.model_badge.setToolTip(self.app.session.model_source())
         self.model_badge.setProperty("loaded", model is not None)
         self.model_badge.style().unpolish(self.model_badge)
         self.model_badge.style().polish(self.model_badge)
