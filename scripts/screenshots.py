@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def wait(app, cond, timeout=600.0):
+def wait(app, cond, timeout=1800.0):  # a busy machine is slow
     end = time.monotonic() + timeout
     while not cond():
         app.processEvents()

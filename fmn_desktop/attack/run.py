@@ -358,9 +358,9 @@ def report_table(report: AttackReport):
         f"{a.best_prompt}\nseed {a.seed} · presence {a.best_presence:.2f}"
         for a in report.after.targets
     ]
-    columns = ["before", "after", "after, best prompt"]
+    columns = ["before", "after", "best prompt"]  # the last two after the patch
     if any(a.soft_image is not None for a in report.after.targets):
-        columns.append("after, soft prompt")
+        columns.append("soft prompt")
     return ImageTable(rows, labels, f"Best prompts found for {report.concept}", columns)
 
 

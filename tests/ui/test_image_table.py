@@ -64,3 +64,14 @@ def test_placeholder_without_tables(qtbot):
     assert view.placement() is None and not view.has_image()
     view.set_tables([_table("Base model")])
     assert view.has_image() and view.placement() is not None
+
+
+def test_labels_take_the_width_the_images_leave(qtbot):
+    long = [f"a photo of zorbu in the style of a painting {i}" for i in range(3)]
+    table = _table("Best prompts", cols=3, labels=long)
+    view = _view(qtbot, [table], 520, 260)
+    place = view.placement()
+    assert place.cell < 100  # the height limits the images ...
+    natural = max(view.fontMetrics().horizontalAdvance(t) for t in long)
+    assert place.label_width >= natural  # ... so the labels are not cut short
+    assert place.width <= 520

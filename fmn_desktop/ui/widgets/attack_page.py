@@ -121,6 +121,7 @@ class AttackPage(JobPage):
         self.details.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.details.setPlaceholderText("Each target's search, as it runs")
         self.details.setMaximumHeight(130)
+        self.details.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)  # a table: no wrapping
         rl.addWidget(self.details)
         self.add_result_label()
 

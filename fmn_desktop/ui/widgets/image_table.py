@@ -71,13 +71,10 @@ class ImageTablesView(QWidget):
     def _labels(self, t) -> list[str]:
         return list(t.labels) if self.show_labels and any(t.labels) else []
 
-    def _label_width(self, width: int) -> int:
+    def _natural_label_width(self) -> int:
         fm = QFontMetrics(self.label_font())
         lines = [ln for t in self._tables for lab in self._labels(t) for ln in lab.splitlines()]
-        if not lines:
-            return 0
-        natural = max(fm.horizontalAdvance(ln) for ln in lines) + 12
-        return int(min(natural, 0.3 * width))
+        return max(fm.horizontalAdvance(ln) for ln in lines) + 12 if lines else 0
 
     def _heads(self, t) -> tuple[int, int]:
         """Heights of the caption line and the column-heading line (0 when absent)."""
@@ -91,7 +88,8 @@ class ImageTablesView(QWidget):
             return None
         w = self.width() if width is None else width
         h = self.height() if height is None else height
-        label = self._label_width(w)
+        natural = self._natural_label_width()
+        label = int(min(natural, 0.3 * w))  # the images come first ...
         cols = [max(len(r) for r in t.rows) for t in self._tables]
         nrows = [len(t.rows) for t in self._tables]
         heads = [self._heads(t) for t in self._tables]
@@ -109,6 +107,11 @@ class ImageTablesView(QWidget):
             options.append(("stacked", cell))
         mode, cell = max(options, key=lambda o: o[1])
         cell = int(max(8, min(cell, MAX_SCALE * native)))
+        if mode == "rows":
+            free = w - label - sum(cols) * (cell + GAP) - SEP * (n - 1)
+        else:
+            free = w - label - max(cols) * (cell + GAP)
+        label += int(max(0, min(natural - label, free)))  # ... then the labels take what is left
         if mode == "rows":
             width_used = label + sum(cols) * (cell + GAP) + SEP * (n - 1)
             height_used = max(c + hd for c, hd in heads) + nrows[0] * (cell + GAP)
