@@ -155,3 +155,20 @@ def test_strength_slider_has_a_scale_that_marks_the_scored_strength(qtbot):
     w.changed.connect(seen.append)
     s.setValue(150)
     assert seen == [1.5] and w.spin.text() == "1.50"
+
+
+def test_stack_rows_line_up_as_entries_are_added(qtbot, app, two_patches):
+    from fmn_desktop.ui.widgets.stack_page import StackPage
+
+    page = StackPage(app.stack)
+    qtbot.addWidget(page)
+    page.resize(1000, 600)
+    page.show()
+    for rec in two_patches:  # one at a time, as a user adds them
+        app.stack.add(rec)
+    qtbot.wait(50)
+    grid = page.rows.grid
+    for i, strength in enumerate(page.rows.strengths):
+        name = grid.itemAtPosition(i, 1).widget()
+        assert abs(name.y() - strength.y()) <= 4  # each name beside its own slider
+    assert page.rows.strengths[1].y() - page.rows.strengths[0].y() < 120  # no gap between rows

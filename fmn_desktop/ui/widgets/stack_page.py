@@ -174,6 +174,8 @@ class _Rows(QWidget):
                 w.setParent(None)
                 w.deleteLater()
         self.strengths = []
+        for r in range(self.grid.rowCount()):  # the last rebuild's stretch row may be an entry now
+            self.grid.setRowStretch(r, 0)
         if not entries:
             hint = QLabel("The stack is empty. Add patches from the library (Add to stack).")
             hint.setObjectName("placeholder")
@@ -195,8 +197,7 @@ class _Rows(QWidget):
             down.clicked.connect(lambda _=False, i=i: self.model.move(i, 1))
             remove.clicked.connect(lambda _=False, i=i: self.model.remove(i))
             for c, w in enumerate((order, name, strength, up, down, remove)):
-                align = Qt.AlignmentFlag.AlignTop if c > 1 else Qt.AlignmentFlag.AlignVCenter
-                self.grid.addWidget(w, i, c, align)
+                self.grid.addWidget(w, i, c, Qt.AlignmentFlag.AlignTop)
             self.strengths.append(strength)
         self.grid.setRowStretch(len(entries), 1)
 
