@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+
+@dataclass
+class ImageTable:
+    """Images in rows (one per prompt or target) with their texts, unrendered: for a front end
+    that lays them out and letters them itself (`grid_image` is the PNG of the same)."""
+
+    rows: list[list[Image.Image]]
+    labels: list[str] = field(default_factory=list)  # one a row ("" or none: no label column)
+    title: str = ""
+    columns: list[str] = field(default_factory=list)  # one a column, or none
 
 
 def grid_image(

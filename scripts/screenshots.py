@@ -3,7 +3,8 @@
     QT_QPA_PLATFORM=offscreen python scripts/screenshots.py [--out docs/screenshots]
 
 Uses the embedded model when its weights are installed, else a tiny pipeline built in code
-(tests/tiny.py). It drives the same models as the tests: load, forget, preview, compare, stack.
+(tests/tiny.py). It drives the same models as the tests: load, forget, preview, compare, stack,
+correct, an attack check of a forget patch. On a busy 2-core machine all views take minutes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def wait(app, cond, timeout=600.0):
+def wait(app, cond, timeout=1800.0):  # a busy machine is slow
     end = time.monotonic() + timeout
     while not cond():
         app.processEvents()
@@ -69,7 +70,7 @@ def main() -> int:
     app = create_app([])
     tmp = Path(tempfile.mkdtemp(prefix="fmn-shots-"))
     state, win = build_window(tmp / "settings.json")
-    state.settings.data_folder = str(tmp / "registry")
+    state.settings.data_folder = str(tmp / "Forget-Me-Not Studio")
     win.resize(1240, 800)
     win.show()
     out = Path(args.out)
@@ -107,7 +108,9 @@ def main() -> int:
 
     if only is None or only - {"correct", "attack"}:
         forget_and_compare(state, app, shot, spec, concepts, prompts, steps, extra)
-    correct_and_attack(state, app, shot, spec, concepts)
+    correct_page(state, app, shot, spec, concepts)
+    if spec == "default" and (only is None or "attack" in only):
+        attack_page(state, app, shot, concepts, steps, extra)
     photos_page(state, shot, spec, tmp)
     state.close()
     return 0
@@ -120,9 +123,9 @@ def forget_and_compare(state, app, shot, spec, concepts, prompts, steps, extra):
     f.evaluate = spec == "default"
     for i, concept in enumerate(concepts):
         f.concept = concept
-        f.kind = "identity" if concept in ("Zorbu", "Van Gogh") else "object"
+        f.concept_kind = "identity" if concept == "Zorbu" else "object"
         if concept == "Van Gogh":
-            f.kind = "style"
+            f.concept_kind = "style"
         f.start()
         wait(app, lambda: not state.session.busy)
         if i == 0:
@@ -150,8 +153,8 @@ def forget_and_compare(state, app, shot, spec, concepts, prompts, steps, extra):
     shot("settings", "settings")
 
 
-def correct_and_attack(state, app, shot, spec, concepts):
-    """A closed-form correction, then an attack check of it (the embedded model's judge)."""
+def correct_page(state, app, shot, spec, concepts):
+    """A closed-form correction."""
     c = state.correct
     if spec == "default":
         c.concept, c.guide = "Zorbu", "circle"
@@ -160,10 +163,21 @@ def correct_and_attack(state, app, shot, spec, concepts):
     c.start()
     wait(app, lambda: not state.session.busy)
     shot("correct", "correct")
-    if spec != "default":
-        return
+
+
+def attack_page(state, app, shot, concepts, steps, extra):
+    """An attack check of the first concept's forget patch (the embedded model's judge); the
+    check is for forget patches, a correction redirects its concept rather than removing it."""
     a = state.attack
-    a.use_patch(c.result.record)
+    found = [r for r in a.patches() if concepts[0] in r.concepts]
+    if not found:  # views rendered alone (--only attack): forget it first
+        f = state.forget
+        f.extra, f.steps, f.evaluate = extra, steps, False
+        f.concept, f.concept_kind = concepts[0], "identity"
+        f.start()
+        wait(app, lambda: not state.session.busy)
+        found = [r for r in a.patches() if concepts[0] in r.concepts]
+    a.use_patch(found[0])
     a.budget, a.seeds, a.steps, a.chance = 8, 1, 12, 4
     a.start()
     wait(app, lambda: not state.session.busy)
@@ -173,7 +187,7 @@ def correct_and_attack(state, app, shot, spec, concepts):
 
 def photos_page(state, shot, spec, tmp: Path):
     """The Forget-from-photos page filled in (not run: inversion takes a minute or two)."""
-    folder = tmp / "photos"
+    folder = tmp / "Quilla photos"
     folder.mkdir(exist_ok=True)
     p = state.photos
     p.images, p.token = str(folder), "<subject>"

@@ -350,14 +350,40 @@ def format_table(report: AttackReport) -> str:
     return "\n".join(lines)
 
 
+def report_table(report: AttackReport):
+    """The images of `report_grid` unrendered (`imaging.ImageTable`): a row per target, labelled
+    with the best prompt found, its seed and presence; a heading per column."""
+    from fmn_desktop.imaging import ImageTable
+
+    rows = _report_rows(report)
+    labels = [
+        f"{a.best_prompt}\nseed {a.seed} · presence {a.best_presence:.2f}"
+        for a in report.after.targets
+    ]
+    columns = ["before", "after", "best prompt"]  # the last two after the patch
+    if any(a.soft_image is not None for a in report.after.targets):
+        columns.append("soft prompt")
+    return ImageTable(rows, labels, f"Best prompts found for {report.concept}", columns)
+
+
 def report_grid(report: AttackReport):
     """One row per target: before (plain prompt), after (plain prompt), after (best prompt
     found), and the soft prompt's image after when it was run."""
-    from PIL import Image
-
     from fmn_desktop.imaging import grid_image
 
-    rows, labels = [], []
+    labels = [f"seed {a.seed}: {a.best_presence:.2f} {a.best_prompt}" for a in report.after.targets]
+    has_soft = any(a.soft_image is not None for a in report.after.targets)
+    title = "before | after | after, best prompt found" + (
+        " | after, soft prompt" if has_soft else ""
+    )
+    return grid_image(_report_rows(report), labels, title=title, cell=64)
+
+
+def _report_rows(report: AttackReport) -> list[list]:
+    """A row of images per target (blank where one is missing)."""
+    from PIL import Image
+
+    rows = []
     blank = None
     for b, a in zip(report.before.targets, report.after.targets):
         cells = [b.plain_image, a.plain_image, a.best_image]
@@ -370,12 +396,7 @@ def report_grid(report: AttackReport):
                 blank = Image.new("RGB", size, "white")
             cells = [c if c is not None else blank for c in cells]
         rows.append(cells)
-        labels.append(f"seed {a.seed}: {a.best_presence:.2f} {a.best_prompt}")
-    has_soft = any(a.soft_image is not None for a in report.after.targets)
-    title = "before | after | after, best prompt found" + (
-        " | after, soft prompt" if has_soft else ""
-    )
-    return grid_image(rows, labels, title=title, cell=64)
+    return rows
 
 
 def write_report(report: AttackReport, out_dir: str | os.PathLike) -> dict[str, Path]:

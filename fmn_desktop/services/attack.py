@@ -35,6 +35,29 @@ class AttackDone:
     rows: list  # EvaluationRecord stored with the patch
     paths: dict = field(default_factory=dict)
     record: Any = None  # the PatchRecord the figures went to
+    images: Any = None  # imaging.ImageTable: the grid's images and texts, unrendered
+
+
+ATTACKABLE_KIND = "forget"
+
+
+def attack_refusal(record) -> str | None:
+    """Why a registry patch is not one to attack-check, or None when it is. The check searches
+    for prompts that draw a removed concept again; a correction patch does not remove its
+    concept, it redirects it (towards a guide), so there is nothing for an attack to bring back.
+    """
+    if record.kind == ATTACKABLE_KIND:
+        return None
+    what = ", ".join(record.concepts) or "its concept"
+    return (
+        f"{record.name} is a {record.kind} patch: it redirects {what} rather than removing it, "
+        f"so there is nothing for an attack to bring back. The attack check is for forget patches."
+    )
+
+
+def attackable_patches(registry) -> list:
+    """The registry's patches the attack check applies to (forget patches), newest first."""
+    return sorted(registry.list_patches(kind=ATTACKABLE_KIND), key=lambda r: r.id, reverse=True)
 
 
 def attack_targets(concept: str, settings) -> int:
@@ -49,7 +72,7 @@ def attack_job(ctx, model, req: AttackRequest):
     progress is one report per target attacked."""
     from fmn_desktop.attack import format_table, record_in_registry, run_attack, write_report
     from fmn_desktop.attack.candidates import prompt_words
-    from fmn_desktop.attack.run import report_grid
+    from fmn_desktop.attack.run import report_grid, report_table
     from fmn_desktop.errors import CancelledError, FmnError
     from fmn_desktop.services.evaluate import record_for
     from fmn_desktop.services.model import judged_concept, model_name
@@ -101,4 +124,4 @@ def attack_job(ctx, model, req: AttackRequest):
         yield Progress("register", total, total, text="recording the figures with the patch")
         with open_registry(req.registry_root) as reg:
             rows = record_in_registry(reg, record.id, report, strength=specs[0].strength)
-    return AttackDone(report, format_table(report), grid, rows, paths, record)
+    return AttackDone(report, format_table(report), grid, rows, paths, record, report_table(report))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from fmn_desktop.imaging import grid_image
+from fmn_desktop.imaging import ImageTable, grid_image
 from fmn_desktop.services.patches import PatchItem, stack_entries
 from fmn_desktop.training import Progress
 
@@ -71,6 +71,8 @@ class CompareDone:
     base: Any  # PIL image grid
     patched: Any
     labels: list[str]
+    base_images: Any = None  # imaging.ImageTable: the grids' images and texts, unrendered
+    patched_images: Any = None
 
 
 def compare_job(ctx, model, req: CompareRequest):
@@ -105,7 +107,14 @@ def compare_job(ctx, model, req: CompareRequest):
             yield Progress("generate", len(req.prompts) + i + 1, total, text=req.title)
     title = (req.title if entries else "no patch") if req.labelled else None
     patched = grid_image(after_rows, labels, title=title, cell=cell)
-    return CompareDone(base, patched, list(req.prompts))
+    prompts = list(req.prompts)
+    return CompareDone(
+        base,
+        patched,
+        prompts,
+        ImageTable(rows, prompts, "Base model"),
+        ImageTable(after_rows, prompts, f"With {req.title}" if entries else "No patch"),
+    )
 
 
 def generate_grid_file(

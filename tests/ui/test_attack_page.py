@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import Qt
-from ui_helpers import EMBEDDED, same_weights, wait_idle, weights_copy
+from ui_helpers import EMBEDDED, forget_patch, same_weights, wait_idle, weights_copy
 
 from fmn_desktop.ui.widgets.main_window import MainWindow
 
@@ -29,6 +29,46 @@ def _correction(qtbot, app, concept: str, guide: str):
     return blocker.args[0].record
 
 
+def _fake_report():
+    """A finished attack's report (3 targets, 64 px images) without running one."""
+    from PIL import Image
+
+    from fmn_desktop.attack import AttackSettings
+    from fmn_desktop.attack.run import AttackReport
+    from fmn_desktop.attack.search import StateResult, TargetResult
+
+    def target(i, presence):
+        img = Image.new("RGB", (64, 64), (40 * i, 120, 200))
+        return TargetResult(
+            f"a photo of Zorbu {i}",
+            1000,
+            presence,
+            f"a photo of zorbu in the style {i}",
+            presence,
+            "edit",
+            8,
+            1.5,
+            0.5,
+            plain_image=img,
+            best_image=img,
+        )
+
+    settings = AttackSettings(budget=8, seeds=1, chance=0, whitebox=False)
+    before = StateResult("before", [target(i, 0.99) for i in range(3)], 12.0)
+    after = StateResult("after", [target(i, 0.01) for i in range(3)], 14.0)
+    return AttackReport("Zorbu", "identity", "toy", [], settings, before, after)
+
+
+def _done(report):
+    from fmn_desktop.attack import format_table
+    from fmn_desktop.attack.run import report_grid, report_table
+    from fmn_desktop.services.attack import AttackDone
+
+    return AttackDone(
+        report, format_table(report), report_grid(report), [], {}, None, report_table(report)
+    )
+
+
 def _tiny(app):
     a = app.attack
     for k, v in TINY.items():
@@ -37,9 +77,9 @@ def _tiny(app):
 
 
 @pytest.mark.skipif(not EMBEDDED, reason="the attack's judge needs the embedded model")
-def test_attack_check_from_the_library_records_figures(qtbot, app):
+def test_attack_check_from_the_library_records_figures(qtbot, app, fast_forget):
     win = _window(qtbot, app)
-    rec = _correction(qtbot, app, "Zorbu", "circle")
+    rec = forget_patch(qtbot, app, "Zorbu", fast_forget, steps=2).record
     win.show_view("library")
     app.library.select_name(rec.name)
     assert win.library_page.attack_button.isEnabled()
@@ -47,7 +87,7 @@ def test_attack_check_from_the_library_records_figures(qtbot, app):
     assert win.current_view() == "attack"
     page = win.attack_page
     assert app.attack.record.id == rec.id and app.attack.concept == "Zorbu"
-    assert rec.name in page.patch_label.text()
+    assert rec.name in page.choice.currentText() and "Zorbu" in page.patch_label.text()
     _tiny(app)
     saved = weights_copy(app.session.model.pipe.unet)
     steps = []
@@ -64,6 +104,7 @@ def test_attack_check_from_the_library_records_figures(qtbot, app):
     assert page.table.item(1, 0).text() == "Attack success rate (ASR)"
     assert page.table.item(1, 2).text() == str(done.report.after.asr())
     assert page.grid.has_image() and done.grid.size[0] > 0
+    assert len(page.grid.tables()[0].rows) == len(done.report.after.targets)
     assert "best prompts after the patches" in page.details.toPlainText()
     # recorded in the registry, shown with the patch in the library
     metrics = [e.metric for e in app.library.evaluations(rec)]
@@ -82,9 +123,9 @@ def test_attack_check_from_the_library_records_figures(qtbot, app):
     assert not app.errors
 
 
-def test_attack_error_is_shown_and_nothing_recorded(qtbot, app, concept):
+def test_attack_error_is_shown_and_nothing_recorded(qtbot, app, concept, fast_forget):
     win = _window(qtbot, app)
-    rec = _correction(qtbot, app, concept, f"red {concept}")
+    rec = forget_patch(qtbot, app, concept, fast_forget, steps=2).record
     a = app.attack
     assert a.start() is None and app.errors[-1][0] == "No patch"
     win.library_page.model.select_name(rec.name)
@@ -103,8 +144,8 @@ def test_attack_error_is_shown_and_nothing_recorded(qtbot, app, concept):
 
 
 @pytest.mark.skipif(not EMBEDDED, reason="the attack's judge needs the embedded model")
-def test_cancel_attack_records_nothing(qtbot, app):
-    rec = _correction(qtbot, app, "Zorbu", "circle")
+def test_cancel_attack_records_nothing(qtbot, app, fast_forget):
+    rec = forget_patch(qtbot, app, "Zorbu", fast_forget, steps=2).record
     a = app.attack
     a.use_patch(rec)
     _tiny(app)
@@ -122,3 +163,49 @@ def test_cancel_attack_records_nothing(qtbot, app):
     assert app.library.evaluations(rec) == []
     assert same_weights(app.session.model.pipe.unet, saved)
     assert not app.errors
+
+
+def test_attack_page_lists_forget_patches_only(qtbot, app, concept, fast_forget):
+    win = _window(qtbot, app)
+    forgot = forget_patch(qtbot, app, concept, fast_forget, steps=2).record
+    corrected = _correction(qtbot, app, concept, f"red {concept}")
+    page = win.attack_page
+    listed = [page.choice.itemText(i) for i in range(page.choice.count())]
+    assert any(forgot.name in t for t in listed)
+    assert not any(corrected.name in t for t in listed)
+    # the library does not offer it, and says why
+    app.library.select_name(corrected.name)
+    assert not win.library_page.attack_button.isEnabled()
+    assert "nothing for an attack to bring back" in win.library_page.attack_button.toolTip()
+    app.library.select_name(forgot.name)
+    assert win.library_page.attack_button.isEnabled()
+    # asked for anyway: not taken, the page says why, and nothing starts
+    app.attack.use_patch(corrected)
+    assert app.attack.record is None
+    assert "correct patch" in page.patch_label.text() and "redirects" in page.patch_label.text()
+    assert app.attack.start() is None and "redirects" in app.errors[-1][1]
+    page.choice.setCurrentIndex(1)
+    page.choice.activated.emit(1)
+    assert app.attack.record.id == forgot.id and app.attack.notice == ""
+    assert forgot.name in page.choice.currentText()
+
+
+def test_attack_result_table_fits_its_contents(qtbot, app):
+    from fmn_desktop.attack.run import AttackReport
+
+    win = _window(qtbot, app)
+    win.show_view("attack")
+    page = win.attack_page
+    report = _fake_report()
+    assert isinstance(report, AttackReport)
+    app.attack.result = _done(report)
+    t = page.table
+    assert not t.wordWrap() and t.rowCount() >= 5
+    for c in range(t.columnCount() - 1):  # no figure cut short: each column fits its text
+        widest = max(
+            t.fontMetrics().horizontalAdvance(t.item(r, c).text()) for r in range(t.rowCount())
+        )
+        assert t.columnWidth(c) >= widest
+    line = t.fontMetrics().height()
+    assert all(t.rowHeight(r) < 2 * line for r in range(t.rowCount()))  # one line a row
+    assert t.height() >= sum(t.rowHeight(r) for r in range(t.rowCount()))  # no scrolling

@@ -129,3 +129,46 @@ def test_conflicts_are_shown_before_applying(qtbot, app, two_patches, tmp_path):
 def test_empty_stack_export_is_a_message(app, tmp_path):
     assert app.stack.export(str(tmp_path / "x.safetensors")) is None
     assert app.errors[-1][0] == "Empty stack"
+
+
+def test_strength_slider_has_a_scale_that_marks_the_scored_strength(qtbot):
+    from PySide6.QtWidgets import QSlider
+
+    from fmn_desktop.ui.widgets.stack_page import SCORED_STRENGTH, StrengthSlider
+
+    w = StrengthSlider(0.8)
+    qtbot.addWidget(w)
+    w.resize(420, 60)
+    w.show()
+    s = w.slider
+    assert s.tickPosition() == QSlider.TickPosition.TicksBelow and s.tickInterval() == 25
+    assert (w.spin.minimum(), w.spin.maximum(), w.spin.decimals()) == (0.0, 2.0, 2)
+    assert w.spin.text() == "0.80" and s.value() == 80
+    pos = w.scale.positions()
+    assert sorted(pos) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    xs = [pos[v] for v in sorted(pos)]
+    assert xs == sorted(xs) and xs[0] < s.width() // 4 and xs[-1] > 3 * s.width() // 4
+    assert abs(pos[SCORED_STRENGTH] - s.width() / 2) <= 3  # 1.0 is the slider's middle
+    assert "scored" in w.scale.text(SCORED_STRENGTH) and "scored" not in w.scale.text(0.5)
+    assert "measured at 1.0" in s.toolTip()
+    seen = []
+    w.changed.connect(seen.append)
+    s.setValue(150)
+    assert seen == [1.5] and w.spin.text() == "1.50"
+
+
+def test_stack_rows_line_up_as_entries_are_added(qtbot, app, two_patches):
+    from fmn_desktop.ui.widgets.stack_page import StackPage
+
+    page = StackPage(app.stack)
+    qtbot.addWidget(page)
+    page.resize(1000, 600)
+    page.show()
+    for rec in two_patches:  # one at a time, as a user adds them
+        app.stack.add(rec)
+    qtbot.wait(50)
+    grid = page.rows.grid
+    for i, strength in enumerate(page.rows.strengths):
+        name = grid.itemAtPosition(i, 1).widget()
+        assert abs(name.y() - strength.y()) <= 4  # each name beside its own slider
+    assert page.rows.strengths[1].y() - page.rows.strengths[0].y() < 120  # no gap between rows

@@ -62,10 +62,14 @@ def test_library_to_compare_and_stack(qtbot, app, concept, fast_forget):
     assert win.library_page.table.selectionModel().selectedRows()
     win.library_page.stack_button.click()
     assert win.current_view() == "stack" and [e.name for e in app.stack.entries] == [rec.name]
-    slider = win.stack_page.rows.sliders[0]
-    slider.setValue(40)
+    strength = win.stack_page.rows.strengths[0]
+    strength.slider.setValue(40)
     assert app.stack.entries[0].strength == 0.4
-    assert win.stack_page.rows.values[0].text() == "0.40"
+    assert strength.spin.text() == "0.40"  # the value beside the slider
+    strength.spin.setValue(1.25)  # typed in: the slider follows
+    assert app.stack.entries[0].strength == 1.25 and strength.slider.value() == 125
+    app.stack.set_strength(0, 0.8)  # model -> widget
+    assert strength.spin.value() == 0.8 and strength.slider.value() == 80
     win.library_page.compare_button.click()
     assert win.current_view() == "compare" and rec.name in app.compare.patch_label
     assert rec.name in win.compare_page.choice.currentText()
@@ -221,3 +225,52 @@ def test_compare_page_lists_library_patches(qtbot, app, concept, fast_forget):
     assert app.compare.patch_label == f"Patch: {rec.name}"
     combo.activated.emit(0)
     assert app.compare.patches == [] and app.compare.patch_label == "No patch chosen"
+
+
+def test_status_bar_shows_the_current_pages_messages_only(qtbot, app, concept, fast_forget):
+    win = _window(qtbot, app)
+    win.show_view("forget")
+    bar = win.status_text
+    started = []
+    app.session.busy_changed.connect(lambda on: on and started.append(bar.text()))
+    app.forget.concept, app.forget.steps, app.forget.evaluate = concept, 2, False
+    app.forget.extra = dict(fast_forget)
+    assert app.forget.start() is not None
+    win.show_view("library")  # while the forget job runs
+    assert started == ["forget ..."]
+    assert bar.text() == "Running forget on the Forget page ..."
+    wait_idle(qtbot, app.session)
+    # the job's result belongs to the Forget page: not shown on the Library page
+    assert "Registered" in app.session.status and bar.text() == "Ready"
+    win.show_view("forget")
+    assert "Registered" in bar.text()
+    app.stack.add(app.library.patches[0])
+    app.stack.add(app.library.patches[0])  # posts "... is already in the stack" on Stack
+    assert "already" not in bar.text()
+    win.show_view("stack")
+    assert "already in the stack" in bar.text()
+    win.show_view("compare")
+    assert bar.text() == "Ready"
+    app.compare.prompts = ""
+    app.compare.run()  # an error: shown where the user is, until they move on
+    assert bar.text().startswith("No prompt")
+    win.show_view("model")
+    assert bar.text() == "Ready"
+
+
+def test_paths_shown_as_names(qtbot, app, tmp_path, loaded_model):
+    import copy
+
+    win = _window(qtbot, app)
+    folder = tmp_path / "models" / "my-sd15"
+    model = copy.copy(loaded_model)  # the same model, as if read from a folder of the user's
+    model.family, model.source = "sd15", folder  # not the embedded family
+    app.session.set_model(model)
+    assert win.model_badge.text().startswith("● my-sd15 · sd15")
+    assert str(tmp_path) not in win.model_badge.text()
+    assert win.model_badge.toolTip() == str(folder)  # where it lives: on hover
+    data = app.settings.data_folder
+    inside = app.session.display_path(f"{data}/tokens/quilla.tokens.safetensors")
+    assert inside == "tokens/quilla.tokens.safetensors in the data folder"
+    chosen = tmp_path / "out" / "quilla.safetensors"
+    assert app.session.display_path(chosen) == str(chosen)  # a place the user chose: in full

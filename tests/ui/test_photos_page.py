@@ -84,7 +84,9 @@ def test_photos_page_forgets_and_registers(
     assert 1 in steps and 2 in steps
     text = page.result.text()
     assert "Registered as" in text and f"Learned {TOKEN}" in text and "Names found" in text
-    assert str(done.tokens_path) in text
+    # the tokens file, named within the data folder rather than by its full path
+    assert "tokens/jane.tokens.safetensors in the data folder" in text
+    assert str(done.tokens_path) not in text
     assert [x.name for x in app.library.patches] == [rec.name]
     assert page.compare_button.isVisible()
     assert page.start_button.isEnabled() and not page.cancel_button.isEnabled()

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 
-from fmn_desktop.services.attack import AttackDone, AttackRequest, attack_job
+from fmn_desktop.services.attack import (
+    AttackDone,
+    AttackRequest,
+    attack_job,
+    attack_refusal,
+    attackable_patches,
+)
 from fmn_desktop.ui.models.job import JobModel, capitalized
 from fmn_desktop.ui.models.session import Session
 from fmn_desktop.ui.properties import state
@@ -32,6 +38,7 @@ def summary_rows(report) -> list[tuple[str, str, str]]:
 
 
 class AttackModel(JobModel):
+    view = "attack"  # the page its status messages belong to
     record_changed = Signal(object)  # PatchRecord | None
     concept_changed = Signal(str)
     budget_changed = Signal(int)
@@ -40,6 +47,7 @@ class AttackModel(JobModel):
     whitebox_changed = Signal(bool)
     chance_changed = Signal(int)
     log_changed = Signal(object)  # list[str]
+    notice_changed = Signal(str)
 
     record = state("record", object, None, record_changed)
     concept = state("concept", str, "", concept_changed)
@@ -49,6 +57,7 @@ class AttackModel(JobModel):
     whitebox = state("whitebox", bool, True, whitebox_changed)
     chance = state("chance", int, 16, chance_changed)
     log = state("log", list, [], log_changed)
+    notice = state("notice", str, "", notice_changed)  # why the patch asked for is not attacked
 
     cancelled_text = "Cancelled: nothing was recorded"
 
@@ -56,12 +65,21 @@ class AttackModel(JobModel):
         super().__init__(session, parent)
         self.extra: dict = {}  # other AttackSettings fields (tests and power users)
 
+    def patches(self) -> list:
+        """The library's patches an attack check applies to (forget patches), newest first."""
+        reg = self.session.registry()
+        found = self.session.attempt("Registry", lambda: attackable_patches(reg)) if reg else None
+        return found or []
+
     def use_patch(self, record) -> None:
-        """Attack this library patch; its first concept the judge knows is the target."""
-        self.record = record
+        """Attack this library patch; its first concept the judge knows is the target. A patch
+        the check does not apply to (a correction) is not taken: `notice` says why."""
+        refusal = attack_refusal(record) if record is not None else None
+        self.notice = refusal or ""
+        self.record = None if refusal else record
         self.result = None
         self.result_text = ""
-        if record is None:
+        if self.record is None:
             return
         from fmn_desktop.toyworld import CONCEPTS
 
@@ -88,7 +106,9 @@ class AttackModel(JobModel):
             return None
         r = self.record
         if r is None:
-            self.session.report("No patch", "choose a patch in the Library, then Attack check")
+            self.session.report(
+                "No patch", self.notice or "choose a forget patch to attack (Patch, above)"
+            )
             return None
         if not self.concept.strip():
             self.session.report("No concept", "this patch names no concept to attack")

@@ -11,6 +11,7 @@ from fmn_desktop.ui.properties import state
 
 
 class CompareModel(QObject):
+    view = "compare"  # the page its status messages belong to
     prompts_changed = Signal(str)
     seeds_changed = Signal(int)
     first_seed_changed = Signal(int)
@@ -93,6 +94,7 @@ class CompareModel(QObject):
             on_progress=self._on_progress,
             on_finished=self._on_finished,
             on_done=lambda: setattr(self, "running", False),
+            view=self.view,
         )
         if job is not None:
             self.running = True
@@ -108,4 +110,4 @@ class CompareModel(QObject):
     def _on_finished(self, done: CompareDone) -> None:
         self.progress = 100
         self.result = done
-        self.session.status = "Comparison ready"
+        self.session.post("Comparison ready", self.view)

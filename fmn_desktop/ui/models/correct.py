@@ -27,6 +27,7 @@ FORMAT_LABELS = {"diff": "Exact deltas (.diff)", "lora": "Low-rank (LoRA)"}
 
 
 class CorrectModel(PatchJobModel):
+    view = "correct"  # the page its status messages belong to
     mode_changed = Signal(str)
     concept_changed = Signal(str)
     guide_changed = Signal(str)

@@ -27,6 +27,7 @@ MODE_LABELS = {
 
 
 class ForgetModel(PatchJobModel):
+    view = "forget"  # the page its status messages belong to
     concept_changed = Signal(str)
     concept_kind_changed = Signal(str)
     reference_dir_changed = Signal(str)

@@ -36,6 +36,7 @@ class JobModel(QObject):
     result_text = state("result_text", str, "", result_text_changed)
 
     cancelled_text = "Cancelled: nothing was written"
+    view = ""  # the page its status messages belong to (each subclass names its own)
 
     def __init__(self, session: Session, parent=None):
         super().__init__(parent)
@@ -58,6 +59,7 @@ class JobModel(QObject):
             on_failed=lambda msg, det: setattr(self, "phase_text", f"Failed: {msg}"),
             on_cancelled=self._on_cancelled,
             on_done=lambda: setattr(self, "running", False),
+            view=self.view,
         )
         if job is not None:
             self.job = job
@@ -81,7 +83,7 @@ class JobModel(QObject):
         lines = self._result_lines(done)
         self.result_text = " ".join(lines)
         self.phase_text = "Done"
-        self.session.status = " ".join(lines[:2])
+        self.session.post(" ".join(lines[:2]), self.view)
         self.session.registry_changed.emit()  # the job registered a patch or its figures
         self.finished.emit(done)
 

@@ -61,6 +61,7 @@ def evaluation_text(e) -> str:
 
 
 class LibraryModel(QObject):
+    view = "library"  # the page its status messages belong to
     query_changed = Signal(str)
     sort_key_changed = Signal(str)
     descending_changed = Signal(bool)
@@ -202,10 +203,13 @@ class LibraryModel(QObject):
 
         def finished(outcome):
             rec = outcome.record
-            self.session.status = (
-                f"Imported {rec.name} ({outcome.source_format})"
-                if outcome.new
-                else f"{rec.name} was already in the library"
+            self.session.post(
+                (
+                    f"Imported {rec.name} ({outcome.source_format})"
+                    if outcome.new
+                    else f"{rec.name} was already in the library"
+                ),
+                self.view,
             )
             self.session.registry_changed.emit()
             self.select_name(rec.name)
@@ -215,6 +219,7 @@ class LibraryModel(QObject):
             f"import {Path(path).name}",
             lambda ctx: _import_job(ctx, root, path, model),
             on_finished=finished,
+            view=self.view,
         )
 
     def export_selected(
@@ -233,7 +238,7 @@ class LibraryModel(QObject):
             "Export failed", lambda: export_patch(reg, r.id, dest, fmt, overwrite=overwrite)[0]
         )
         if out is not None:
-            self.session.status = f"Exported {r.name} to {out}"
+            self.session.post(f"Exported {r.name} to {out}", self.view)
         return out
 
     def delete_selected(self, cascade: bool = False) -> bool:
@@ -247,9 +252,16 @@ class LibraryModel(QObject):
         if done is None:
             return False
         self.selected = None
-        self.session.status = f"Deleted {r.name}"
+        self.session.post(f"Deleted {r.name}", self.view)
         self.session.registry_changed.emit()
         return True
+
+    def attack_refusal(self, record=None) -> str | None:
+        """Why the selected patch is not one for the attack check (a correction), or None."""
+        from fmn_desktop.services.attack import attack_refusal
+
+        r = record or self.selected
+        return attack_refusal(r) if r is not None else None
 
     def stacks_using_selected(self) -> list[str]:
         r, reg = self.selected, self.session.registry()
@@ -285,13 +297,14 @@ class LibraryModel(QObject):
         def finished(done):
             scores = done.scores
             a, b = scores["mscore_after"]["mean"], scores["retention_after"]["mean"]
-            self.session.status = f"Measured {r.name}: M-Score {a:.3f}, retention {b:.3f}"
+            self.session.post(f"Measured {r.name}: M-Score {a:.3f}, retention {b:.3f}", self.view)
             self.session.registry_changed.emit()
 
         return self.session.run_job(
             f"measure {r.name}",
             lambda ctx: evaluate_job(ctx, model, req),
             on_finished=finished,
+            view=self.view,
         )
 
     def make_preview(self, seeds: int = 3, steps: int = 20):
@@ -319,7 +332,10 @@ class LibraryModel(QObject):
                 self.preview = done
 
         return self.session.run_job(
-            "preview", lambda ctx: compare_job(ctx, model, req), on_finished=finished
+            "preview",
+            lambda ctx: compare_job(ctx, model, req),
+            on_finished=finished,
+            view=self.view,
         )
 
 

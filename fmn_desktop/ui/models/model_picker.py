@@ -21,6 +21,7 @@ def spec_label(spec: str) -> str:
 
 
 class ModelPickerModel(QObject):
+    view = "model"  # the page its status messages belong to
     spec_changed = Signal(str)
     loading_changed = Signal(bool)
     loaded_label_changed = Signal(str)
@@ -87,7 +88,8 @@ class ModelPickerModel(QObject):
                     ),
                 )
             self.loaded_label = self.session.model_label()
-            self.session.status = f"Loaded {spec_label(spec)}"
+            name = spec_label(spec) if spec == DEFAULT_SPEC else Path(spec).name
+            self.session.post(f"Loaded {name}", self.view)
             self.loaded.emit(model)
 
         self.loading = True
@@ -96,4 +98,5 @@ class ModelPickerModel(QObject):
             lambda ctx: open_model(spec, device=device, precision=precision),
             on_finished=finished,
             on_done=lambda: setattr(self, "loading", False),
+            view=self.view,
         )

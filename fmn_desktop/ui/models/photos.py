@@ -36,6 +36,7 @@ def _forget_steps() -> int:
 
 
 class PhotosModel(PatchJobModel):
+    view = "photos"  # the page its status messages belong to
     images_changed = Signal(str)
     token_changed = Signal(str)
     names_changed = Signal(str)
@@ -167,5 +168,6 @@ class PhotosModel(PatchJobModel):
         found = ", ".join(done.names_found) if done.names_found else "none"
         lines.append(f"Names found: {found}.")
         lines.append(f"Forgotten: {', '.join(done.concepts)}.")
-        lines.append("Files written: " + ", ".join(str(p) for p in done.files) + ".")
+        written = [self.session.display_path(p) for p in done.files]
+        lines.append("Files written: " + ", ".join(written) + ".")
         return lines

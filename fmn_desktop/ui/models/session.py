@@ -2,11 +2,15 @@
 
 Jobs share the loaded model's weights (a preview patches them in place and restores them), so
 the session runs one job at a time; an action asked while busy is refused with a message.
+
+Status messages belong to the page (view) whose action posted them, so a job that ends while
+the user looks at another page does not write over that page's status bar.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
@@ -19,7 +23,8 @@ from fmn_desktop.ui.workers import Job, JobContext, describe_error
 class Session(QObject):
     model_changed = Signal(object)
     busy_changed = Signal(bool)
-    status_changed = Signal(str)
+    status_changed = Signal(str)  # the latest message, from any page
+    message_posted = Signal(str, str)  # view ("" for no page in particular), text
     registry_changed = Signal()  # patches or stacks added/removed/edited
     error_raised = Signal(str, str, str)  # title, message, details
     job_started = Signal(object)  # the Job
@@ -35,6 +40,8 @@ class Session(QObject):
         self._registry_root = None
         self._failed_root = None
         self.job: Job | None = None
+        self.job_view = ""  # the view whose action started the running (or last) job
+        self._messages: dict[str, str] = {}  # view -> its last status message
         self.settings.data_folder_changed.connect(self._data_folder_changed)
 
     # ------------------------------------------------------------------ model
@@ -51,8 +58,25 @@ class Session(QObject):
         m = self._model
         if m is None:
             return "no model loaded"
-        name = "embedded toy model" if m.embedded else str(m.source)
+        # the folder's or file's own name: where it lives is in `model_source()` (a tooltip)
+        name = "embedded toy model" if m.embedded else Path(str(m.source)).name
         return f"{name} · {m.family} · {str(m.device)} · {(m.fingerprint or '')[:10]}"
+
+    def model_source(self) -> str:
+        """Where the loaded model was read from ("" for none or the embedded one)."""
+        m = self._model
+        return "" if m is None or m.embedded else str(m.source)
+
+    def display_path(self, path) -> str:
+        """A file the app wrote, for a message: relative to the data folder when it is in
+        there (its place there is the app's business, e.g. a scratch name), else in full (the
+        user chose it)."""
+        p = Path(path)
+        try:
+            inner = p.resolve().relative_to(Path(self.settings.data_folder).resolve())
+        except (ValueError, OSError):
+            return str(p)
+        return f"{inner.as_posix()} in the data folder"
 
     def require_model(self):
         if self._model is None:
@@ -96,9 +120,22 @@ class Session(QObject):
             self.job.wait(10000)
         self._close_registry()
 
+    # ----------------------------------------------------------------- status
+    def post(self, text: str, view: str = "") -> None:
+        """A status message from the page `view`; "" belongs to no page (shown where the user
+        is, until they move to another page)."""
+        if view:
+            self._messages[view] = text
+        self.status = text
+        self.message_posted.emit(view, text)
+
+    def message(self, view: str) -> str:
+        """The last status message `view` posted ("" if none)."""
+        return self._messages.get(view, "")
+
     # ----------------------------------------------------------------- errors
-    def report(self, title: str, message: str, details: str = "") -> None:
-        self.status = f"{title}: {message}"
+    def report(self, title: str, message: str, details: str = "", view: str = "") -> None:
+        self.post(f"{title}: {message}", view)
         self.error_raised.emit(title, message, details)
 
     def report_exception(self, title: str, exc: BaseException) -> None:
@@ -124,8 +161,10 @@ class Session(QObject):
         on_failed: Callable[[str, str], None] | None = None,
         on_cancelled: Callable[[str], None] | None = None,
         on_done: Callable[[], None] | None = None,
+        view: str = "",
     ) -> Job | None:
-        """Start `fn` in a worker thread; None (and a message) when another job runs."""
+        """Start `fn` in a worker thread for the page `view` (its status messages go there);
+        None (and a message) when another job runs."""
         if self.busy:
             self.report(
                 "Busy",
@@ -137,28 +176,31 @@ class Session(QObject):
             job.progress.connect(on_progress)
         if on_finished:
             job.finished.connect(on_finished)
-        job.failed.connect(lambda msg, det: self.report(f"{name.capitalize()} failed", msg, det))
+        job.failed.connect(
+            lambda msg, det: self.report(f"{name.capitalize()} failed", msg, det, view)
+        )
         if on_failed:
             job.failed.connect(on_failed)
-        job.cancelled.connect(lambda msg: setattr(self, "status", f"{name}: cancelled"))
+        job.cancelled.connect(lambda msg: self.post(f"{name}: cancelled", view))
         if on_cancelled:
             job.cancelled.connect(on_cancelled)
         job.done.connect(self._job_done)
         if on_done:
             job.done.connect(on_done)
         self.job = job
+        self.job_view = view
+        self.post(f"{name} ...", view)
         self.busy = True
-        self.status = f"{name} ..."
         job.start()
         self.job_started.emit(job)
         return job
 
     def _job_done(self) -> None:
+        if self.message(self.job_view).endswith(" ..."):
+            self.post("Ready", self.job_view)
         self.busy = False
-        if self.status.endswith(" ..."):
-            self.status = "Ready"
 
     def cancel_job(self) -> None:
         if self.job is not None and self.job.running:
             self.job.cancel()
-            self.status = f"{self.job.name}: cancelling ..."
+            self.post(f"{self.job.name}: cancelling ...", self.job_view)

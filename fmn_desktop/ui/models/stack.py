@@ -16,6 +16,7 @@ MODES = ("additive", "fused")
 
 
 class StackModel(QObject):
+    view = "stack"  # the page its status messages belong to
     entries_changed = Signal(object)  # list[PatchItem]
     mode_changed = Signal(str)
     name_changed = Signal(str)
@@ -44,7 +45,7 @@ class StackModel(QObject):
     # ------------------------------------------------------------- editing
     def add(self, record, strength: float = 1.0) -> None:
         if any(e.name == record.name for e in self.entries):
-            self.session.status = f"{record.name} is already in the stack"
+            self.session.post(f"{record.name} is already in the stack", self.view)
             return
         self.entries = [*self.entries, PatchItem.from_record(record, strength)]
 
@@ -113,7 +114,7 @@ class StackModel(QObject):
         ok = self.session.attempt("Cannot save the stack", do)
         if ok:
             self.name = name
-            self.session.status = f"Saved stack {name}"
+            self.session.post(f"Saved stack {name}", self.view)
             self.session.registry_changed.emit()
         return bool(ok)
 
@@ -159,7 +160,7 @@ class StackModel(QObject):
         root = self.session.settings.data_folder
 
         def finished(result):
-            self.session.status = f"Exported {result.format} to {result.path}"
+            self.session.post(f"Exported {result.format} to {result.path}", self.view)
             if fmt in ("lora", "diff"):
                 self.session.registry_changed.emit()
             self.exported.emit(Path(result.path))
@@ -173,4 +174,5 @@ class StackModel(QObject):
             ),
             on_finished=finished,
             on_done=lambda: setattr(self, "exporting", False),
+            view=self.view,
         )

@@ -1,10 +1,10 @@
-"""Small shared pieces: two-way bindings, page headers, path fields, image views, the error
-dialog."""
+"""Small shared pieces: two-way bindings, page headers, path fields, PIL to Qt images, the
+error dialog."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, Qt
-from PySide6.QtGui import QFont, QImage, QPixmap
+from PySide6.QtGui import QFont, QImage
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -15,8 +15,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPlainTextEdit,
-    QScrollArea,
-    QSizePolicy,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -160,53 +158,6 @@ def pil_to_qimage(image) -> QImage:
     data = rgb.tobytes("raw", "RGB")
     q = QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888)
     return q.copy()  # own the pixels: `data` goes away
-
-
-class ImageView(QScrollArea):
-    """An image scaled up by whole pixels (toy images are small) with a placeholder text."""
-
-    def __init__(self, placeholder: str = "", parent=None):
-        super().__init__(parent)
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self._label = QLabel(placeholder)
-        self._label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self._label.setObjectName("placeholder")
-        self._label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
-        self._label.setWordWrap(True)
-        self.setWidget(self._label)
-        self._image: QImage | None = None
-        self.setMinimumSize(160, 120)
-
-    def set_image(self, image) -> None:
-        """A PIL image, a QImage, or None (placeholder)."""
-        if image is not None and not isinstance(image, QImage):
-            image = pil_to_qimage(image)
-        self._image = image
-        self._rescale()
-
-    def has_image(self) -> bool:
-        return self._image is not None
-
-    def resizeEvent(self, event):  # noqa: N802
-        super().resizeEvent(event)
-        self._rescale()
-
-    def _rescale(self) -> None:
-        if self._image is None:
-            self._label.setPixmap(QPixmap())
-            return
-        avail = self.viewport().size()
-        scale = min(avail.width() / self._image.width(), avail.height() / self._image.height())
-        scale = min(scale, 6.0) if scale >= 1 else max(scale, 0.05)
-        mode = (
-            Qt.TransformationMode.FastTransformation
-            if scale >= 1
-            else Qt.TransformationMode.SmoothTransformation
-        )
-        size = self._image.size() * scale
-        pix = QPixmap.fromImage(self._image).scaled(size, Qt.AspectRatioMode.KeepAspectRatio, mode)
-        self._label.setPixmap(pix)
 
 
 def show_error(parent: QWidget | None, title: str, message: str, details: str = "") -> QMessageBox:

@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
 
 from fmn_desktop.ui.models.compare import CompareModel
 from fmn_desktop.ui.widgets.common import (
-    ImageView,
     bind_label,
     bind_plain_text,
     bind_spin,
@@ -26,6 +25,7 @@ from fmn_desktop.ui.widgets.common import (
     page_header,
     section_label,
 )
+from fmn_desktop.ui.widgets.image_table import ImageTablesView
 
 
 class ComparePage(QWidget):
@@ -95,19 +95,13 @@ class ComparePage(QWidget):
         self.bar.setMaximumHeight(8)
         self.bar.setTextVisible(False)
         lay.addWidget(self.bar)
-        grids = QHBoxLayout()
-        for attr, title, hint in (
-            ("base", "Base model", "Press Generate to draw the base model"),
-            ("patched", "With patch / stack", "…and the patched model beside it"),
-        ):
-            box = card()
-            bl = QVBoxLayout(box)
-            bl.addWidget(section_label(title))
-            view = ImageView(hint)
-            bl.addWidget(view, 1)
-            setattr(self, attr, view)
-            grids.addWidget(box)
-        lay.addLayout(grids, 1)
+        box = card()
+        bl = QVBoxLayout(box)
+        self.view = ImageTablesView(
+            "Press Generate to draw the base model and, beside it, the model with the patch"
+        )
+        bl.addWidget(self.view, 1)
+        lay.addWidget(box, 1)
 
         model.progress_changed.connect(self.bar.setValue)
         model.running_changed.connect(self._running)
@@ -143,5 +137,4 @@ class ComparePage(QWidget):
         self.cancel_button.setEnabled(on)
 
     def _result(self, done):
-        self.base.set_image(done.base if done else None)
-        self.patched.set_image(done.patched if done else None)
+        self.view.set_tables([done.base_images, done.patched_images] if done else None)

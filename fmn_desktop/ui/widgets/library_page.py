@@ -22,7 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from fmn_desktop.ui.models.library import COLUMNS, SORT_KEYS, LibraryModel, row_values
-from fmn_desktop.ui.widgets.common import ImageView, card, page_header, section_label
+from fmn_desktop.ui.widgets.common import card, page_header, section_label
+from fmn_desktop.ui.widgets.image_table import ImageTablesView
 
 
 def _cell(value) -> QTableWidgetItem:
@@ -38,6 +39,9 @@ def _cell(value) -> QTableWidgetItem:
     if isinstance(value, (int, float)):
         item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
     return item
+
+
+ATTACK_TIP = "Search for prompts that bring the forgotten concept back"
 
 
 class LibraryPage(QWidget):
@@ -98,18 +102,10 @@ class LibraryPage(QWidget):
         scroll.setWidget(host)
         dl.addWidget(scroll, 3)
         dl.addWidget(section_label("Before / after"))
-        thumbs = QHBoxLayout()
-        self.before = ImageView("Press Preview to draw\nthe base model")
-        self.after = ImageView("…and the patched one")
-        for caption, view in (("Base model", self.before), ("With this patch", self.after)):
-            col = QVBoxLayout()
-            col.setSpacing(2)
-            cap = QLabel(caption)
-            cap.setObjectName("placeholder")
-            col.addWidget(cap)
-            col.addWidget(view, 1)
-            thumbs.addLayout(col)
-        dl.addLayout(thumbs, 2)
+        self.preview = ImageTablesView(
+            "Press Preview to draw the base model and the patched one", labels=False
+        )
+        dl.addWidget(self.preview, 3)
         actions = QHBoxLayout()
         self.preview_button = QPushButton("Preview")
         self.preview_button.clicked.connect(lambda: model.make_preview())
@@ -118,7 +114,7 @@ class LibraryPage(QWidget):
         self.stack_button = QPushButton("Add to stack")
         self.stack_button.clicked.connect(lambda: self.stack_requested.emit(model.selected))
         self.attack_button = QPushButton("Attack check…")
-        self.attack_button.setToolTip("Search for prompts that bring the concept back")
+        self.attack_button.setToolTip(ATTACK_TIP)
         self.attack_button.clicked.connect(lambda: self.attack_requested.emit(model.selected))
         self.measure_button = QPushButton("Measure")
         self.measure_button.setToolTip(
@@ -214,6 +210,9 @@ class LibraryPage(QWidget):
             self.delete_button,
         ):
             b.setEnabled(has)
+        refusal = self.model.attack_refusal()
+        self.attack_button.setEnabled(has and refusal is None)
+        self.attack_button.setToolTip(refusal or ATTACK_TIP)
         if not has:
             hint = QLabel(
                 "No patch selected."
@@ -231,8 +230,7 @@ class LibraryPage(QWidget):
         self._preview(self.model.preview)
 
     def _preview(self, done):
-        self.before.set_image(done.base if done else None)
-        self.after.set_image(done.patched if done else None)
+        self.preview.set_tables([done.base_images, done.patched_images] if done else None)
 
     def _import(self):
         path, _ = QFileDialog.getOpenFileName(

@@ -147,9 +147,9 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.job_bar)
         status.addPermanentWidget(self.job_cancel)
 
-        self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.nav.currentRowChanged.connect(self._switched)
         self.nav.setCurrentRow(0)
-        s.status_changed.connect(self.status_text.setText)
+        s.message_posted.connect(self._posted)
         s.busy_changed.connect(self._busy)
         s.model_changed.connect(self._model)
         s.error_raised.connect(self._error)
@@ -164,7 +164,7 @@ class MainWindow(QMainWindow):
         app.correct.finished.connect(self._forgot)
         app.photos.finished.connect(self._forgot)
         app.picker.loaded.connect(lambda _: self.show_view("forget"))
-        self.status_text.setText(s.status)
+        self._show_status()
         self._model(s.model)
         self.dialogs = []  # error dialogs shown (tests read them)
 
@@ -174,6 +174,29 @@ class MainWindow(QMainWindow):
 
     def current_view(self) -> str:
         return VIEWS[self.pages.currentIndex()]
+
+    def _switched(self, row: int) -> None:
+        self.pages.setCurrentIndex(row)
+        self._show_status()
+
+    # ---------------------------------------------------------------- status
+    def status_for(self, view: str) -> str:
+        """What the status bar says on `view`: that another page's job runs, else the page's
+        own last message, else Ready; never a message another page posted."""
+        s = self.app.session
+        if s.busy and s.job is not None and s.job_view != view:
+            where = f" on the {LABELS[s.job_view]} page" if s.job_view in LABELS else ""
+            return f"Running {s.job.name}{where} ..."
+        return s.message(view) or "Ready"
+
+    def _show_status(self) -> None:
+        self.status_text.setText(self.status_for(self.current_view()))
+
+    def _posted(self, view: str, text: str) -> None:
+        if not view:  # no page's own: shown here until the user moves on
+            self.status_text.setText(text)
+        elif view == self.current_view():
+            self._show_status()
 
     def _compare_patch(self, record):
         if record is not None:
@@ -206,9 +229,11 @@ class MainWindow(QMainWindow):
     def _busy(self, on: bool):
         self.job_bar.setVisible(on)
         self.job_cancel.setVisible(on)
+        self._show_status()
 
     def _model(self, model):
         self.model_badge.setText(f"● {self.app.session.model_label()}")
+        self.model_badge.setToolTip(self.app.session.model_source())
         self.model_badge.setProperty("loaded", model is not None)
         self.model_badge.style().unpolish(self.model_badge)
         self.model_badge.style().polish(self.model_badge)

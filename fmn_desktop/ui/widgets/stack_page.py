@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont, QPainter, QPalette
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
+    QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -15,6 +17,8 @@ from PySide6.QtWidgets import (
     QRadioButton,
     QScrollArea,
     QSlider,
+    QStyle,
+    QStyleOptionSlider,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -31,6 +35,114 @@ from fmn_desktop.ui.widgets.common import (
 )
 
 SLIDER_SCALE = 100  # slider units per 1.0 of strength
+MAX_STRENGTH = 2.0
+SCORED_STRENGTH = 1.0  # the strength a patch's M-Score and retention are measured at
+TICKS = (0.0, 0.5, 1.0, 1.5, 2.0)  # labelled under the slider
+
+
+class _Scale(QWidget):
+    """The numbers under a strength slider, each under its tick; 1.0 marked as the strength
+    the scores are for."""
+
+    def __init__(self, slider: QSlider):
+        super().__init__()
+        self.slider = slider
+        self.setMinimumHeight(self.fontMetrics().height() + 2)
+
+    def positions(self) -> dict[float, int]:
+        """x of each labelled tick, in this widget (it has the slider's width and left edge)."""
+        s = self.slider
+        opt = QStyleOptionSlider()
+        s.initStyleOption(opt)
+        style = s.style()
+        groove = style.subControlRect(QStyle.CC_Slider, opt, QStyle.SC_SliderGroove, s)
+        handle = style.subControlRect(QStyle.CC_Slider, opt, QStyle.SC_SliderHandle, s)
+        span = groove.width() - handle.width()
+        out = {}
+        for v in TICKS:
+            pos = QStyle.sliderPositionFromValue(
+                s.minimum(), s.maximum(), round(v * SLIDER_SCALE), span
+            )
+            out[v] = groove.x() + pos + handle.width() // 2
+        return out
+
+    def text(self, v: float) -> str:
+        return f"{v:.1f} scored" if v == SCORED_STRENGTH else f"{v:.1f}"
+
+    def paintEvent(self, event):  # noqa: N802
+        p = QPainter(self)
+        fm = self.fontMetrics()
+        pal = self.palette()
+        for v, x in self.positions().items():
+            text = self.text(v)
+            w = fm.horizontalAdvance(text)
+            left = min(max(0, x - w // 2), self.width() - w)
+            if v == SCORED_STRENGTH:
+                f = QFont(self.font())
+                f.setWeight(QFont.Weight.DemiBold)
+                p.setFont(f)
+                p.setPen(pal.color(QPalette.ColorRole.Highlight))
+            else:
+                p.setFont(self.font())
+                p.setPen(pal.color(QPalette.ColorRole.PlaceholderText))
+            p.drawText(left, fm.ascent(), text)
+        p.end()
+
+
+class StrengthSlider(QWidget):
+    """A patch's strength, 0.00 to 2.00: a slider with tick marks every 0.25 and a scale
+    under it (1.0, the strength the scores are for, marked), the value in a spin box beside."""
+
+    changed = Signal(float)
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, round(MAX_STRENGTH * SLIDER_SCALE))
+        self.slider.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.slider.setTickInterval(SLIDER_SCALE // 4)
+        self.slider.setSingleStep(SLIDER_SCALE // 20)
+        self.slider.setPageStep(SLIDER_SCALE // 4)
+        self.slider.setMinimumWidth(200)
+        self.spin = QDoubleSpinBox()
+        self.spin.setRange(0.0, MAX_STRENGTH)
+        self.spin.setDecimals(2)
+        self.spin.setSingleStep(0.05)
+        self.scale = _Scale(self.slider)
+        tip = (
+            f"Strength 0.00 to {MAX_STRENGTH:.2f}; the M-Score and retention in the library "
+            f"are measured at {SCORED_STRENGTH:.1f}"
+        )
+        for w in (self.slider, self.spin, self.scale):
+            w.setToolTip(tip)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(8)
+        grid.setVerticalSpacing(0)
+        grid.addWidget(self.slider, 0, 0)
+        grid.addWidget(self.spin, 0, 1, Qt.AlignmentFlag.AlignTop)
+        grid.addWidget(self.scale, 1, 0)
+        grid.setColumnStretch(0, 1)
+        self.set_value(value)
+        self.slider.valueChanged.connect(lambda v: self._user(v / SLIDER_SCALE))
+        self.spin.valueChanged.connect(self._user)
+
+    def value(self) -> float:
+        return self.spin.value()
+
+    def set_value(self, value: float) -> None:
+        """Show `value` without emitting `changed`."""
+        for w in (self.slider, self.spin):
+            w.blockSignals(True)
+        self.slider.setValue(round(value * SLIDER_SCALE))
+        self.spin.setValue(value)
+        for w in (self.slider, self.spin):
+            w.blockSignals(False)
+
+    def _user(self, value: float) -> None:
+        value = round(value, 2)
+        self.set_value(value)
+        self.changed.emit(value)
 
 
 class _Rows(QWidget):
@@ -41,21 +153,18 @@ class _Rows(QWidget):
         self.model = model
         self.grid = QGridLayout(self)
         self.grid.setColumnStretch(2, 1)
+        self.grid.setVerticalSpacing(10)
         self.grid.setHorizontalSpacing(10)
         self._names: list[str] = []
-        self.sliders: list[QSlider] = []
-        self.values: list[QLabel] = []
+        self.strengths: list[StrengthSlider] = []
         model.entries_changed.connect(self.sync)
         self.sync(model.entries)
 
     def sync(self, entries) -> None:
         names = [e.name for e in entries]
         if names == self._names:
-            for e, s, v in zip(entries, self.sliders, self.values):
-                s.blockSignals(True)
-                s.setValue(round(e.strength * SLIDER_SCALE))
-                s.blockSignals(False)
-                v.setText(f"{e.strength:.2f}")
+            for e, w in zip(entries, self.strengths):
+                w.set_value(e.strength)
             return
         self._names = names
         while self.grid.count():
@@ -64,7 +173,9 @@ class _Rows(QWidget):
                 w.hide()
                 w.setParent(None)
                 w.deleteLater()
-        self.sliders, self.values = [], []
+        self.strengths = []
+        for r in range(self.grid.rowCount()):  # the last rebuild's stretch row may be an entry now
+            self.grid.setRowStretch(r, 0)
         if not entries:
             hint = QLabel("The stack is empty. Add patches from the library (Add to stack).")
             hint.setObjectName("placeholder")
@@ -73,13 +184,8 @@ class _Rows(QWidget):
         for i, e in enumerate(entries):
             order = QLabel(f"{i + 1}.")
             name = QLabel(f"<b>{e.name}</b><br><small>{e.kind}: {', '.join(e.concepts)}</small>")
-            slider = QSlider(Qt.Orientation.Horizontal)
-            slider.setRange(0, 2 * SLIDER_SCALE)
-            slider.setValue(round(e.strength * SLIDER_SCALE))
-            slider.setMinimumWidth(160)
-            slider.valueChanged.connect(lambda v, i=i: self.model.set_strength(i, v / SLIDER_SCALE))
-            value = QLabel(f"{e.strength:.2f}")
-            value.setMinimumWidth(36)
+            strength = StrengthSlider(e.strength)
+            strength.changed.connect(lambda v, i=i: self.model.set_strength(i, v))
             up, down, remove = QToolButton(), QToolButton(), QToolButton()
             up.setArrowType(Qt.ArrowType.UpArrow)
             down.setArrowType(Qt.ArrowType.DownArrow)
@@ -90,10 +196,9 @@ class _Rows(QWidget):
             up.clicked.connect(lambda _=False, i=i: self.model.move(i, -1))
             down.clicked.connect(lambda _=False, i=i: self.model.move(i, 1))
             remove.clicked.connect(lambda _=False, i=i: self.model.remove(i))
-            for c, w in enumerate((order, name, slider, value, up, down, remove)):
-                self.grid.addWidget(w, i, c)
-            self.sliders.append(slider)
-            self.values.append(value)
+            for c, w in enumerate((order, name, strength, up, down, remove)):
+                self.grid.addWidget(w, i, c, Qt.AlignmentFlag.AlignTop)
+            self.strengths.append(strength)
         self.grid.setRowStretch(len(entries), 1)
 
 
