@@ -4,7 +4,7 @@ shapes, on a CPU, without allocating them.
     python bench/estimate_gpu.py                       # all architectures and variants
     python bench/estimate_gpu.py --arch sd1 --variants faithful-eager fast-fused
     python bench/estimate_gpu.py --tiny --arch sd1     # toy widths: a quick check of the script
-    python bench/estimate_gpu.py --checkpoint          # gradient checkpointing (a what-if)
+    python bench/estimate_gpu.py --checkpoint fixed    # gradient checkpointing (a what-if)
 
 Method. The real job (`fmn_desktop.resteer.forget_steps`: prompt encoding, the attn2
 processors, the deltas, the loss terms, AdamW, gradient clipping) runs on a pipeline built from
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
@@ -100,6 +101,10 @@ class LiveBytes(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._seen = WeakIdKeyDictionary()
+        self._made_by: dict[int, tuple[str, int]] = {}
+        self.at_peak: dict[str, int] = {}
+        self._snapshot_at = 0
+        self._op = "?"
         self._shadow = WeakIdKeyDictionary()
         self.blind_scalars = 0  # .item()/bool() on tensors without a shadow (read as 1)
         # Off while modules are built: a weak reference to a parameter stops `Module.to`.
@@ -107,6 +112,16 @@ class LiveBytes(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak = self.live
+        self.at_peak = {}
+        self._snapshot_at = self.live
+
+    def _snapshot(self) -> None:
+        """Live bytes by the op that made them, at the peak (taken each 2% of growth)."""
+        by_op: dict[str, int] = {}
+        for op, nbytes in self._made_by.values():
+            by_op[op] = by_op.get(op, 0) + nbytes
+        self.at_peak = by_op
+        self._snapshot_at = self.live
 
     def _account(self, t: torch.Tensor) -> None:
         st = t.untyped_storage()
@@ -115,11 +130,17 @@ class LiveBytes(TorchDispatchMode):
         nbytes = -(-st.nbytes() // ALLOCATOR_BLOCK) * ALLOCATOR_BLOCK
         self._seen[st] = nbytes
         self.live += nbytes
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(st, self._free, nbytes)
+        key = id(st)
+        self._made_by[key] = (self._op, nbytes)
+        if self.live > self.peak:
+            self.peak = self.live
+            if self.live > 1.02 * self._snapshot_at:
+                self._snapshot()
+        weakref.finalize(st, self._free, nbytes, key)
 
-    def _free(self, nbytes: int) -> None:
+    def _free(self, nbytes: int, key: int) -> None:
         self.live -= nbytes
+        self._made_by.pop(key, None)
 
     def track(self, tree) -> None:
         """Count tensors made outside this mode (none are, when it is entered first)."""
@@ -165,6 +186,7 @@ class LiveBytes(TorchDispatchMode):
                     return real.item()
             self.blind_scalars += 1
             return True if args[0].dtype == torch.bool else 1
+        self._op = func.__name__
         try:
             out = func(*args, **kwargs)
         except (DynamicOutputShapeException, DataDependentOutputException):
@@ -361,6 +383,33 @@ def checkpointing_allowed(unet):
             cls.is_gradient_checkpointing = prop
 
 
+@contextlib.contextmanager
+def recompute_keeps_no_terms():
+    """A what-if beside `checkpointing_allowed`: non-reentrant checkpointing re-runs each
+    block's forward inside backward, and the re-steering processors would append that run's
+    terms (and the graph they hold) to the job's state until the next step. Here a processor
+    called during backward writes to a throwaway state instead."""
+    from fmn_desktop.resteer.processor import ResteerProcessor
+
+    real_call = ResteerProcessor.__call__
+
+    def call(self, *args, **kwargs):
+        if torch._C._current_graph_task_id() == -1:  # not inside backward
+            return real_call(self, *args, **kwargs)
+        state = self.state
+        self.state = dataclasses.replace(state, terms=[], preserve_errors=[], anchor_errors=[])
+        try:
+            return real_call(self, *args, **kwargs)
+        finally:
+            self.state = state
+
+    ResteerProcessor.__call__ = call
+    try:
+        yield
+    finally:
+        ResteerProcessor.__call__ = real_call
+
+
 def run_fake_job(pipe, config, tracker: LiveBytes, latent_shape) -> tuple[int, int, int]:
     """Run forget_steps to the end under the tracker, 2 steps (fast: per layer); returns the
     peak bytes, the job's FLOPs and the FLOPs of one step (fast: one step of every layer)."""
@@ -425,6 +474,8 @@ def estimate(arch: str, variants: list[str], args) -> list[dict]:
                 ctx.enter_context(fused_backend_modelled())
             if args.checkpoint:
                 ctx.enter_context(checkpointing_allowed(pipe.unet))
+                if args.checkpoint == "fixed":
+                    ctx.enter_context(recompute_keeps_no_terms())
             with ctx:
                 config = job_config(mode, 2, args.batch_size, args.references, backend)
                 peak, total, per_step = run_fake_job(pipe, config, tracker, latent_shape)
@@ -437,7 +488,7 @@ def estimate(arch: str, variants: list[str], args) -> list[dict]:
                 "variant": variant,
                 "batch": args.batch_size,
                 "references": args.references,
-                "checkpointing": args.checkpoint,
+                "checkpointing": args.checkpoint or "",
                 "unet_params_m": round(unet_params / 1e6, 1),
                 "attn2_layers": n_layers,
                 "weights_gib": weights / GIB,
@@ -450,6 +501,11 @@ def estimate(arch: str, variants: list[str], args) -> list[dict]:
                 "job_s_bound": job_flops / (PEAK_TFLOPS * 1e12),
                 "unet_fwd_tflop_per_sample": unet_fwd / 1e12,
                 "blind_scalars": tracker.blind_scalars,
+                # What was alive at the peak, by the op that made it (GiB, the largest 8).
+                "at_peak_gib": {
+                    op: round(n / GIB, 3)
+                    for op, n in sorted(tracker.at_peak.items(), key=lambda kv: -kv[1])[:8]
+                },
                 "estimate_s": round(time.perf_counter() - started, 1),
             }
             rows.append(row)
@@ -473,7 +529,7 @@ def format_table(rows: list[dict]) -> str:
         unet_rows = f"2x{max(r['references'], r['batch'])}" if fast else str(2 * r["batch"])
         lines.append(
             f"| {r['arch']} | {r['px']} | {r['variant']}"
-            f"{' +ckpt' if r['checkpointing'] else ''} | {r['batch']} ({unet_rows}) | "
+            f"{' +ckpt ' + r['checkpointing'] if r['checkpointing'] else ''} | {r['batch']} ({unet_rows}) | "
             f"{r['weights_gib']:.2f} | {r['peak_gib']:.2f} | {r['step_tflop']:.3g} | "
             f"{r['step_s_bound']:.2g} | {r['default_steps']}{' ' + per if per else ''} | "
             f"{r['job_tflop']:.3g} | {r['job_s_bound']:.2g} |  |  |"
@@ -487,7 +543,12 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--batch-size", type=int, default=8, help="samples per step (product: 8)")
     ap.add_argument("--references", type=int, default=16, help="reference images (product: 16)")
-    ap.add_argument("--checkpoint", action="store_true", help="UNet gradient checkpointing on")
+    ap.add_argument(
+        "--checkpoint",
+        choices=("as-is", "fixed"),
+        help="what-if: UNet gradient checkpointing on, with the processors as they are, or "
+        "with recomputed terms dropped (see recompute_keeps_no_terms)",
+    )
     ap.add_argument("--tiny", action="store_true", help="toy widths: a quick check of the script")
     ap.add_argument("--json", type=Path, help="write the rows here (JSON)")
     args = ap.parse_args()

@@ -79,7 +79,7 @@ def test_fused_model_keeps_no_probabilities():
 def test_estimator_on_toy_widths():
     import argparse
 
-    args = argparse.Namespace(batch_size=2, references=2, checkpoint=False, tiny=True)
+    args = argparse.Namespace(batch_size=2, references=2, checkpoint=None, tiny=True)
     eager, fused = estimate_gpu.estimate("sd1", ["faithful-eager", "faithful-fused"], args)
     for row in (eager, fused):
         assert row["peak_gib"] > row["weights_gib"] > 0
