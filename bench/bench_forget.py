@@ -111,6 +111,12 @@ def random_pipeline(family: str, device: str, dtype: torch.dtype, tiny: bool = F
                 text2 = CLIPTextModelWithProjection(_text_config(cfg / "text_encoder_2", tiny))
     finally:
         torch.set_default_dtype(previous)
+    # transformers builds some CLIP parameters in fp32 whatever the default; a checkpoint
+    # loaded in fp16 has none.
+    for module in (unet, vae, text, text2):
+        for param in module.parameters() if module is not None else ():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
     tokenizers = family_tokenizers(family)
     sched = DPMSolverMultistepScheduler.from_config(
         DPMSolverMultistepScheduler.load_config(cfg / "scheduler")
