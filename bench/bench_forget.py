@@ -17,6 +17,7 @@ job is a warm-up and is not timed.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -30,16 +31,46 @@ sys.path.insert(0, str(REPO))
 
 import fmn_desktop  # noqa: E402,F401  (offline mode)
 
-MODES = {
-    "faithful-eager": {"mode": "faithful", "backend": "torch"},
-    "faithful-fused": {"mode": "faithful", "backend": "triton"},
-    "fast": {"mode": "fast"},
+# Variant: (ForgetConfig mode, attention backend); bench/estimate_gpu.py estimates the same.
+VARIANTS = {
+    "faithful-eager": ("faithful", "torch"),
+    "faithful-fused": ("faithful", "triton"),
+    "fast-eager": ("fast", "torch"),
+    "fast-fused": ("fast", "triton"),
 }
-SIZES = {"sd1": 512, "sdxl": 1024}
+SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+
+
+def job_config(
+    mode: str,
+    steps: int | None,
+    batch_size: int = 8,
+    references: int = 16,
+    backend: str | None = None,
+):
+    """The benchmarked job: one concept, the default templates and loss terms (preservation
+    on; faithful mode's anchor term on), dense K/V, the product's batch size and reference
+    count; steps None: the mode's default. References are generated with 2 sampler steps."""
+    from fmn_desktop.resteer import ForgetConfig
+
+    return ForgetConfig(
+        concepts=["castle"],
+        mode=mode,
+        steps=steps,
+        batch_size=batch_size,
+        num_references=references,
+        reference_steps=2,
+        backend=backend,
+    )
 
 
 def random_pipeline(family: str, device: str, dtype: torch.dtype, tiny: bool = False):
-    """A pipeline of the family's real architecture (shipped configs) with random weights."""
+    """A pipeline of the family's real architecture (shipped configs) with random weights.
+
+    The modules are built in place, on `device` in `dtype` (no `.to()`: quicker on a GPU than
+    a CPU build in fp32, and `bench/estimate_gpu.py` builds on fake tensors, whose parameters
+    `Module.to` cannot swap once transformers' initialisation holds weak references to them).
+    """
     from diffusers import (
         AutoencoderKL,
         DPMSolverMultistepScheduler,
@@ -47,7 +78,7 @@ def random_pipeline(family: str, device: str, dtype: torch.dtype, tiny: bool = F
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from fmn_desktop.models import config_dir, family_tokenizers
 
@@ -62,15 +93,35 @@ def random_pipeline(family: str, device: str, dtype: torch.dtype, tiny: bool = F
             "attention_head_dim": 8,
             "transformer_layers_per_block": 1,
         }
-    unet = UNet2DConditionModel.from_config(unet_cfg)
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            unet = UNet2DConditionModel.from_config(unet_cfg)
+            vae_cfg = AutoencoderKL.load_config(cfg / "vae")
+            if tiny:  # the VAE only sets the latent scale here (references stay latents)
+                vae_cfg = {
+                    **vae_cfg,
+                    "block_out_channels": [32] * len(vae_cfg["block_out_channels"]),
+                }
+            vae = AutoencoderKL.from_config(vae_cfg)
+            text = CLIPTextModel(_text_config(cfg / "text_encoder", tiny))
+            text2 = None
+            if family == "sdxl":
+                text2 = CLIPTextModelWithProjection(_text_config(cfg / "text_encoder_2", tiny))
+    finally:
+        torch.set_default_dtype(previous)
+    # transformers builds some CLIP parameters in fp32 whatever the default; a checkpoint
+    # loaded in fp16 has none.
+    for module in (unet, vae, text, text2):
+        for param in module.parameters() if module is not None else ():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
     tokenizers = family_tokenizers(family)
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder"))
     sched = DPMSolverMultistepScheduler.from_config(
         DPMSolverMultistepScheduler.load_config(cfg / "scheduler")
     )
     if family == "sdxl":
-        text2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2"))
         pipe = StableDiffusionXLPipeline(
             vae=vae,
             text_encoder=text,
@@ -91,29 +142,37 @@ def random_pipeline(family: str, device: str, dtype: torch.dtype, tiny: bool = F
             **tokenizers,
         )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype)
+    return pipe
 
 
-def run_job(pipe, mode: str, steps: int, device: str) -> dict:
-    from fmn_desktop.resteer import ForgetConfig, forget_steps
+def _text_config(folder: Path, tiny: bool):
+    from transformers import CLIPTextConfig
 
-    config = ForgetConfig(
-        concepts=["castle"],
-        steps=steps,
-        num_references=2,
-        reference_steps=2,
-        batch_size=1,
-        **MODES[mode],
-    )
-    if device.startswith("cuda"):
+    config = CLIPTextConfig.from_pretrained(folder)
+    if tiny:  # the widths the UNet reads stay; one layer, a narrow MLP
+        config.num_hidden_layers = 1
+        config.intermediate_size = 64
+    return config
+
+
+def run_job(pipe, variant: str, steps: int, device: str, batch_size: int, references: int) -> dict:
+    from fmn_desktop.resteer import forget_steps
+
+    mode, backend = VARIANTS[variant]
+    if device == "cpu" and backend == "triton":
+        backend = None  # the CPU dry run: the reference (the kernel needs CUDA or the interpreter)
+    config = job_config(mode, steps, batch_size, references, backend)
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     times, last = [], None
     job = forget_steps(pipe, config)
     try:
         while True:
             prog = next(job)
-            if device.startswith("cuda"):
+            if cuda:
                 torch.cuda.synchronize()
             now = time.perf_counter()
             if prog.phase != "references" and last is not None:
@@ -121,53 +180,62 @@ def run_job(pipe, mode: str, steps: int, device: str) -> dict:
             last = now
     except StopIteration as stop:
         result = stop.value
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    timed = times[1:] if len(times) > 1 else times  # the first step is a warm-up
+    # The first interval holds reference generation (and fast mode's query caching): not timed.
+    timed = times[1:] if len(times) > 1 else times
+    default_steps = job_config(mode, None, batch_size, references).steps
+    total_default = default_steps * (len(result.history) // steps)  # fast: per layer
+    mean = statistics.fmean(timed)
     return {
-        "mode": mode,
+        "variant": variant,
         "steps": len(result.history),
         "s_per_step": statistics.median(timed),
-        "total_s": sum(times),
-        "peak_gib": peak,
+        "job_s": mean * total_default,  # the default step count at this run's mean step time
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
     }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=list(SIZES), action="append")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=8, help="faithful steps per job (fast: per layer)")
+    ap.add_argument("--batch-size", type=int, default=8, help="samples per step (product: 8)")
+    ap.add_argument("--references", type=int, default=16, help="reference images (product: 16)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="toy widths: a dry run of the script")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "research" / "BENCHMARKS.md")
+    ap.add_argument(
+        "--estimates",
+        type=Path,
+        default=REPO / "bench" / "gpu_estimates.json",
+        help="bench/estimate_gpu.py's rows, shown beside the measured ones",
+    )
+    ap.add_argument("--table", type=Path, help="also write the table (estimates beside) here")
     args = ap.parse_args()
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-    if args.device == "cpu" and "faithful-fused" in args.modes:
-        args.modes.remove("faithful-fused")  # the kernel needs CUDA (or the interpreter)
+    estimates = json.loads(args.estimates.read_text()) if args.estimates.exists() else []
     rows = []
-    for arch in args.arch or list(SIZES):
+    for arch in args.arch or ["sd1", "sdxl"]:
         pipe = random_pipeline(arch, args.device, dtype, tiny=args.tiny)
-        for mode in args.modes:
+        for variant in args.variants:
             try:
-                row = run_job(pipe, mode, args.steps, args.device)
+                row = run_job(
+                    pipe, variant, args.steps, args.device, args.batch_size, args.references
+                )
             except torch.cuda.OutOfMemoryError as exc:
-                row = {
-                    "mode": mode,
-                    "steps": 0,
-                    "s_per_step": float("nan"),
-                    "total_s": float("nan"),
-                    "peak_gib": float("nan"),
-                    "error": str(exc)[:80],
-                }
+                row = {"variant": variant, "steps": 0, "error": "out of memory: " + str(exc)[:60]}
                 torch.cuda.empty_cache()
             row["arch"] = arch
+            row["px"] = SIZES[arch] if not args.tiny else pipe.unet.config.sample_size * 8
             rows.append(row)
             print(row, flush=True)
+            if args.table:  # after every job: a run cut off keeps the jobs done
+                write_atomic(args.table, format_table(rows, estimates, args) + "\n")
         del pipe
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    table = format_table(rows, args)
+    table = format_table(rows, estimates, args)
     print(table)
     if not args.no_write:
         with open(args.out, "a") as fh:
@@ -175,33 +243,53 @@ def main() -> int:
     return 0
 
 
-def format_table(rows: list[dict], args) -> str:
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None or value != value else format(value, fmt)
+
+
+def format_table(rows: list[dict], estimates: list[dict], args) -> str:
     import triton
 
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    est = {
+        (e["arch"], e["variant"]): e
+        for e in estimates
+        if e["batch"] == args.batch_size
+        and e["references"] == args.references
+        and not e.get("checkpointing")
+    }
     lines = [
-        f"### Forget job ({when}, {dev}, torch {torch.__version__}, triton "
-        f"{triton.__version__}{', tiny dry run' if args.tiny else ''})",
+        f"### Forget job, measured beside the estimate ({when}, {dev}, torch "
+        f"{torch.__version__}, triton {triton.__version__}"
+        f"{', tiny dry run: not a measurement' if args.tiny else ''})",
         "",
-        "| arch | px | mode | steps | s/step | x vs eager | total s | peak GiB | x mem vs eager |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Batch {args.batch_size}, {args.references} references, {args.steps} steps per job "
+        "(fast: per layer), random weights at the real shapes, fp16. Estimates: "
+        "`bench/estimate_gpu.py` (fake tensors; the lower bound of time is the FLOPs at the "
+        "H100/H200 dense fp16 peak). Job s: the mode's default step count at the measured mean "
+        "step time (reference generation and query caching excluded).",
+        "",
+        "| arch | px | variant | peak GiB est. | peak GiB meas. | meas./est. | s/step >= (est.) "
+        "| s/step meas. | job s >= (est.) | job s meas. |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for arch in dict.fromkeys(r["arch"] for r in rows):
-        base = next((r for r in rows if r["arch"] == arch and r["mode"] == "faithful-eager"), None)
-        for r in (r for r in rows if r["arch"] == arch):
-            speed = base["s_per_step"] / r["s_per_step"] if base else float("nan")
-            mem = r["peak_gib"] / base["peak_gib"] if base else float("nan")
-            lines.append(
-                f"| {arch} | {SIZES[arch]} | {r['mode']} | {r['steps']} | "
-                f"{r['s_per_step']:.3f} | {speed:.2f} | {r['total_s']:.1f} | "
-                f"{r['peak_gib']:.2f} | {mem:.2f} |"
-            )
-    lines.append("")
-    lines.append(
-        "Fast mode's steps are per-layer steps (one cheap attention per step), so its "
-        "s/step is not a like-for-like ratio; compare total seconds."
-    )
+    for r in rows:
+        e = est.get((r["arch"], r["variant"]), {}) if not args.tiny else {}
+        peak, epeak = r.get("peak_gib"), e.get("peak_gib")
+        ratio = peak / epeak if peak is not None and epeak else None
+        lines.append(
+            f"| {r['arch']} | {r['px']} | {r['variant']} | {_num(epeak, '.2f')} | "
+            f"{_num(peak, '.2f') if 'error' not in r else r['error']} | {_num(ratio, '.2f')} | "
+            f"{_num(e.get('step_s_bound'), '.3g')} | {_num(r.get('s_per_step'), '.3f')} | "
+            f"{_num(e.get('job_s_bound'), '.3g')} | {_num(r.get('job_s'), '.1f')} |"
+        )
     return "\n".join(lines)
 
 

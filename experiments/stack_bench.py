@@ -195,10 +195,13 @@ def _est(e: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The summary table (one row per state) and, per stack, each concept's M-Score."""
+    from fmn_desktop.wording import count
+
     plan = results["plan"]
     lines = [
-        f"Held-out scoring: {plan['prompts']} prompts x {plan['seeds']} seeds per forgotten "
-        f"concept, {plan['neighbour_prompts']} x {plan['other_seeds']} per other concept, "
+        f"Held-out scoring: {count(plan['prompts'], 'prompt')} x {count(plan['seeds'], 'seed')} "
+        f"per forgotten concept, {plan['neighbour_prompts']} x {plan['other_seeds']} per other "
+        "concept, "
         f"{plan['steps']} sampler steps. Bars: M-Score <= {BARS['mscore']}, retention and "
         f"co-attributes within {BARS['retention_points']:g} / {BARS['coattr_points']:g} points "
         f"of the base, no neighbour losing more than {BARS['neighbour_points']:g} points.",
