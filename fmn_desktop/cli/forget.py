@@ -9,6 +9,7 @@ from pathlib import Path
 from fmn_desktop.cli.common import (
     UsageError,
     add_config_args,
+    cache_args,
     check_out,
     config_from_args,
     fraction,
@@ -19,6 +20,7 @@ from fmn_desktop.cli.common import (
     phase_printer,
     positive_float,
     positive_int,
+    reference_cache_root,
     registry_arg,
     seed_int,
     step_bar,
@@ -144,6 +146,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--register", action="store_true", help="add the patch to the registry")
     p.add_argument("--tag", action="append", default=[], help="registry tag (repeatable)")
     registry_arg(p, " for --register")
+    cache_args(p, registry=False)
     p.set_defaults(handler=cmd_forget)
 
     p = sub.add_parser(
@@ -242,6 +245,7 @@ def cmd_forget(args) -> int:
         harden_spellings=args.harden_spellings,
         source="fmn forget",
         overwrite=args.overwrite,
+        reference_cache=reference_cache_root(args),
     )
     check_out(args.out, args.overwrite)
     model = load_model(args)

@@ -103,8 +103,12 @@ class PatchJobModel(JobModel):
         return super()._start_job(name, work, total)
 
     def _on_progress(self, p) -> None:
-        if p.phase == "references":
+        if p.phase == "references":  # counted per image drawn, the bar with them
             self.phase_text = "Preparing reference images"
+            if p.total:
+                self.phase_text += f": {p.step} of {p.total}"
+                self.total = p.total
+                self.step = p.step
             return
         if p.phase == "attack":  # a hardening round between two trainings
             self.phase_text = "Attacking the patch (hardening)"
