@@ -321,7 +321,7 @@ def cmd_forget_photos(args) -> int:
         if p.phase == "names":
             print(p.text, file=sys.stderr, flush=True)
             return
-        if p.step == 0:
+        if p.step == 0 or p.phase == "references":  # encoding the photos: a moment
             return
         bar = bars.get(p.phase)
         if bar is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +22,17 @@ def generate_images(
     steps: int = 20,
     guidance: float = 5.0,
     size: int | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> list[list[Image.Image]]:
     """Images[prompt][seed], each from its own seeded generator (repeatable). A model whose
-    weights (or patches) make NaN or inf pixels is refused rather than drawn black."""
+    weights (or patches) make NaN or inf pixels is refused rather than drawn black.
+    `progress` gets `Progress("generate", done, total)` after each image."""
     import numpy as np
 
     from fmn_desktop.errors import NonFiniteError
 
-    rows = []
+    rows: list[list[Image.Image]] = []
+    total = len(prompts) * len(seeds)
     for prompt in prompts:
         row = []
         for seed in seeds:
@@ -49,6 +52,8 @@ def generate_images(
                     "or inf"
                 )
             row.append(pipe.numpy_to_pil(pixels)[0])
+            if progress is not None:
+                progress(Progress("generate", len(rows) * len(seeds) + len(row), total))
         rows.append(row)
     return rows
 

@@ -97,6 +97,7 @@ class PatchJobModel(JobModel):
     losses = state("losses", list, [], losses_changed)
 
     training_verb = "Training"  # the phase text's word for the steps
+    _bar_on_references = False  # the bar counts reference images until the first step
 
     def _start_job(self, name: str, work, total: int):
         self.losses = []
@@ -109,6 +110,7 @@ class PatchJobModel(JobModel):
                 self.phase_text += f": {p.step} of {p.total}"
                 self.total = p.total
                 self.step = p.step
+                self._bar_on_references = True
             return
         if p.phase == "attack":  # a hardening round between two trainings
             self.phase_text = "Attacking the patch (hardening)"
@@ -116,6 +118,9 @@ class PatchJobModel(JobModel):
         if p.loss is None:  # the job's own line between the steps
             self.phase_text = capitalized(p.text)
             return
+        if self._bar_on_references:  # the bar starts again from 0 for the steps
+            self._bar_on_references = False
+            self.step = 0
         self.phase_text = f"{self.training_verb}: step {p.step} of {p.total}"
         self.total = p.total
         self.step = p.step
