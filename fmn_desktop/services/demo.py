@@ -69,14 +69,18 @@ def run_demo(
         print(f"[{last[0] - t0:5.1f}s] {text}", file=out, flush=True)
 
     def ticker(what: str):
-        """A progress callback printing "what: done/total" when `every` seconds passed."""
+        """A progress callback printing "what: NN%" (reference images and steps counted) when
+        `every` seconds passed since the last line."""
 
         def tick(p) -> None:
             if not p.total or time.perf_counter() - last[0] < every:
                 return
-            label = "reference images" if p.phase == "references" else what
-            loss = f", loss {p.loss:.4f}" if p.loss is not None else ""
-            say(f"  {label}: {p.step}/{p.total}{loss}")
+            if p.phase == "references":
+                say(f"  reference images: {p.step}/{p.total}")
+            elif p.phase == "train":
+                say(f"  {what}: {p.step}/{p.total}, loss {p.loss:.4f}")
+            else:
+                say(f"  {what}: {100 * p.step / p.total:.0f}%")
 
         return tick
 
@@ -92,7 +96,7 @@ def run_demo(
     grid_seeds = list(range(4))
     say(f"drawing the before grid ({len(show)} prompts x {len(grid_seeds)} seeds) ...")
     before = grid_image(
-        generate_images(pipe, show, grid_seeds, progress=ticker("images"), batch=GRID_BATCH),
+        generate_images(pipe, show, grid_seeds, progress=ticker("before grid"), batch=GRID_BATCH),
         show,
         title="before",
     )
@@ -127,7 +131,9 @@ def run_demo(
     with PatchedUNet(pipe.unet, [(outcome.patch, 1.0)], fingerprint=model.fingerprint):
         say("drawing the after grid ...")
         after = grid_image(
-            generate_images(pipe, show, grid_seeds, progress=ticker("images"), batch=GRID_BATCH),
+            generate_images(
+                pipe, show, grid_seeds, progress=ticker("after grid"), batch=GRID_BATCH
+            ),
             show,
             title=f"after forgetting {name}",
         )
