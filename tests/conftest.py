@@ -1,9 +1,17 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("FMN_THREADS", "1")
+# Commands that default to the user's registry (its reference cache, --register) write to a
+# throw-away one instead: no test touches the user's data folder.
+_REGISTRY = tempfile.mkdtemp(prefix="fmn-test-registry-")
+os.environ["FMN_REGISTRY"] = _REGISTRY
+atexit.register(shutil.rmtree, _REGISTRY, True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -16,6 +16,7 @@ def test_demo_runs_end_to_end_small(tmp_path, monkeypatch):
 
     from fmn_desktop.evaluate import scores
     from fmn_desktop.patch import load_patch
+    from fmn_desktop.resteer.refcache import ReferenceCache
     from fmn_desktop.services import defaults, images
     from fmn_desktop.services.demo import run_demo
 
@@ -32,9 +33,23 @@ def test_demo_runs_end_to_end_small(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(scores, "EvalSettings", functools.partial(scores.EvalSettings, steps=2))
     out = io.StringIO()
-    assert run_demo(out_dir=tmp_path, steps=3, seeds=1, other_seeds=1, others_limit=3, out=out) == 0
+    cache = ReferenceCache(tmp_path / "cache")
+    small = dict(steps=3, seeds=1, other_seeds=1, others_limit=3, cache=cache, every=0.0)
+    assert run_demo(out_dir=tmp_path, out=out, **small) == 0
     text = out.getvalue()
     assert "M-Score of Zorbu" in text and "retention (others)" in text
+    # every phase reports as it counts (every=0: each report is a line)
+    for line in (
+        "before grid: 17%",  # the first sampler step of 8 of 24 images, 2 steps each
+        "before grid: 100%",
+        "images of Zorbu: 100%",
+        "images of the other concepts: 100%",
+        "reference images: 2/2",
+        "re-steering steps: 3/3",
+        "after grid: 100%",
+    ):
+        assert line in text, line
+    assert cache.info().files == 2
     for name in ("before.png", "after.png", "before_after.png"):
         assert (tmp_path / name).stat().st_size > 0
     patch = load_patch(tmp_path / "forget-Zorbu.safetensors")

@@ -118,6 +118,7 @@ def harden_steps(
     settings: HardenSettings,
     fingerprint: str = "",
     family: str = "sd1",
+    cache=None,
 ) -> Generator[Progress, None, HardenResult]:
     """Forget, then `settings.rounds` times: attack the patch, add the aliases, forget again.
     Yields every round's progress (phase "attack" between rounds); the model is left as is."""
@@ -140,7 +141,7 @@ def harden_steps(
             num_references=config.num_references + len(aliases),
         )
         result = yield from _numbered(
-            forget_steps(pipe, job, fingerprint, family), r, settings.rounds + 1
+            forget_steps(pipe, job, fingerprint, family, cache), r, settings.rounds + 1
         )
         if r == settings.rounds:
             break
@@ -168,10 +169,11 @@ def harden(
     family: str = "sd1",
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cache=None,
 ) -> HardenResult:
     """Run `harden_steps` to the end; `should_cancel()` returning True raises CancelledError."""
     return run_to_end(
-        harden_steps(pipe, config, settings, fingerprint, family),
+        harden_steps(pipe, config, settings, fingerprint, family, cache),
         progress,
         should_cancel,
         "hardening cancelled; no patch was written",

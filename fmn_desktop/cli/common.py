@@ -321,22 +321,57 @@ class status:
 
 def step_bar(total: int, verb: str):
     """A progress bar on stderr and the callback that feeds it from a training job's progress
-    items (`phase` "references" while reference images are drawn, then one per step)."""
+    items ("references" counting the reference images drawn, then one "train" item per step;
+    other phases, e.g. "attack", only name themselves)."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=verb, unit="step", file=sys.stderr)
+    state = {"phase": verb}
+
+    def restart(desc: str, count: int, unit: str) -> None:
+        if state["phase"] != desc:  # a new phase counts from 0 in its own unit
+            state["phase"] = desc
+            bar.set_description(desc)
+            bar.unit = unit
+            bar.set_postfix_str("")
+            bar.reset(total=count)
 
     def progress(p):
-        if p.phase != "train":  # "references", "attack": no step of its own
-            bar.set_description("reference images" if p.phase == "references" else p.phase)
+        if p.phase == "references" and p.total:
+            restart("reference images", p.total, "image")
+            bar.update(p.step - bar.n)
             return
-        bar.set_description(verb)
+        if p.phase != "train":  # "attack": no count of its own
+            state["phase"] = p.phase
+            bar.set_description(p.phase)
+            return
+        restart(verb, p.total, "step")
         bar.total = p.total  # fast mode counts (layer, step) pairs
         bar.update(p.step - bar.n)
         if p.loss is not None:
             bar.set_postfix(loss=f"{p.loss:.4f}")
 
     return bar, progress
+
+
+def cache_args(p: argparse.ArgumentParser, registry: bool = True) -> None:
+    """`--no-cache` (and `--registry` where the command has none): where reference latents
+    are reused from and kept."""
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="draw the reference images afresh and keep none (default: reuse those an earlier "
+        "job drew with the same model and settings, kept in the registry's cache folder)",
+    )
+    if registry:
+        registry_arg(p, " whose cache holds the reference images")
+
+
+def reference_cache_root(args) -> str | None:
+    """The registry folder whose reference cache a job uses; None with `--no-cache`."""
+    from fmn_desktop.registry.location import registry_dir
+
+    return None if args.no_cache else str(registry_dir(getattr(args, "registry", None)))
 
 
 def phase_printer(progress=None):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fmn_desktop.cli.common import (
     add_config_args,
+    cache_args,
     check_out,
     config_from_args,
     load_model,
     model_args,
     out_args,
+    reference_cache_root,
     status,
     step_bar,
 )
@@ -49,6 +51,7 @@ def add_parsers(sub) -> None:
     model_args(p)
     add_config_args(p, DisentangleConfig)
     _output_args(p)
+    cache_args(p)
     p.set_defaults(handler=cmd_disentangle)
 
     p = sub.add_parser(
@@ -62,6 +65,7 @@ def add_parsers(sub) -> None:
     model_args(p)
     add_config_args(p, BroadConfig)
     _output_args(p)
+    cache_args(p)
     p.set_defaults(handler=cmd_erase_broad)
 
 
@@ -99,7 +103,9 @@ def cmd_disentangle(args) -> int:
     return _trained(
         config.forget_config([]).steps,
         "disentangling",
-        lambda progress: disentangle_to_file(model, config, args.out, args.format, None, progress),
+        lambda progress: disentangle_to_file(
+            model, config, args.out, args.format, None, progress, cache=_cache(args)
+        ),
     )
 
 
@@ -113,8 +119,17 @@ def cmd_erase_broad(args) -> int:
     return _trained(
         config.steps,
         "erasing",
-        lambda progress: erase_broad_to_file(model, config, args.out, args.format, None, progress),
+        lambda progress: erase_broad_to_file(
+            model, config, args.out, args.format, None, progress, cache=_cache(args)
+        ),
     )
+
+
+def _cache(args):
+    from fmn_desktop.services.cache import reference_cache
+
+    root = reference_cache_root(args)
+    return reference_cache(root, root is not None)
 
 
 def _trained(total: int, verb: str, run) -> int:

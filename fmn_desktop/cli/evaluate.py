@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fmn_desktop.cli.common import (
     UsageError,
+    cache_args,
     check_out,
     count_bar,
     finite_float,
@@ -16,6 +17,7 @@ from fmn_desktop.cli.common import (
     model_args,
     nonneg_int,
     positive_int,
+    reference_cache_root,
     registry_arg,
     seed_int,
     stack_mode_arg,
@@ -112,6 +114,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--concept", default=None, help="concept to forget (default: the demo's)")
     p.add_argument("--out-dir", default="fmn-demo", help="where grids and the patch go")
     p.add_argument("--steps", type=positive_int, default=None, help="optimisation steps")
+    cache_args(p)
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser(
@@ -145,6 +148,7 @@ def add_parsers(sub) -> None:
         help="a toy-world pipeline folder (e.g. a training checkpoint); default: embedded",
     )
     p.add_argument("--judge", default=None, help="judge weights for --model (default: shipped)")
+    cache_args(p)  # a cached item's forget time leaves out its reference images
     p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser(
@@ -236,10 +240,19 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cmd_attack)
 
 
+def _cache(args):
+    from fmn_desktop.services.cache import reference_cache
+
+    root = reference_cache_root(args)
+    return reference_cache(root, root is not None)
+
+
 def cmd_demo(args) -> int:
     from fmn_desktop.services.demo import run_demo
 
-    return run_demo(concept=args.concept, out_dir=Path(args.out_dir), steps=args.steps)
+    return run_demo(
+        concept=args.concept, out_dir=Path(args.out_dir), steps=args.steps, cache=_cache(args)
+    )
 
 
 def cmd_bench(args) -> int:
@@ -273,6 +286,7 @@ def cmd_bench(args) -> int:
         items,
         settings,
         log=lambda s: print(s, file=sys.stderr, flush=True),
+        cache=_cache(args),
     )
     sample = make_config(items[0])
     paths = write_report(

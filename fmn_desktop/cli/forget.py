@@ -9,6 +9,7 @@ from pathlib import Path
 from fmn_desktop.cli.common import (
     UsageError,
     add_config_args,
+    cache_args,
     check_out,
     config_from_args,
     fraction,
@@ -19,6 +20,7 @@ from fmn_desktop.cli.common import (
     phase_printer,
     positive_float,
     positive_int,
+    reference_cache_root,
     registry_arg,
     seed_int,
     step_bar,
@@ -146,6 +148,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--register", action="store_true", help="add the patch to the registry")
     p.add_argument("--tag", action="append", default=[], help="registry tag (repeatable)")
     registry_arg(p, " for --register")
+    cache_args(p, registry=False)
     p.set_defaults(handler=cmd_forget)
 
     p = sub.add_parser(
@@ -249,6 +252,7 @@ def cmd_forget(args) -> int:
         harden_spellings=args.harden_spellings,
         source="fmn forget",
         overwrite=args.overwrite,
+        reference_cache=reference_cache_root(args),
     )
     check_out(args.out, args.overwrite)
     model = load_model(args)
@@ -325,7 +329,7 @@ def cmd_forget_photos(args) -> int:
         if p.phase == "names":
             print(p.text, file=sys.stderr, flush=True)
             return
-        if p.step == 0:
+        if p.step == 0 or p.phase == "references":  # encoding the photos: a moment
             return
         bar = bars.get(p.phase)
         if bar is None:

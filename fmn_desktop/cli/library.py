@@ -1,4 +1,4 @@
-"""`fmn patches ...` and `fmn stack ...`: the registry from the terminal.
+"""`fmn patches ...`, `fmn stack ...` and `fmn cache ...`: the registry from the terminal.
 
 Every command
 takes `--registry DIR` (default: `$FMN_REGISTRY`, else the platform's user data folder) and
@@ -219,6 +219,22 @@ def add_parsers(sub) -> None:
             p.set_defaults(handler=stack_export)
         else:
             p.set_defaults(handler=stack_apply)
+
+    cp = sub.add_parser(
+        "cache",
+        help="the registry's cache of reference images: info, clear",
+        description="Jobs that draw reference images with the model (forget, erase-broad, "
+        "disentangle, bench, demo) keep their latents in <registry>/cache/references and "
+        "reuse them when the model, prompt, seed and sampler settings are the same; the "
+        "patch is the same either way. `--no-cache` on a job bypasses it.",
+    )
+    cs = cp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = cs.add_parser("info", help="where the cache is, how many latents, their size")
+    _common(p)
+    p.set_defaults(handler=cache_info)
+    p = cs.add_parser("clear", help="remove every cached reference latent")
+    _common(p)
+    p.set_defaults(handler=cache_clear)
 
 
 # ----------------------------------------------------------------------------- output
@@ -603,4 +619,31 @@ def stack_export(args) -> int:
         f"wrote {res.path}{extra}"
         + (safe(f"; registered as #{added.id} {added.name}") if added else "")
     )
+    return 0
+
+
+# ----------------------------------------------------------------------------- cache
+def _print_cache(info, as_json: bool, verb: str) -> None:
+    if as_json:
+        _print_json({"folder": str(info.folder), "files": info.files, "bytes": info.bytes})
+        return
+    print(
+        safe(
+            f"{verb}{info.files} reference latent{'s' if info.files != 1 else ''} "
+            f"({info.bytes / 2**20:.1f} MiB) in {info.folder}"
+        )
+    )
+
+
+def cache_info(args) -> int:
+    from fmn_desktop.services.cache import cache_info as info
+
+    _print_cache(info(args.registry), args.json, "")
+    return 0
+
+
+def cache_clear(args) -> int:
+    from fmn_desktop.services.cache import clear_cache
+
+    _print_cache(clear_cache(args.registry), args.json, "removed ")
     return 0

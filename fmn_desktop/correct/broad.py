@@ -40,6 +40,7 @@ from fmn_desktop.correct.config import (  # noqa: F401  (re-exported)
 )
 from fmn_desktop.patch.format import Patch, PatchMeta
 from fmn_desktop.prompts.encode import encode_prompts
+from fmn_desktop.resteer.encode import generate_latents
 from fmn_desktop.resteer.trainable import TrainableDeltas, target_parameters
 from fmn_desktop.training import Progress, run_to_end
 from fmn_desktop.training.loop import Optimiser
@@ -68,24 +69,21 @@ def _identity(base: torch.Tensor) -> torch.Tensor:
     return base
 
 
-def draw_latents(pipe, prompts: list[str], n: int, config: BroadConfig, first_seed: int):
+def draw_latents(
+    pipe, prompts: list[str], n: int, config: BroadConfig, first_seed: int, cache=None
+) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
     """`n` latents the base model draws, the i-th from prompts[i mod len] at seed first_seed +
-    i; returns them (on the UNet's device) and each one's prompt index."""
-    lat = [
-        pipe(
-            prompts[i % len(prompts)],
-            num_inference_steps=config.reference_steps,
-            guidance_scale=config.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(first_seed + i),
-            output_type="latent",
-        ).images.float()
-        for i in range(n)
-    ]
-    return torch.cat(lat).to(pipe.unet.device), torch.arange(n) % len(prompts)
+    i (yielding their progress); returns them (on the UNet's device) and each one's prompt
+    index. `cache` as for the forget job's references."""
+    draws = [(prompts[i % len(prompts)], first_seed + i) for i in range(n)]
+    lat = yield from generate_latents(
+        pipe, draws, config.reference_steps, config.guidance_scale, cache
+    )
+    return lat.to(pipe.unet.device), torch.arange(n) % len(prompts)
 
 
 def broad_steps(
-    pipe, config: BroadConfig, fingerprint: str = "", family: str = "sd1"
+    pipe, config: BroadConfig, fingerprint: str = "", family: str = "sd1", cache=None
 ) -> Generator[Progress, None, BroadResult]:
     started = time.perf_counter()
     unet = pipe.unet
@@ -98,20 +96,19 @@ def broad_steps(
         for p in (config.preserve_prompts or [])
         if not any(strip_word(p, w) != p for w in config.words)
     ]
-    yield Progress("references", 0, config.steps)
     with torch.no_grad():
         unsafe_emb, _ = encode_prompts(pipe, [u for u, _ in pairs])
         safe_emb, _ = encode_prompts(pipe, [s for _, s in pairs])
         preserve_emb = encode_prompts(pipe, preserve)[0] if preserve else None
         empty_emb = encode_prompts(pipe, [""])[0] if config.hold_unconditional else None
-        latents, owner_t = draw_latents(
-            pipe, [u for u, _ in pairs], config.num_references, config, config.seed * 100003
+    latents, owner_t = yield from draw_latents(
+        pipe, [u for u, _ in pairs], config.num_references, config, config.seed * 100003, cache
+    )
+    ordinary = ordinary_owner = None
+    if preserve and config.ordinary_references:
+        ordinary, ordinary_owner = yield from draw_latents(
+            pipe, preserve, config.ordinary_references, config, config.seed * 100003 + 50021, cache
         )
-        ordinary = ordinary_owner = None
-        if preserve and config.ordinary_references:
-            ordinary, ordinary_owner = draw_latents(
-                pipe, preserve, config.ordinary_references, config, config.seed * 100003 + 50021
-            )
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     names = target_parameters(unet, config.trainable, False)
     names = [n for n in names if n.endswith(".weight")] or names
@@ -190,10 +187,11 @@ def erase_broad(
     family: str = "sd1",
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cache=None,
 ) -> BroadResult:
     """Run `broad_steps` to the end; `should_cancel()` returning True raises CancelledError."""
     return run_to_end(
-        broad_steps(pipe, config, fingerprint, family),
+        broad_steps(pipe, config, fingerprint, family, cache),
         progress,
         should_cancel,
         "broad removal cancelled; no patch was written",

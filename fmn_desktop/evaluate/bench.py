@@ -73,8 +73,10 @@ def run_bench(
     items: Sequence[BenchItem] | None = None,
     settings: EvalSettings | None = None,
     log: Callable[[str], None] = print,
+    cache=None,
 ) -> list[BenchRow]:
-    """Run ConceptBench; `make_config(item)` returns the ForgetConfig used for that item."""
+    """Run ConceptBench; `make_config(item)` returns the ForgetConfig used for that item;
+    `cache` (a `resteer.refcache.ReferenceCache`) keeps the reference latents between runs."""
     from fmn_desktop.patch import PatchedUNet
     from fmn_desktop.resteer import forget
     from fmn_desktop.toyworld import CONCEPTS
@@ -87,7 +89,9 @@ def run_bench(
     rows = []
     for i, item in enumerate(items, 1):
         started = time.perf_counter()
-        result = forget(pipe, make_config(item), fingerprint=fingerprint, family=EMBEDDED_FAMILY)
+        result = forget(
+            pipe, make_config(item), fingerprint=fingerprint, family=EMBEDDED_FAMILY, cache=cache
+        )
         seconds = time.perf_counter() - started
         with PatchedUNet(pipe.unet, [(result.patch, 1.0)]):
             after = generate_eval_set(pipe, judge, concepts, settings)

@@ -100,8 +100,10 @@ def generate_eval_set(
     settings: EvalSettings | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> list[EvalImage]:
-    """Generate every concept's evaluation prompts at fixed seeds and judge the images
-    (`progress`: images done of all, after each batch)."""
+    """Generate every concept's evaluation prompts at fixed seeds and judge the images.
+    `progress` gets `Progress("generate", done, total)` after every sampler step of a batch,
+    counted in image-steps (a batch of 32 images is minutes on a busy CPU), so a caller can
+    show it moving and cancel within a batch (an exception it raises propagates)."""
     settings = settings or EvalSettings()
     jobs = [
         (c.name, p, settings.first_seed + s)
@@ -133,14 +135,28 @@ def generate_judged(
             guidance_scale=settings.guidance,
             generator=gens,
             output_type="pt",
+            callback_on_step_end=step_reporter(
+                progress, start * settings.steps, len(chunk), len(jobs) * settings.steps
+            ),
         ).images
         probs = judge.predict(images.float().cpu())
         abstain = float(getattr(judge, "abstain", 0.0))
         for i, (name, prompt, seed) in enumerate(chunk):
             out.append(EvalImage(prompt, name, seed, {h: p[i] for h, p in probs.items()}, abstain))
-        if progress:
-            progress(Progress("generate", min(start + settings.batch, len(jobs)), len(jobs)))
     return out
+
+
+def step_reporter(progress, done: int, images: int, total: int):
+    """A pipeline's `callback_on_step_end` that reports `Progress("generate", done + images
+    per step so far, total)` to `progress` (None: no callback)."""
+    if progress is None:
+        return None
+
+    def on_step(pipe, i, t, kwargs):
+        progress(Progress("generate", done + (i + 1) * images, total))
+        return kwargs
+
+    return on_step
 
 
 def presence(images: Sequence[EvalImage], concept) -> list[float]:

@@ -70,6 +70,33 @@ def fingerprint_unet(unet: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@torch.no_grad()
+def fingerprint_text_encoders(pipe) -> str:
+    """sha256 over a pipeline's tokenizer sizes and text encoders: the token embeddings in full
+    (learned tokens or an edited row change it), every other tensor's name, shape and first
+    and last values, as `fingerprint_unet` samples them. CLIP-L's embeddings are 38 M values."""
+    h = hashlib.sha256()
+    h.update(f"fmn-text-fingerprint-v{FINGERPRINT_VERSION}\n".encode())
+    for attr in ("tokenizer", "tokenizer_2"):
+        tok = getattr(pipe, attr, None)
+        if tok is not None:
+            h.update(f"{attr}:{len(tok)}\n".encode())
+    for attr in ("text_encoder", "text_encoder_2"):
+        enc = getattr(pipe, attr, None)
+        if enc is None:
+            continue
+        for name, tensor in sorted(enc.state_dict().items()):
+            h.update(f"{attr}.{name}:{tuple(tensor.shape)}:".encode())
+            flat = tensor.reshape(-1)
+            if "token_embedding" in name or flat.numel() <= 2 * _SAMPLE:
+                h.update(_canonical_bytes(flat))
+            else:
+                h.update(_canonical_bytes(flat[:_SAMPLE]))
+                h.update(_canonical_bytes(flat[-_SAMPLE:]))
+            h.update(b"\n")
+    return h.hexdigest()
+
+
 def short_fingerprint(fingerprint: str) -> str:
     """The first 12 hex digits, for display."""
     return fingerprint[:12]

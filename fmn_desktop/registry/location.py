@@ -9,6 +9,7 @@ ENV_VAR = "FMN_REGISTRY"
 APP_NAME = "forget-me-not-studio"
 DB_NAME = "registry.db"
 STORE_NAME = "patches"
+CACHE_NAME = "cache"  # things that can be made again (reference latents), beside the database
 
 
 def registry_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -25,3 +26,8 @@ def registry_dir(explicit: str | os.PathLike | None = None) -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir(APP_NAME, appauthor=False)) / "registry"
+
+
+def cache_dir(root: str | os.PathLike | None, kind: str) -> Path:
+    """The folder of one kind of cached data of the registry at `root` (see `registry_dir`)."""
+    return registry_dir(root) / CACHE_NAME / kind

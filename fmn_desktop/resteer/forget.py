@@ -79,7 +79,10 @@ class JobInputs:
         return torch.randint(0, len(self.preserve_prompts), (b,), generator=gen)
 
 
-def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInputs:
+def prepare_inputs(
+    pipe, config: ForgetConfig, gen: torch.Generator, cache=None
+) -> Generator[Progress, None, JobInputs]:
+    """The job's inputs; yields the reference images' progress (see `reference_latents`)."""
     prompts, owners = [], []
     for concept in config.concepts:
         for prompt in prompts_for(concept, config.concept_kind, config.templates):
@@ -91,7 +94,9 @@ def prepare_inputs(pipe, config: ForgetConfig, gen: torch.Generator) -> JobInput
     # each has references even when there are fewer references than prompts (a hardened job
     # has dozens of aliases); a folder's images fit any prompt.
     order = reference_order(owners)
-    latents = reference_latents(pipe, [prompts[j] for j in order], config, generator=gen)
+    latents = yield from reference_latents(
+        pipe, [prompts[j] for j in order], config, generator=gen, cache=cache
+    )
     latent_prompt = None
     if not config.reference_dir:
         latent_prompt = torch.tensor(order)[torch.arange(len(latents)) % len(prompts)]
@@ -150,14 +155,15 @@ def changed_parameters(unet, config: ForgetConfig) -> list[str]:
 
 
 def forget_steps(
-    pipe, config: ForgetConfig, fingerprint: str = "", family: str = "sd1"
+    pipe, config: ForgetConfig, fingerprint: str = "", family: str = "sd1", cache=None
 ) -> Generator[Progress, None, ForgetResult]:
-    """Run a forget job on `pipe` (left unchanged), yielding progress; returns the patch."""
+    """Run a forget job on `pipe` (left unchanged), yielding progress ("references" per image
+    drawn, then "train" per step); returns the patch. `cache` (a `refcache.ReferenceCache`)
+    keeps the reference latents for later jobs: the patch is the same with or without it."""
     started = time.perf_counter()
     gen = torch.Generator("cpu").manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    yield Progress("references", 0, config.steps)
-    inputs = prepare_inputs(pipe, config, gen)
+    inputs = yield from prepare_inputs(pipe, config, gen, cache)
     if config.mode == "fast":
         from fmn_desktop.resteer.fast import fast_steps
 
@@ -277,10 +283,11 @@ def forget(
     family: str = "sd1",
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cache=None,
 ) -> ForgetResult:
     """Run `forget_steps` to the end; `should_cancel()` returning True stops it (CancelledError)."""
     return run_to_end(
-        forget_steps(pipe, config, fingerprint, family),
+        forget_steps(pipe, config, fingerprint, family, cache),
         progress,
         should_cancel,
         "forget job cancelled; no patch was written",

@@ -72,13 +72,15 @@ def erase_broad_to_file(
     preserve_prompts: Sequence[str] | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cache=None,
 ) -> CorrectionOutcome:
     """Broad removal of `config.words` (ESD-style fine-tune) on `model` (left unchanged),
-    written to `out`; cancelling (`should_cancel`) raises CancelledError and writes nothing."""
+    written to `out`; cancelling (`should_cancel`) raises CancelledError and writes nothing.
+    `cache` (`services.cache.reference_cache`) reuses and keeps the reference latents."""
     given = preserve_prompts or config.preserve_prompts
     config.preserve_prompts = preservation_prompts(model, given, list(config.words))
     result = erase_broad(
-        model.pipe, config, model.fingerprint or "", model.family, progress, should_cancel
+        model.pipe, config, model.fingerprint or "", model.family, progress, should_cancel, cache
     )
     result.patch.meta.hyperparameters["seconds"] = round(result.seconds, 3)
     message = f"{write_correction(result.patch, out, fmt)}, {result.seconds:.1f} s"
@@ -93,16 +95,20 @@ def disentangle_to_file(
     preserve_prompts: Sequence[str] | None = None,
     progress: Callable | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cache=None,
 ) -> CorrectionOutcome:
     """Disentangle `config.concept` from `config.dominant` on `model` (left unchanged), written
-    to `out` as a ``correct`` patch; cancelling raises CancelledError and writes nothing."""
+    to `out` as a ``correct`` patch; cancelling raises CancelledError and writes nothing.
+    `cache` as for `erase_broad_to_file`."""
     from fmn_desktop.resteer import forget
     from fmn_desktop.services.defaults import with_model_defaults
 
     given = preserve_prompts or config.preserve_prompts
     preserve = preservation_prompts(model, given, [config.concept, config.dominant])
     job = with_model_defaults(model, config.forget_config(preserve))
-    result = forget(model.pipe, job, model.fingerprint or "", model.family, progress, should_cancel)
+    result = forget(
+        model.pipe, job, model.fingerprint or "", model.family, progress, should_cancel, cache
+    )
     meta = result.patch.meta
     meta.kind, meta.method = "correct", "resteer-disentangle"
     meta.hyperparameters.update(
@@ -125,6 +131,9 @@ class CorrectRequest:
     out: str | None = None  # None: a temporary file (registered, then removed)
     tags: list[str] = field(default_factory=list)
     preserve_prompts: list[str] | None = None
+    # The registry folder whose reference cache a trained correction uses (services.cache);
+    # None: references drawn afresh, none kept.
+    reference_cache: str | None = None
 
 
 @dataclass
@@ -183,6 +192,9 @@ def correct_job(ctx, model, req: CorrectRequest):
 def _trained_correction_job(ctx, model, req: CorrectRequest, to_file, what: str):
     """A correction that trains (`to_file`: one of the `*_to_file` functions above), reporting each
     step and honouring cancel, then register."""
+    from fmn_desktop.services.cache import reference_cache
+
+    cache = reference_cache(req.reference_cache, req.reference_cache is not None)
     return _correction_job(
         ctx,
         model,
@@ -195,6 +207,7 @@ def _trained_correction_job(ctx, model, req: CorrectRequest, to_file, what: str)
             req.preserve_prompts,
             progress=ctx.progress,
             should_cancel=ctx.should_cancel,
+            cache=cache,
         ),
         what,
     )

@@ -79,6 +79,7 @@ def forget_to_file(
     should_cancel: Callable[[], bool] | None = None,
     extra: dict[str, str] | None = None,
     harden=None,
+    cache=None,
 ) -> ForgetOutcome:
     """Run a forget job on `model` and write the patch to `out` as `fmt` (see
     `choose_format`: "auto", "lora" or "diff"; the layout is settled before training).
@@ -86,7 +87,8 @@ def forget_to_file(
     `harden` (attack.harden.HardenSettings) makes it an adversarially hardened job: forget,
     attack the patch, forget the prompts found too, for its rounds. Dense deltas written as
     LoRA go through truncated SVD (`write_patch`). `extra` adds string entries to the patch's
-    metadata. Nothing is written if the job fails or is cancelled.
+    metadata. `cache` (`services.cache.reference_cache`) reuses and keeps the reference
+    latents. Nothing is written if the job fails or is cancelled.
     """
     from fmn_desktop.errors import FmnError
 
@@ -110,6 +112,7 @@ def forget_to_file(
             model.family,
             progress,
             should_cancel,
+            cache,
         ).result
     else:
         result = forget(
@@ -119,6 +122,7 @@ def forget_to_file(
             family=model.family,
             progress=progress,
             should_cancel=should_cancel,
+            cache=cache,
         )
     patch = result.patch
     patch.meta.hyperparameters["seconds"] = round(result.seconds, 3)
@@ -146,6 +150,9 @@ class ForgetRequest:
     harden_spellings: int | None = None  # None: the hardening default
     source: str = "desktop app"  # recorded with the registry row
     overwrite: bool = False  # replace an existing `out`
+    # The registry folder whose reference cache the job uses (services.cache); None: the
+    # references are drawn afresh and not kept.
+    reference_cache: str | None = None
 
 
 @dataclass
@@ -182,6 +189,7 @@ def forget_job(ctx: JobContext, model, req: ForgetRequest):
 
 def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
     """`forget_job` once its patch file name is settled."""
+    from fmn_desktop.services.cache import reference_cache
     from fmn_desktop.services.evaluate import evaluate_patch
     from fmn_desktop.services.library import register_file
     from fmn_desktop.services.model import scoreable_concepts
@@ -203,6 +211,7 @@ def _forget_job(ctx, model, req: ForgetRequest, config, out: str, tmp: bool):
         progress=ctx.progress,
         should_cancel=ctx.should_cancel,
         harden=harden,
+        cache=reference_cache(req.reference_cache, req.reference_cache is not None),
     )
     scores: dict = {}
     concepts = scoreable_concepts(model, config.concepts) if req.evaluate else None

@@ -78,7 +78,8 @@ def forget_from_photos(
     prompts are replaced); with `steps_per_concept` its steps are per re-steered concept (the
     concepts share each batch: measured in docs/research/IDENTITY_FROM_PHOTOS.md). `progress`
     gets each stage's Progress with the stage as its phase ("inversion", "names" with a text,
-    "forget"). Nothing is written if a stage fails or is cancelled.
+    "references" while the photos are encoded, "forget"). Nothing is written if a stage fails
+    or is cancelled.
     """
     images, placeholder, inversion, tokens = req.images, req.token, req.inversion, req.tokens
     names, config = list(req.names), req.config
@@ -174,7 +175,8 @@ def forget_from_photos(
             out,
             fmt=req.fmt,
             export_rank=req.export_rank,
-            progress=lambda p: report(replace(p, phase="forget")),
+            # the photos' encoding keeps its own phase ("references"), the steps are "forget"
+            progress=lambda p: report(p if p.phase == "references" else replace(p, phase="forget")),
             should_cancel=should_cancel,
             extra=extra,
         )

@@ -95,7 +95,8 @@ def test_cancel_stops_and_restores(tiny_pipe):
 def test_generator_reports_progress(tiny_pipe):
     job = forget_steps(tiny_pipe, ForgetConfig(concepts=["castle"], steps=2, **FAST))
     phases = [p.phase for p in job]
-    assert phases == ["references", "train", "train"]
+    refs = FAST["num_references"]
+    assert phases == ["references"] * (refs + 1) + ["train", "train"]
 
 
 def test_reference_folder(tiny_pipe, tmp_path):

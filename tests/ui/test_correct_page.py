@@ -4,7 +4,7 @@ registered in the library; bad input becomes an error dialog, not a job."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from ui_helpers import same_weights, wait_idle, weights_copy
+from ui_helpers import same_weights, training_steps, wait_idle, weights_copy
 
 from fmn_desktop.patch import load_patch
 from fmn_desktop.ui.widgets.main_window import MainWindow
@@ -56,7 +56,7 @@ def test_broad_removal_reports_steps_and_registers(qtbot, app, concept, tmp_path
     app.correct.fmt = "lora"
     app.correct.save_copy = str(tmp_path / "copy.safetensors")
     steps = []
-    app.correct.step_changed.connect(steps.append)
+    training_steps(app.correct, steps)
     with qtbot.waitSignal(app.correct.finished, timeout=120000) as blocker:
         assert app.correct.start() is not None
         assert not page.start_button.isEnabled() and page.cancel_button.isEnabled()
@@ -83,7 +83,7 @@ def test_disentangle_from_the_page_trains_and_registers(qtbot, app, concept):
     page.away.setValue(2.0)
     app.correct.extra = dict(steps=2, job_options=dict(FAST_BROAD))
     steps = []
-    app.correct.step_changed.connect(steps.append)
+    training_steps(app.correct, steps)
     with qtbot.waitSignal(app.correct.finished, timeout=120000) as blocker:
         assert app.correct.start() is not None
     wait_idle(qtbot, app.session)
@@ -123,7 +123,7 @@ def test_cancel_broad_removal_writes_nothing(qtbot, app, concept):
     saved = weights_copy(app.session.model.pipe.unet)
 
     def cancel_at_two(step):
-        if step == 2:
+        if step == 2 and not c.phase_text.startswith("Preparing"):
             c.cancel()
 
     c.step_changed.connect(cancel_at_two)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from ui_helpers import EMBEDDED, forget_patch, same_weights, wait_idle, weights_copy
+from ui_helpers import (
+    EMBEDDED,
+    forget_patch,
+    same_weights,
+    training_steps,
+    wait_idle,
+    weights_copy,
+)
 
 from fmn_desktop.patch import load_patch
 
@@ -19,10 +26,10 @@ def test_forget_registers_a_patch_with_live_progress(qtbot, app, concept, fast_f
 
     done = forget_patch(qtbot, app, concept, fast_forget, steps=3, evaluate=EMBEDDED)
 
-    assert steps_seen == [1, 2, 3]
+    assert steps_seen == [1, 2, 0, 1, 2, 3]  # the bar counts the 2 reference images, then steps
     assert len(f.losses) == 3 and all(x > 0 for x in f.losses)
     assert running == [True, False]
-    assert any("reference" in p.lower() for p in phases) and f.phase_text == "Done"
+    assert "Preparing reference images: 1 of 2" in phases and f.phase_text == "Done"
     rec = done.record
     assert rec is not None and rec.concepts == [concept] and rec.kind == "forget"
     assert rec.base_fingerprint == app.session.model.fingerprint
@@ -46,7 +53,7 @@ def test_cancel_mid_job_writes_nothing(qtbot, app, concept, fast_forget):
     saved = weights_copy(app.session.model.pipe.unet)
 
     def cancel_at_two(step):
-        if step == 2:
+        if step == 2 and not f.phase_text.startswith("Preparing"):
             f.cancel()
 
     f.step_changed.connect(cancel_at_two)
@@ -170,7 +177,7 @@ def test_hardened_forget_counts_every_round(qtbot, app, concept, fast_forget, mo
     assert app.forget.harden == 1
     f = app.forget
     steps_seen, phases = [], []
-    f.step_changed.connect(steps_seen.append)
+    training_steps(f, steps_seen)
     f.phase_text_changed.connect(phases.append)
     done = forget_patch(qtbot, app, concept, fast_forget, steps=2)
     assert steps_seen == [1, 2, 3, 4] and f.total == 4

@@ -10,6 +10,17 @@ from fmn_desktop.toyworld import weights_available
 EMBEDDED = weights_available()
 
 
+def training_steps(job_model, seen: list) -> None:
+    """Collect the steps `job_model` reports while it trains (not its reference images,
+    which the bar counts first)."""
+
+    def record(step):
+        if not job_model.phase_text.startswith("Preparing reference images"):
+            seen.append(step)
+
+    job_model.step_changed.connect(record)
+
+
 def wait_idle(qtbot, session, timeout: int = 60000) -> None:
     qtbot.waitUntil(lambda: not session.busy, timeout=timeout)
 

@@ -110,6 +110,7 @@ class CorrectModel(PatchJobModel):
             config=config,
             fmt=self.fmt,
             registry_root=self.session.settings.data_folder,
+            reference_cache=self.session.settings.data_folder,
             out=self.save_copy or None,
             tags=[self.mode],
         )

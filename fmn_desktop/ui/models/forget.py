@@ -112,6 +112,7 @@ class ForgetModel(PatchJobModel):
             eval_steps=self.eval_steps,
             eval_others=self.eval_others,
             registry_root=self.session.settings.data_folder,
+            reference_cache=self.session.settings.data_folder,
             out=self.save_copy or None,
             harden=self.harden,
             overwrite=True,  # the copy is chosen in a save dialog, which asks before replacing

@@ -99,14 +99,20 @@ class PatchJobModel(JobModel):
     losses = state("losses", list, [], losses_changed)
 
     training_verb = "Training"  # the phase text's word for the steps
+    _bar_on_references = False  # the bar counts reference images until the first step
 
     def _start_job(self, name: str, work, total: int):
         self.losses = []
         return super()._start_job(name, work, total)
 
     def _on_progress(self, p) -> None:
-        if p.phase == "references":
+        if p.phase == "references":  # counted per image drawn, the bar with them
             self.phase_text = "Preparing reference images"
+            if p.total:
+                self.phase_text += f": {p.step} of {p.total}"
+                self.total = p.total
+                self.step = p.step
+                self._bar_on_references = True
             return
         if p.phase == "attack":  # a hardening round between two trainings
             self.phase_text = "Attacking the patch (hardening)"
@@ -114,6 +120,9 @@ class PatchJobModel(JobModel):
         if p.loss is None:  # the job's own line between the steps
             self.phase_text = capitalized(p.text)
             return
+        if self._bar_on_references:  # the bar starts again from 0 for the steps
+            self._bar_on_references = False
+            self.step = 0
         self.phase_text = f"{self.training_verb}: step {p.step} of {p.total}"
         self.total = p.total
         self.step = p.step

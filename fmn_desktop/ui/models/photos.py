@@ -16,7 +16,11 @@ from fmn_desktop.ui.properties import state
 
 FORMAT_LABELS = {"lora": "Low-rank (LoRA)", "diff": "Exact deltas (.diff)"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # resteer.encode.load_reference_dir's
-STAGE_TEXT = {"inversion": "Learning the token", "forget": "Forgetting"}
+STAGE_TEXT = {
+    "inversion": "Learning the token",
+    "references": "Preparing reference images",
+    "forget": "Forgetting",
+}
 
 
 def _default(cls, name: str):
