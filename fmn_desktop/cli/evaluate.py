@@ -34,7 +34,7 @@ def add_parsers(sub) -> None:
         "concept its M-Score (how much of it is drawn), the other words of its prompts still "
         "drawn and what the judge reads instead; then the retention of everything else and "
         "the concepts that lost the most. Several patches are composed as a stack is (same "
-        "conflict check). 95%% intervals throughout. Needs the toy world's judge "
+        "conflict check). 95% intervals throughout. Needs the toy world's judge "
         "(docs/research/CONCEPTBENCH.md).",
         epilog="examples: fmn evaluate --patch patches/forget-Zorbu.safetensors; "
         "fmn evaluate --patch patches/forget-Zorbu.safetensors --patch "

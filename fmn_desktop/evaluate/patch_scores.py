@@ -230,8 +230,9 @@ def evaluate_patches(
         def tick(p):
             if should_cancel and should_cancel():
                 raise CancelledError("evaluation cancelled")
-            if progress:
-                progress(Progress("evaluate", offset + p.step, total, text=text))
+            if progress:  # `p` counts image-steps of this state; report whole images
+                images = p.step * len(jobs) // max(p.total, 1)
+                progress(Progress("evaluate", offset + images, total, text=text))
 
         return tick
 

@@ -53,16 +53,17 @@ def test_counts_agree_with_their_nouns():
     from fmn_desktop.evaluate.patch_scores import format_scores
 
     est = {"mean": 0.5, "low": 0.4, "high": 0.6, "n": 4}
+    per = {k: est for k in ("mscore_before", "mscore_after", "coattr_before", "coattr_after")}
     scores = {
-        "mscore_before": est,
-        "mscore_after": est,
+        "concepts": {"Zorbu": {**per, "readings_before": {}, "readings_after": {"none": 1.0}}},
         "retention_before": est,
         "retention_after": est,
-        "eval_seeds": 1,
-        "retention_seeds": 2,
+        "plan": {"prompts": 1, "seeds": 2, "neighbour_prompts": 3, "other_seeds": 1},
+        "images": 5,
     }
     text = format_scores(scores, "Zorbu")
-    assert "1 seed per prompt" in text and "2 seeds per prompt" in text
+    assert "1 prompt x 2 seeds per forgotten concept" in text
+    assert "3 prompts x 1 seed per other concept" in text
     assert count(1, "seed") == "1 seed" and count(0, "seed") == "0 seeds"
 
 

@@ -64,13 +64,20 @@ def test_stack_compose_save_load_preview_export(qtbot, app, two_patches, tmp_pat
 
     for mode in ("additive", "fused"):
         st.mode = mode
-        app.compare.use_stack(list(st.entries), st.mode, f"Stack: clean ({mode})")
+        # forced: two 2-step patches of the tiny model overlap on their tokens, which the
+        # fused solve reports as a conflict (a test of its own below)
+        app.compare.use_stack(list(st.entries), st.mode, f"Stack: clean ({mode})", force=True)
         app.compare.seeds, app.compare.steps = 1, 2
         with qtbot.waitSignal(app.compare.result_changed, timeout=60000):
             app.compare.run()
         wait_idle(qtbot, app.session)
         assert app.compare.result is not None
     assert not app.errors
+    app.compare.use_stack(list(st.entries), "fused", "Stack: clean (fused)")
+    app.compare.run()
+    wait_idle(qtbot, app.session)
+    assert "cannot honour every patch" in str(app.errors[-1])
+    app.errors.clear()
 
     st.mode = "additive"
     lora = tmp_path / "stack.safetensors"

@@ -162,7 +162,8 @@ def test_measure_an_imported_patch_stores_its_scores(qtbot, app, tmp_path, few_o
     assert lib.measure_selected(steps=6) is not None
     wait_idle(qtbot, app.session)
     stored = {e.metric: e for e in lib.evaluations()}
-    assert set(stored) == {"mscore", "retention"} and stored["mscore"].concept == "circle"
+    assert {"mscore", "retention", "coattr_retention", "worst_neighbour_drop"} == set(stored)
+    assert stored["mscore"].concept == "circle"
     assert stored["mscore"].value < 0.5 and stored["retention"].value > 0.8
     assert "M-Score (stored) (circle)" in dict(lib.details())
     assert "Measured" in app.session.status and not app.errors

@@ -286,7 +286,7 @@ class LibraryModel(QObject):
         seeds = seeds or self.session.settings.eval_seeds
 
         req = EvaluateRequest(
-            r.concepts[0],
+            list(r.concepts),
             [PatchSpec(Path(item.path), item.strength)],
             seeds=seeds,
             steps=steps,
@@ -297,7 +297,13 @@ class LibraryModel(QObject):
         def finished(done):
             scores = done.scores
             a, b = scores["mscore_after"]["mean"], scores["retention_after"]["mean"]
-            self.session.post(f"Measured {r.name}: M-Score {a:.3f}, retention {b:.3f}", self.view)
+            text = f"Measured {r.name}: M-Score {a:.3f}, retention {b:.3f}"
+            if "coattr_after" in scores:
+                text += (
+                    f", other words kept {scores['coattr_after']['mean']:.3f}, worst neighbour "
+                    f"{scores['worst_neighbour']} -{100 * scores['worst_neighbour_drop']:.0f} pts"
+                )
+            self.session.post(text, self.view)
             self.session.registry_changed.emit()
 
         return self.session.run_job(
