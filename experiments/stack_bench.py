@@ -107,9 +107,15 @@ def verdict(scores: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", default="runs/stacks")
-    p.add_argument("--sizes", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--sizes", type=int, nargs="*", default=[5, 10], help="stack sizes (none: 0)")
     p.add_argument("--modes", nargs="+", default=["additive", "fused"])
-    p.add_argument("--singles", action="store_true", help="also score each patch alone")
+    p.add_argument(
+        "--singles",
+        nargs="*",
+        default=None,
+        metavar="ITEM",
+        help="also score these items' patches alone (no names: every item)",
+    )
     p.add_argument(
         "--strengths", type=float, nargs="*", default=[], help="the first two items at these"
     )
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forget-steps", type=int, default=None, help="default: the model's")
     p.add_argument("--fresh", action="store_true", help="forget again even if patches exist")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="stacks", help="file name of the report (NAME.json/.md)")
     args = p.parse_args(argv)
 
     import torch
@@ -173,19 +180,21 @@ def main(argv: list[str] | None = None) -> int:
             f" pts, worst neighbour {v['worst_neighbour']} -{v['worst_neighbour_points']:.0f} pts"
             f" ({time.perf_counter() - t0:.0f} s)"
         )
-        (out / "stacks.json").write_text(json.dumps(results, indent=1))
+        (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
 
-    if args.singles:
+    if args.singles is not None:
         for e in entries:
-            score(f"alone: {e.name}", [e])
+            if not args.singles or e.name in args.singles:
+                score(f"alone: {e.name}", [e])
     for e in entries[:2]:
         for s in args.strengths:
             score(f"{e.name} at {s:g}", [StackEntry(e.patch, s, e.name)])
-    for n in args.sizes:
+    for n in args.sizes or ():
         for mode in args.modes:
             score(f"stack of {n}, {mode}", entries[:n], mode)
-    (out / "stacks.md").write_text(markdown(results))
-    print((out / "stacks.md").read_text())
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{args.name}.md").write_text(markdown(results))
+    print((out / f"{args.name}.md").read_text())
     return 0
 
 
