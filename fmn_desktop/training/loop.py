@@ -6,12 +6,17 @@ so the job's random-number order is its own); `Optimiser.run` does the rest the 
 all of them: AdamW, zeroing, back-propagation, gradient clipping, the abort on a non-finite
 loss or weight, one `Progress` per step and the history. Being a generator, it stops cleanly
 wherever its consumer stops pulling (`run_to_end`'s cancel closes it between two steps).
+
+`watch_steps` lets a measurement see every step of every job without touching the jobs:
+`DeltaTrace` records how far the trainable parameters have moved after each step (used to
+show that a half-precision run loses no update to rounding: experiments/half_precision.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 import torch
 
@@ -20,6 +25,71 @@ from fmn_desktop.training.progress import Progress
 
 # A loss function returns the loss, or the loss and its named parts (None: not computed).
 LossFn = Callable[[], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor | None]]"]
+
+# Called after every optimiser step (the weights updated, the gradients still there) with the
+# Optimiser and the step's number; see `watch_steps`.
+StepWatcher = Callable[["Optimiser", int], None]
+_WATCHERS: list[StepWatcher] = []
+
+
+@contextlib.contextmanager
+def watch_steps(watcher: StepWatcher) -> Iterator[StepWatcher]:
+    """Call `watcher(optimiser, step)` after every step of every `Optimiser.run` inside."""
+    _WATCHERS.append(watcher)
+    try:
+        yield watcher
+    finally:
+        _WATCHERS.remove(watcher)
+
+
+class DeltaTrace:
+    """A step watcher: after each step, how far the trainable parameters have moved from
+    their values before the first step, over every optimiser it saw (fast mode runs one per
+    layer; their parameters are laid end to end in the order they first stepped).
+
+    `norms[i]` is ||delta|| after the i-th step seen; with `keep=True`, `deltas[i]` is the
+    flattened fp32 delta itself (to compare runs step by step). `zero_grads[i]` is the share
+    of that step's gradient entries that were exactly zero (underflow shows up there), and
+    `frozen` the share of delta entries still exactly zero at the end.
+    """
+
+    def __init__(self, keep: bool = True):
+        self.keep = keep
+        self.norms: list[float] = []
+        self.deltas: list[torch.Tensor] = []
+        self.zero_grads: list[float] = []
+        self._start: dict[int, list[torch.Tensor]] = {}
+        self._order: list[Optimiser] = []
+
+    def __call__(self, opt: Optimiser, step: int) -> None:
+        if id(opt) not in self._start:
+            if len(opt.initial) != len(opt.params):
+                raise ValueError("DeltaTrace: the optimiser was made outside `watch_steps`")
+            # By now the first step has moved the weights: the start is the copy the
+            # optimiser took when it was made under a watcher.
+            self._start[id(opt)] = [p.float() for p in opt.initial]
+            self._order.append(opt)
+        grads = [p.grad for p in opt.params if p.grad is not None]
+        total = sum(g.numel() for g in grads)
+        zeros = sum(int((g == 0).sum()) for g in grads)
+        self.zero_grads.append(zeros / total if total else 0.0)
+        flat = self._flat()
+        self.norms.append(float(flat.norm()))
+        if self.keep:
+            self.deltas.append(flat)
+
+    def _flat(self) -> torch.Tensor:
+        parts = [
+            (p.detach().float() - p0).flatten().cpu()
+            for opt in self._order
+            for p, p0 in zip(opt.params, self._start[id(opt)], strict=True)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    @property
+    def frozen(self) -> float:
+        flat = self._flat()
+        return float((flat == 0).float().mean()) if flat.numel() else 0.0
 
 
 class Optimiser:
@@ -41,6 +111,8 @@ class Optimiser:
         abort_note: str = "",
     ):
         self.params = list(params)
+        # The starting values, only while something watches the steps (`DeltaTrace`).
+        self.initial = [p.detach().clone() for p in self.params] if _WATCHERS else []
         self.abort_note = f"; {abort_note}" if abort_note else ""
         self.schedule = lr if callable(lr) else None
         self.grad_clip = grad_clip
@@ -96,6 +168,8 @@ class Optimiser:
                     f"the weights became NaN/inf at step {step}{where}: lower the learning "
                     f"rate (now {self.lr:g}){self.abort_note}"
                 )
+            for watcher in list(_WATCHERS):
+                watcher(self, step)
             parts = {k: v.item() for k, v in terms.items() if v is not None}
             item = Progress("train", step, total, loss.item(), text, parts)
             history.append(item)
