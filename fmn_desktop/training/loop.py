@@ -100,7 +100,16 @@ class Optimiser:
     step is clipped to (None or 0: no clipping). `abort_note` ends the message of a
     TrainingError (what the job's failure leaves, e.g. "no patch was written"). `optimizer` is
     the torch optimiser itself, for callers that save and restore its state.
+
+    `loss_scale` turns on dynamic loss scaling, for a model whose activations are fp16 (the
+    CUDA default): the gradients flowing back through fp16 tensors are scaled up so that small
+    ones do not flush to zero (fp16's smallest value is 6e-8; bf16 has fp32's range and needs
+    none), then scaled back in fp32 before clipping and the step. A scale that overflows is
+    halved and the same backward run again, so the step and its batch stay the same.
     """
+
+    INITIAL_SCALE = 2.0**16
+    GROWTH_INTERVAL = 2000  # good steps before the scale doubles (torch's GradScaler's)
 
     def __init__(
         self,
@@ -109,8 +118,11 @@ class Optimiser:
         weight_decay: float = 0.0,
         grad_clip: float | None = None,
         abort_note: str = "",
+        loss_scale: bool = False,
     ):
         self.params = list(params)
+        self.loss_scale = self.INITIAL_SCALE if loss_scale else None
+        self._good_steps = 0
         # The starting values, only while something watches the steps (`DeltaTrace`).
         self.initial = [p.detach().clone() for p in self.params] if _WATCHERS else []
         self.abort_note = f"; {abort_note}" if abort_note else ""
@@ -158,8 +170,7 @@ class Optimiser:
                     f"the loss became {loss.item()} at step {step}{where}: lower the learning "
                     f"rate (now {self.lr:g}){self.abort_note}"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self._backward(loss, step, where)
             if self.grad_clip and self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.optimizer.step()
@@ -175,3 +186,28 @@ class Optimiser:
             history.append(item)
             yield item
         return history
+
+    def _backward(self, loss: torch.Tensor, step: int, where: str) -> None:
+        """Gradients of `loss` into the parameters, through the loss scale when there is one."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.loss_scale is None:
+            loss.backward()
+            return
+        while True:
+            (loss * self.loss_scale).backward(retain_graph=True)
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if all(bool(torch.isfinite(g).all()) for g in grads):
+                for g in grads:
+                    g.div_(self.loss_scale)  # the parameters are fp32: exact
+                self._good_steps += 1
+                if self._good_steps % self.GROWTH_INTERVAL == 0:
+                    self.loss_scale *= 2
+                return
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss_scale /= 2
+            self._good_steps = 0
+            if self.loss_scale < 1:
+                raise TrainingError(
+                    f"the gradients overflow fp16 at step {step}{where} even unscaled: lower "
+                    f"the learning rate (now {self.lr:g}) or use fp32{self.abort_note}"
+                )
