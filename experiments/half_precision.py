@@ -248,29 +248,23 @@ def main(argv=None) -> int:
     configure_runtime()
     images = subject_images(args) if "invert" in args.jobs else None
     runs, deltas = {}, {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for job in args.jobs:
         for dtype in ["fp32", *[d for d in args.dtypes if d != "fp32"]]:
             run, vecs = run_one(job, dtype, args, images)
             runs[(job, dtype)], deltas[(job, dtype)] = run, vecs
-            print(
-                f"{job} {dtype}: {run['seconds']} s, final ||delta|| {run['norms'][-1]:.4g}"
-                + (
-                    f", M-Score {run['mscore_after']:.3f}, retention {run['retention_after']:.3f}"
-                    if "mscore_after" in run
-                    else ""
-                ),
-                flush=True,
+            compare(runs, deltas)
+            scored = (
+                f", M-Score {run['mscore_after']:.3f}, retention {run['retention_after']:.3f}"
+                if "mscore_after" in run
+                else ""
             )
-        compare(runs, deltas)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "torch": torch.__version__,
-        "settings": {k: v for k, v in vars(args).items()},
-        "runs": [r for r in runs.values()],
-    }
-    out.write_text(json.dumps(doc, indent=1))
-    print(table(runs))
+            print(f"{job} {dtype}: {run['seconds']} s, ||delta|| {run['norms'][-1]:.4g}{scored}")
+            # Written after every run: a long sweep cut short keeps what it measured.
+            doc = {"torch": torch.__version__, "settings": vars(args), "runs": list(runs.values())}
+            out.write_text(json.dumps(doc, indent=1))
+            print(table(runs), flush=True)
     for job in args.jobs:
         if job != "correct":
             print(f"\n{job}, per step:\n" + per_step(runs, job, args.every))
