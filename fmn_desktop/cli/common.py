@@ -271,7 +271,8 @@ def model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
         "--dtype",
         choices=["auto", "fp32", "fp16", "bf16"],
         default="auto",
-        help="weights dtype (default: fp32 on the CPU, fp16 on CUDA)",
+        help="weights dtype (default: fp32 on the CPU, fp16 on CUDA; fp16/bf16 on the CPU "
+        "are slow, for checking the half-precision path)",
     )
 
 
@@ -293,17 +294,23 @@ def forget_default(name: str):
 
 def load_model(args):
     """The model of `args.model` with the device/precision policy of every front end."""
-    from fmn_desktop.services.model import open_model
+    from fmn_desktop.services.model import half_on_cpu_note, open_model
 
     with status(f"loading {args.model}"):
-        return open_model(
+        # An explicit --dtype fp16/bf16 on the CPU runs (slowly), to check the half path.
+        model = open_model(
             args.model,
             device=args.device,
             precision=args.dtype,
             family=args.family,
             prediction_type=args.prediction_type,
             config=args.config,
+            half_on_cpu=True,
         )
+    note = half_on_cpu_note(model.device, model.dtype)
+    if note:
+        print(note, file=sys.stderr)
+    return model
 
 
 class status:

@@ -161,7 +161,12 @@ def broad_steps(
 
     try:
         opt = Optimiser(
-            deltas.parameters(), config.lr, 0.0, config.grad_clip, "no patch was written"
+            deltas.parameters(),
+            config.lr,
+            0.0,
+            config.grad_clip,
+            "no patch was written",
+            loss_scale=unet.dtype == torch.float16,
         )
         history = yield from opt.run(loss_fn, config.steps)
         exported = deltas.export()

@@ -214,7 +214,9 @@ def learn_tokens_steps(
 
         try:
             loss_before = fixed_loss()
-            opt = Optimiser([vectors], config.lr, config.weight_decay)
+            opt = Optimiser(
+                [vectors], config.lr, config.weight_decay, loss_scale=unet.dtype == torch.float16
+            )
             history = yield from opt.run(loss_fn, config.steps)
             loss_after = fixed_loss()
         finally:

@@ -66,6 +66,7 @@ from fmn_desktop.models.families import (
 )
 from fmn_desktop.models.fingerprint import fingerprint_unet
 from fmn_desktop.models.lean import folder_components, single_file_components
+from fmn_desktop.models.precision import fit_half_to_cpu
 from fmn_desktop.runtime import hub_offline
 
 
@@ -216,6 +217,7 @@ def load_pipeline(
         raise ModelLoadError(f"could not load {path.name}: {message[:300]}") from exc
     model.pipe.to(device)
     realign_weights(model.pipe)
+    model.notes += fit_half_to_cpu(model.pipe)
     model.pipe.set_progress_bar_config(disable=True)
     model.device = str(device)
     if compute_fingerprint:

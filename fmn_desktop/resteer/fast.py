@@ -140,6 +140,7 @@ def fast_steps(pipe, config, inputs, gen: torch.Generator) -> Generator:
             config.weight_decay,
             config.grad_clip,
             "no patch was written",
+            loss_scale=dtype == torch.float16,
         )
         history += yield from opt.run(
             loss_fn, config.steps, start=len(history), total=total, text=name

@@ -266,6 +266,7 @@ def _faithful_steps(pipe, config: ForgetConfig, inputs: JobInputs, gen: torch.Ge
             config.weight_decay,
             config.grad_clip,
             "no patch was written",
+            loss_scale=unet.dtype == torch.float16,
         )
         with resteer_hooks(unet, state):
             history = yield from opt.run(loss_fn, config.steps)

@@ -30,7 +30,7 @@ class DenseDelta(nn.Module):
         return self.delta if self.projector is None else self.delta @ self.projector
 
     def forward(self, base: torch.Tensor) -> torch.Tensor:
-        return base + self.value().to(base.dtype)
+        return _add(base, self.value())
 
     def export(self) -> Delta:
         return Delta(dense=self.value().detach().clone())
@@ -61,7 +61,7 @@ class LoraDelta(nn.Module):
 
     def forward(self, base: torch.Tensor) -> torch.Tensor:
         delta = (self.up @ self._down()) * (self.alpha / self.rank)
-        return base + delta.reshape(self.shape).to(base.dtype)
+        return _add(base, delta.reshape(self.shape))
 
     def export(self) -> Delta:
         up, down = self.up.detach().clone(), self._down().detach().clone()
@@ -69,6 +69,14 @@ class LoraDelta(nn.Module):
             up = up.reshape(self.shape[0], self.rank, 1, 1)
             down = down.reshape(self.rank, *self.shape[1:])
         return Delta(up=up, down=down, alpha=self.alpha)
+
+
+def _add(base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """W0 + delta in W0's dtype, summed in fp32 and rounded once: a half W0 would otherwise
+    take a delta already rounded to half (small entries flushed towards zero) and round again."""
+    if base.dtype == delta.dtype:
+        return base + delta
+    return (base.float() + delta.float()).to(base.dtype)
 
 
 def target_parameters(unet: nn.Module, trainable: str, lora: bool) -> list[str]:

@@ -16,11 +16,15 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-def resolve_device(device: str | None = None, precision: str | None = None):
+def resolve_device(
+    device: str | None = None, precision: str | None = None, half_on_cpu: bool = False
+):
     """(device, torch dtype) from a front end's choice.
 
     `device` "auto" (or None) is CUDA when available, else the CPU; `precision` "auto" (or
-    None) is fp16 on CUDA and fp32 on the CPU. Half precision on the CPU is refused.
+    None) is fp16 on CUDA and fp32 on the CPU. fp16/bf16 on the CPU runs the CUDA default's
+    half path slowly, for checking it: refused unless `half_on_cpu` (an explicit choice,
+    e.g. the CLI's `--dtype fp16`; `half_on_cpu_note` says what it costs).
     """
     import torch
 
@@ -35,9 +39,22 @@ def resolve_device(device: str | None = None, precision: str | None = None):
     names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision not in names:
         raise FmnError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if device == "cpu" and precision != "fp32":
+    if device == "cpu" and precision != "fp32" and not half_on_cpu:
         raise FmnError("fp16/bf16 are for CUDA; use fp32 precision on the CPU")
     return device, names[precision]
+
+
+def half_on_cpu_note(device: str, dtype) -> str | None:
+    """What a person should know when a model runs in half precision on the CPU."""
+    import torch
+
+    if device != "cpu" or dtype not in (torch.float16, torch.bfloat16):
+        return None
+    name = "fp16" if dtype == torch.float16 else "bf16"
+    return (
+        f"note: {name} on the CPU is slow and meant for checking the half-precision path "
+        "that CUDA runs; use fp32 (the default there) for real work"
+    )
 
 
 def is_default(spec: str | None) -> bool:
@@ -53,14 +70,16 @@ def open_model(
     family: str | None = None,
     prediction_type: str | None = None,
     config: str | None = None,
+    half_on_cpu: bool = False,
 ) -> LoadedModel:
     """Load a model by path, or the embedded default model for None / "default".
 
-    `config` is a diffusers config folder for a single file of non-standard architecture.
+    `config` is a diffusers config folder for a single file of non-standard architecture;
+    `half_on_cpu` lets fp16/bf16 run on the CPU (see `resolve_device`).
     """
     from fmn_desktop.models import load_pipeline
 
-    device, dtype = resolve_device(device, precision)
+    device, dtype = resolve_device(device, precision, half_on_cpu)
     if is_default(spec):
         from fmn_desktop.toyworld import WEIGHTS_DIR, weights_available
 

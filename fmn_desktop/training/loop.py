@@ -6,12 +6,17 @@ so the job's random-number order is its own); `Optimiser.run` does the rest the 
 all of them: AdamW, zeroing, back-propagation, gradient clipping, the abort on a non-finite
 loss or weight, one `Progress` per step and the history. Being a generator, it stops cleanly
 wherever its consumer stops pulling (`run_to_end`'s cancel closes it between two steps).
+
+`watch_steps` lets a measurement see every step of every job without touching the jobs:
+`DeltaTrace` records how far the trainable parameters have moved after each step (used to
+show that a half-precision run loses no update to rounding: experiments/half_precision.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 import torch
 
@@ -20,6 +25,71 @@ from fmn_desktop.training.progress import Progress
 
 # A loss function returns the loss, or the loss and its named parts (None: not computed).
 LossFn = Callable[[], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor | None]]"]
+
+# Called after every optimiser step (the weights updated, the gradients still there) with the
+# Optimiser and the step's number; see `watch_steps`.
+StepWatcher = Callable[["Optimiser", int], None]
+_WATCHERS: list[StepWatcher] = []
+
+
+@contextlib.contextmanager
+def watch_steps(watcher: StepWatcher) -> Iterator[StepWatcher]:
+    """Call `watcher(optimiser, step)` after every step of every `Optimiser.run` inside."""
+    _WATCHERS.append(watcher)
+    try:
+        yield watcher
+    finally:
+        _WATCHERS.remove(watcher)
+
+
+class DeltaTrace:
+    """A step watcher: after each step, how far the trainable parameters have moved from
+    their values before the first step, over every optimiser it saw (fast mode runs one per
+    layer; their parameters are laid end to end in the order they first stepped).
+
+    `norms[i]` is ||delta|| after the i-th step seen; with `keep=True`, `deltas[i]` is the
+    flattened fp32 delta itself (to compare runs step by step). `zero_grads[i]` is the share
+    of that step's gradient entries that were exactly zero (underflow shows up there), and
+    `frozen` the share of delta entries still exactly zero at the end.
+    """
+
+    def __init__(self, keep: bool = True):
+        self.keep = keep
+        self.norms: list[float] = []
+        self.deltas: list[torch.Tensor] = []
+        self.zero_grads: list[float] = []
+        self._start: dict[int, list[torch.Tensor]] = {}
+        self._order: list[Optimiser] = []
+
+    def __call__(self, opt: Optimiser, step: int) -> None:
+        if id(opt) not in self._start:
+            if len(opt.initial) != len(opt.params):
+                raise ValueError("DeltaTrace: the optimiser was made outside `watch_steps`")
+            # By now the first step has moved the weights: the start is the copy the
+            # optimiser took when it was made under a watcher.
+            self._start[id(opt)] = [p.float() for p in opt.initial]
+            self._order.append(opt)
+        grads = [p.grad for p in opt.params if p.grad is not None]
+        total = sum(g.numel() for g in grads)
+        zeros = sum(int((g == 0).sum()) for g in grads)
+        self.zero_grads.append(zeros / total if total else 0.0)
+        flat = self._flat()
+        self.norms.append(float(flat.norm()))
+        if self.keep:
+            self.deltas.append(flat)
+
+    def _flat(self) -> torch.Tensor:
+        parts = [
+            (p.detach().float() - p0).flatten().cpu()
+            for opt in self._order
+            for p, p0 in zip(opt.params, self._start[id(opt)], strict=True)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    @property
+    def frozen(self) -> float:
+        flat = self._flat()
+        return float((flat == 0).float().mean()) if flat.numel() else 0.0
 
 
 class Optimiser:
@@ -30,7 +100,16 @@ class Optimiser:
     step is clipped to (None or 0: no clipping). `abort_note` ends the message of a
     TrainingError (what the job's failure leaves, e.g. "no patch was written"). `optimizer` is
     the torch optimiser itself, for callers that save and restore its state.
+
+    `loss_scale` turns on dynamic loss scaling, for a model whose activations are fp16 (the
+    CUDA default): the gradients flowing back through fp16 tensors are scaled up so that small
+    ones do not flush to zero (fp16's smallest value is 6e-8; bf16 has fp32's range and needs
+    none), then scaled back in fp32 before clipping and the step. A scale that overflows is
+    halved and the same backward run again, so the step and its batch stay the same.
     """
+
+    INITIAL_SCALE = 2.0**16
+    GROWTH_INTERVAL = 2000  # good steps before the scale doubles (torch's GradScaler's)
 
     def __init__(
         self,
@@ -39,8 +118,13 @@ class Optimiser:
         weight_decay: float = 0.0,
         grad_clip: float | None = None,
         abort_note: str = "",
+        loss_scale: bool = False,
     ):
         self.params = list(params)
+        self.loss_scale = self.INITIAL_SCALE if loss_scale else None
+        self._good_steps = 0
+        # The starting values, only while something watches the steps (`DeltaTrace`).
+        self.initial = [p.detach().clone() for p in self.params] if _WATCHERS else []
         self.abort_note = f"; {abort_note}" if abort_note else ""
         self.schedule = lr if callable(lr) else None
         self.grad_clip = grad_clip
@@ -86,8 +170,7 @@ class Optimiser:
                     f"the loss became {loss.item()} at step {step}{where}: lower the learning "
                     f"rate (now {self.lr:g}){self.abort_note}"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self._backward(loss, step, where)
             if self.grad_clip and self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.optimizer.step()
@@ -96,8 +179,35 @@ class Optimiser:
                     f"the weights became NaN/inf at step {step}{where}: lower the learning "
                     f"rate (now {self.lr:g}){self.abort_note}"
                 )
+            for watcher in list(_WATCHERS):
+                watcher(self, step)
             parts = {k: v.item() for k, v in terms.items() if v is not None}
             item = Progress("train", step, total, loss.item(), text, parts)
             history.append(item)
             yield item
         return history
+
+    def _backward(self, loss: torch.Tensor, step: int, where: str) -> None:
+        """Gradients of `loss` into the parameters, through the loss scale when there is one."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.loss_scale is None:
+            loss.backward()
+            return
+        while True:
+            (loss * self.loss_scale).backward(retain_graph=True)
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if all(bool(torch.isfinite(g).all()) for g in grads):
+                for g in grads:
+                    g.div_(self.loss_scale)  # the parameters are fp32: exact
+                self._good_steps += 1
+                if self._good_steps % self.GROWTH_INTERVAL == 0:
+                    self.loss_scale *= 2
+                return
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss_scale /= 2
+            self._good_steps = 0
+            if self.loss_scale < 1:
+                raise TrainingError(
+                    f"the gradients overflow fp16 at step {step}{where} even unscaled: lower "
+                    f"the learning rate (now {self.lr:g}) or use fp32{self.abort_note}"
+                )
