@@ -47,6 +47,9 @@ def test_patches_show_is_readable_and_stack_show_says_no_conflicts(tmp_path, cap
     assert capsys.readouterr().out.strip().endswith("no conflicts")
     assert main(["stack", "show", "s", *reg]) == 0
     assert capsys.readouterr().out.strip().endswith("no conflicts")
+    assert "scores are for strength 1" not in capsys.readouterr().err
+    assert main(["stack", "add", "s", "1", "--strength", "1.5", *reg]) == 0
+    assert "scores are for strength 1" in capsys.readouterr().err
 
 
 def test_counts_agree_with_their_nouns():
