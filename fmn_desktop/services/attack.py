@@ -87,10 +87,19 @@ def attack_job(ctx, model, req: AttackRequest):
     if not req.patches and req.record is None:
         raise FmnError("give a patch file, or a registry patch to attack")
     specs, record = record_for(req.registry_root, req.patches, req.record)
+    if record is not None and attack_refusal(record):
+        raise FmnError(attack_refusal(record))
     total = 2 * attack_targets(req.concept, s)
     yield Progress("attack", 0, total, text="loading the judge and the patch")
     judge = load_judge(req.judge)
     composed = composed_patches(model, specs, req.mode, req.force)
+    if composed.meta.kind != ATTACKABLE_KIND:  # only corrections: nothing was removed
+        names = ", ".join(sp.path.name for sp in specs)
+        raise FmnError(
+            f"{names}: correction patches redirect their concept rather than remove it, so "
+            "there is nothing for an attack to bring back. The attack check is for forget "
+            "patches."
+        )
     words = prompt_words(p for c in CONCEPTS.values() for p in c.prompts())
     done = [0]
 

@@ -412,3 +412,20 @@ def test_attack_cli_settings_reach_the_search(tmp_path, monkeypatch, capsys):
     assert s.misspellings == 0 and not s.whitebox
     assert main(["attack", "--concept", "Zorbu", "--patch", str(patch), "--force"]) == 130
     assert seen["settings"].misspellings == AttackSettings().misspellings > 0
+
+
+@pytest.mark.skipif(not weights_available(), reason="no embedded model weights")
+def test_a_correction_patch_is_not_attacked(tmp_path, capsys):
+    """The attack check brings back what a patch removed; a correction removed nothing, so
+    the command refuses it (as the app does) before any image is drawn."""
+    from fmn_desktop.patch import load_patch, save_patch
+
+    patch = load_patch(READY_ZORBU)
+    patch.meta.kind = "correct"
+    path = tmp_path / "redirect-Zorbu.safetensors"
+    save_patch(patch, path)
+    argv = ["--threads", "1", "attack", "--concept", "Zorbu", "--patch", str(path)]
+    assert main([*argv, "--budget", "1", "--seeds", "1", "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "redirect-Zorbu.safetensors" in err and "for forget patches" in err
+    assert not (tmp_path / "attack.json").exists()
