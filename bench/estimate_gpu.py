@@ -336,8 +336,10 @@ FLOP_MAPPING = {
 
 
 def _fake_references(shape):
-    def reference_latents(pipe, prompts, config, generator):
+    def reference_latents(pipe, prompts, config, generator, cache=None):
+        # a generator like the real one (which yields its progress); it draws nothing
         return torch.zeros((config.num_references, *shape), dtype=torch.float32)
+        yield
 
     return reference_latents
 

@@ -51,13 +51,13 @@ JOBS = {"forget": (_forget, "faithful"), "fast": (_forget, "fast"), "correct": (
 
 @functools.cache
 def _scores(job: str, precision: str) -> dict:
-    from fmn_desktop.evaluate.patch_scores import evaluate_patches
+    from fmn_desktop.services.evaluate import evaluate_patch
     from fmn_desktop.services.model import world_concept
 
     make, mode = JOBS[job]
     model = _model(precision)
     patch = make(model, mode)
-    return evaluate_patches(model, [(patch, 1.0)], world_concept(CONCEPT), seeds=1)
+    return evaluate_patch(model, patch, world_concept(CONCEPT), seeds=1)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
