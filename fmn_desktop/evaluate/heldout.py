@@ -133,12 +133,13 @@ def scoring_prompts(
     ]
     rng = random.Random(zlib.crc32(concept.name.encode()))
     rng.shuffle(pool)
+    features = {p: _features(p) for p in pool}  # parsed once: the cover reads them often
     chosen: list[str] = []
-    missing = set().union(*(_features(p) for p in pool)) if pool else set()
+    missing = set().union(*features.values())
     # Greedy cover: take the prompt that adds the most unseen features until all are seen.
     while missing and len(chosen) < count:
-        best = max(pool, key=lambda p: len(_features(p) & missing))
-        gain = _features(best) & missing
+        best = max(pool, key=lambda p: len(features[p] & missing))
+        gain = features[best] & missing
         if not gain:
             break
         chosen.append(best)

@@ -87,8 +87,9 @@ def attack_job(ctx, model, req: AttackRequest):
     if not req.patches and req.record is None:
         raise FmnError("give a patch file, or a registry patch to attack")
     specs, record = record_for(req.registry_root, req.patches, req.record)
-    if record is not None and attack_refusal(record):
-        raise FmnError(attack_refusal(record))
+    refusal = attack_refusal(record) if record is not None else None
+    if refusal:
+        raise FmnError(refusal)
     total = 2 * attack_targets(req.concept, s)
     yield Progress("attack", 0, total, text="loading the judge and the patch")
     judge = load_judge(req.judge)

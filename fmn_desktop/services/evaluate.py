@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmn_desktop.errors import FmnError
-from fmn_desktop.services.patches import PatchSpec, read_patches
+from fmn_desktop.services.patches import PatchSpec, spec_entries
 from fmn_desktop.services.progress import JobContext
 from fmn_desktop.training import Progress
 
@@ -29,8 +29,7 @@ def evaluate_patch(
     from fmn_desktop.evaluate.patch_scores import ScoringPlan, evaluate_patches
 
     concepts = list(concept) if isinstance(concept, (list, tuple)) else [concept]
-    plan = ScoringPlan(seeds=seeds, other_seeds=other_seeds, steps=steps)
-    plan.others_limit = others_limit
+    plan = ScoringPlan(seeds=seeds, other_seeds=other_seeds, steps=steps, others_limit=others_limit)
     return evaluate_patches(
         model,
         [(patch, 1.0)],
@@ -116,8 +115,6 @@ class EvaluateDone:
 def _entries(model, req: EvaluateRequest):
     """The stack entries to score, the mode they compose in, and the registry record the
     figures go to (a patch record, a stack record, or None)."""
-    from fmn_desktop.patch.stack import StackEntry
-
     if req.stack is not None:
         if req.specs or req.record is not None:
             raise FmnError("score a registry stack alone (no patch files or patch record)")
@@ -128,10 +125,7 @@ def _entries(model, req: EvaluateRequest):
             rec, entries = registry_stack_entries(reg, req.stack, model)
         return entries, req.mode or rec.mode, rec
     specs, record = record_for(req.registry_root, req.specs, req.record)
-    entries = [
-        StackEntry(patch, strength, spec.path.name)
-        for (patch, strength), spec in zip(read_patches(model, specs), specs)
-    ]
+    entries = spec_entries(model, specs)
     if record is not None:
         entries[0].patch.meta.concepts = list(record.concepts) or entries[0].patch.meta.concepts
     return entries, req.mode or "additive", record

@@ -182,17 +182,17 @@ def apply_to_file(
     patched weight computed as it is written: `model` is never modified and no copy of it
     is made."""
     from fmn_desktop.models import export_single_file, save_model
-    from fmn_desktop.patch import PatchedUNet, patched_weights
+    from fmn_desktop.patch import patched_weights
     from fmn_desktop.services.output import check_output_model
 
     check_output_model(out, overwrite)
-    composed = composed_patches(model, specs, mode, force)
-    patches = [] if composed is None else [(composed, 1.0)]
     if Path(out).suffix.lower() == ".safetensors":
+        composed = composed_patches(model, specs, mode, force)
+        patches = [] if composed is None else [(composed, 1.0)]
         # checked against the model when composed
         weights = patched_weights(model.pipe.unet, patches, model.fingerprint, True)
         return export_single_file(
             model.pipe, out, family=model.architecture_family, unet_weights=weights
         )
-    with PatchedUNet(model.pipe.unet, patches, fingerprint=model.fingerprint, force=True):
+    with applied_patches(model, specs, mode, force):
         return save_model(model.pipe, out, family=model.architecture_family, replace=overwrite)
